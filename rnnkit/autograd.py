@@ -1,0 +1,80 @@
+"""The BPTT engine as a ``torch.autograd.Function``, and the autograd reference.
+
+``recurrent_bptt`` runs one layer in one direction with the hand-derived backward;
+``recurrent_autograd`` runs *the same forward* (``rnnkit.bptt.unroll_forward``) with autograd
+recording every step — the reference the hand backward is tested against, and the
+"autograd loop" of the benchmarks. Both take and return packed sequences (see ``bptt``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from rnnkit.bptt import input_projection, unroll_backward, unroll_forward
+from rnnkit.cells.base import Cell, State
+
+
+class RecurrentFunction(torch.autograd.Function):
+    """One layer, one direction, forward by the engine and backward by hand BPTT."""
+
+    @staticmethod
+    def forward(ctx, cell: Cell, batch_sizes: list[int], reverse: bool, x: Tensor,
+                weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None,
+                bias_hh: Tensor | None, *state0_and_extra: Tensor):
+        k = cell.num_states
+        state0, extra = state0_and_extra[:k], state0_and_extra[k:]
+        xw = input_projection(cell, x, weight_ih, bias_ih, bias_hh)     # (N, G*H)
+        out, final, caches = unroll_forward(cell, xw, batch_sizes, state0, weight_hh,
+                                            bias_hh, extra, reverse)
+        ctx.cell, ctx.batch_sizes, ctx.reverse, ctx.caches = cell, batch_sizes, reverse, caches
+        ctx.has_bias = (bias_ih is not None, bias_hh is not None)
+        ctx.save_for_backward(x, weight_ih, weight_hh, *extra)
+        return (out, *final)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout: Tensor, *dfinal: Tensor):
+        x, weight_ih, weight_hh, *extra = ctx.saved_tensors
+        cell = ctx.cell
+        dxw, dhw, dstate0, dweight_hh, dextra = unroll_backward(
+            cell, dout, dfinal, ctx.caches, ctx.batch_sizes, weight_hh, tuple(extra), ctx.reverse)
+        dx = dxw @ weight_ih if ctx.needs_input_grad[3] else None       # (N, I)
+        dweight_ih = dxw.t() @ x                                        # (G*H, I), one product
+        dbias_ih = dxw.sum(0) if ctx.has_bias[0] else None
+        dbias_hh = dhw.sum(0) if ctx.has_bias[1] else None
+        return (None, None, None, dx, dweight_ih, dweight_hh, dbias_ih, dbias_hh,
+                *dstate0, *dextra)
+
+
+def recurrent_bptt(cell: Cell, x: Tensor, batch_sizes: list[int], state0: State,
+                   weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None,
+                   bias_hh: Tensor | None, extra: tuple[Tensor, ...] = (),
+                   reverse: bool = False) -> tuple[Tensor, State]:
+    """One recurrent layer over a packed sequence, backward by hand BPTT.
+
+    Args:
+        x: (N, I) packed input; batch_sizes: T non-increasing ints summing to N.
+        state0: initial states, (B, H) each; the weights as in ``torch.nn`` (G*H, I),
+            (G*H, H), (G*H,); extra: the cell's extra parameters (e.g. peepholes).
+        reverse: run from each example's last token back to its first.
+
+    Returns:
+        out (N, H) and the final states, (B, H) each.
+    """
+    out, *final = RecurrentFunction.apply(cell, batch_sizes, reverse, x, weight_ih, weight_hh,
+                                          bias_ih, bias_hh, *state0, *extra)
+    return out, tuple(final)
+
+
+def recurrent_autograd(cell: Cell, x: Tensor, batch_sizes: list[int], state0: State,
+                       weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None,
+                       bias_hh: Tensor | None, extra: tuple[Tensor, ...] = (),
+                       reverse: bool = False) -> tuple[Tensor, State]:
+    """The reference: the engine's own forward, differentiated by autograd. Same arguments
+    and results as :func:`recurrent_bptt`."""
+    xw = input_projection(cell, x, weight_ih, bias_ih, bias_hh)
+    out, final, _ = unroll_forward(cell, xw, batch_sizes, state0, weight_hh, bias_hh,
+                                   extra, reverse)
+    return out, final

@@ -1,0 +1,139 @@
+"""Backpropagation through time: unroll any cell forward, then run time in reverse.
+
+Everything here works on *packed* sequences, the layout of ``torch.nn.utils.rnn``'s
+``PackedSequence``: the rows of all time steps stacked, ``data`` (N, ·), with
+``batch_sizes[t]`` rows at step t, examples sorted by length, longest first. A batch
+without lengths is the special case ``batch_sizes = [B] * T`` and costs nothing extra.
+
+Only the first ``batch_sizes[t]`` examples take part in step t; the others keep their state
+untouched, which gives the variable-length guarantees for free:
+
+- the final state of each example is its state after its own last token;
+- a reverse-direction pass (``reverse=True``) starts each example at its own last token,
+  from the initial state;
+- padding takes part in no computation, so it changes no output or gradient.
+
+``unroll_forward`` is *the* forward: the hand backward (``unroll_backward``) consumes its
+caches, and the autograd reference is the same function run with autograd recording.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnkit.cells.base import Cell, State
+
+
+def offsets_of(batch_sizes: list[int]) -> list[int]:
+    """Start row of each time step in the packed layout: [0, b0, b0 + b1, …]."""
+    offsets, total = [], 0
+    for n in batch_sizes:
+        offsets.append(total)
+        total += n
+    return offsets
+
+
+def _resize(state: State, n: int, source: State, finished: list[State]) -> State:
+    """Bring the active rows of ``state`` to ``n``.
+
+    Rows leaving are set aside in ``finished``; rows joining are taken from ``source``
+    (the full-batch initial value of whatever is being carried).
+    """
+    cur = state[0].shape[0]
+    if n < cur:
+        finished.append(tuple(s[n:] for s in state))
+        return tuple(s[:n] for s in state)
+    if n > cur:
+        return tuple(torch.cat([s, src[cur:n]]) for s, src in zip(state, source))
+    return state
+
+
+def _join(state: State, finished: list[State]) -> State:
+    """The full-batch value: active rows first, then the set-aside ones in row order."""
+    if not finished:
+        return state
+    return tuple(torch.cat([s, *(f[k] for f in reversed(finished))])
+                 for k, s in enumerate(state))
+
+
+def _time_order(T: int, backwards: bool) -> range:
+    return range(T - 1, -1, -1) if backwards else range(T)
+
+
+def input_projection(cell: Cell, x: Tensor, weight_ih: Tensor, bias_ih: Tensor | None,
+                     bias_hh: Tensor | None) -> Tensor:
+    """All time steps' input projection in one matrix product: (N, I) -> (N, G*H)."""
+    bias = bias_ih
+    if cell.fold_bias_hh and bias_hh is not None:
+        bias = bias_hh if bias is None else bias + bias_hh
+    if bias is None:
+        return x @ weight_ih.t()
+    return torch.addmm(bias, x, weight_ih.t())
+
+
+def unroll_forward(cell: Cell, xw: Tensor, batch_sizes: list[int], state0: State,
+                   weight_hh: Tensor, bias_hh: Tensor | None, extra: tuple[Tensor, ...] = (),
+                   reverse: bool = False) -> tuple[Tensor, State, list[tuple]]:
+    """Run ``cell`` over a packed sequence.
+
+    Args:
+        xw: (N, G*H) input projection from :func:`input_projection`.
+        batch_sizes: T non-increasing ints summing to N.
+        state0: initial states, each (B, H) with B = batch_sizes[0].
+        weight_hh: (G*H, H); bias_hh: (G*H,) or None; extra: the cell's extra parameters.
+        reverse: walk time from the end (each example from its own last token).
+
+    Returns:
+        out (N, H) the hidden state of every packed row, the final states (B, H) each, and
+        the per-step caches indexed by time step.
+    """
+    T = len(batch_sizes)
+    offsets = offsets_of(batch_sizes)
+    order = _time_order(T, reverse)
+    bias = None if cell.fold_bias_hh else bias_hh
+    state = tuple(s[:batch_sizes[order[0]]] for s in state0)
+    finished: list[State] = []
+    outs: list[Tensor] = [None] * T
+    caches: list[tuple] = [None] * T
+    for t in order:
+        n, start = batch_sizes[t], offsets[t]
+        state = _resize(state, n, state0, finished)
+        state, caches[t] = cell.step_forward(xw[start:start + n], state, weight_hh, bias, *extra)
+        outs[t] = state[0]
+    return torch.cat(outs), _join(state, finished), caches
+
+
+def unroll_backward(cell: Cell, dout: Tensor, dfinal: State, caches: list[tuple],
+                    batch_sizes: list[int], weight_hh: Tensor, extra: tuple[Tensor, ...] = (),
+                    reverse: bool = False):
+    """Hand BPTT: walk the forward's time steps in the opposite order.
+
+    Args:
+        dout: (N, H) gradient of the loss w.r.t. ``out`` of :func:`unroll_forward`.
+        dfinal: gradients w.r.t. the final states, (B, H) each.
+        caches, batch_sizes, weight_hh, extra, reverse: as given to / returned by the forward.
+
+    Returns:
+        ``(dxw, dhw, dstate0, dweight_hh, dextra)``: dxw and dhw (N, G*H) — the gradients of
+        the input projection and of the recurrent pre-activation — the initial states'
+        gradients, and the parameter gradients, each weight gradient one matrix product over
+        the stacked time axis.
+    """
+    T = len(batch_sizes)
+    offsets = offsets_of(batch_sizes)
+    order = _time_order(T, not reverse)
+    dstate = tuple(d[:batch_sizes[order[0]]] for d in dfinal)
+    finished: list[State] = []
+    dxws: list[Tensor] = [None] * T
+    dhws: list[Tensor] = [None] * T
+    for t in order:
+        n, start = batch_sizes[t], offsets[t]
+        dstate = _resize(dstate, n, dfinal, finished)
+        dh = dstate[0] + dout[start:start + n]              # output and next step both use h_t
+        dstate, dxws[t], dhws[t] = cell.step_backward((dh, *dstate[1:]), caches[t],
+                                                      weight_hh, *extra)
+    dxw = torch.cat(dxws)                                   # (N, G*H)
+    dhw = dxw if all(a is b for a, b in zip(dxws, dhws)) else torch.cat(dhws)
+    dweight_hh, *dextra = cell.param_backward(dhw, caches, *extra)
+    return dxw, dhw, _join(dstate, finished), dweight_hh, tuple(dextra)

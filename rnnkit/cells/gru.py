@@ -1,0 +1,119 @@
+"""GRU cell in both published forms (Cho et al. 2014; Chung et al. 2014).
+
+Gate order r, z, n, as ``torch.nn.GRU``; parameters ``weight_ih`` (3H, I), ``weight_hh``
+(3H, H), ``bias_ih`` and ``bias_hh`` (3H,). With ``xw = x_t @ weight_ih.T + bias_ih``::
+
+    r = σ(xw_r + h_{t-1} @ W_r.T + b_hr)                 reset gate
+    z = σ(xw_z + h_{t-1} @ W_z.T + b_hz)                 update gate
+    reset after  (cuDNN / PyTorch):  n = tanh(xw_n + r ⊙ (h_{t-1} @ W_n.T + b_hn))
+    reset before (Cho et al.):       n = tanh(xw_n + (r ⊙ h_{t-1}) @ W_n.T + b_hn)
+    h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}
+
+Update convention: the papers write ``h_t = (1 − u) h_{t−1} + u h̃_t`` with update gate u
+and candidate h̃; here, as in PyTorch's state_dict, z = 1 − u and n = h̃. The two are the
+same model with the z rows of the weights negated — rnnkit follows PyTorch so that
+``state_dict`` moves between ``rnnkit.GRU`` and ``torch.nn.GRU`` unchanged.
+Textbook names: U_k = rows of ``weight_ih`` for gate k, W_k = rows of ``weight_hh``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit.cells.base import Cell
+
+
+def _update_backward(dh, z, n, h_prev):
+    """Gradients through ``h = n + z ⊙ (h_prev − n)``: (dn, dz, direct dh_prev)."""
+    return dh * (1 - z), dh * (h_prev - n), dh * z
+
+
+class GRUCell(Cell):
+    """GRU step with the reset gate applied after the recurrent product (PyTorch form)."""
+
+    name = "gru"
+    gates = 3
+    num_states = 1
+    fold_bias_hh = False    # b_hn sits inside r ⊙ (…), so it cannot join the input projection
+    native_mode = "GRU"
+    reset_after = True
+
+    def step_forward(self, xw, state, weight_hh, bias_hh, *extra):
+        (h_prev,) = state                                   # (n, H)
+        H = h_prev.shape[1]
+        if bias_hh is None:
+            hw = h_prev @ weight_hh.t()                     # (n, 3H)
+        else:
+            hw = torch.addmm(bias_hh, h_prev, weight_hh.t())
+        rz = (xw[:, :2 * H] + hw[:, :2 * H]).sigmoid()      # (n, 2H)
+        r, z = rz.chunk(2, 1)
+        hn = hw[:, 2 * H:]                                  # h_{t-1} @ W_n.T + b_hn
+        n = (xw[:, 2 * H:] + r * hn).tanh()
+        h = n + z * (h_prev - n)                            # (1 − z) n + z h_{t-1}
+        return (h,), (h_prev, rz, n, hn)
+
+    def step_backward(self, dstate, cache, weight_hh, *extra):
+        (dh,) = dstate
+        h_prev, rz, n, hn = cache
+        r, z = rz.chunk(2, 1)
+        dn, dz, dh_prev = _update_backward(dh, z, n, h_prev)
+        da_n = dn * (1 - n * n)                             # tanh' = 1 − n²
+        dr = da_n * hn                                      # dL/dr = da_n ⊙ (h W_n.T + b_hn)
+        da_rz = torch.cat([dr, dz], 1) * rz * (1 - rz)      # σ' on r and z   (n, 2H)
+        dxw = torch.cat([da_rz, da_n], 1)                   # (n, 3H)
+        dhw = torch.cat([da_rz, da_n * r], 1)               # the n block passes through r
+        dh_prev = dh_prev + dhw @ weight_hh                 # (n, H)
+        return (dh_prev,), dxw, dhw
+
+    def __repr__(self):
+        return "GRUCell(reset_after=True)"
+
+
+class GRUResetBeforeCell(Cell):
+    """GRU step with the reset gate applied to h before the recurrent product (Cho et al.)."""
+
+    name = "gru_reset_before"
+    gates = 3
+    num_states = 1
+    fold_bias_hh = True
+    native_mode = None
+    reset_after = False
+
+    def step_forward(self, xw, state, weight_hh, bias_hh, *extra):
+        (h_prev,) = state                                   # (n, H)
+        H = h_prev.shape[1]
+        a_rz = torch.addmm(xw[:, :2 * H], h_prev, weight_hh[:2 * H].t())  # (n, 2H)
+        if bias_hh is not None:
+            a_rz = a_rz + bias_hh[:2 * H]
+        rz = a_rz.sigmoid()
+        r, z = rz.chunk(2, 1)
+        rh = r * h_prev                                     # reset before the product
+        a_n = torch.addmm(xw[:, 2 * H:], rh, weight_hh[2 * H:].t())
+        if bias_hh is not None:
+            a_n = a_n + bias_hh[2 * H:]
+        n = a_n.tanh()
+        h = n + z * (h_prev - n)
+        return (h,), (h_prev, rz, n, rh)
+
+    def step_backward(self, dstate, cache, weight_hh, *extra):
+        (dh,) = dstate
+        h_prev, rz, n, rh = cache
+        r, z = rz.chunk(2, 1)
+        H = h_prev.shape[1]
+        dn, dz, dh_prev = _update_backward(dh, z, n, h_prev)
+        da_n = dn * (1 - n * n)                             # (n, H)
+        drh = da_n @ weight_hh[2 * H:]                      # dL/d(r ⊙ h) = da_n W_n
+        da_rz = torch.cat([drh * h_prev, dz], 1) * rz * (1 - rz)  # (n, 2H)
+        dh_prev = dh_prev + drh * r + da_rz @ weight_hh[:2 * H]
+        da = torch.cat([da_rz, da_n], 1)                    # (n, 3H)
+        return (dh_prev,), da, da
+
+    def param_backward(self, dhw, caches, *extra):
+        H = dhw.shape[1] // 3
+        h_prev = torch.cat([cache[0] for cache in caches])  # (N, H)
+        rh = torch.cat([cache[3] for cache in caches])      # (N, H)
+        return (torch.cat([dhw[:, :2 * H].t() @ h_prev,     # r, z rows see h_{t-1}
+                           dhw[:, 2 * H:].t() @ rh]),)      # n rows see r ⊙ h_{t-1}
+
+    def __repr__(self):
+        return "GRUResetBeforeCell()"

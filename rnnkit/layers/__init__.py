@@ -1,0 +1,6 @@
+"""Layers: recurrent stacks over any cell, drop-in replacements for ``torch.nn``."""
+
+from rnnkit.layers.init import INIT_SCHEMES
+from rnnkit.layers.recurrent import BACKENDS, GRU, LSTM, RNN, RecurrentStack, detach_state
+
+__all__ = ["RNN", "LSTM", "GRU", "RecurrentStack", "BACKENDS", "INIT_SCHEMES", "detach_state"]

@@ -1,0 +1,388 @@
+"""Recurrent layers: one direction, deep stacks, bidirectional — drop-ins for ``torch.nn``.
+
+``rnnkit.RNN``, ``rnnkit.LSTM`` and ``rnnkit.GRU`` take the constructor arguments and the
+call signature of their ``torch.nn`` namesakes, hold the same parameters under the same
+names (``weight_ih_l{k}[_reverse]``, ``weight_hh_…``, ``bias_ih_…``, ``bias_hh_…``; gate
+order LSTM i,f,g,o and GRU r,z,n), and add rnnkit's own options:
+
+- ``nonlinearity`` "tanh" | "relu" | "sigmoid" (RNN), ``peephole`` (LSTM),
+  ``reset_after`` (GRU; True is the PyTorch form, False Cho et al.'s);
+- ``backend``: "bptt" (rnnkit's hand-derived BPTT engine), "native" (PyTorch's fused
+  kernels, standard cells only), "autograd" (the engine's forward under autograd — the
+  reference), or "auto" (see :data:`AUTO_BACKEND`);
+- ``init`` "uniform" | "orthogonal" | "identity" and ``forget_bias`` (see ``layers.init``);
+- ``forward(input, hx=None, lengths=None)``: ``lengths`` gives per-example lengths of a
+  padded batch; outputs past an example's length are zero and its final state is the state
+  at its own last token.
+
+Per layer, the input runs through the cell in each direction (the reverse direction from
+each example's own last token); directions are concatenated, and dropout is applied between
+layers when training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from rnnkit.autograd import recurrent_autograd, recurrent_bptt
+from rnnkit.cells import make_cell
+from rnnkit.layers.init import check_init, init_layer, set_forget_bias
+from rnnkit.native import native_stack
+
+BACKENDS = ("auto", "bptt", "native", "autograd")
+# "auto" picks PyTorch's fused kernel where one computes the cell, rnnkit's engine elsewhere.
+AUTO_BACKEND = {True: "native", False: "bptt"}
+_ENGINES = {"bptt": recurrent_bptt, "autograd": recurrent_autograd}
+
+
+def _shape(x) -> str:
+    return "(" + ", ".join(str(s) for s in x.shape) + ")"
+
+
+class RecurrentStack(nn.Module):
+    """A deep, optionally bidirectional recurrent network over any rnnkit cell.
+
+    Use the subclasses :class:`RNN`, :class:`LSTM` and :class:`GRU`; their docstrings list
+    the arguments. Inputs and outputs follow ``torch.nn.LSTM`` (L = num_layers,
+    D = 2 if bidirectional else 1):
+
+    Inputs: ``input, hx=None, lengths=None``
+        - input: (T, B, I), or (B, T, I) with ``batch_first``, or unbatched (T, I), or a
+          ``PackedSequence``;
+        - hx: (L*D, B, H) initial hidden state (LSTM: a tuple ``(h_0, c_0)``), zeros if None;
+        - lengths: (B,) per-example lengths in [1, T] of a padded batch (list or tensor).
+
+    Outputs: ``output, h_n`` (LSTM: ``output, (h_n, c_n)``)
+        - output: (T, B, D*H) (batch_first: (B, T, D*H)) — the last layer's hidden states,
+          zero past each example's length; a ``PackedSequence`` for a packed input;
+        - h_n (and c_n): (L*D, B, H) final states, each example's at its own last token.
+    """
+
+    cell_kind = "rnn"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, device=None, dtype=None, *,
+                 nonlinearity: str = "tanh", peephole: bool = False, reset_after: bool = True,
+                 backend: str = "auto", init: str = "uniform",
+                 forget_bias: float | None = None):
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                            ("num_layers", num_layers)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1):
+            raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
+        check_init(init)
+        self.cell = make_cell(self.cell_kind, nonlinearity=nonlinearity, peephole=peephole,
+                              reset_after=reset_after)
+        if backend == "native" and self.cell.native_mode is None:
+            raise ValueError(f"backend: 'native' has no PyTorch kernel for the cell "
+                             f"{self.cell!r}; use 'bptt', 'autograd' or 'auto'")
+        if forget_bias is not None and (self.cell_kind != "lstm" or not bias):
+            raise ValueError("forget_bias: only for an LSTM with bias=True")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional = bidirectional
+        self.backend, self.init, self.forget_bias = backend, init, forget_bias
+        self.num_directions = 2 if bidirectional else 1
+        kw = {"device": device, "dtype": dtype}
+        G, H = self.cell.gates, hidden_size
+        self._param_names: list[list[str]] = []             # per layer-direction, torch order
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else H * self.num_directions
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                shapes = {"weight_ih": (G * H, layer_input), "weight_hh": (G * H, H)}
+                if bias:
+                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+                shapes.update(self.cell.extra_param_shapes(H))
+                names = []
+                for base, shape in shapes.items():
+                    self.register_parameter(base + suffix, nn.Parameter(torch.empty(shape, **kw)))
+                    names.append(base + suffix)
+                self._param_names.append(names)
+        self.reset_parameters()
+
+    # -- parameters ------------------------------------------------------------------------
+
+    def _params(self, index: int):
+        """(weight_ih, weight_hh, bias_ih, bias_hh, extra) of layer-direction ``index``."""
+        p = [getattr(self, name) for name in self._param_names[index]]
+        if self.bias:
+            return p[0], p[1], p[2], p[3], tuple(p[4:])
+        return p[0], p[1], None, None, tuple(p[2:])
+
+    def reset_parameters(self) -> None:
+        """Initialise every parameter by ``self.init`` (and ``self.forget_bias``)."""
+        for index in range(len(self._param_names)):
+            w_ih, w_hh, b_ih, b_hh, extra = self._params(index)
+            biases = [b for b in (b_ih, b_hh) if b is not None]
+            init_layer(self.init, self.hidden_size, w_ih, w_hh, biases, list(extra))
+            if self.forget_bias is not None:
+                set_forget_bias(self.forget_bias, self.hidden_size, b_ih, b_hh)
+
+    def flatten_parameters(self) -> None:
+        """Accepted for drop-in compatibility with ``torch.nn``; parameters stay as they are."""
+
+    def resolved_backend(self) -> str:
+        """The backend a forward call will use: "bptt", "native" or "autograd"."""
+        if self.backend == "auto":
+            return AUTO_BACKEND[self.cell.native_mode is not None]
+        return self.backend
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def forward(self, input, hx=None, lengths=None):
+        packed_in = isinstance(input, PackedSequence)
+        if packed_in:
+            if lengths is not None:
+                raise ValueError("lengths: a PackedSequence carries its own lengths; "
+                                 "pass lengths only with a padded tensor")
+            data, batch_sizes = input.data, input.batch_sizes
+            sorted_idx, unsorted_idx = input.sorted_indices, input.unsorted_indices
+            self._check_feature_size(data, "input.data")
+            B, unbatched = int(batch_sizes[0]), False
+        else:
+            x, unbatched = self._time_major(input, lengths)
+            T, B = x.shape[0], x.shape[1]
+            if lengths is None:
+                data, batch_sizes, sorted_idx, unsorted_idx = x, None, None, None
+            else:
+                lengths = self._check_lengths(lengths, T, B)
+                packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+                data, batch_sizes = packed.data, packed.batch_sizes
+                sorted_idx, unsorted_idx = packed.sorted_indices, packed.unsorted_indices
+        state0 = self._initial_state(hx, B, data, unbatched)
+        if sorted_idx is not None:
+            state0 = tuple(s.index_select(1, sorted_idx) for s in state0)
+
+        backend = self.resolved_backend()
+        if backend == "native":
+            out, final = native_stack(self.cell.native_mode, data, batch_sizes, state0,
+                                      [getattr(self, n) for ns in self._param_names for n in ns],
+                                      self.bias, self.num_layers, self.dropout, self.training,
+                                      self.bidirectional)
+        else:
+            sizes = [B] * data.shape[0] if batch_sizes is None else batch_sizes.tolist()
+            flat = data.reshape(-1, data.shape[-1]) if batch_sizes is None else data
+            out, final = self._stack(_ENGINES[backend], flat, sizes, state0)
+            if batch_sizes is None:
+                out = out.view(data.shape[0], B, -1)
+
+        if unsorted_idx is not None:
+            final = tuple(s.index_select(1, unsorted_idx) for s in final)
+        if packed_in:
+            output = PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx)
+        elif batch_sizes is not None:
+            output, _ = pad_packed_sequence(
+                PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx),
+                batch_first=self.batch_first, total_length=T)
+        else:
+            output = out.transpose(0, 1) if self.batch_first else out
+        if unbatched:
+            output = output.squeeze(1)
+            final = tuple(s.squeeze(1) for s in final)
+        return output, self._pack_state(final)
+
+    def _stack(self, engine, x: Tensor, batch_sizes: list[int], state0):
+        """Layers × directions through ``engine`` on packed data: (N, I) -> (N, D*H)."""
+        finals = []
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                w_ih, w_hh, b_ih, b_hh, extra = self._params(index)
+                out, final = engine(self.cell, x, batch_sizes, tuple(s[index] for s in state0),
+                                    w_ih, w_hh, b_ih, b_hh, extra, reverse=direction == 1)
+                outs.append(out)
+                finals.append(final)
+            x = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return x, tuple(torch.stack([f[k] for f in finals]) for k in range(self.cell.num_states))
+
+    # -- input checks and conversions ------------------------------------------------------
+
+    def _check_feature_size(self, x: Tensor, name: str) -> None:
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{name}: expected last dimension input_size={self.input_size}, "
+                             f"got shape {_shape(x)}")
+
+    def _time_major(self, input, lengths) -> tuple[Tensor, bool]:
+        if not isinstance(input, Tensor):
+            raise ValueError(f"input: expected a Tensor or PackedSequence, got "
+                             f"{type(input).__name__}")
+        layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
+        if input.dim() not in (2, 3) or input.shape[0] == 0:
+            raise ValueError(f"input: expected a 3-D tensor {layout} with I={self.input_size} "
+                             f"or an unbatched 2-D (T, I), got shape {_shape(input)}")
+        self._check_feature_size(input, "input")
+        if input.dim() == 2:
+            if lengths is not None:
+                raise ValueError("lengths: only for a batched 3-D input, got an unbatched "
+                                 f"input of shape {_shape(input)}")
+            return input.unsqueeze(1), True
+        if min(input.shape[:2]) == 0:
+            raise ValueError(f"input: expected non-empty T and B, got shape {_shape(input)}")
+        return (input.transpose(0, 1) if self.batch_first else input), False
+
+    @staticmethod
+    def _check_lengths(lengths, T: int, B: int) -> Tensor:
+        if isinstance(lengths, Tensor):
+            if lengths.dim() != 1 or lengths.dtype.is_floating_point or lengths.is_complex() \
+                    or lengths.dtype == torch.bool:
+                raise ValueError(f"lengths: expected a 1-D integer tensor of shape ({B},), got "
+                                 f"{lengths.dtype} of shape {_shape(lengths)}")
+            lengths = lengths.detach().to("cpu", torch.int64)
+        elif isinstance(lengths, Sequence) and all(
+                isinstance(n, int) and not isinstance(n, bool) for n in lengths):
+            lengths = torch.tensor(list(lengths), dtype=torch.int64)
+        else:
+            raise ValueError(f"lengths: expected a 1-D integer tensor or a list of ints, got "
+                             f"{type(lengths).__name__}")
+        if lengths.numel() != B:
+            raise ValueError(f"lengths: expected one length per example, shape ({B},), got "
+                             f"shape ({lengths.numel()},)")
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 1 or high > T:
+            raise ValueError(f"lengths: expected values in [1, T={T}], got min {low}, max {high}")
+        return lengths
+
+    def _initial_state(self, hx, B: int, data: Tensor, unbatched: bool) -> tuple[Tensor, ...]:
+        k = self.cell.num_states
+        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        if hx is None:
+            zeros = torch.zeros(shape, dtype=data.dtype, device=data.device)
+            return (zeros,) * k
+        states = tuple(hx) if k == 2 and isinstance(hx, (tuple, list)) else (hx,)
+        if len(states) != k or not all(isinstance(s, Tensor) for s in states):
+            kind = "a tuple (h_0, c_0) of tensors" if k == 2 else "a tensor h_0"
+            raise ValueError(f"hx: expected {kind}, got {type(hx).__name__}")
+        expected = shape[::2] if unbatched else shape
+        checked = []
+        for name, s in zip(("h_0", "c_0"), states):
+            if tuple(s.shape) != expected:
+                raise ValueError(f"hx: expected {name} of shape {expected} "
+                                 f"(num_layers*num_directions, batch, hidden_size), got "
+                                 f"{_shape(s)}")
+            checked.append(s.unsqueeze(1) if unbatched else s)
+        return tuple(checked)
+
+    def _pack_state(self, final):
+        return final if self.cell.num_states == 2 else final[0]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}, cell={self.cell!r}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
+                              ("bidirectional", False), ("backend", "auto"),
+                              ("init", "uniform"), ("forget_bias", None)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)!r}"
+        return s
+
+
+class RNN(RecurrentStack):
+    r"""Elman RNN, a drop-in for ``torch.nn.RNN``: ``h_t = f(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``.
+
+    Args:
+        input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, dropout,
+        bidirectional, device, dtype: as ``torch.nn.RNN`` (same positions);
+        nonlinearity: "tanh", "relu" or "sigmoid" (Mikolov's RNNLM; no fused kernel);
+        backend, init ("identity" with "relu" gives the IRNN): see the module docstring.
+
+    Shapes: see :class:`RecurrentStack`. Example::
+
+        >>> rnn = rnnkit.RNN(10, 20, 2)
+        >>> output, h_n = rnn(torch.randn(5, 3, 10))     # (5, 3, 20), (2, 3, 20)
+    """
+
+    cell_kind = "rnn"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
+                 *, backend: str = "auto", init: str = "uniform"):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, device, dtype, nonlinearity=nonlinearity,
+                         backend=backend, init=init)
+        self.nonlinearity = nonlinearity
+
+
+class LSTM(RecurrentStack):
+    r"""LSTM, a drop-in for ``torch.nn.LSTM`` (gate order i, f, g, o); equations in
+    :mod:`rnnkit.cells.lstm`.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+        device, dtype: as ``torch.nn.LSTM``; proj_size: only 0 is supported;
+        peephole: add diagonal peephole connections (parameters ``weight_peephole_l{k}``,
+            (3H,); no fused kernel, so such a model has no ``torch.nn`` twin);
+        forget_bias: set the forget gate's total bias (e.g. 1.0);
+        backend, init: see the module docstring.
+
+    Shapes: see :class:`RecurrentStack`. Example::
+
+        >>> lstm = rnnkit.LSTM(10, 20, 2, bidirectional=True)
+        >>> output, (h_n, c_n) = lstm(torch.randn(5, 3, 10))  # (5, 3, 40), (4, 3, 20) x2
+    """
+
+    cell_kind = "lstm"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None,
+                 *, peephole: bool = False, backend: str = "auto", init: str = "uniform",
+                 forget_bias: float | None = None):
+        if proj_size != 0:
+            raise ValueError(f"proj_size: rnnkit.LSTM supports only 0, got {proj_size!r}")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, device, dtype, peephole=peephole, backend=backend,
+                         init=init, forget_bias=forget_bias)
+        self.proj_size = 0
+        self.peephole = peephole
+
+
+class GRU(RecurrentStack):
+    r"""GRU, a drop-in for ``torch.nn.GRU`` (gate order r, z, n); equations and the update
+    convention (z here = 1 − u of Cho et al.) in :mod:`rnnkit.cells.gru`.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+        device, dtype: as ``torch.nn.GRU``;
+        reset_after: True applies the reset gate after the recurrent product (PyTorch and
+            cuDNN), False before it (Cho et al. 2014; no fused kernel);
+        backend, init: see the module docstring.
+
+    Shapes: see :class:`RecurrentStack`. Example::
+
+        >>> gru = rnnkit.GRU(10, 20, batch_first=True)
+        >>> output, h_n = gru(torch.randn(3, 5, 10), lengths=[5, 2, 4])  # (3, 5, 20), (1, 3, 20)
+    """
+
+    cell_kind = "gru"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, device=None, dtype=None, *,
+                 reset_after: bool = True, backend: str = "auto", init: str = "uniform"):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, device, dtype, reset_after=reset_after,
+                         backend=backend, init=init)
+        self.reset_after = reset_after
+
+
+def detach_state(state):
+    """Cut the graph between truncated-BPTT windows: ``h`` or ``(h, c)`` -> detached copy."""
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()

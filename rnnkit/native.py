@@ -1,0 +1,38 @@
+"""PyTorch's fused RNN kernels (oneDNN/ATen on CPU, cuDNN on GPU) for the standard cells.
+
+The only file of rnnkit that touches a private PyTorch API (``torch._VF``): the same entry
+points ``torch.nn.RNN/LSTM/GRU`` call. Parameters are passed in ``torch.nn``'s flat order —
+per layer and direction ``weight_ih, weight_hh[, bias_ih, bias_hh]`` — so the results are
+those of the matching ``torch.nn`` module.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, _VF
+
+_KERNELS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
+
+
+def native_stack(mode: str, data: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, ...],
+                 flat_weights: list[Tensor], has_biases: bool, num_layers: int,
+                 dropout: float, training: bool, bidirectional: bool):
+    """Run a whole stack on PyTorch's fused kernel.
+
+    Args:
+        mode: "LSTM", "GRU", "RNN_TANH" or "RNN_RELU" (a cell's ``native_mode``).
+        data: (T, B, I) time-major input when ``batch_sizes`` is None, else packed (N, I).
+        batch_sizes: the packed batch sizes (a CPU int64 tensor), or None.
+        hx: initial states, (L*D, B, H) each — ``(h0,)`` or ``(h0, c0)``.
+
+    Returns:
+        output ((T, B, D*H) or packed (N, D*H)) and the final states, (L*D, B, H) each.
+    """
+    kernel = _KERNELS[mode]
+    state = hx if mode == "LSTM" else hx[0]
+    if batch_sizes is None:
+        result = kernel(data, state, flat_weights, has_biases, num_layers, dropout, training,
+                        bidirectional, False)
+    else:
+        result = kernel(data, batch_sizes, state, flat_weights, has_biases, num_layers,
+                        dropout, training, bidirectional)
+    return result[0], tuple(result[1:])
