@@ -9,7 +9,8 @@ Symbols used by every cell (shapes for ``n`` active rows at one step):
 - ``xw``  (n, G*H) the input projection ``x_t @ weight_ih.T + bias_ih`` (plus ``bias_hh``
   when ``fold_bias_hh``), computed for all time steps at once by the engine;
 - ``state`` a tuple of (n, H) tensors — ``(h,)`` or ``(h, c)``; ``state[0]`` is the output;
-- ``cache`` whatever ``step_backward`` needs, kept by the engine between the passes;
+- ``cache`` what the step keeps for the backward; ``prepare_backward`` turns the caches of
+  all steps into the per-step factors ``step_backward`` reads;
 - ``dxw`` (n, G*H) the gradient of the loss w.r.t. ``xw``;
 - ``dhw`` (n, G*H) the gradient w.r.t. the recurrent pre-activation ``h_prev @ W.T + b_hh``
   (for most cells the same tensor as ``dxw``); ``bias_hh``'s gradient is ``dhw.sum(0)``.
@@ -47,10 +48,24 @@ class Cell(ABC):
                      bias_hh: Tensor | None, *extra: Tensor) -> tuple[State, tuple]:
         """One step: (n, G*H) input projection and (n, H) states -> new states, cache."""
 
+    def prepare_backward(self, caches: list[tuple], *extra: Tensor) -> list[tuple]:
+        """Turn the forward's per-step caches into what ``step_backward`` reads.
+
+        Called once per sequence before the backward loop. Every factor of the backward
+        that depends only on forward values (the gates' derivatives, products of
+        activations) is computed here for all time steps in one vectorised pass, so the
+        loop over time does only what the recurrence forces: a few products with the
+        incoming gradient and one matrix product. The default keeps the caches as they are.
+        """
+        return caches
+
     @abstractmethod
     def step_backward(self, dstate: State, cache: tuple, weight_hh: Tensor,
                       *extra: Tensor) -> tuple[State, Tensor, Tensor]:
-        """Gradient of one step: d(new state) -> (d(previous state), dxw, dhw)."""
+        """Gradient of one step: d(new state) -> (d(previous state), dxw, dhw).
+
+        ``cache`` is that step's entry of :meth:`prepare_backward`'s result.
+        """
 
     def param_backward(self, dhw: Tensor, caches: list[tuple],
                        *extra: Tensor) -> tuple[Tensor, ...]:
@@ -60,8 +75,18 @@ class Cell(ABC):
         caches in the same order. The default needs ``cache[0] == h_prev``: one matrix
         product over the stacked time axis, ``dweight_hh = dhw.T @ h_prev`` (G*H, H).
         """
-        h_prev = torch.cat([cache[0] for cache in caches])  # (N, H)
-        return (dhw.t() @ h_prev,)
+        return (dhw.t() @ stacked(caches, 0),)             # (G*H, N) @ (N, H)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def stacked(caches: list[tuple], k: int) -> Tensor:
+    """Field ``k`` of every step's cache, stacked along the packed time axis: (N, ·)."""
+    return torch.cat([cache[k] for cache in caches])
+
+
+def per_step(caches: list[tuple], *tensors: Tensor) -> list[tuple]:
+    """Split (N, ·) tensors back into per-step views, one tuple per step of ``caches``."""
+    sizes = [cache[0].shape[0] for cache in caches]
+    return list(zip(*(t.split(sizes) for t in tensors)))

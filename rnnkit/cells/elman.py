@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkit.cells.base import Cell, State
+from rnnkit.cells.base import Cell, per_step, stacked
 
 
 def _tanh_grad(h: Tensor) -> Tensor:
@@ -70,10 +70,13 @@ class ElmanCell(Cell):
         h = self.f(a)                                       # (n, H)
         return (h,), (h_prev, h)
 
+    def prepare_backward(self, caches, *extra):
+        return per_step(caches, self.f_grad(stacked(caches, 1)))  # f'(a_t) for every t
+
     def step_backward(self, dstate, cache, weight_hh, *extra):
         (dh,) = dstate
-        h_prev, h = cache
-        da = dh * self.f_grad(h)                            # dL/da = dh ⊙ f'(a)
+        (f_grad,) = cache
+        da = dh * f_grad                                    # dL/da = dh ⊙ f'(a)
         dh_prev = da @ weight_hh                            # dL/dh_prev = da W
         return (dh_prev,), da, da
 

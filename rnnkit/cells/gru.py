@@ -20,12 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from rnnkit.cells.base import Cell
-
-
-def _update_backward(dh, z, n, h_prev):
-    """Gradients through ``h = n + z ⊙ (h_prev − n)``: (dn, dz, direct dh_prev)."""
-    return dh * (1 - z), dh * (h_prev - n), dh * z
+from rnnkit.cells.base import Cell, per_step, stacked
 
 
 class GRUCell(Cell):
@@ -52,17 +47,24 @@ class GRUCell(Cell):
         h = n + z * (h_prev - n)                            # (1 − z) n + z h_{t-1}
         return (h,), (h_prev, rz, n, hn)
 
-    def step_backward(self, dstate, cache, weight_hh, *extra):
-        (dh,) = dstate
-        h_prev, rz, n, hn = cache
+    def prepare_backward(self, caches, *extra):
+        """Per-step factors of the backward, for all steps at once (see step_backward)."""
+        h_prev, rz, n, hn = (stacked(caches, k) for k in range(4))     # (N, ·)
         r, z = rz.chunk(2, 1)
-        dn, dz, dh_prev = _update_backward(dh, z, n, h_prev)
-        da_n = dn * (1 - n * n)                             # tanh' = 1 − n²
-        dr = da_n * hn                                      # dL/dr = da_n ⊙ (h W_n.T + b_hn)
-        da_rz = torch.cat([dr, dz], 1) * rz * (1 - rz)      # σ' on r and z   (n, 2H)
-        dxw = torch.cat([da_rz, da_n], 1)                   # (n, 3H)
-        dhw = torch.cat([da_rz, da_n * r], 1)               # the n block passes through r
-        dh_prev = dh_prev + dhw @ weight_hh                 # (n, H)
+        F_n = (1 - z) * (1 - n * n)                         # da_n = dh (1 − z) tanh'
+        F_r = F_n * hn * r * (1 - r)                        # da_r = da_n (h W_n.T + b_hn) σ'
+        F_z = (h_prev - n) * z * (1 - z)                    # da_z = dh (h_{t-1} − n) σ'
+        F_x = torch.cat([F_r, F_z, F_n], 1)                 # dxw = [dh, dh, dh] ⊙ F_x
+        F_h = torch.cat([F_r, F_z, F_n * r], 1)             # dhw: the n block passes r
+        return per_step(caches, F_x, F_h, z)
+
+    def step_backward(self, dstate, cache, weight_hh, *extra):
+        (dh,) = dstate                                      # (n, H)
+        F_x, F_h, z = cache
+        dh3 = torch.cat([dh, dh, dh], 1)                    # (n, 3H)
+        dxw = dh3 * F_x                                     # dL/d(input projection)
+        dhw = dh3.mul_(F_h)                                 # dL/d(h W.T + b_hh)
+        dh_prev = torch.addmm(dh * z, dhw, weight_hh)       # direct path z ⊙ dh, plus dhw W
         return (dh_prev,), dxw, dhw
 
     def __repr__(self):
@@ -95,23 +97,29 @@ class GRUResetBeforeCell(Cell):
         h = n + z * (h_prev - n)
         return (h,), (h_prev, rz, n, rh)
 
-    def step_backward(self, dstate, cache, weight_hh, *extra):
-        (dh,) = dstate
-        h_prev, rz, n, rh = cache
+    def prepare_backward(self, caches, *extra):
+        """Per-step factors of the backward, for all steps at once (see step_backward)."""
+        h_prev, rz, n = (stacked(caches, k) for k in range(3))          # (N, ·)
         r, z = rz.chunk(2, 1)
-        H = h_prev.shape[1]
-        dn, dz, dh_prev = _update_backward(dh, z, n, h_prev)
-        da_n = dn * (1 - n * n)                             # (n, H)
-        drh = da_n @ weight_hh[2 * H:]                      # dL/d(r ⊙ h) = da_n W_n
-        da_rz = torch.cat([drh * h_prev, dz], 1) * rz * (1 - rz)  # (n, 2H)
-        dh_prev = dh_prev + drh * r + da_rz @ weight_hh[:2 * H]
+        F_n = (1 - z) * (1 - n * n)                         # da_n = dh (1 − z) tanh'
+        F_r = h_prev * r * (1 - r)                          # da_r = d(r ⊙ h) h_{t-1} σ'
+        F_z = (h_prev - n) * z * (1 - z)                    # da_z = dh (h_{t-1} − n) σ'
+        return per_step(caches, F_n, F_r, F_z, r, z)
+
+    def step_backward(self, dstate, cache, weight_hh, *extra):
+        (dh,) = dstate                                      # (n, H)
+        F_n, F_r, F_z, r, z = cache
+        H = dh.shape[1]
+        da_n = dh * F_n
+        drh = da_n @ weight_hh[2 * H:]                      # dL/d(r ⊙ h_{t-1}) = da_n W_n
+        da_rz = torch.cat([drh * F_r, dh * F_z], 1)         # (n, 2H)
+        dh_prev = torch.addmm(torch.addcmul(dh * z, drh, r), da_rz, weight_hh[:2 * H])
         da = torch.cat([da_rz, da_n], 1)                    # (n, 3H)
         return (dh_prev,), da, da
 
     def param_backward(self, dhw, caches, *extra):
         H = dhw.shape[1] // 3
-        h_prev = torch.cat([cache[0] for cache in caches])  # (N, H)
-        rh = torch.cat([cache[3] for cache in caches])      # (N, H)
+        h_prev, rh = stacked(caches, 0), stacked(caches, 3)  # (N, H) each
         return (torch.cat([dhw[:, :2 * H].t() @ h_prev,     # r, z rows see h_{t-1}
                            dhw[:, 2 * H:].t() @ rh]),)      # n rows see r ⊙ h_{t-1}
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from rnnkit.cells.base import Cell
+from rnnkit.cells.base import Cell, per_step, stacked
 
 
 class LSTMCell(Cell):
@@ -41,49 +41,55 @@ class LSTMCell(Cell):
 
     def step_forward(self, xw, state, weight_hh, bias_hh, *extra):
         h_prev, c_prev = state                              # (n, H) each
+        H = c_prev.shape[1]
         a = torch.addmm(xw, h_prev, weight_hh.t())          # (n, 4H)
         if bias_hh is not None:
             a = a + bias_hh
-        if not self.peephole:
-            sig = a.sigmoid()                               # (n, 4H); its g block is unused
+        if self.peephole:
+            p_i, p_f, p_o = extra[0].chunk(3)
+            a_i, a_f, a_g, a_o = a.chunk(4, 1)
+            i = (a_i + p_i * c_prev).sigmoid()
+            f = (a_f + p_f * c_prev).sigmoid()
+            g = a_g.tanh()
+        else:
+            sig = a.sigmoid()                               # i, f, o in one call (g unused)
             i, f, _, o = sig.chunk(4, 1)
-            g = a[:, 2 * a.shape[1] // 4: 3 * a.shape[1] // 4].tanh()
-            c = f * c_prev + i * g                          # c_t = f ⊙ c_{t-1} + i ⊙ g
-            tc = c.tanh()
-            h = o * tc                                      # h_t = o ⊙ tanh(c_t)
-            return (h, c), (h_prev, c_prev, sig, g, tc)
-        (p,) = extra
-        p_i, p_f, p_o = p.chunk(3)
-        a_i, a_f, a_g, a_o = a.chunk(4, 1)
-        i = (a_i + p_i * c_prev).sigmoid()
-        f = (a_f + p_f * c_prev).sigmoid()
-        g = a_g.tanh()
-        c = f * c_prev + i * g
-        o = (a_o + p_o * c).sigmoid()
+            g = a[:, 2 * H:3 * H].tanh()
+        c = torch.addcmul(f * c_prev, i, g)                 # c_t = f ⊙ c_{t-1} + i ⊙ g
+        if self.peephole:
+            o = (a_o + p_o * c).sigmoid()
+            sig = torch.cat([i, f, g, o], 1)                # the layout of the plain cell
         tc = c.tanh()
-        h = o * tc
-        sig = torch.cat([i, f, g, o], 1)                    # (n, 4H), g block unused
+        h = o * tc                                          # h_t = o ⊙ tanh(c_t)
         return (h, c), (h_prev, c_prev, sig, g, tc, c)
 
-    def step_backward(self, dstate, cache, weight_hh, *extra):
-        dh, dc_next = dstate
-        h_prev, c_prev, sig, g, tc = cache[:5]
-        i, f, _, o = sig.chunk(4, 1)
+    def prepare_backward(self, caches, *extra):
+        """Per-step factors of the backward, for all steps at once (see step_backward)."""
+        c_prev, sig, g, tc = (stacked(caches, k) for k in range(1, 5))  # (N, H), (N, 4H), …
         H = g.shape[1]
-        do = dh * tc                                        # dL/do = dh ⊙ tanh(c)
-        dc = dc_next + dh * o * (1 - tc * tc)               # dL/dc += dh ⊙ o ⊙ (1 − tanh²c)
+        i, f, o = sig[:, :H], sig[:, H:2 * H], sig[:, 3 * H:]
+        # da = [dc, dc, dc, dh] ⊙ F with, per gate block,
+        # da_i = dc g σ'(i),  da_f = dc c_{t-1} σ'(f),  da_g = dc i (1 − g²),  da_o = dh tanh(c) σ'(o)
+        F = sig - sig * sig                                 # σ' = σ(1 − σ)    (N, 4H)
+        F[:, 2 * H:3 * H] = i * (1 - g * g)
+        F[:, :H] *= g
+        F[:, H:2 * H] *= c_prev
+        F[:, 3 * H:] *= tc
+        dc_dh = o * (1 - tc * tc)                           # dc gains dh ⊙ o ⊙ (1 − tanh²c)
+        dc_prev_dc = f                                      # dc_{t-1} = dc ⊙ f
         if self.peephole:
-            (p,) = extra
-            p_i, p_f, p_o = p.chunk(3)
-            da_o = do * o * (1 - o)
-            dc = dc + da_o * p_o                            # o sees c_t through p_o
-        dgate = torch.cat([dc * g, dc * c_prev, dc * i, do], 1)  # dL/d(i, f, g, o)  (n, 4H)
-        da = dgate * sig * (1 - sig)                        # σ' = σ(1 − σ) on i, f, o
-        da[:, 2 * H:3 * H] = dgate[:, 2 * H:3 * H] * (1 - g * g)  # tanh' = 1 − g² on g
-        dc_prev = dc * f                                    # dL/dc_{t-1} = dc ⊙ f
-        if self.peephole:
-            dc_prev = dc_prev + da[:, :H] * p_i + da[:, H:2 * H] * p_f
-        dh_prev = da @ weight_hh                            # (n, H)
+            p_i, p_f, p_o = extra[0].chunk(3)
+            dc_dh = dc_dh + F[:, 3 * H:] * p_o              # o sees c_t through p_o
+            dc_prev_dc = f + F[:, :H] * p_i + F[:, H:2 * H] * p_f  # i, f see c_{t-1}
+        return per_step(caches, dc_dh, F, dc_prev_dc)
+
+    def step_backward(self, dstate, cache, weight_hh, *extra):
+        dh, dc_next = dstate                                # (n, H) each
+        dc_dh, F, dc_prev_dc = cache
+        dc = torch.addcmul(dc_next, dh, dc_dh)              # dc = dc_next + dh ⊙ o ⊙ (1 − tanh²c)
+        da = torch.cat([dc, dc, dc, dh], 1).mul_(F)         # dL/da for i, f, g, o   (n, 4H)
+        dh_prev = da @ weight_hh                            # dL/dh_{t-1} = da W
+        dc_prev = dc * dc_prev_dc                           # dL/dc_{t-1} = dc ⊙ f
         return (dh_prev, dc_prev), da, da
 
     def param_backward(self, dhw, caches, *extra):
@@ -91,8 +97,7 @@ class LSTMCell(Cell):
         if not self.peephole:
             return (dweight_hh,)
         H = dhw.shape[1] // 4
-        c_prev = torch.cat([cache[1] for cache in caches])  # (N, H)
-        c = torch.cat([cache[5] for cache in caches])       # (N, H)
+        c_prev, c = stacked(caches, 1), stacked(caches, 5)  # (N, H) each
         dp = torch.cat([(dhw[:, :H] * c_prev).sum(0),       # dL/dp_i = Σ da_i ⊙ c_{t-1}
                         (dhw[:, H:2 * H] * c_prev).sum(0),  # dL/dp_f = Σ da_f ⊙ c_{t-1}
                         (dhw[:, 3 * H:] * c).sum(0)])       # dL/dp_o = Σ da_o ⊙ c_t

@@ -1,0 +1,130 @@
+"""Forward+backward speed of rnnkit's recurrent layers on the CPU, side by side.
+
+For every cell and shape it times one training pass (forward, then backward of a loss over
+the outputs and final state) of the same single-layer model through
+
+- ``bptt``     rnnkit's hand-derived BPTT engine,
+- ``native``   PyTorch's fused kernel (oneDNN on CPU) — standard cells only,
+- ``autograd`` the engine's forward under autograd: an autograd loop over the same cell,
+
+interleaving the backends repetition by repetition so that machine noise hits all alike,
+and reports medians and the ratios against the hand engine. The machine's sgemm rate is
+measured in the same run for scale. Usage::
+
+    python benchmarks/bench_core.py                 # full table, writes benchmarks/results/core.json
+    python benchmarks/bench_core.py --quick         # one small shape, fewer repetitions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import rnnkit  # noqa: E402
+
+SHAPES = [(35, 20, 200), (35, 20, 650), (35, 64, 1024), (100, 32, 256)]  # (T, B, I = H)
+STANDARD = [("lstm", "LSTM", {}), ("gru", "GRU", {}), ("rnn_tanh", "RNN", {})]
+NONSTANDARD = [("lstm_peephole", "LSTM", {"peephole": True}),
+               ("gru_reset_before", "GRU", {"reset_after": False}),
+               ("rnn_sigmoid", "RNN", {"nonlinearity": "sigmoid"})]
+
+
+def sgemm_gflops(n: int = 2048, reps: int = 5) -> float:
+    """Median single-precision matrix-multiply rate of this machine, GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def train_pass(model, x):
+    out, state = model(x)
+    h = state[0] if isinstance(state, tuple) else state
+    (out.sum() + h.sum()).backward()
+
+
+def time_backends(cls, kwargs, backends, shape, reps):
+    """Median seconds per forward+backward for each backend, interleaved."""
+    T, B, H = shape
+    torch.manual_seed(0)
+    x = torch.randn(T, B, H, requires_grad=True)
+    models = {}
+    for backend in backends:
+        torch.manual_seed(0)
+        models[backend] = cls(H, H, backend=backend, **kwargs)
+    times = {b: [] for b in backends}
+    for rep in range(reps + 1):                          # the first round is warm-up
+        for backend, model in models.items():
+            model.zero_grad(set_to_none=True)
+            x.grad = None
+            t0 = time.perf_counter()
+            train_pass(model, x)
+            if rep:
+                times[backend].append(time.perf_counter() - t0)
+    return {b: statistics.median(t) for b, t in times.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=7, help="timed repetitions per backend")
+    parser.add_argument("--quick", action="store_true", help="only the first shape, 3 reps")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "core.json"),
+                        help="JSON file for the numbers")
+    args = parser.parse_args(argv)
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    reps = 3 if args.quick else args.reps
+
+    gflops = sgemm_gflops()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}, sgemm {gflops:.0f} GFLOP/s (2048³)")
+    rows = []
+    header = (f"{'cell':17s} {'T':>4s} {'B':>3s} {'H':>5s} {'bptt ms':>8s} {'native ms':>9s} "
+              f"{'autograd ms':>11s} {'bptt/native':>11s} {'bptt/autograd':>13s}")
+    print(header)
+    print("-" * len(header))
+    for name, cls_name, kwargs in STANDARD + NONSTANDARD:
+        cls = getattr(rnnkit, cls_name)
+        standard = (name, cls_name, kwargs) in STANDARD
+        backends = ["bptt", "native", "autograd"] if standard else ["bptt", "autograd"]
+        for shape in shapes:
+            t = time_backends(cls, kwargs, backends, shape, reps)
+            row = {"cell": name, "T": shape[0], "B": shape[1], "H": shape[2],
+                   **{f"{b}_ms": t[b] * 1e3 for b in backends},
+                   # speed ratios: > 1 means the hand engine is faster
+                   "speed_vs_native": t["native"] / t["bptt"] if standard else None,
+                   "speed_vs_autograd": t["autograd"] / t["bptt"]}
+            rows.append(row)
+            native = f"{row['native_ms']:9.1f}" if standard else f"{'-':>9s}"
+            vs_native = f"{row['speed_vs_native']:10.2f}x" if standard else f"{'-':>11s}"
+            print(f"{name:17s} {shape[0]:4d} {shape[1]:3d} {shape[2]:5d} {row['bptt_ms']:8.1f} "
+                  f"{native} {row['autograd_ms']:11.1f} {vs_native} "
+                  f"{row['speed_vs_autograd']:12.2f}x", flush=True)
+    print("ratios are speeds relative to the hand engine's peer (>1: bptt faster); "
+          "times are medians of forward+backward")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+              "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "sgemm_gflops": gflops, "reps": reps, "rows": rows}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
