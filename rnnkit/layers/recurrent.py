@@ -11,6 +11,8 @@ order LSTM i,f,g,o and GRU r,z,n), and add rnnkit's own options:
   kernels, standard cells only), "autograd" (the engine's forward under autograd — the
   reference), or "auto" (see :data:`AUTO_BACKEND`);
 - ``init`` "uniform" | "orthogonal" | "identity" and ``forget_bias`` (see ``layers.init``);
+- ``weight_dropout``: DropConnect on the recurrent matrices in training (AWD-LSTM's
+  weight drop, without patching any module);
 - ``forward(input, hx=None, lengths=None)``: ``lengths`` gives per-example lengths of a
   padded batch; outputs past an example's length are zero and its final state is the state
   at its own last token.
@@ -70,7 +72,7 @@ class RecurrentStack(nn.Module):
                  bidirectional: bool = False, device=None, dtype=None, *,
                  nonlinearity: str = "tanh", peephole: bool = False, reset_after: bool = True,
                  backend: str = "auto", init: str = "uniform",
-                 forget_bias: float | None = None):
+                 forget_bias: float | None = None, weight_dropout: float = 0.0):
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
@@ -78,6 +80,8 @@ class RecurrentStack(nn.Module):
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
         if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1):
             raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+        if not (isinstance(weight_dropout, (int, float)) and 0 <= weight_dropout < 1):
+            raise ValueError(f"weight_dropout: expected a number in [0, 1), got {weight_dropout!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
         check_init(init)
@@ -91,6 +95,7 @@ class RecurrentStack(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional = bidirectional
+        self.weight_dropout = float(weight_dropout)
         self.backend, self.init, self.forget_bias = backend, init, forget_bias
         self.num_directions = 2 if bidirectional else 1
         kw = {"device": device, "dtype": dtype}
@@ -113,9 +118,16 @@ class RecurrentStack(nn.Module):
 
     # -- parameters ------------------------------------------------------------------------
 
-    def _params(self, index: int):
-        """(weight_ih, weight_hh, bias_ih, bias_hh, extra) of layer-direction ``index``."""
+    def _params(self, index: int, for_forward: bool = False):
+        """(weight_ih, weight_hh, bias_ih, bias_hh, extra) of layer-direction ``index``.
+
+        ``for_forward`` with ``weight_dropout`` in training gives ``weight_hh`` with
+        DropConnect applied (Wan et al. 2013; AWD-LSTM's weight drop): a fresh mask per
+        forward call, the same for every time step; the parameter itself is never modified.
+        """
         p = [getattr(self, name) for name in self._param_names[index]]
+        if for_forward and self.weight_dropout and self.training:
+            p[1] = F.dropout(p[1], self.weight_dropout, training=True)
         if self.bias:
             return p[0], p[1], p[2], p[3], tuple(p[4:])
         return p[0], p[1], None, None, tuple(p[2:])
@@ -166,8 +178,9 @@ class RecurrentStack(nn.Module):
 
         backend = self.resolved_backend()
         if backend == "native":
-            out, final = native_stack(self.cell.native_mode, data, batch_sizes, state0,
-                                      [getattr(self, n) for ns in self._param_names for n in ns],
+            flat = [w for index in range(len(self._param_names))
+                    for w in self._params(index, True)[:4] if w is not None]
+            out, final = native_stack(self.cell.native_mode, data, batch_sizes, state0, flat,
                                       self.bias, self.num_layers, self.dropout, self.training,
                                       self.bidirectional)
         else:
@@ -199,7 +212,7 @@ class RecurrentStack(nn.Module):
             outs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
-                w_ih, w_hh, b_ih, b_hh, extra = self._params(index)
+                w_ih, w_hh, b_ih, b_hh, extra = self._params(index, True)
                 out, final = engine(self.cell, x, batch_sizes, tuple(s[index] for s in state0),
                                     w_ih, w_hh, b_ih, b_hh, extra, reverse=direction == 1)
                 outs.append(out)
@@ -260,8 +273,8 @@ class RecurrentStack(nn.Module):
         k = self.cell.num_states
         shape = (self.num_layers * self.num_directions, B, self.hidden_size)
         if hx is None:
-            zeros = torch.zeros(shape, dtype=data.dtype, device=data.device)
-            return (zeros,) * k
+            return tuple(torch.zeros(shape, dtype=data.dtype, device=data.device)
+                         for _ in range(k))
         states = tuple(hx) if k == 2 and isinstance(hx, (tuple, list)) else (hx,)
         if len(states) != k or not all(isinstance(s, Tensor) for s in states):
             kind = "a tuple (h_0, c_0) of tensors" if k == 2 else "a tensor h_0"
@@ -284,6 +297,7 @@ class RecurrentStack(nn.Module):
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
+                              ("weight_dropout", 0.0),
                               ("bidirectional", False), ("backend", "auto"),
                               ("init", "uniform"), ("forget_bias", None)):
             if getattr(self, name) != default:
@@ -311,10 +325,10 @@ class RNN(RecurrentStack):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
-                 *, backend: str = "auto", init: str = "uniform"):
+                 *, backend: str = "auto", init: str = "uniform", weight_dropout: float = 0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, device, dtype, nonlinearity=nonlinearity,
-                         backend=backend, init=init)
+                         backend=backend, init=init, weight_dropout=weight_dropout)
         self.nonlinearity = nonlinearity
 
 
@@ -342,12 +356,12 @@ class LSTM(RecurrentStack):
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None,
                  *, peephole: bool = False, backend: str = "auto", init: str = "uniform",
-                 forget_bias: float | None = None):
+                 forget_bias: float | None = None, weight_dropout: float = 0.0):
         if proj_size != 0:
             raise ValueError(f"proj_size: rnnkit.LSTM supports only 0, got {proj_size!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, device, dtype, peephole=peephole, backend=backend,
-                         init=init, forget_bias=forget_bias)
+                         init=init, forget_bias=forget_bias, weight_dropout=weight_dropout)
         self.proj_size = 0
         self.peephole = peephole
 
@@ -374,10 +388,11 @@ class GRU(RecurrentStack):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, device=None, dtype=None, *,
-                 reset_after: bool = True, backend: str = "auto", init: str = "uniform"):
+                 reset_after: bool = True, backend: str = "auto", init: str = "uniform",
+                 weight_dropout: float = 0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, device, dtype, reset_after=reset_after,
-                         backend=backend, init=init)
+                         backend=backend, init=init, weight_dropout=weight_dropout)
         self.reset_after = reset_after
 
 

@@ -1,0 +1,1 @@
+from rnnkit.cli import main; import sys; sys.exit(main())

@@ -1,0 +1,209 @@
+"""Recurrent language model: embedding → rnnkit recurrent layers → dropout → softmax head.
+
+Regularisation, all off by default (Zaremba et al. 2014; Gal & Ghahramani 2016; Merity et
+al. 2018):
+
+- ``dropout``: on the embedding output, between layers and on the last layer's output;
+  with ``locked_dropout`` the mask is drawn once per sequence and reused at every step
+  (variational dropout) instead of anew for every element;
+- ``embedding_dropout``: drops whole word types from the embedding matrix;
+- ``weight_dropout``: DropConnect on every recurrent matrix (see ``rnnkit.layers``).
+
+Shapes: T time, B batch, V vocabulary, E embedding, H hidden. States are tuples over layers
+of each layer's state — ``h`` (1, B, H), or ``(h, c)`` for an LSTM — batch on dimension 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.cells import CELL_KINDS
+from rnnkit.layers import GRU, LSTM, RNN, detach_state
+from rnnkit.models.softmax import HEADS, AdaptiveSoftmax, ClassSoftmax, FullSoftmax, frequency_classes
+
+_LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Architecture of a :class:`LanguageModel` (saved as JSON in the model directory)."""
+
+    vocab_size: int
+    cell: str = "lstm"                  # "rnn" | "lstm" | "gru"
+    nonlinearity: str = "tanh"          # rnn: "tanh" | "relu" | "sigmoid"
+    peephole: bool = False              # lstm
+    reset_after: bool = True            # gru
+    embedding_size: int = 0             # 0: same as hidden_size
+    hidden_size: int = 200
+    num_layers: int = 2
+    dropout: float = 0.0
+    locked_dropout: bool = False
+    embedding_dropout: float = 0.0
+    weight_dropout: float = 0.0
+    tie_weights: bool = False
+    softmax: str = "full"               # "full" | "class" | "adaptive"
+    num_classes: int = 0                # class softmax: 0 means about sqrt(V)
+    adaptive_cutoffs: tuple[int, ...] = field(default_factory=tuple)
+    backend: str = "auto"
+    init: str = "uniform"
+
+    def __post_init__(self):
+        checks = [
+            ("vocab_size", self.vocab_size >= 2, "an int >= 2"),
+            ("cell", self.cell in CELL_KINDS, f"one of {list(CELL_KINDS)}"),
+            ("hidden_size", self.hidden_size >= 1, "a positive int"),
+            ("embedding_size", self.embedding_size >= 0, "an int >= 0"),
+            ("num_layers", self.num_layers >= 1, "a positive int"),
+            ("softmax", self.softmax in HEADS, f"one of {list(HEADS)}"),
+            ("num_classes", self.num_classes >= 0, "an int >= 0"),
+        ]
+        for name in ("dropout", "embedding_dropout", "weight_dropout"):
+            value = getattr(self, name)
+            checks.append((name, 0 <= value < 1, "a number in [0, 1)"))
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+        if self.tie_weights and self.softmax == "adaptive":
+            raise ValueError("tie_weights: not available with softmax='adaptive'")
+        if self.tie_weights and self.embedding_size not in (0, self.hidden_size):
+            raise ValueError(f"tie_weights: needs embedding_size == hidden_size, got "
+                             f"{self.embedding_size} and {self.hidden_size}")
+
+    @property
+    def embed_dim(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["adaptive_cutoffs"] = list(self.adaptive_cutoffs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"model config: unknown field(s) {unknown}")
+        d = dict(d)
+        d["adaptive_cutoffs"] = tuple(d.get("adaptive_cutoffs", ()))
+        return cls(**d)
+
+
+def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Variational dropout on (T, B, H): one mask (1, B, H) for all time steps."""
+    if not training or p == 0:
+        return x
+    mask = x.new_empty(1, x.shape[1], x.shape[2]).bernoulli_(1 - p) / (1 - p)
+    return x * mask
+
+
+def embedding_dropout(weight: Tensor, p: float, training: bool) -> Tensor:
+    """Drop whole rows (word types) of an embedding matrix (V, E), rescaling the rest."""
+    if not training or p == 0:
+        return weight
+    mask = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
+    return weight * mask
+
+
+class LanguageModel(nn.Module):
+    """``P(w_t | w_<t)`` with a recurrent network; see the module docstring.
+
+    Args:
+        config: the architecture.
+        counts: training frequency of every token id (V,), needed by ``softmax="class"``.
+    """
+
+    def __init__(self, config: LMConfig, counts: list[int] | None = None):
+        super().__init__()
+        self.config = config
+        V, E, H, L = config.vocab_size, config.embed_dim, config.hidden_size, config.num_layers
+        self.embedding = nn.Embedding(V, E)
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        layer = _LAYERS[config.cell]
+        options = {"backend": config.backend, "init": config.init,
+                   "weight_dropout": config.weight_dropout}
+        if config.cell == "rnn":
+            options["nonlinearity"] = config.nonlinearity
+        elif config.cell == "lstm":
+            options["peephole"] = config.peephole
+        else:
+            options["reset_after"] = config.reset_after
+        self.layers = nn.ModuleList(layer(E if k == 0 else H, H, **options) for k in range(L))
+        tied = self.embedding.weight if config.tie_weights else None
+        if config.softmax == "full":
+            self.head = FullSoftmax(H, V, tied)
+        elif config.softmax == "class":
+            if counts is None or len(counts) != V:
+                raise ValueError("softmax='class' needs the training counts of all "
+                                 f"{V} token ids")
+            C = config.num_classes or max(2, round(V ** 0.5))
+            self.head = ClassSoftmax(H, frequency_classes(counts, C), tied)
+        else:
+            self.head = AdaptiveSoftmax(H, V, list(config.adaptive_cutoffs))
+
+    def _dropout(self, x: Tensor) -> Tensor:
+        if self.config.locked_dropout:
+            return locked_dropout(x, self.config.dropout, self.training)
+        return F.dropout(x, self.config.dropout, self.training)
+
+    def initial_state(self, batch_size: int) -> tuple:
+        """Zero states for ``batch_size`` streams."""
+        p = self.embedding.weight
+        zeros = lambda: p.new_zeros(1, batch_size, self.config.hidden_size)  # noqa: E731
+        if self.config.cell == "lstm":
+            return tuple((zeros(), zeros()) for _ in self.layers)
+        return tuple(zeros() for _ in self.layers)
+
+    def forward(self, tokens: Tensor, state: tuple | None = None,
+                lengths: Tensor | None = None) -> tuple[Tensor, tuple]:
+        """Hidden states of the last layer.
+
+        Args:
+            tokens: (T, B) token ids; state: from :meth:`initial_state` or a previous call;
+            lengths: (B,) optional lengths of a padded batch.
+
+        Returns:
+            hidden (T, B, H) after output dropout, and the new state.
+        """
+        if state is None:
+            state = self.initial_state(tokens.shape[1])
+        weight = embedding_dropout(self.embedding.weight, self.config.embedding_dropout,
+                                   self.training)
+        x = self._dropout(F.embedding(tokens, weight))                  # (T, B, E)
+        new_state = []
+        for layer, layer_state in zip(self.layers, state):
+            x, s = layer(x, layer_state, lengths=lengths)
+            new_state.append(s)
+            x = self._dropout(x)                                        # between layers, output
+        return x, tuple(new_state)
+
+    def nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """(T, B, H), (T, B) -> (T, B) negative log-likelihood of each target, in nats."""
+        flat = self.head.nll(hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1))
+        return flat.view(targets.shape)
+
+    def log_probs(self, hidden: Tensor) -> Tensor:
+        """(..., H) -> (..., V) log-distribution of the next token."""
+        flat = self.head.log_probs(hidden.reshape(-1, hidden.shape[-1]))
+        return flat.view(*hidden.shape[:-1], -1)
+
+    # -- the generation protocol (rnnkit.generate) ------------------------------------------
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor, state) -> tuple[Tensor, tuple]:
+        """One token per stream: (B,) -> log-probabilities (B, V) of the next, new state."""
+        hidden, state = self(tokens[None], state)
+        return self.log_probs(hidden[0]), state
+
+    @torch.no_grad()
+    def prime(self, tokens: Tensor, state) -> tuple[Tensor, tuple]:
+        """A whole prompt (T, B) in one call -> log-probabilities (B, V) after it, state."""
+        hidden, state = self(tokens, state)
+        return self.log_probs(hidden[-1]), state
+
+
+__all__ = ["LMConfig", "LanguageModel", "locked_dropout", "embedding_dropout", "detach_state"]
