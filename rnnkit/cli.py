@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
+from pathlib import Path
 
 
 def _cmd_check(args) -> int:
@@ -28,6 +30,197 @@ def _cmd_check(args) -> int:
     return 0 if all(row.ok for row in rows) else 1
 
 
+# -- rnnkit train lm ------------------------------------------------------------------------
+# (flag, destination group, config key, type, help). Every option may also be given in a
+# TOML file (--config), under its key; the command line overrides the file.
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+
+
+_LM_OPTIONS = [
+    # data
+    ("--data", "data", "data", str, "text file or folder with train/valid[/test] files "
+     "(default: a corpus of Python standard-library source built on the spot)"),
+    ("--level", "data", "level", str, "char | word | bpe (default char)"),
+    ("--valid-fraction", "data", "valid_fraction", float,
+     "share of lines held out for validation when there is no valid file (default 0.1)"),
+    ("--min-count", "data", "min_count", int, "rarer tokens become <unk> (default 1)"),
+    ("--max-vocab", "data", "max_vocab", int, "keep the most frequent N tokens (0: all)"),
+    ("--bpe-vocab-size", "data", "bpe_vocab_size", int, "BPE vocabulary size (default 8000)"),
+    ("--batch-size", "data", "batch_size", int, "streams per batch (char 32, word/bpe 20)"),
+    ("--bptt", "data", "bptt", int, "truncated-BPTT window (char 100, word/bpe 35)"),
+    ("--eval-batch-size", "data", "eval_batch_size", int, "streams when evaluating (10)"),
+    ("--random-length", "data", "random_length", bool, "AWD-LSTM's random window length"),
+    ("--sentence-mode", "data", "sentence_mode", bool,
+     "reset the state at every line (lines shuffled) instead of carrying it"),
+    # model
+    ("--cell", "model", "cell", str, "rnn | lstm | gru (default lstm)"),
+    ("--nonlinearity", "model", "nonlinearity", str, "rnn: tanh | relu | sigmoid"),
+    ("--peephole", "model", "peephole", bool, "lstm: peephole connections"),
+    ("--reset-before", "model", "reset_before", bool,
+     "gru: reset gate before the recurrent product (Cho et al.)"),
+    ("--embedding-size", "model", "embedding_size", int, "0: same as --hidden"),
+    ("--hidden", "model", "hidden_size", int, "hidden units per layer (default 256)"),
+    ("--layers", "model", "num_layers", int, "recurrent layers (default 2)"),
+    ("--dropout", "model", "dropout", float, "dropout on embeddings, between layers, output"),
+    ("--locked-dropout", "model", "locked_dropout", bool, "one dropout mask per sequence"),
+    ("--embedding-dropout", "model", "embedding_dropout", float, "drop whole word types"),
+    ("--weight-dropout", "model", "weight_dropout", float, "DropConnect on recurrent weights"),
+    ("--tie-weights", "model", "tie_weights", bool, "share input and output embeddings"),
+    ("--softmax", "model", "softmax", str, "full | class | adaptive (default full)"),
+    ("--classes", "model", "num_classes", int, "class softmax: classes (0: about sqrt(V))"),
+    ("--cutoffs", "model", "adaptive_cutoffs", _ints, "adaptive softmax cutoffs, e.g. 2000,10000"),
+    ("--backend", "model", "backend", str, "auto | bptt | native | autograd"),
+    ("--init", "model", "init", str, "uniform | orthogonal | identity"),
+    # training
+    ("--epochs", "train", "epochs", int, "passes over the training data (default 10)"),
+    ("--max-steps", "train", "max_steps", int, "stop after N steps in all (0: no limit)"),
+    ("--max-minutes", "train", "max_minutes", float,
+     "stop after M minutes of training (0: no limit; 4 for the default corpus)"),
+    ("--optimizer", "train", "optimizer", str, "sgd | adam | adamw (char: adam, else sgd)"),
+    ("--lr", "train", "lr", float, "learning rate (char 0.002, word/bpe 20)"),
+    ("--momentum", "train", "momentum", float, "sgd momentum (default 0)"),
+    ("--weight-decay", "train", "weight_decay", float, "L2 penalty (default 0)"),
+    ("--clip", "train", "clip", float, "max gradient norm (char 1.0, word/bpe 0.25)"),
+    ("--lr-decay", "train", "lr_decay", float,
+     "divide the lr by this when validation stops improving (char 2, word/bpe 4; 1: off)"),
+    ("--seed", "train", "seed", int, "random seed (default 1)"),
+    ("--eval-every", "train", "eval_every", int, "validate every N steps (0: per epoch)"),
+    ("--save-every", "train", "save_every", int, "resumable checkpoint every N steps"),
+    ("--log-every", "train", "log_every", int, "metrics line every N steps (default 50)"),
+    ("--tensorboard", "train", "tensorboard", bool, "also log to TensorBoard in OUT/tensorboard"),
+]
+
+
+def _add_options(parser, options) -> None:
+    for flag, _, key, kind, text in options:
+        if kind is bool:
+            parser.add_argument(flag, dest=key, action="store_const", const=True, default=None,
+                                help=text)
+        else:
+            parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
+
+
+def _read_config(path: str | None) -> dict:
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            config = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not valid TOML ({error})") from None
+    known = {key for _, _, key, _, _ in _LM_OPTIONS} | {"out", "device", "sample"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown option(s) {unknown}; "
+                         f"see 'rnnkit train lm --help'")
+    return config
+
+
+def _lm_settings(args) -> tuple[dict, dict, dict, dict]:
+    """Merge level defaults < config file < command line into (data, model, train, run)."""
+    from rnnkit.tasks.lm import LEVEL_DEFAULTS
+
+    given = {key: getattr(args, key) for _, _, key, _, _ in _LM_OPTIONS
+             if getattr(args, key) is not None}
+    file = _read_config(args.config)
+    values = {**file, **given}
+    level = values.get("level", "char")
+    if level not in LEVEL_DEFAULTS:
+        raise ValueError(f"level: expected one of {sorted(LEVEL_DEFAULTS)}, got {level!r}")
+    values = {"hidden_size": 256, "num_layers": 2, **LEVEL_DEFAULTS[level], **values}
+    if not values.get("data"):
+        values.setdefault("max_minutes", 4.0)
+    groups = {"data": {}, "model": {}, "train": {}}
+    for _, group, key, _, _ in _LM_OPTIONS:
+        if key in values:
+            groups[group][key] = values[key]
+    if groups["model"].pop("reset_before", False):
+        groups["model"]["reset_after"] = False
+    run = {"out": args.out or file.get("out"), "device": args.device or file.get("device"),
+           "sample": args.sample if args.sample is not None else file.get("sample", 400)}
+    return groups["data"], groups["model"], groups["train"], run
+
+
+def _log_to(args):
+    stream = sys.stderr if args.json else sys.stdout
+    return lambda text: print(text, file=stream, flush=True)
+
+
+def _cmd_train_lm(args) -> int:
+    from rnnkit.tasks.lm import LMDataConfig, train_lm
+    from rnnkit.train import TrainConfig
+
+    data, model, train, run = _lm_settings(args)
+    run["out"] = run["out"] or "runs/lm"
+    if args.no_progress:
+        train["progress"] = False
+    if args.resume:                 # the run's own settings, but a new budget if given
+        budget = {"epochs", "max_steps", "max_minutes", "progress", "tensorboard"}
+        overrides = {k: v for k, v in train.items()
+                     if k in budget and (getattr(args, k, None) is not None or k == "progress")}
+        summary = train_lm(None, None, None, run["out"], resume=True,
+                           train_overrides=overrides, device=run["device"] or "cpu",
+                           log=_log_to(args), sample_chars=0 if args.json else run["sample"])
+    else:
+        summary = train_lm(LMDataConfig(**data), model, TrainConfig(**train), run["out"],
+                           device=run["device"] or "cpu",
+                           log=_log_to(args), sample_chars=0 if args.json else run["sample"])
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from rnnkit.tasks.lm import describe_metrics, evaluate_file
+
+    m = evaluate_file(args.model, args.data, batch_size=args.batch_size, device=args.device)
+    if args.json:
+        print(json.dumps(m, indent=2))
+    else:
+        print(f"{args.data}: {describe_metrics(m)}; {m['tokens']:,} tokens predicted")
+        print(f"policy: {m['policy']}")
+    return 0
+
+
+def _cmd_score(args) -> int:
+    from rnnkit.tasks.lm import score_lines
+
+    rows = score_lines(args.model, args.file, device=args.device)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    print("line\tlogprob\tlog10prob\ttokens\tppl\ttext")
+    for r in rows:
+        print(f"{r['line']}\t{r['logprob']:.4f}\t{r['log10prob']:.4f}\t{r['tokens']}\t"
+              f"{r['ppl']:.3f}\t{r['text']}")
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from rnnkit.tasks.lm import generate
+
+    if args.length < 0:
+        raise ValueError(f"--length: expected >= 0, got {args.length}")
+    stream = None if args.json else (lambda piece: print(piece, end="", flush=True))
+    if stream is not None:
+        print(args.prime, end="", flush=True)
+    text = generate(args.model, args.prime, max_tokens=args.length, on_text=stream,
+                    stop=args.stop or (), device=args.device, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed)
+    if args.json:
+        print(json.dumps({"prime": args.prime, "text": text}, ensure_ascii=False))
+    else:
+        print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnkit", description="Recurrent neural networks: cells with hand-derived "
@@ -41,6 +234,60 @@ def build_parser() -> argparse.ArgumentParser:
         "forward (float64, gradcheck) and with torch.nn's twin (float32).")
     check.add_argument("--json", action="store_true", help="print the figures as JSON")
     check.set_defaults(run=_cmd_check)
+
+    train = commands.add_parser("train", help="train a model",
+                                description="Train a model of a task into a directory.")
+    tasks = train.add_subparsers(dest="task", metavar="TASK")
+    tasks.required = True
+    lm = tasks.add_parser(
+        "lm", help="a recurrent language model",
+        description="Train a recurrent language model. With no --data, trains a small "
+        "character LSTM on Python's own standard-library source for 4 minutes and prints a "
+        "sample. Options may also come from a TOML file (--config); the command line wins.")
+    lm.add_argument("--out", help="model directory to write (default: runs/lm)")
+    lm.add_argument("--resume", action="store_true",
+                    help="continue the run in --out from its last checkpoint")
+    lm.add_argument("--config", help="TOML file of options (keys as in --help, with _)")
+    lm.add_argument("--device", help="cpu | cuda | auto (default cpu)")
+    lm.add_argument("--sample", type=int, help="characters of sample text printed at the "
+                    "end (default 400; 0: none)")
+    lm.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lm.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_options(lm, _LM_OPTIONS)
+    lm.set_defaults(run=_cmd_train_lm)
+
+    ev = commands.add_parser("eval", help="perplexity of a model on a text file",
+                             description="Evaluate a trained model on a text file.")
+    ev.add_argument("model", metavar="DIR", help="model directory")
+    ev.add_argument("--data", required=True, metavar="FILE", help="UTF-8 text file")
+    ev.add_argument("--batch-size", type=int, default=10, help="parallel streams (10)")
+    ev.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    ev.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ev.set_defaults(run=_cmd_eval)
+
+    sc = commands.add_parser("score", help="log-probability of every line of a file",
+                             description="Score each line of FILE on its own: natural-log "
+                             "and log10 probability, token count and perplexity, as TSV.")
+    sc.add_argument("model", metavar="DIR", help="model directory")
+    sc.add_argument("file", metavar="FILE", help="UTF-8 text file, one sentence per line")
+    sc.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    sc.add_argument("--json", action="store_true", help="JSON instead of TSV")
+    sc.set_defaults(run=_cmd_score)
+
+    gen = commands.add_parser("generate", help="continue a prompt with a trained model",
+                              description="Generate text, streamed as it is produced.")
+    gen.add_argument("model", metavar="DIR", help="model directory")
+    gen.add_argument("--prime", default="", help="prompt text (default: start of a line)")
+    gen.add_argument("--length", type=int, default=200, help="tokens to generate (200)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="> 0 (default 1)")
+    gen.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
+    gen.add_argument("--greedy", action="store_true", help="always the likeliest token")
+    gen.add_argument("--stop", action="append", help="stop at this string (repeatable)")
+    gen.add_argument("--seed", type=int, default=None, help="random seed")
+    gen.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    gen.add_argument("--json", action="store_true", help="print prompt and text as JSON")
+    gen.set_defaults(run=_cmd_generate)
     return parser
 
 

@@ -87,7 +87,7 @@ def _keep_top_p(log_probs: Tensor, top_p: float) -> Tensor:
     """(B, V) normalised -> (B, V): each row's nucleus of mass >= top_p, ``-inf`` elsewhere."""
     sorted_lp, order = log_probs.sort(dim=-1, descending=True)         # (B, V)
     probs = sorted_lp.double().exp()
-    mass_before = torch.nn.functional.pad(probs.cumsum(-1)[:, :-1], (1, 0))
+    mass_before = probs.cumsum(-1) - probs                             # of the likelier tokens
     keep = mass_before < top_p - _MASS_TOL                             # more mass still needed
     keep[:, 0] = True
     keep = torch.zeros_like(keep).scatter(1, order, keep)              # back to token order
@@ -352,7 +352,7 @@ def beam_search(model, prime_ids: Sequence[int], *, beam_size: int = 5, max_toke
         sums = best[ranks]                                             # (k,)
         tokens = torch.tensor([seq[-1] for seq in seqs], dtype=torch.long,
                               device=log_probs.device)                 # (k,)
-        state = reorder_state(state, torch.tensor(rows, dtype=torch.long))
+        state = reorder_state(state, torch.tensor(rows, device=log_probs.device))
         with torch.no_grad():
             log_probs, state = model.step(tokens, state)
     finished.sort(key=lambda hyp: hyp[1], reverse=True)

@@ -397,7 +397,8 @@ class GRU(RecurrentStack):
 
 
 def detach_state(state):
-    """Cut the graph between truncated-BPTT windows: ``h`` or ``(h, c)`` -> detached copy."""
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)
+    """Cut the graph between truncated-BPTT windows: a state tensor, or (nested) tuples of
+    them such as ``(h, c)`` or one state per layer -> the same structure, detached."""
+    if isinstance(state, (tuple, list)):
+        return tuple(detach_state(s) for s in state)
     return state.detach()

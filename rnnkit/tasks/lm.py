@@ -1,0 +1,402 @@
+"""Language modelling, end to end: train, evaluate, score sentences, generate.
+
+These functions are the Python API behind ``rnnkit train lm``, ``rnnkit eval``,
+``rnnkit score`` and ``rnnkit generate``::
+
+    from rnnkit.tasks import lm
+    summary = lm.train_lm(lm.LMDataConfig(data="data/ptb", level="word"),
+                          {"cell": "lstm", "hidden_size": 200, "num_layers": 2},
+                          TrainConfig(epochs=13, lr=20.0), out="runs/ptb")
+    lm.evaluate_file("runs/ptb", "data/ptb/ptb.test.txt")   # {"ppl": …, "loss": …, …}
+    lm.score_lines("runs/ptb", "sentences.txt")             # per-line log-probabilities
+    lm.generate("runs/ptb", "the market", max_tokens=30, temperature=0.8, seed=1)
+
+Perplexity conventions, stated in every report: every line ends with a line-end token
+(``<eos>``; at character level the newline character), which is predicted like any other
+token; ``<unk>`` is predicted as an ordinary token (the share of ``<unk>`` targets is
+reported); word-level perplexity of a subword model divides the same total log-likelihood
+by the number of words (whitespace-separated, plus one ``<eos>`` per line); bits per
+character are nats per character / ln 2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from rnnkit import checkpoint
+from rnnkit.data import (SentenceBatches, StreamBatches, TokenArray, TokenLines, build_tokenizer,
+                         encode_to_cache, find_splits, iter_lines, load_tokenizer, open_cache)
+from rnnkit.data.pycorpus import write_python_corpus
+from rnnkit.layers import detach_state
+from rnnkit.models.lm import LanguageModel, LMConfig
+from rnnkit.train import Trainer, TrainConfig
+
+TASK = "lm"
+RUN = "run.json"
+LEVELS = ("char", "word", "bpe")
+
+# Defaults that differ by level: a character model wants long windows and Adam; a word
+# model Zaremba's SGD at lr 20 with the divide-by-4 schedule.
+LEVEL_DEFAULTS = {
+    "char": {"bptt": 100, "batch_size": 32, "optimizer": "adam", "lr": 2e-3, "clip": 1.0,
+             "lr_decay": 2.0},
+    "word": {"bptt": 35, "batch_size": 20, "optimizer": "sgd", "lr": 20.0, "clip": 0.25,
+             "lr_decay": 4.0},
+    "bpe": {"bptt": 35, "batch_size": 20, "optimizer": "sgd", "lr": 20.0, "clip": 0.25,
+            "lr_decay": 4.0},
+}
+
+
+@dataclass(frozen=True)
+class LMDataConfig:
+    """Where the text comes from and how it is cut into batches."""
+
+    data: str = ""                      # file or folder; "" = Python standard-library source
+    level: str = "char"                 # "char" | "word" | "bpe"
+    valid_fraction: float = 0.1         # for a single file (or a folder without valid)
+    min_count: int = 1                  # rarer tokens become <unk> (char, word)
+    max_vocab: int = 0                  # 0: no limit (char, word)
+    bpe_vocab_size: int = 8000
+    batch_size: int = 32
+    bptt: int = 100
+    eval_batch_size: int = 10
+    random_length: bool = False         # AWD-LSTM's random window length
+    sentence_mode: bool = False         # state reset at every line, lines shuffled
+
+    def __post_init__(self):
+        checks = [("level", self.level in LEVELS, f"one of {list(LEVELS)}"),
+                  ("valid_fraction", 0 < self.valid_fraction < 1, "a number in (0, 1)"),
+                  ("min_count", self.min_count >= 1, "an int >= 1"),
+                  ("max_vocab", self.max_vocab >= 0, "an int >= 0"),
+                  ("bpe_vocab_size", self.bpe_vocab_size >= 259, "an int >= 259"),
+                  ("batch_size", self.batch_size >= 1, "an int >= 1"),
+                  ("bptt", self.bptt >= 1, "an int >= 1"),
+                  ("eval_batch_size", self.eval_batch_size >= 1, "an int >= 1")]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+
+
+def _known(cls, d: dict) -> dict:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+# -- data ---------------------------------------------------------------------------------
+
+def corpus_files(cfg: LMDataConfig, out: Path):
+    """The corpus splits; with no ``data``, the standard-library corpus written into ``out``."""
+    path = cfg.data or str(write_python_corpus(out / "corpus" / "python-stdlib.txt"))
+    return find_splits(path, cfg.valid_fraction)
+
+
+def encoded_split(tokenizer, split, out: Path, name: str):
+    """A split's token ids, from the memory-mapped cache in ``out/cache`` (built once)."""
+    path = out / "cache" / f"{name}.ids"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = split.fingerprint()
+    tokens = open_cache(path, tokenizer, source=source)
+    if tokens is None:
+        tokens = encode_to_cache(tokenizer, split, path, source=source)
+    if len(tokens) == 0:
+        raise ValueError(f"{split.describe()}: no tokens")
+    return tokens
+
+
+class _Windows:
+    """StreamBatches seen through the training loop's ``next_batch`` interface."""
+
+    def __init__(self, stream: StreamBatches):
+        self.stream = stream
+
+    def next_batch(self):
+        return self.stream.next_window()
+
+    def reset_epoch(self):
+        self.stream.reset_epoch()
+
+    def state_dict(self):
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state):
+        self.stream.load_state_dict(state)
+
+
+# -- evaluation ---------------------------------------------------------------------------
+
+def _stream_nll(model: LanguageModel, tokens, batch_size: int, bptt: int, device) -> tuple[float, int]:
+    """Total NLL (nats) and number of predicted tokens of a whole id array, state carried."""
+    model.eval()
+    batch_size = max(1, min(batch_size, len(tokens) // 2))
+    stream = StreamBatches(tokens, batch_size, bptt)
+    state, total, count = None, 0.0, 0
+    with torch.no_grad():
+        while (window := stream.next_window()) is not None:
+            inputs, targets = (t.to(device) for t in window)
+            hidden, state = model(inputs, state)
+            total += model.nll(hidden, targets).double().sum().item()
+            count += targets.numel()
+    return total, count
+
+
+def _metrics(tokenizer, total: float, count: int, ids: list[int], words: int) -> dict:
+    """Figures for an evaluated text: ``total`` nats over ``count`` predicted tokens.
+
+    Per-word and per-character figures rescale the per-token loss by the text's ratio of
+    tokens to words (``words`` counts one line end per line).
+    """
+    loss = total / count
+    m = {"loss": loss, "ppl": math.exp(loss), "tokens": count,
+         "unk_rate": sum(1 for i in ids if i == tokenizer.unk_id) / len(ids)}
+    if tokenizer.level == "char":
+        m["bpc"] = loss / math.log(2)
+        m["policy"] = "every character predicted, the newline included"
+    else:
+        m["policy"] = ("<eos> closes every line and is predicted as a token; <unk> is "
+                       "predicted as a token")
+    if tokenizer.level == "bpe":
+        m["word_ppl"] = math.exp(loss * len(ids) / words)
+    return m
+
+
+def describe_metrics(m: dict) -> str:
+    """One line: "loss 4.711, ppl 111.2 (unk 4.8%)" / "… bpc 1.52"."""
+    s = f"loss {m['loss']:.4f}, ppl {m['ppl']:.2f}"
+    if "bpc" in m:
+        s += f", bpc {m['bpc']:.3f}"
+    if "word_ppl" in m:
+        s += f", word ppl {m['word_ppl']:.2f}"
+    if m.get("unk_rate"):
+        s += f" (<unk> {100 * m['unk_rate']:.1f}% of targets)"
+    return s
+
+
+class LMTask:
+    """The language-model task for :class:`rnnkit.train.Trainer`."""
+
+    name = TASK
+    unit = "tok"
+
+    def __init__(self, model: LanguageModel, tokenizer, train_tokens, valid_tokens,
+                 cfg: LMDataConfig, seed: int, device):
+        self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
+        self.valid_tokens = valid_tokens
+        if cfg.sentence_mode:
+            self.batches = SentenceBatches(TokenLines(train_tokens, tokenizer.line_end_id),
+                                           cfg.batch_size, end_id=tokenizer.line_end_id,
+                                           pad_id=tokenizer.pad_id, seed=seed)
+        else:
+            self.batches = _Windows(StreamBatches(train_tokens, cfg.batch_size, cfg.bptt,
+                                                  random_length=cfg.random_length, seed=seed))
+        self.carry = None
+
+    def train_loss(self, batch):
+        if self.cfg.sentence_mode:
+            inputs, targets, lengths = batch
+            hidden, _ = self.model(inputs.to(self.device), None, lengths=lengths)
+            mask = (torch.arange(targets.shape[0])[:, None] < lengths[None, :]).to(self.device)
+            nll = self.model.nll(hidden, targets.to(self.device))
+            return nll[mask].mean(), int(lengths.sum())
+        inputs, targets = (t.to(self.device) for t in batch)
+        hidden, state = self.model(inputs, self.carry)
+        self.carry = detach_state(state)                  # truncated BPTT: keep, detached
+        return self.model.nll(hidden, targets).mean(), targets.numel()
+
+    def evaluate(self, split: str) -> dict:
+        total, count = _stream_nll(self.model, self.valid_tokens, self.cfg.eval_batch_size,
+                                   self.cfg.bptt, self.device)
+        return {"loss": total / count, "ppl": math.exp(total / count)}
+
+    def describe(self, metrics: dict) -> str:
+        return describe_metrics(metrics)
+
+    def reset_carry(self):
+        self.carry = None
+
+    def carry_tensors(self) -> dict:
+        if self.carry is None:
+            return {}
+        return {f"{k}.{j}": t for k, layer in enumerate(self.carry)
+                for j, t in enumerate(layer if isinstance(layer, tuple) else (layer,))}
+
+    def load_carry(self, tensors: dict) -> None:
+        if not tensors:
+            self.carry = None
+            return
+        layers = []
+        for k in range(len(self.model.layers)):
+            parts = [tensors[f"{k}.{j}"].to(self.device)
+                     for j in range(2 if self.model.config.cell == "lstm" else 1)]
+            layers.append(tuple(parts) if len(parts) == 2 else parts[0])
+        self.carry = tuple(layers)
+
+
+# -- training -----------------------------------------------------------------------------
+
+def _device(name: str | None) -> torch.device:
+    if not name or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
+             train_cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
+             train_overrides: dict | None = None, device: str | None = "cpu",
+             log=print, sample_chars: int = 0) -> dict:
+    """Train a language model into the directory ``out``.
+
+    Args:
+        data_cfg: the corpus and batching; model_options: :class:`LMConfig` fields other
+            than ``vocab_size``; train_cfg: the loop's settings.
+        resume: continue the run in ``out`` from its last checkpoint with the settings it
+            was started with (``data_cfg``, ``model_options`` and ``train_cfg`` are not used);
+            ``train_overrides`` may change fields such as epochs, max_steps, max_minutes.
+        sample_chars: after training, print a sample of about this many characters.
+
+    Returns:
+        the loop's summary plus "valid" metrics of the best model.
+    """
+    out = Path(out)
+    dev = _device(device)
+    if resume:
+        run = checkpoint.read_json(out / RUN)
+        if run.get("task") != TASK:
+            raise ValueError(f"{out / RUN}: a {run.get('task')!r} run, not a language model")
+        data_cfg = LMDataConfig(**run["data"])
+        model_options = run["model"]
+        train_cfg = TrainConfig(**{**run["train"], **(train_overrides or {})})
+        tokenizer = load_tokenizer(out)
+        files = corpus_files(data_cfg, out)
+    else:
+        if (out / checkpoint.TRAIN_STATE).exists():
+            raise ValueError(f"{out}: holds a training run already; use --resume to continue "
+                             f"it or choose another --out")
+        files = corpus_files(data_cfg, out)
+        log(f"building the {data_cfg.level} vocabulary from {files.train.describe()}")
+        tokenizer = build_tokenizer(data_cfg.level, files.train, min_count=data_cfg.min_count,
+                                    max_size=data_cfg.max_vocab or None,
+                                    bpe_vocab_size=data_cfg.bpe_vocab_size)
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(out)
+    options = {k: v for k, v in _known(LMConfig, model_options).items() if k != "vocab_size"}
+    model_cfg = LMConfig(vocab_size=tokenizer.vocab_size, **options)
+    if not resume:
+        checkpoint.write_json(out / RUN, {"task": TASK, "data": asdict(data_cfg),
+                                          "model": model_cfg.to_dict(),
+                                          "train": asdict(train_cfg)})
+    train_tokens = encoded_split(tokenizer, files.train, out, "train")
+    valid_tokens = encoded_split(tokenizer, files.valid, out, "valid")
+    log(f"{tokenizer.level} vocabulary {tokenizer.vocab_size}; train {len(train_tokens):,} "
+        f"tokens ({files.train.describe()}), valid {len(valid_tokens):,} "
+        f"({files.valid.describe()})")
+    torch.manual_seed(train_cfg.seed)
+    model = LanguageModel(model_cfg, counts=tokenizer.counts).to(dev)
+    log(f"model: {model_cfg.cell} {model_cfg.num_layers}x{model_cfg.hidden_size}, "
+        f"{model_cfg.softmax} softmax, {sum(p.numel() for p in model.parameters()):,} "
+        f"parameters, on {dev}")
+    task = LMTask(model, tokenizer, train_tokens, valid_tokens, data_cfg, train_cfg.seed, dev)
+    config = {"task": TASK, "model": model_cfg.to_dict(), "level": tokenizer.level,
+              "data": asdict(data_cfg)}
+    trainer = Trainer(task, train_cfg, out, config, log=log)
+    summary = trainer.fit(resume=resume)
+    if (out / checkpoint.WEIGHTS).is_file():
+        checkpoint.load_weights(out, model)
+        summary["valid"] = task.evaluate("valid")
+        log(f"best model: valid {describe_metrics(summary['valid'])}")
+    if sample_chars:
+        log("sample:")
+        prime = "\n" if tokenizer.level == "char" else ""
+        text = _generate_with(model, tokenizer, prime or None, max_tokens=sample_chars,
+                              temperature=0.8, seed=train_cfg.seed, on_text=None)
+        log(text)
+        summary["sample"] = text
+    return summary
+
+
+# -- using a trained model ----------------------------------------------------------------
+
+def load_lm(directory: str | Path, device: str | None = "cpu"):
+    """(model in eval mode, tokenizer, config) of a language-model directory."""
+    config = checkpoint.read_config(directory, TASK)
+    tokenizer = load_tokenizer(directory)
+    model_cfg = LMConfig.from_dict(config["model"])
+    if model_cfg.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"{directory}: the model expects {model_cfg.vocab_size} tokens but "
+                         f"the tokenizer has {tokenizer.vocab_size}")
+    model = LanguageModel(model_cfg, counts=tokenizer.counts)
+    checkpoint.load_weights(directory, model)
+    return model.to(_device(device)).eval(), tokenizer, config
+
+
+def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 10,
+                  bptt: int = 0, device: str | None = "cpu") -> dict:
+    """Perplexity of a model on a text file (per token, and per the level's natural unit)."""
+    model, tokenizer, config = load_lm(directory, device)
+    bptt = bptt or config.get("data", {}).get("bptt", 35)
+    ids, words = [], 0
+    for line in iter_lines(path):
+        ids.extend(tokenizer.encode_line(line))
+        words += len(line.split()) + 1
+    if len(ids) < 2:
+        raise ValueError(f"{path}: too little text to evaluate ({len(ids)} tokens)")
+    tokens = TokenArray.from_ids(ids, tokenizer.vocab_size)
+    total, count = _stream_nll(model, tokens, batch_size, bptt, _device(device))
+    m = _metrics(tokenizer, total, count, ids, words)
+    m["file"] = str(path)
+    return m
+
+
+def score_lines(directory: str | Path, path: str | Path, *, batch_size: int = 32,
+                device: str | None = "cpu") -> list[dict]:
+    """Log-probability of every line of a file, each line on its own (state reset).
+
+    Each line is scored from the line-end token as its context; its tokens include the
+    closing line end. Returns one dict per line: line (1-based), logprob (natural log),
+    log10prob, tokens, ppl, text.
+    """
+    model, tokenizer, _ = load_lm(directory, device)
+    texts = list(iter_lines(path))
+    if not texts:
+        raise ValueError(f"{path}: no lines to score")
+    lines = [tokenizer.encode_line(t) for t in texts]
+    batches = SentenceBatches(lines, batch_size, end_id=tokenizer.line_end_id,
+                              pad_id=tokenizer.pad_id, shuffle=False)
+    rows, k = [], 0
+    with torch.no_grad():
+        while (batch := batches.next_batch()) is not None:
+            inputs, targets, lengths = batch
+            hidden, _ = model(inputs.to(model.embedding.weight.device), None, lengths=lengths)
+            nll = model.nll(hidden, targets.to(hidden.device)).double().cpu()
+            mask = torch.arange(targets.shape[0])[:, None] < lengths[None, :]
+            for b in range(targets.shape[1]):
+                total = nll[:, b][mask[:, b]].sum().item()
+                n = int(lengths[b])
+                rows.append({"line": k + 1, "logprob": -total, "log10prob": -total / math.log(10),
+                             "tokens": n, "ppl": math.exp(total / n), "text": texts[k]})
+                k += 1
+    return rows
+
+
+def _generate_with(model, tokenizer, prime: str | None, *, max_tokens: int, on_text=None,
+                   stop=(), **sampling) -> str:
+    from rnnkit.generate import generate_text
+
+    if not prime:
+        prime = "\n"                                  # start of a line: the line-end token
+    return generate_text(model, tokenizer, prime, max_tokens=max_tokens, stop=stop,
+                         on_text=on_text, **sampling)
+
+
+def generate(directory: str | Path, prime: str = "", *, max_tokens: int = 200,
+             on_text=None, stop=(), device: str | None = "cpu", **sampling) -> str:
+    """Continue ``prime`` with a trained model; ``sampling``: temperature, top_k, top_p,
+    greedy, seed. Streams pieces to ``on_text`` as they are produced; returns the text."""
+    model, tokenizer, _ = load_lm(directory, device)
+    return _generate_with(model, tokenizer, prime, max_tokens=max_tokens, on_text=on_text,
+                          stop=stop, **sampling)
