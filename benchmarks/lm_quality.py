@@ -1,0 +1,82 @@
+"""Language-model quality on the shared benchmark data, with wall time on this machine.
+
+    python benchmarks/lm_quality.py ptb            # PTB word level, 2x200 LSTM
+    python benchmarks/lm_quality.py shakespeare    # Tiny Shakespeare, character LSTM
+
+``ptb``: the model is selected on ``ptb.valid.txt`` and the test split is evaluated once,
+at the end. ``shakespeare``: first 90% of ``input.txt`` trains, the last 10% validates
+(the issue's protocol; there is no test split). Each run writes its model directory under
+``runs/`` and its figures to ``benchmarks/results/lm_<name>.json``. Skips cleanly when
+``../shared/data`` is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+
+from rnnkit.tasks import lm  # noqa: E402
+from rnnkit.train import TrainConfig  # noqa: E402
+
+SETTINGS = {
+    # Zaremba et al.'s "small" model (2x200 LSTM) with tied embeddings and light dropout,
+    # trained with the classic SGD schedule (lr 20, divide by 4 when validation stalls).
+    "ptb": dict(
+        data=lm.LMDataConfig(data=str(DATA / "ptb"), level="word", batch_size=20, bptt=35),
+        model={"cell": "lstm", "hidden_size": 200, "num_layers": 2, "dropout": 0.2,
+               "tie_weights": True},
+        train=TrainConfig(epochs=16, max_minutes=28, optimizer="sgd", lr=20.0, clip=0.25,
+                          lr_decay=4.0, log_every=200),
+        test=DATA / "ptb" / "ptb.test.txt"),
+    "shakespeare": dict(
+        data=lm.LMDataConfig(data=str(DATA / "tinyshakespeare" / "input.txt"), level="char",
+                             valid_fraction=0.1, batch_size=32, bptt=100),
+        model={"cell": "lstm", "hidden_size": 384, "num_layers": 2, "dropout": 0.1},
+        train=TrainConfig(epochs=100, max_minutes=19, optimizer="adam", lr=2e-3, clip=1.0,
+                          lr_decay=2.0, eval_every=250, log_every=50),
+        test=None),
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", choices=sorted(SETTINGS))
+    parser.add_argument("--out", help="model directory (default runs/bench-<name>)")
+    args = parser.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} not found")
+        return 0
+    s = SETTINGS[args.name]
+    out = Path(args.out or ROOT / "runs" / f"bench-{args.name}")
+    if (out / "train_state.safetensors").exists():
+        print(f"{out} holds a finished run; remove it to measure again")
+        return 1
+    t0 = time.perf_counter()
+    summary = lm.train_lm(s["data"], s["model"], s["train"], out, sample_chars=300)
+    wall = time.perf_counter() - t0
+    result = {"name": args.name, "settings": {"data": s["data"].__dict__, "model": s["model"],
+                                               "train": s["train"].__dict__},
+              "wall_minutes": wall / 60, "train_minutes": summary["minutes"],
+              "steps": summary["step"], "epochs_done": summary["epoch"],
+              "tokens_per_s": summary["units"] / (summary["minutes"] * 60),
+              "valid": summary["valid"]}
+    if s["test"] is not None:
+        result["test"] = lm.evaluate_file(out, s["test"])
+        print(f"test: {lm.describe_metrics(result['test'])}")
+    print(f"wall time {wall / 60:.1f} min, {result['tokens_per_s']:.0f} training tokens/s")
+    path = ROOT / "benchmarks" / "results" / f"lm_{args.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
