@@ -383,14 +383,24 @@ def score_lines(directory: str | Path, path: str | Path, *, batch_size: int = 32
     return rows
 
 
+class _RunningText:
+    """A tokenizer seen as endless text: ``<eos>`` decodes to a newline and does not end
+    generation (pass ``stop="\n"`` to stop at the end of a line)."""
+
+    eos_id = None
+
+    def __init__(self, tokenizer):
+        self.encode, self.decode = tokenizer.encode, tokenizer.decode
+
+
 def _generate_with(model, tokenizer, prime: str | None, *, max_tokens: int, on_text=None,
                    stop=(), **sampling) -> str:
     from rnnkit.generate import generate_text
 
     if not prime:
         prime = "\n"                                  # start of a line: the line-end token
-    return generate_text(model, tokenizer, prime, max_tokens=max_tokens, stop=stop,
-                         on_text=on_text, **sampling)
+    return generate_text(model, _RunningText(tokenizer), prime, max_tokens=max_tokens,
+                         stop=stop, on_text=on_text, **sampling)
 
 
 def generate(directory: str | Path, prime: str = "", *, max_tokens: int = 200,

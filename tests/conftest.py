@@ -1,0 +1,237 @@
+"""Shared helpers for rnnkit's tests: the seven cell variants, their torch.nn twins, random
+inputs, and comparisons against a reference.
+
+Test modules import the plain helpers with ``from conftest import …`` (pytest puts this
+folder on ``sys.path`` when it loads this file); the autouse fixture seeds every test.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+import rnnkit
+from rnnkit.cells import make_cell
+
+# (kind, options) for rnnkit.make_cell and, as keyword arguments, for the layer classes.
+VARIANTS = [
+    ("rnn", {"nonlinearity": "tanh"}),
+    ("rnn", {"nonlinearity": "relu"}),
+    ("rnn", {"nonlinearity": "sigmoid"}),
+    ("lstm", {}),
+    ("lstm", {"peephole": True}),
+    ("gru", {}),
+    ("gru", {"reset_after": False}),
+]
+VARIANT_IDS = ["rnn_tanh", "rnn_relu", "rnn_sigmoid", "lstm", "lstm_peephole", "gru",
+               "gru_reset_before"]
+# The variants that torch.nn computes too (and that the "native" backend accepts).
+STANDARD_IDS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+STANDARD = [v for v, name in zip(VARIANTS, VARIANT_IDS) if name in STANDARD_IDS]
+NONSTANDARD_IDS = [name for name in VARIANT_IDS if name not in STANDARD_IDS]
+NONSTANDARD = [v for v, name in zip(VARIANTS, VARIANT_IDS) if name not in STANDARD_IDS]
+
+each_variant = pytest.mark.parametrize(("kind", "options"), VARIANTS, ids=VARIANT_IDS)
+each_standard_variant = pytest.mark.parametrize(("kind", "options"), STANDARD, ids=STANDARD_IDS)
+each_nonstandard_variant = pytest.mark.parametrize(("kind", "options"), NONSTANDARD,
+                                                   ids=NONSTANDARD_IDS)
+
+LAYER_CLASSES = {"rnn": rnnkit.RNN, "lstm": rnnkit.LSTM, "gru": rnnkit.GRU}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def is_standard(kind: str, options: dict) -> bool:
+    return (kind, options) in STANDARD
+
+
+def backends_for(kind: str, options: dict) -> list[str]:
+    """The explicit backends a variant runs on: the engine, its autograd, and the kernel."""
+    return ["bptt", "autograd"] + (["native"] if is_standard(kind, options) else [])
+
+
+def make_layer(kind: str, options: dict, input_size: int, hidden_size: int, **kwargs):
+    """``rnnkit.RNN/LSTM/GRU`` for a variant; ``kwargs`` as the torch.nn constructor's."""
+    return LAYER_CLASSES[kind](input_size, hidden_size, **options, **kwargs)
+
+
+def make_torch_twin(kind: str, options: dict, input_size: int, hidden_size: int, **kwargs):
+    """The ``torch.nn`` module that computes a standard variant."""
+    if kind == "rnn":
+        return torch.nn.RNN(input_size, hidden_size, nonlinearity=options["nonlinearity"],
+                            **kwargs)
+    return {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](input_size, hidden_size, **kwargs)
+
+
+def cell_params(cell, input_size: int, hidden_size: int, *, bias: bool = True,
+                dtype=torch.float64, scale: float = 0.5) -> dict:
+    """Random parameters of one layer-direction, shapes as in torch.nn, requiring grad."""
+    G, H = cell.gates, hidden_size
+
+    def param(*shape):
+        return (scale * torch.randn(*shape, dtype=dtype)).requires_grad_()
+
+    return {
+        "weight_ih": param(G * H, input_size),
+        "weight_hh": param(G * H, H),
+        "bias_ih": param(G * H) if bias else None,
+        "bias_hh": param(G * H) if bias else None,
+        "extra": tuple(param(*shape) for shape in cell.extra_param_shapes(H).values()),
+    }
+
+
+def random_state(cell, batch: int, hidden_size: int, dtype=torch.float64) -> tuple:
+    """Random initial states ``(h,)`` or ``(h, c)``, (batch, H) each, requiring grad."""
+    return tuple((0.5 * torch.randn(batch, hidden_size, dtype=dtype)).requires_grad_()
+                 for _ in range(cell.num_states))
+
+
+def flat_tensors(*values) -> list[torch.Tensor]:
+    """Every tensor in nested tuples/lists/PackedSequences, in order (None skipped)."""
+    out = []
+    for v in values:
+        if v is None:
+            continue
+        if isinstance(v, PackedSequence):
+            out.append(v.data)
+        elif isinstance(v, (tuple, list)):
+            out.extend(flat_tensors(*v))
+        else:
+            out.append(v)
+    return out
+
+
+def weighted_sum(outputs, seed: int = 1234) -> torch.Tensor:
+    """A scalar loss ``Σ_k <out_k, g_k>`` with fixed random upstream gradients g_k.
+
+    The g_k come from their own generator, so two runs of the same shapes get the same
+    upstream gradients whatever else used the global random state.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    total = 0
+    for out in flat_tensors(outputs):
+        g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)
+        total = total + (out * g).sum()
+    return total
+
+
+def grads_of(loss: torch.Tensor, tensors) -> list[torch.Tensor]:
+    """d loss / d tensor for each tensor (zeros for one the loss does not reach)."""
+    tensors = list(tensors)
+    found = torch.autograd.grad(loss, tensors, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, found)]
+
+
+def assert_all_close(actual, expected, names=None, **tol) -> None:
+    """Element-wise ``assert_close`` of two equally long tensor lists, naming the culprit."""
+    actual, expected = flat_tensors(actual), flat_tensors(expected)
+    assert len(actual) == len(expected)
+    names = names or [str(k) for k in range(len(actual))]
+    for name, a, e in zip(names, actual, expected):
+        torch.testing.assert_close(a, e, msg=lambda m, name=name: f"{name}: {m}", **tol)
+
+
+def copy_parameters(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Load ``source``'s state_dict into ``target`` (strict: same names and shapes)."""
+    target.load_state_dict(source.state_dict(), strict=True)
+
+
+def make_cell_of(kind: str, options: dict):
+    return make_cell(kind, **options)
+
+
+def step_backward_and_autograd(cell, n: int = 3, hidden_size: int = 4):
+    """One step of ``cell`` in float64 on random inputs: the hand gradients and autograd's.
+
+    The hand side is ``prepare_backward`` + ``step_backward`` for (d state_prev, dxw) and
+    ``param_backward`` for weight_hh (and the extra parameters); ``bias_hh`` (only passed
+    when the cell cannot fold it into the input projection) gets ``dhw.sum(0)``.
+
+    Returns ``(hand, reference, names)``, three equally long lists.
+    """
+    G, H = cell.gates, hidden_size
+    xw = torch.randn(n, G * H, dtype=torch.float64, requires_grad=True)
+    state = random_state(cell, n, H)
+    weight_hh = (0.5 * torch.randn(G * H, H, dtype=torch.float64)).requires_grad_()
+    bias_hh = None if cell.fold_bias_hh else \
+        (0.5 * torch.randn(G * H, dtype=torch.float64)).requires_grad_()
+    extra = tuple((0.5 * torch.randn(*shape, dtype=torch.float64)).requires_grad_()
+                  for shape in cell.extra_param_shapes(H).values())
+
+    new_state, cache = cell.step_forward(xw, state, weight_hh, bias_hh, *extra)
+    assert len(new_state) == cell.num_states
+    dstate = tuple(torch.randn_like(s) for s in new_state)
+    loss = sum((s * d).sum() for s, d in zip(new_state, dstate))
+    wrt = [*state, xw, weight_hh, *([bias_hh] if bias_hh is not None else []), *extra]
+    reference = grads_of(loss, wrt)
+
+    with torch.no_grad():
+        caches = [tuple(c.detach() for c in cache)]
+        extra_d = tuple(e.detach() for e in extra)
+        prepared = cell.prepare_backward(caches, *extra_d)
+        dstate_prev, dxw, dhw = cell.step_backward(tuple(d.clone() for d in dstate),
+                                                   prepared[0], weight_hh.detach(), *extra_d)
+        dweight_hh, *dextra = cell.param_backward(dhw, caches, *extra_d)
+    hand = [*dstate_prev, dxw, dweight_hh, *([dhw.sum(0)] if bias_hh is not None else []),
+            *dextra]
+    names = (["dh_prev", "dc_prev"][:cell.num_states] + ["dxw", "dweight_hh"]
+             + (["dbias_hh"] if bias_hh is not None else [])
+             + [f"d{name}" for name in cell.extra_param_shapes(H)])
+    return hand, reference, names
+
+
+def fill_gates(param: torch.Tensor, values) -> None:
+    """Set gate block k of ``param`` (rows k*H:(k+1)*H, torch's gate order) to values[k]."""
+    with torch.no_grad():
+        for block, value in zip(param.chunk(len(values)), values):
+            block.fill_(value)
+
+
+def forward_and_grads(module, input, hx=None, leaves=(), **kwargs):
+    """A layer's outputs and the gradients of a fixed random loss of all of them.
+
+    Returns ``(outputs, grads)``: the flat list ``[output, h_n(, c_n)]`` (a PackedSequence
+    output as its data) and ``{name: gradient}`` for every parameter by name and for each
+    tensor of ``leaves`` (named ``leaf0``, ``leaf1``, …: the input, hx, …).
+    """
+    out, state = module(input, hx, **kwargs)
+    outputs = flat_tensors(out, state)
+    names, params = zip(*module.named_parameters())
+    leaf_names = [f"leaf{k}" for k in range(len(leaves))]
+    found = grads_of(weighted_sum(outputs), [*leaves, *params])
+    return outputs, dict(zip([*leaf_names, *names], found))
+
+
+def assert_same_results(actual, expected, **tol) -> None:
+    """Compare two ``forward_and_grads`` results: outputs, then every gradient by name."""
+    (out_a, grads_a), (out_e, grads_e) = actual, expected
+    assert_all_close(out_a, out_e, ["output", "h_n", "c_n"][:len(out_e)], **tol)
+    assert sorted(grads_a) == sorted(grads_e)
+    names = sorted(grads_e)
+    assert_all_close([grads_a[n] for n in names], [grads_e[n] for n in names],
+                     [f"grad {n}" for n in names], **tol)
+
+
+def random_hx(kind: str, *shape, dtype=torch.float32):
+    """A random initial state for a layer of ``kind``: h_0, or (h_0, c_0) for an LSTM,
+    requiring grad; ``shape`` is (L*D, B, H) or unbatched (L*D, H)."""
+    def one():
+        return (0.5 * torch.randn(*shape, dtype=dtype)).requires_grad_()
+    return (one(), one()) if kind == "lstm" else one()
+
+
+def hx_leaves(hx) -> tuple:
+    """The tensors of an initial state (for gradients)."""
+    return () if hx is None else tuple(flat_tensors(hx))
+
+
+# every (variant, explicit backend) pair that exists: the engine and its autograd for all
+# cells, the fused kernel for the standard ones
+VARIANT_BACKENDS = [pytest.param(kind, options, backend, id=f"{name}-{backend}")
+                    for (kind, options), name in zip(VARIANTS, VARIANT_IDS)
+                    for backend in backends_for(kind, options)]
+each_variant_backend = pytest.mark.parametrize(("kind", "options", "backend"), VARIANT_BACKENDS)

@@ -1,0 +1,118 @@
+"""The command line: every verb end to end, and bad input as one clear line with exit 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rnnkit.cli import main
+
+TEXT = "\n".join(["the cat sat on the mat", "the dog sat on the log"] * 40) + "\n"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    out = root / "model"
+    code = main(["train", "lm", "--data", str(corpus), "--out", str(out), "--level", "char",
+                 "--hidden", "16", "--layers", "1", "--batch-size", "4", "--bptt", "16",
+                 "--max-steps", "6", "--sample", "0", "--no-progress"])
+    assert code == 0
+    return root, corpus, out
+
+
+def _run(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_train_then_generate_eval_score(trained, capsys):
+    root, corpus, out = trained
+    code, text, _ = _run(["generate", str(out), "--prime", "the ", "--length", "20",
+                          "--seed", "1", "--json"], capsys)
+    assert code == 0 and json.loads(text)["prime"] == "the "
+    code, text, _ = _run(["eval", str(out), "--data", str(corpus), "--json"], capsys)
+    figures = json.loads(text)
+    assert code == 0 and figures["bpc"] > 0 and figures["tokens"] > 0
+    code, text, _ = _run(["score", str(out), str(corpus)], capsys)
+    lines = text.splitlines()
+    assert code == 0 and lines[0].split("\t")[:3] == ["line", "logprob", "log10prob"]
+    assert len(lines) == 1 + TEXT.count("\n")
+
+
+def test_config_file_and_command_line_override(trained, tmp_path, capsys):
+    _, corpus, _ = trained
+    config = tmp_path / "lm.toml"
+    config.write_text(f'data = "{corpus}"\nlevel = "char"\nhidden_size = 12\nnum_layers = 1\n'
+                      'max_steps = 2\nbatch_size = 4\nbptt = 8\n', encoding="utf-8")
+    out = tmp_path / "m"
+    code, _, _ = _run(["train", "lm", "--config", str(config), "--hidden", "10", "--out",
+                       str(out), "--sample", "0", "--no-progress"], capsys)
+    assert code == 0
+    saved = json.loads((out / "config.json").read_text())["model"]
+    assert saved["hidden_size"] == 10 and saved["num_layers"] == 1
+
+
+def _expect_error(args, capsys, *fragments):
+    code, _, err = _run(args, capsys)
+    assert code == 2, err
+    assert "Traceback" not in err and err.startswith("rnnkit: error:")
+    assert len(err.strip().splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_bad_data_files(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    _expect_error(["train", "lm", "--data", str(empty), "--out", str(tmp_path / "o1")],
+                  capsys, "empty.txt")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"caf\xe9 ok\nmore text\n" * 5)
+    _expect_error(["train", "lm", "--data", str(latin), "--out", str(tmp_path / "o2")],
+                  capsys, "latin.txt", "byte offset 3")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "valid.txt").write_text("a b\n")
+    _expect_error(["train", "lm", "--data", str(folder), "--out", str(tmp_path / "o3")],
+                  capsys, "no training split")
+
+
+def test_bad_model_directories(trained, tmp_path, capsys):
+    _, corpus, out = trained
+    _expect_error(["generate", str(tmp_path)], capsys, "not an rnnkit model directory")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"task": "classifier"}')
+    _expect_error(["eval", str(other), "--data", str(corpus)], capsys, "expected a 'lm' model")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in out.iterdir():
+        if f.is_file():
+            (broken / f.name).write_bytes(f.read_bytes())
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    _expect_error(["generate", str(broken)], capsys, "model.safetensors", "corrupted")
+
+
+@pytest.mark.parametrize("options, fragment", [
+    (["--length", "-1"], "--length"),
+    (["--temperature", "0"], "temperature"),
+    (["--top-p", "1.5"], "top_p"),
+    (["--prime", "\u263a"], "\u263a"),
+])
+def test_bad_generation_options(trained, capsys, options, fragment):
+    _, _, out = trained
+    _expect_error(["generate", str(out), *options], capsys, fragment)
+
+
+def test_every_command_has_help():
+    for args in (["--help"], ["train", "lm", "--help"], ["eval", "--help"],
+                 ["score", "--help"], ["generate", "--help"], ["check", "--help"]):
+        result = subprocess.run([sys.executable, "-m", "rnnkit", *args], capture_output=True,
+                                text=True)
+        assert result.returncode == 0 and "usage:" in result.stdout, args
