@@ -195,9 +195,28 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def step(self, tokens: Tensor, state) -> tuple[Tensor, tuple]:
-        """One token per stream: (B,) -> log-probabilities (B, V) of the next, new state."""
-        hidden, state = self(tokens[None], state)
-        return self.log_probs(hidden[0]), state
+        """One token per stream: (B,) -> log-probabilities (B, V) of the next, new state.
+
+        The inference path of generation: each layer's cell ``step_forward`` is called
+        directly on the parameters — one input product and one recurrent product per layer,
+        no unrolling machinery, no per-call weight repacking.
+        """
+        if state is None:
+            state = self.initial_state(tokens.shape[0])
+        x = self.embedding.weight[tokens]                                # (B, E)
+        new_state = []
+        for layer, layer_state in zip(self.layers, state):
+            w_ih, w_hh, b_ih, b_hh, extra = layer._params(0)
+            cell = layer.cell
+            bias = b_ih if not (cell.fold_bias_hh and b_hh is not None) else b_ih + b_hh
+            xw = x @ w_ih.t() if bias is None else torch.addmm(bias, x, w_ih.t())  # (B, G*H)
+            s = layer_state if isinstance(layer_state, tuple) else (layer_state,)
+            s, _ = cell.step_forward(xw, tuple(t[0] for t in s), w_hh,
+                                     None if cell.fold_bias_hh else b_hh, *extra)
+            x = s[0]
+            s = tuple(t[None] for t in s)
+            new_state.append(s if len(s) == 2 else s[0])
+        return self.log_probs(x), tuple(new_state)
 
     @torch.no_grad()
     def prime(self, tokens: Tensor, state) -> tuple[Tensor, tuple]:

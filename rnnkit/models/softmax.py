@@ -94,19 +94,27 @@ class ClassSoftmax(nn.Module):
         self.register_buffer("position", position, persistent=False)
 
     def nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        """(N, H), (N,) -> (N,): −log P(class) − log P(word | class), one product per class."""
+        """(N, H), (N,) -> (N,): −log P(class) − log P(word | class), one product per class.
+
+        The word layer is gathered once into class order and split into per-class views,
+        and the tokens are sorted by class and split the same way, so the loop over the
+        classes present does three small operations each, and the backward pass writes
+        each gradient once (not one full-size gradient per class).
+        """
         classes = self.class_of[targets]                                # (N,)
         class_lp = F.log_softmax(F.linear(hidden, self.class_weight, self.class_bias), -1)
         nll = -class_lp.gather(1, classes[:, None]).squeeze(1)
+        sizes = (self.start[1:] - self.start[:-1]).tolist()
+        weights = self.weight[self.order].split(sizes)                  # class c: (|c|, H)
+        biases = self.bias[self.order].split(sizes)
         by_class = torch.argsort(classes, stable=True)
         present, counts = torch.unique_consecutive(classes[by_class], return_counts=True)
-        word_nll = []
-        for c, rows in zip(present.tolist(), by_class.split(counts.tolist())):
-            words = self.order[self.start[c]:self.start[c + 1]]         # this class's ids
-            logits = F.linear(hidden[rows], self.weight[words], self.bias[words])
-            lp = F.log_softmax(logits, -1)
-            word_nll.append(-lp.gather(1, self.position[targets[rows]][:, None]).squeeze(1))
-        within = torch.empty_like(nll).index_put((by_class,), torch.cat(word_nll))
+        counts = counts.tolist()
+        rows = hidden[by_class].split(counts)                           # tokens of class c
+        positions = self.position[targets[by_class]][:, None].split(counts)
+        word_nll = [-F.log_softmax(F.linear(h, weights[c], biases[c]), -1).gather(1, pos)
+                    for c, h, pos in zip(present.tolist(), rows, positions)]
+        within = torch.empty_like(nll).index_put((by_class,), torch.cat(word_nll).squeeze(1))
         return nll + within
 
     def log_probs(self, hidden: Tensor) -> Tensor:

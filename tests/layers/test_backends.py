@@ -148,3 +148,13 @@ def test_weight_dropout_masks_agree_across_backends(kind, options):
         results.append(forward_and_grads(layer, x))
     for got in results[1:]:
         assert_same_results(got, results[0], **F64)
+
+
+@each_variant
+def test_bptt_matches_autograd_backend_without_bias(kind, options):
+    layer, ref = _pair(kind, options, "bptt", "autograd", num_layers=2, bidirectional=True,
+                       bias=False)
+    assert not any("bias" in n for n, _ in layer.named_parameters())
+    x = torch.randn(T, len(LENGTHS), I, dtype=torch.float64, requires_grad=True)
+    assert_same_results(forward_and_grads(layer, x, leaves=(x,), lengths=LENGTHS),
+                        forward_and_grads(ref, x, leaves=(x,), lengths=LENGTHS), **F64)

@@ -66,6 +66,18 @@ def test_layer_with_initial_state_matches_torch(kind, options, bidirectional, ba
                         forward_and_grads(ref, x, hx, leaves=leaves), **TOL)
 
 
+@each_backend
+@each_standard_variant
+def test_layer_without_bias_matches_torch(kind, options, backend):
+    layer, ref = _pair(kind, options, backend, num_layers=2, bidirectional=True, bias=False)
+    assert not any("bias" in n for n, _ in layer.named_parameters())
+    x = _input(False)
+    hx = random_hx(kind, 4, B, H)
+    leaves = (x, *hx_leaves(hx))
+    assert_same_results(forward_and_grads(layer, x, hx, leaves=leaves),
+                        forward_and_grads(ref, x, hx, leaves=leaves), **TOL)
+
+
 LENGTHS = [2, 5, 1, 4]          # unsorted, one example at full length
 
 

@@ -36,9 +36,13 @@ def test_windows_with_carried_state_equal_one_pass(cell):
     torch.testing.assert_close(torch.cat([first, second]), whole)
 
 
-def test_step_and_prime_agree_with_forward():
+@pytest.mark.parametrize("options", [{"cell": "lstm", "tie_weights": True},
+                                     {"cell": "lstm", "peephole": True},
+                                     {"cell": "gru"}, {"cell": "gru", "reset_after": False},
+                                     {"cell": "rnn", "nonlinearity": "sigmoid"}])
+def test_step_and_prime_agree_with_forward(options):
     torch.manual_seed(0)
-    model = LanguageModel(LMConfig(vocab_size=30, hidden_size=8, tie_weights=True)).eval()
+    model = LanguageModel(LMConfig(vocab_size=30, hidden_size=8, **options)).eval()
     tokens = torch.randint(0, 30, (6, 2))
     hidden, _ = model(tokens)
     expected = model.log_probs(hidden[-1])
