@@ -12,7 +12,6 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 import rnnkit
-from rnnkit.cells import make_cell
 
 # (kind, options) for rnnkit.make_cell and, as keyword arguments, for the layer classes.
 VARIANTS = [
@@ -138,10 +137,6 @@ def assert_all_close(actual, expected, names=None, **tol) -> None:
 def copy_parameters(source: torch.nn.Module, target: torch.nn.Module) -> None:
     """Load ``source``'s state_dict into ``target`` (strict: same names and shapes)."""
     target.load_state_dict(source.state_dict(), strict=True)
-
-
-def make_cell_of(kind: str, options: dict):
-    return make_cell(kind, **options)
 
 
 def step_backward_and_autograd(cell, n: int = 3, hidden_size: int = 4):

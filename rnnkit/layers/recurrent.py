@@ -201,7 +201,7 @@ class RecurrentStack(nn.Module):
         else:
             output = out.transpose(0, 1) if self.batch_first else out
         if unbatched:
-            output = output.squeeze(1)
+            output = output.squeeze(0 if self.batch_first else 1)
             final = tuple(s.squeeze(1) for s in final)
         return output, self._pack_state(final)
 

@@ -104,13 +104,7 @@ def test_packed_sequence_matches_torch(kind, options, bidirectional, backend, wi
                         forward_and_grads(ref, packed(), hx, leaves=leaves), **TOL)
 
 
-@pytest.mark.parametrize("batch_first", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(
-        strict=True, reason="BUG: unbatched (T, I) input with batch_first=True returns output "
-        "of shape (1, T, D*H) instead of (T, D*H): forward transposes to batch-first and then "
-        "squeezes dim 1 (T) instead of dim 0")),
-], ids=["time_major", "batch_first"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time_major", "batch_first"])
 @pytest.mark.parametrize("with_hx", [False, True], ids=["no_hx", "hx"])
 @each_backend
 @each_standard_variant
