@@ -174,7 +174,7 @@ def _cmd_train_lm(args) -> int:
                            log=_log_to(args), sample_chars=0 if args.json else run["sample"])
     if args.json:
         print(json.dumps(summary, indent=2))
-    return 0
+    return 130 if summary["reason"] == "interrupted" else 0
 
 
 def _cmd_eval(args) -> int:
@@ -211,8 +211,11 @@ def _cmd_generate(args) -> int:
     stream = None if args.json else (lambda piece: print(piece, end="", flush=True))
     if stream is not None:
         print(args.prime, end="", flush=True)
+    if args.beam < 0:
+        raise ValueError(f"--beam: expected >= 0, got {args.beam}")
     text = generate(args.model, args.prime, max_tokens=args.length, on_text=stream,
-                    stop=args.stop or (), device=args.device, temperature=args.temperature,
+                    stop=args.stop or (), beam=args.beam, device=args.device,
+                    temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed)
     if args.json:
         print(json.dumps({"prime": args.prime, "text": text}, ensure_ascii=False))
@@ -283,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
     gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
     gen.add_argument("--greedy", action="store_true", help="always the likeliest token")
+    gen.add_argument("--beam", type=int, default=0,
+                     help="beam search of this width instead of sampling (0: off)")
     gen.add_argument("--stop", action="append", help="stop at this string (repeatable)")
     gen.add_argument("--seed", type=int, default=None, help="random seed")
     gen.add_argument("--device", default="cpu", help="cpu | cuda | auto")

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit import checkpoint
+from rnnkit.config import check_fields
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 METRICS = "metrics.jsonl"
@@ -72,9 +73,7 @@ class TrainConfig:
                   ("eval_every", self.eval_every >= 0, "an int >= 0"),
                   ("save_every", self.save_every >= 0, "an int >= 0"),
                   ("log_every", self.log_every >= 1, "an int >= 1")]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+        check_fields(self, checks)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -116,3 +116,36 @@ def test_every_command_has_help():
         result = subprocess.run([sys.executable, "-m", "rnnkit", *args], capture_output=True,
                                 text=True)
         assert result.returncode == 0 and "usage:" in result.stdout, args
+
+
+def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path):
+    import signal
+    import time
+
+    from rnnkit.checkpoint import load_tensors
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "m"
+    command = [sys.executable, "-m", "rnnkit", "train", "lm", "--data", str(corpus), "--out",
+               str(out), "--level", "char", "--hidden", "8", "--layers", "1",
+               "--batch-size", "4", "--bptt", "8", "--epochs", "1000000", "--log-every", "1",
+               "--no-progress"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    metrics = out / "metrics.jsonl"
+    while time.time() < deadline and (not metrics.is_file()
+                                      or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    _, meta = load_tensors(out / "train_state.safetensors")
+    step = meta["step"]
+    assert step >= 3
+    resumed = subprocess.run(command[:5] + ["--out", str(out), "--resume", "--max-steps",
+                                            str(step + 2), "--no-progress", "--sample", "0"],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"step {step}" in resumed.stdout

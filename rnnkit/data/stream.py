@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnkit.data.tokenizers import chunked as _chunks
+
 CACHE_FORMAT = "rnnkit.token-cache"
 CACHE_VERSION = 1
 _CHUNK_LINES = 1024            # lines encoded per call of encode_lines
@@ -132,17 +134,6 @@ def _write_ids(tokenizer, lines: Iterable[str], file: str, dtype: np.dtype) -> i
         f.flush()
         os.fsync(f.fileno())
     return length
-
-
-def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for line in lines:
-        chunk.append(line)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _flush(buffer: array, dtype: np.dtype, f) -> int:

@@ -163,9 +163,36 @@ def _save_json(directory: str | os.PathLike, payload: dict) -> None:
                   json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
 
 
+class _TokenList:
+    """What the word and char tokenizers share: a vocabulary that is a list of strings."""
+
+    _vocab: _Vocab
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._vocab.tokens)
+
+    def encode_lines(self, lines: Sequence[str]) -> list[list[int]]:
+        """:meth:`encode_line` for each line."""
+        return [self.encode_line(line) for line in lines]
+
+    def token(self, id: int) -> str:
+        """The vocabulary string of ``id``."""
+        return self._vocab.tokens[_check_id(int(id), self.vocab_size)]
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the level and the token list: equal fingerprints, equal ids."""
+        return _sha256([self.level, self._vocab.tokens])
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write ``directory/tokenizer.json``."""
+        _save_json(directory, {"level": self.level, "tokens": self._vocab.tokens,
+                               "counts": self.counts})
+
+
 # ---------------------------------------------------------------- word level
 
-class WordTokenizer:
+class WordTokenizer(_TokenList):
     """Whitespace-separated words; ``<eos>`` closes each line.
 
     Args:
@@ -182,18 +209,10 @@ class WordTokenizer:
         self._lookup[PAD] = UNK_ID
         self.counts = self._vocab.counts
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab.tokens)
-
     def encode_line(self, line: str) -> list[int]:
         """One corpus line -> ids of its words (unknown: ``<unk>``), then ``<eos>``."""
         get = self._lookup.get
         return [get(w, UNK_ID) for w in line.split()] + [LINE_END_ID]
-
-    def encode_lines(self, lines: Sequence[str]) -> list[list[int]]:
-        """:meth:`encode_line` for each line."""
-        return [self.encode_line(line) for line in lines]
 
     def encode(self, text: str, unknown_policy: str = "error") -> list[int]:
         """Free text -> ids; each newline becomes ``<eos>``, none is appended.
@@ -227,19 +246,6 @@ class WordTokenizer:
                 lines[-1].append(self._vocab.tokens[i])
         return "\n".join(" ".join(words) for words in lines)
 
-    def token(self, id: int) -> str:
-        """The vocabulary string of ``id``."""
-        return self._vocab.tokens[_check_id(int(id), self.vocab_size)]
-
-    def fingerprint(self) -> str:
-        """sha256 (hex) of the level and the token list: equal fingerprints, equal ids."""
-        return _sha256([self.level, self._vocab.tokens])
-
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write ``directory/tokenizer.json``."""
-        _save_json(directory, {"level": self.level, "tokens": self._vocab.tokens,
-                               "counts": self.counts})
-
 
 def build_word_tokenizer(lines: Iterable[str], *, min_count: int = 1,
                          max_size: int | None = None) -> WordTokenizer:
@@ -260,7 +266,7 @@ def build_word_tokenizer(lines: Iterable[str], *, min_count: int = 1,
 
 # ---------------------------------------------------------------- char level
 
-class CharTokenizer:
+class CharTokenizer(_TokenList):
     """Single characters; the newline is a character of the vocabulary and closes each line.
 
     Args:
@@ -278,18 +284,10 @@ class CharTokenizer:
                 raise ValueError(f"{where}: token {i} is {t!r}, expected one character")
         self.counts = self._vocab.counts
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab.tokens)
-
     def encode_line(self, line: str) -> list[int]:
         """One corpus line -> ids of its characters (unknown: ``<unk>``), then ``"\\n"``."""
         get = self._vocab.lookup.get
         return [get(c, UNK_ID) for c in line] + [LINE_END_ID]
-
-    def encode_lines(self, lines: Sequence[str]) -> list[list[int]]:
-        """:meth:`encode_line` for each line."""
-        return [self.encode_line(line) for line in lines]
 
     def encode(self, text: str, unknown_policy: str = "error") -> list[int]:
         """Free text -> one id per character (newlines included, none appended).
@@ -314,19 +312,6 @@ class CharTokenizer:
             elif i != PAD_ID:
                 out.append(self._vocab.tokens[i])
         return "".join(out)
-
-    def token(self, id: int) -> str:
-        """The vocabulary string of ``id`` (a character, or ``<pad>`` / ``<unk>``)."""
-        return self._vocab.tokens[_check_id(int(id), self.vocab_size)]
-
-    def fingerprint(self) -> str:
-        """sha256 (hex) of the level and the token list: equal fingerprints, equal ids."""
-        return _sha256([self.level, self._vocab.tokens])
-
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write ``directory/tokenizer.json``."""
-        _save_json(directory, {"level": self.level, "tokens": self._vocab.tokens,
-                               "counts": self.counts})
 
 
 def build_char_tokenizer(lines: Iterable[str], *, min_count: int = 1,
@@ -463,13 +448,14 @@ def build_bpe_tokenizer(lines: Iterable[str], *, vocab_size: int = 8000,
     hf.train_from_iterator(iter(lines), trainer)
     tok = BpeTokenizer(hf, [0] * hf.get_vocab_size())
     counts = np.zeros(tok.vocab_size, dtype=np.int64)
-    for chunk in _chunks(lines, 1024):
+    for chunk in chunked(lines, 1024):
         ids = np.fromiter(chain.from_iterable(tok.encode_lines(chunk)), dtype=np.int64)
         counts += np.bincount(ids, minlength=tok.vocab_size)
     return BpeTokenizer(hf, counts.tolist())
 
 
-def _chunks(lines: Iterable[str], size: int):
+def chunked(lines: Iterable[str], size: int):
+    """Lists of up to ``size`` consecutive lines."""
     chunk: list[str] = []
     for line in lines:
         chunk.append(line)

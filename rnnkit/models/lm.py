@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.cells import CELL_KINDS
+from rnnkit.config import check_fields
 from rnnkit.layers import GRU, LSTM, RNN, detach_state
 from rnnkit.models.softmax import HEADS, AdaptiveSoftmax, ClassSoftmax, FullSoftmax, frequency_classes
 
@@ -64,9 +65,7 @@ class LMConfig:
         for name in ("dropout", "embedding_dropout", "weight_dropout"):
             value = getattr(self, name)
             checks.append((name, 0 <= value < 1, "a number in [0, 1)"))
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+        check_fields(self, checks)
         if self.tie_weights and self.softmax == "adaptive":
             raise ValueError("tie_weights: not available with softmax='adaptive'")
         if self.tie_weights and self.embedding_size not in (0, self.hidden_size):

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from rnnkit import checkpoint
+from rnnkit.config import check_fields
 from rnnkit.data import (SentenceBatches, StreamBatches, TokenArray, TokenLines, build_tokenizer,
                          encode_to_cache, find_splits, iter_lines, load_tokenizer, open_cache)
 from rnnkit.data.pycorpus import write_python_corpus
@@ -76,9 +77,7 @@ class LMDataConfig:
                   ("batch_size", self.batch_size >= 1, "an int >= 1"),
                   ("bptt", self.bptt >= 1, "an int >= 1"),
                   ("eval_batch_size", self.eval_batch_size >= 1, "an int >= 1")]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+        check_fields(self, checks)
 
 
 def _known(cls, d: dict) -> dict:
@@ -305,6 +304,8 @@ def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
               "data": asdict(data_cfg)}
     trainer = Trainer(task, train_cfg, out, config, log=log)
     summary = trainer.fit(resume=resume)
+    if summary["reason"] == "interrupted":
+        return summary
     if (out / checkpoint.WEIGHTS).is_file():
         checkpoint.load_weights(out, model)
         summary["valid"] = task.evaluate("valid")
@@ -404,9 +405,26 @@ def _generate_with(model, tokenizer, prime: str | None, *, max_tokens: int, on_t
 
 
 def generate(directory: str | Path, prime: str = "", *, max_tokens: int = 200,
-             on_text=None, stop=(), device: str | None = "cpu", **sampling) -> str:
-    """Continue ``prime`` with a trained model; ``sampling``: temperature, top_k, top_p,
-    greedy, seed. Streams pieces to ``on_text`` as they are produced; returns the text."""
+             on_text=None, stop=(), beam: int = 0, device: str | None = "cpu",
+             **sampling) -> str:
+    """Continue ``prime`` with a trained model; returns the text.
+
+    ``sampling``: temperature, top_k, top_p, greedy, seed; pieces stream to ``on_text`` as
+    they are produced. ``beam`` > 0 runs beam search of that width instead (length-
+    normalised; a word or subword hypothesis ends at ``<eos>``) and returns the best.
+    """
     model, tokenizer, _ = load_lm(directory, device)
-    return _generate_with(model, tokenizer, prime, max_tokens=max_tokens, on_text=on_text,
-                          stop=stop, **sampling)
+    if not beam:
+        return _generate_with(model, tokenizer, prime, max_tokens=max_tokens,
+                              on_text=on_text, stop=stop, **sampling)
+    from rnnkit.generate import beam_search
+
+    prime_ids = tokenizer.encode(prime or "\n")
+    best, _ = beam_search(model, prime_ids, beam_size=beam, max_tokens=max_tokens,
+                          eos_id=tokenizer.eos_id)[0]
+    text = tokenizer.decode(prime_ids + best)[len(tokenizer.decode(prime_ids)):]
+    for s in ([stop] if isinstance(stop, str) else stop):
+        text = text.split(s)[0]
+    if on_text is not None and text:
+        on_text(text)
+    return text
