@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.autograd import recurrent_autograd, recurrent_bptt
-from rnnkit.cells import make_cell
+from rnnkit.cells import Cell, make_cell
 from rnnkit.layers.init import check_init, init_layer, set_forget_bias
 from rnnkit.native import native_stack
 
@@ -50,7 +50,8 @@ class RecurrentStack(nn.Module):
     """A deep, optionally bidirectional recurrent network over any rnnkit cell.
 
     Use the subclasses :class:`RNN`, :class:`LSTM` and :class:`GRU`; their docstrings list
-    the arguments. Inputs and outputs follow ``torch.nn.LSTM`` (L = num_layers,
+    the arguments. ``RecurrentStack(input_size, hidden_size, ..., cell=MyCell())`` runs a
+    cell of your own (see ``docs/custom_cell.md``) with the "bptt" or "autograd" backend. Inputs and outputs follow ``torch.nn.LSTM`` (L = num_layers,
     D = 2 if bidirectional else 1):
 
     Inputs: ``input, hx=None, lengths=None``
@@ -72,7 +73,8 @@ class RecurrentStack(nn.Module):
                  bidirectional: bool = False, device=None, dtype=None, *,
                  nonlinearity: str = "tanh", peephole: bool = False, reset_after: bool = True,
                  backend: str = "auto", init: str = "uniform",
-                 forget_bias: float | None = None, weight_dropout: float = 0.0):
+                 forget_bias: float | None = None, weight_dropout: float = 0.0,
+                 cell: Cell | None = None):
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
@@ -85,8 +87,10 @@ class RecurrentStack(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
         check_init(init)
-        self.cell = make_cell(self.cell_kind, nonlinearity=nonlinearity, peephole=peephole,
-                              reset_after=reset_after)
+        if cell is not None and not isinstance(cell, Cell):
+            raise ValueError(f"cell: expected an rnnkit.cells.Cell, got {type(cell).__name__}")
+        self.cell = cell or make_cell(self.cell_kind, nonlinearity=nonlinearity,
+                                      peephole=peephole, reset_after=reset_after)
         if backend == "native" and self.cell.native_mode is None:
             raise ValueError(f"backend: 'native' has no PyTorch kernel for the cell "
                              f"{self.cell!r}; use 'bptt', 'autograd' or 'auto'")
