@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit.bptt import input_projection, unroll_backward, unroll_forward
+from rnnkit.bptt import OBSERVERS, input_projection, unroll_backward, unroll_forward
 from rnnkit.cells.base import Cell, State
 
 
@@ -30,6 +30,8 @@ class RecurrentFunction(torch.autograd.Function):
                                             bias_hh, extra, reverse)
         ctx.cell, ctx.batch_sizes, ctx.reverse, ctx.caches = cell, batch_sizes, reverse, caches
         ctx.has_bias = (bias_ih is not None, bias_hh is not None)
+        factory = OBSERVERS.get()
+        ctx.observe = None if factory is None else factory(batch_sizes, reverse)
         ctx.save_for_backward(x, weight_ih, weight_hh, *extra)
         # Fresh tensors for the final states: a cache may hold the last step's state, and
         # an output kept on ctx would tie the graph into a reference cycle.
@@ -41,7 +43,8 @@ class RecurrentFunction(torch.autograd.Function):
         x, weight_ih, weight_hh, *extra = ctx.saved_tensors
         cell = ctx.cell
         dxw, dhw, dstate0, dweight_hh, dextra = unroll_backward(
-            cell, dout, dfinal, ctx.caches, ctx.batch_sizes, weight_hh, tuple(extra), ctx.reverse)
+            cell, dout, dfinal, ctx.caches, ctx.batch_sizes, weight_hh, tuple(extra), ctx.reverse,
+            ctx.observe)
         dx = dxw @ weight_ih if ctx.needs_input_grad[3] else None       # (N, I)
         dweight_ih = dxw.t() @ x                                        # (G*H, I), one product
         dbias_ih = dxw.sum(0) if ctx.has_bias[0] else None

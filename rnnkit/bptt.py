@@ -19,10 +19,19 @@ caches, and the autograd reference is the same function run with autograd record
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor
 
 from rnnkit.cells.base import Cell, State
+
+# Observers see the backward pass step by step (see rnnkit.diagnostics): a factory that a
+# layer's forward calls once, giving the function its backward will call at every step.
+Observer = Callable[[int, State], None]
+OBSERVERS: ContextVar[Callable[[list[int], bool], Observer] | None] = ContextVar(
+    "rnnkit_bptt_observers", default=None)
 
 
 PREPARE_BLOCK = 1 << 18   # numbers per block of backward factors (1 MiB in float32)
@@ -112,13 +121,16 @@ def unroll_forward(cell: Cell, xw: Tensor, batch_sizes: list[int], state0: State
 
 def unroll_backward(cell: Cell, dout: Tensor, dfinal: State, caches: list[tuple],
                     batch_sizes: list[int], weight_hh: Tensor, extra: tuple[Tensor, ...] = (),
-                    reverse: bool = False):
+                    reverse: bool = False, observe: Observer | None = None):
     """Hand BPTT: walk the forward's time steps in the opposite order.
 
     Args:
         dout: (N, H) gradient of the loss w.r.t. ``out`` of :func:`unroll_forward`.
         dfinal: gradients w.r.t. the final states, (B, H) each.
         caches, batch_sizes, weight_hh, extra, reverse: as given to / returned by the forward.
+        observe: called as ``observe(t, dstate)`` at every step with the full gradient of
+            the loss w.r.t. the state at step t — ``(dL/dh_t,)`` or ``(dL/dh_t, dL/dc_t)``,
+            (n_t, H) each, through the output and all later steps.
 
     Returns:
         ``(dxw, dhw, dstate0, dweight_hh, dextra)``: dxw and dhw (N, G*H) — the gradients of
@@ -143,6 +155,8 @@ def unroll_backward(cell: Cell, dout: Tensor, dfinal: State, caches: list[tuple]
         n, start = batch_sizes[t], offsets[t]
         dstate = _resize(dstate, n, dfinal, finished)
         dh = dstate[0] + dout[start:start + n]              # output and next step both use h_t
+        if observe is not None:
+            observe(t, cell.full_state_grad((dh, *dstate[1:]), steps[t]))
         dstate, dxws[t], dhws[t] = cell.step_backward((dh, *dstate[1:]), steps[t],
                                                       weight_hh, *extra)
     dxw = torch.cat(dxws)                                   # (N, G*H)

@@ -224,6 +224,113 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _cmd_diagnose(args) -> int:
+    from rnnkit.data import iter_lines
+    from rnnkit.diagnostics import gradient_flow, plot_gradient_flow
+    from rnnkit.tasks.lm import load_lm
+
+    if args.length < 2:
+        raise ValueError(f"--length: expected >= 2, got {args.length}")
+    model, tokenizer, _ = load_lm(args.model)
+    ids = []
+    for line in iter_lines(args.data):
+        ids.extend(tokenizer.encode_line(line))
+        if len(ids) >= (args.length + 1) * args.batch_size:
+            break
+    T = min(args.length, len(ids) // args.batch_size - 1)
+    if T < 2:
+        raise ValueError(f"{args.data}: too little text for {args.batch_size} streams")
+    import torch
+
+    data = torch.tensor(ids[:(T + 1) * args.batch_size]).view(args.batch_size, T + 1).t()
+    inputs, targets = data[:-1], data[1:]
+    model.eval()
+
+    def loss():                      # the loss of the last step only: what reaches t < T?
+        hidden, _ = model(inputs)
+        return model.nll(hidden[-1:], targets[-1:]).mean()
+
+    flows = gradient_flow(model, loss)
+    plot_gradient_flow({f"{model.config.cell} layer {f.index}": [f] for f in flows}, args.out,
+                       title=f"{args.model}: ‖∂L_T/∂h_t‖, loss at the last of {T} steps")
+    if args.json:
+        print(json.dumps({"steps": T, "layers": [f.as_dict() for f in flows],
+                          "plot": args.out}, indent=2))
+        return 0
+    print(f"gradient of the last step's loss w.r.t. the hidden state, {T} steps back "
+          f"({args.batch_size} streams of {args.data}); plot: {args.out}")
+    print(f"{'layer':>5s} {'t=T-1':>10s} {'t=T/2':>10s} {'t=0':>10s} {'ratio 0/(T-1)':>14s}")
+    for f in flows:
+        print(f"{f.index:5d} {f.h[-1]:10.2e} {f.h[T // 2]:10.2e} {f.h[0]:10.2e} "
+              f"{f.h[0] / f.h[-1] if f.h[-1] else float('nan'):14.2e}")
+    return 0
+
+
+def _parse_list(text: str, name: str, kind=str) -> list:
+    try:
+        items = [kind(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{name}: expected a comma-separated list, got {text!r}") from None
+    if not items:
+        raise ValueError(f"{name}: expected a comma-separated list, got {text!r}")
+    return items
+
+
+def _cmd_bench_memory(args) -> int:
+    from rnnkit.diagnostics.memory import CELLS, TASKS, train_memory_task
+
+    if args.task not in TASKS:
+        raise ValueError(f"--task: expected one of {list(TASKS)}, got {args.task!r}")
+    lengths = _parse_list(args.length, "--length", int)
+    if min(lengths) < 2:
+        raise ValueError(f"--length: expected lengths >= 2, got {args.length!r}")
+    cells = _parse_list(args.cells, "--cells")
+    unknown = sorted(set(cells) - set(CELLS))
+    if unknown:
+        raise ValueError(f"--cells: unknown {unknown}; expected names from {sorted(CELLS)}")
+    if args.steps < 1:
+        raise ValueError(f"--steps: expected >= 1, got {args.steps}")
+    results = []
+    for length in lengths:
+        for cell in cells:
+            r = train_memory_task(args.task, length, cell, steps=args.steps, seed=args.seed,
+                                  hidden=args.hidden)
+            results.append(r)
+            if not args.json:
+                print(f"{r.task:7s} T={r.length:<4d} {r.cell:5s} {r.metric} {r.value:.4f} "
+                      f"(baseline {r.baseline:.4f}) {'solved' if r.solved else '-'} "
+                      f"[{r.steps} steps, {r.seconds:.0f} s]", flush=True)
+    if args.out:
+        _plot_memory(results, args.out)
+    if args.json:
+        print(json.dumps([{**r.__dict__, "solved": r.solved} for r in results], indent=2))
+    return 0
+
+
+def _plot_memory(results, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rnnkit.checkpoint import atomic_write
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for cell in dict.fromkeys(r.cell for r in results):
+        rows = [r for r in results if r.cell == cell]
+        ax.plot([r.length for r in rows], [r.value for r in rows], "o-", label=cell)
+    rows = sorted({(r.length, r.baseline) for r in results})
+    ax.plot([l for l, _ in rows], [b for _, b in rows], "k--", label="baseline")
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel(results[0].metric)
+    if results[0].task != "reber":
+        ax.set_yscale("log")
+    ax.set_title(f"{results[0].task} problem, {results[0].steps} training steps")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnnkit", description="Recurrent neural networks: cells with hand-derived "
@@ -293,6 +400,37 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     gen.add_argument("--json", action="store_true", help="print prompt and text as JSON")
     gen.set_defaults(run=_cmd_generate)
+
+    diag = commands.add_parser(
+        "diagnose", help="gradient flow through time of a trained model",
+        description="Plot the norm of dL/dh_t for every step t and layer, for a loss at "
+        "the last step of a window of FILE, read from the hand BPTT engine.")
+    diag.add_argument("model", metavar="DIR", help="model directory")
+    diag.add_argument("--data", required=True, metavar="FILE", help="UTF-8 text file")
+    diag.add_argument("--out", required=True, metavar="PNG", help="plot file to write")
+    diag.add_argument("--length", type=int, default=100, help="time steps (100)")
+    diag.add_argument("--batch-size", type=int, default=8, help="streams averaged (8)")
+    diag.add_argument("--json", action="store_true", help="print the norms as JSON")
+    diag.set_defaults(run=_cmd_diagnose)
+
+    bench = commands.add_parser("bench", help="built-in experiments",
+                                description="Built-in experiments.")
+    experiments = bench.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    experiments.required = True
+    memory = experiments.add_parser(
+        "memory", help="long-range memory tasks: where a plain RNN fails",
+        description="Train each cell on a long-range memory task generated from a seed, "
+        "for a fixed number of steps, and report the test figure against the baseline.")
+    memory.add_argument("--task", default="adding", help="adding | copy | reber")
+    memory.add_argument("--length", default="50,100,200", help="comma-separated lengths")
+    memory.add_argument("--cells", default="rnn,lstm,gru,irnn",
+                        help="comma-separated: rnn (tanh), lstm, gru, irnn (ReLU, identity)")
+    memory.add_argument("--steps", type=int, default=1000, help="Adam steps per model")
+    memory.add_argument("--hidden", type=int, default=128, help="hidden units (128)")
+    memory.add_argument("--seed", type=int, default=0, help="random seed")
+    memory.add_argument("--out", metavar="PNG", help="also plot the table")
+    memory.add_argument("--json", action="store_true", help="print the results as JSON")
+    memory.set_defaults(run=_cmd_bench_memory)
     return parser
 
 

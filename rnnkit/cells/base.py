@@ -67,6 +67,14 @@ class Cell(ABC):
         ``cache`` is that step's entry of :meth:`prepare_backward`'s result.
         """
 
+    def full_state_grad(self, dstate: State, cache: tuple) -> State:
+        """dL/d(state at t) in full, from what ``step_backward`` receives (for diagnostics).
+
+        ``dstate[0]`` is already complete; a cell whose other states also feed its own
+        output (the LSTM's c through h = o tanh c) adds that path here.
+        """
+        return dstate
+
     def param_backward(self, dhw: Tensor, caches: list[tuple],
                        *extra: Tensor) -> tuple[Tensor, ...]:
         """Gradients of weight_hh and the extra parameters for a whole sequence at once.

@@ -92,6 +92,10 @@ class LSTMCell(Cell):
         dc_prev = dc * dc_prev_dc                           # dL/dc_{t-1} = dc ⊙ f
         return (dh_prev, dc_prev), da, da
 
+    def full_state_grad(self, dstate, cache):
+        dh, dc_next = dstate
+        return dh, torch.addcmul(dc_next, dh, cache[0])    # the dc of step_backward
+
     def param_backward(self, dhw, caches, *extra):
         (dweight_hh,) = super().param_backward(dhw, caches)
         if not self.peephole:

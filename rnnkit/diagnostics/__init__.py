@@ -1,0 +1,11 @@
+"""Diagnostics that show why LSTM and GRU exist: gradient flow through time and
+long-range memory tasks (see the modules)."""
+
+from rnnkit.diagnostics.gradient_flow import (LayerFlow, gradient_flow, hand_bptt,
+                                              plot_gradient_flow, recording_state_gradients)
+from rnnkit.diagnostics.memory import (CELLS, TASKS, MemoryResult, adding_batch, copy_batch,
+                                       reber_batch, train_memory_task)
+
+__all__ = ["LayerFlow", "gradient_flow", "hand_bptt", "plot_gradient_flow",
+           "recording_state_gradients", "CELLS", "TASKS", "MemoryResult", "adding_batch",
+           "copy_batch", "reber_batch", "train_memory_task"]
