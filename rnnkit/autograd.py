@@ -31,7 +31,7 @@ class RecurrentFunction(torch.autograd.Function):
         ctx.cell, ctx.batch_sizes, ctx.reverse, ctx.caches = cell, batch_sizes, reverse, caches
         ctx.has_bias = (bias_ih is not None, bias_hh is not None)
         factory = OBSERVERS.get()
-        ctx.observe = None if factory is None else factory(batch_sizes, reverse)
+        ctx.observe = None if factory is None else factory(cell, batch_sizes, reverse, caches)
         ctx.save_for_backward(x, weight_ih, weight_hh, *extra)
         # Fresh tensors for the final states: a cache may hold the last step's state, and
         # an output kept on ctx would tie the graph into a reference cycle.

@@ -27,11 +27,12 @@ from torch import Tensor
 
 from rnnkit.cells.base import Cell, State
 
-# Observers see the backward pass step by step (see rnnkit.diagnostics): a factory that a
-# layer's forward calls once, giving the function its backward will call at every step.
+# Observers see inside the engine (see rnnkit.diagnostics): a factory that each layer call
+# of the hand-BPTT Function hands (cell, batch_sizes, reverse, the forward's caches) once
+# its forward is done; it may return a function the backward then calls at every step.
 Observer = Callable[[int, State], None]
-OBSERVERS: ContextVar[Callable[[list[int], bool], Observer] | None] = ContextVar(
-    "rnnkit_bptt_observers", default=None)
+OBSERVERS: ContextVar[Callable[[Cell, list[int], bool, list[tuple]], Observer | None] | None] \
+    = ContextVar("rnnkit_bptt_observers", default=None)
 
 
 PREPARE_BLOCK = 1 << 18   # numbers per block of backward factors (1 MiB in float32)

@@ -226,7 +226,8 @@ def _cmd_generate(args) -> int:
 
 def _cmd_diagnose(args) -> int:
     from rnnkit.data import iter_lines
-    from rnnkit.diagnostics import gradient_flow, plot_gradient_flow
+    from rnnkit.diagnostics import (gate_statistics, gradient_flow, plot_gate_statistics,
+                                    plot_gradient_flow, recurrent_matrix_statistics)
     from rnnkit.tasks.lm import load_lm
 
     if args.length < 2:
@@ -253,9 +254,16 @@ def _cmd_diagnose(args) -> int:
     flows = gradient_flow(model, loss)
     plot_gradient_flow({f"{model.config.cell} layer {f.index}": [f] for f in flows}, args.out,
                        title=f"{args.model}: ‖∂L_T/∂h_t‖, loss at the last of {T} steps")
+    gates = gate_statistics(model, lambda: model(inputs))
+    gates_png = str(Path(args.out).with_name(Path(args.out).stem + "-gates.png"))
+    if gates:
+        plot_gate_statistics(gates, gates_png, title=f"{args.model}: gate saturation")
+    matrices = recurrent_matrix_statistics(model)
     if args.json:
         print(json.dumps({"steps": T, "layers": [f.as_dict() for f in flows],
-                          "plot": args.out}, indent=2))
+                          "gates": [g.__dict__ for g in gates],
+                          "recurrent_matrices": [m.__dict__ for m in matrices],
+                          "plots": [args.out] + ([gates_png] if gates else [])}, indent=2))
         return 0
     print(f"gradient of the last step's loss w.r.t. the hidden state, {T} steps back "
           f"({args.batch_size} streams of {args.data}); plot: {args.out}")
@@ -263,6 +271,16 @@ def _cmd_diagnose(args) -> int:
     for f in flows:
         print(f"{f.index:5d} {f.h[-1]:10.2e} {f.h[T // 2]:10.2e} {f.h[0]:10.2e} "
               f"{f.h[0] / f.h[-1] if f.h[-1] else float('nan'):14.2e}")
+    if gates:
+        print(f"\ngate activations (plot: {gates_png})")
+        print(f"{'layer':>5s} {'gate':8s} {'mean':>6s} {'< 0.1':>7s} {'> 0.9':>7s}")
+        for g in gates:
+            print(f"{g.index:5d} {g.gate:8s} {g.mean:6.3f} {g.near_zero:7.1%} {g.near_one:7.1%}")
+    print("\nrecurrent matrices, per gate block")
+    print(f"{'parameter':24s} {'gate':10s} {'spectral radius':>15s} {'max singular':>13s}")
+    for m in matrices:
+        print(f"{m.parameter:24s} {m.gate:10s} {m.spectral_radius:15.3f} "
+              f"{m.largest_singular_value:13.3f}")
     return 0
 
 

@@ -35,6 +35,7 @@ class Cell(ABC):
 
     name: str = "cell"
     gates: int = 1              # G: weight_ih is (G*H, I), weight_hh is (G*H, H)
+    gate_names: tuple[str, ...] = ("hidden",)   # the G blocks of the weights, in order
     num_states: int = 1         # 1 for (h,), 2 for (h, c)
     fold_bias_hh: bool = True   # bias_hh may be added to the input projection up front
     native_mode: str | None = None  # name of PyTorch's fused kernel, if it computes this cell
@@ -66,6 +67,10 @@ class Cell(ABC):
 
         ``cache`` is that step's entry of :meth:`prepare_backward`'s result.
         """
+
+    def gate_activations(self, cache: tuple) -> dict[str, Tensor]:
+        """The sigmoid gates' values at one step, by name, (n, H) each (for diagnostics)."""
+        return {}
 
     def full_state_grad(self, dstate: State, cache: tuple) -> State:
         """dL/d(state at t) in full, from what ``step_backward`` receives (for diagnostics).

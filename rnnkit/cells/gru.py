@@ -28,6 +28,7 @@ class GRUCell(Cell):
 
     name = "gru"
     gates = 3
+    gate_names = ("reset", "update", "candidate")   # the blocks of weight_hh, in order
     num_states = 1
     fold_bias_hh = False    # b_hn sits inside r ⊙ (…), so it cannot join the input projection
     native_mode = "GRU"
@@ -46,6 +47,10 @@ class GRUCell(Cell):
         n = (xw[:, 2 * H:] + r * hn).tanh()
         h = n + z * (h_prev - n)                            # (1 − z) n + z h_{t-1}
         return (h,), (h_prev, rz, n, hn)
+
+    def gate_activations(self, cache):
+        reset, update = cache[1].chunk(2, 1)
+        return {"reset": reset, "update": update}
 
     def prepare_backward(self, caches, *extra):
         """Per-step factors of the backward, for all steps at once (see step_backward)."""
@@ -76,6 +81,7 @@ class GRUResetBeforeCell(Cell):
 
     name = "gru_reset_before"
     gates = 3
+    gate_names = ("reset", "update", "candidate")   # the blocks of weight_hh, in order
     num_states = 1
     fold_bias_hh = True
     native_mode = None
@@ -96,6 +102,10 @@ class GRUResetBeforeCell(Cell):
         n = a_n.tanh()
         h = n + z * (h_prev - n)
         return (h,), (h_prev, rz, n, rh)
+
+    def gate_activations(self, cache):
+        reset, update = cache[1].chunk(2, 1)
+        return {"reset": reset, "update": update}
 
     def prepare_backward(self, caches, *extra):
         """Per-step factors of the backward, for all steps at once (see step_backward)."""

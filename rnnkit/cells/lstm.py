@@ -28,6 +28,7 @@ class LSTMCell(Cell):
     """LSTM step on states ``(h, c)``; ``peephole=True`` adds the diagonal peepholes."""
 
     gates = 4
+    gate_names = ("input", "forget", "candidate", "output")   # the blocks of weight_hh, in order
     num_states = 2
     fold_bias_hh = True
 
@@ -91,6 +92,10 @@ class LSTMCell(Cell):
         dh_prev = da @ weight_hh                            # dL/dh_{t-1} = da W
         dc_prev = dc * dc_prev_dc                           # dL/dc_{t-1} = dc ⊙ f
         return (dh_prev, dc_prev), da, da
+
+    def gate_activations(self, cache):
+        i, f, _, o = cache[2].chunk(4, 1)
+        return {"input": i, "forget": f, "output": o}
 
     def full_state_grad(self, dstate, cache):
         dh, dc_next = dstate

@@ -3,9 +3,12 @@ long-range memory tasks (see the modules)."""
 
 from rnnkit.diagnostics.gradient_flow import (LayerFlow, gradient_flow, hand_bptt,
                                               plot_gradient_flow, recording_state_gradients)
+from rnnkit.diagnostics.gates import (GateStats, MatrixStats, gate_statistics,
+                                      plot_gate_statistics, recurrent_matrix_statistics)
 from rnnkit.diagnostics.memory import (CELLS, TASKS, MemoryResult, adding_batch, copy_batch,
                                        reber_batch, train_memory_task)
 
-__all__ = ["LayerFlow", "gradient_flow", "hand_bptt", "plot_gradient_flow",
+__all__ = ["GateStats", "MatrixStats", "gate_statistics", "plot_gate_statistics",
+           "recurrent_matrix_statistics", "LayerFlow", "gradient_flow", "hand_bptt", "plot_gradient_flow",
            "recording_state_gradients", "CELLS", "TASKS", "MemoryResult", "adding_batch",
            "copy_batch", "reber_batch", "train_memory_task"]

@@ -45,7 +45,7 @@ def recording_state_gradients() -> Iterator[list[LayerFlow]]:
     """Inside the block, every BPTT-engine layer call records its state-gradient norms."""
     flows: list[LayerFlow] = []
 
-    def factory(batch_sizes: list[int], reverse: bool):
+    def factory(cell, batch_sizes: list[int], reverse: bool, caches):
         flow = LayerFlow(len(flows), reverse, [0.0] * len(batch_sizes))
         flows.append(flow)
 
