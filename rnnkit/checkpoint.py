@@ -44,6 +44,9 @@ def atomic_write(path: str | Path, write) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)                   # as an ordinary new file, not 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

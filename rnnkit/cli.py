@@ -284,6 +284,28 @@ def _cmd_diagnose(args) -> int:
     return 0
 
 
+def _cmd_activations(args) -> int:
+    from rnnkit.data import iter_lines
+    from rnnkit.diagnostics.activations import MAX_CHARS, write_activation_page
+    from rnnkit.tasks.lm import load_lm
+
+    model, tokenizer, _ = load_lm(args.model)
+    text = "\n".join(iter_lines(args.text)) + "\n"
+    shown = write_activation_page(model, tokenizer, text, args.out, unit=args.unit,
+                                  layer=args.layer, kind=args.kind,
+                                  max_chars=args.max_chars or MAX_CHARS)
+    if args.json:
+        print(json.dumps(shown, indent=2))
+        return 0
+    if shown["truncated"]:
+        print(f"note: {shown['note']}")
+    print(f"wrote {args.out}: {args.kind} unit {args.unit}, {shown['chars']:,} characters, "
+          f"values {shown['range'][0]:.2f} .. {shown['range'][1]:.2f}")
+    for feature, units in shown["correlations"].items():
+        print(f"  {feature:18s} " + ", ".join(f"unit {u} (r={r:+.2f})" for u, r in units))
+    return 0
+
+
 def _parse_list(text: str, name: str, kind=str) -> list:
     try:
         items = [kind(x.strip()) for x in text.split(",") if x.strip()]
@@ -430,6 +452,24 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--batch-size", type=int, default=8, help="streams averaged (8)")
     diag.add_argument("--json", action="store_true", help="print the norms as JSON")
     diag.set_defaults(run=_cmd_diagnose)
+
+    act = commands.add_parser(
+        "activations", help="colour a text by one hidden unit of a character model",
+        description="Write an offline HTML page that colours each character of a text by "
+        "the activation of one unit (or gate), and list the units most correlated with the "
+        "position in the line and with being inside quotes or brackets.")
+    act.add_argument("model", metavar="DIR", help="character-level model directory")
+    act.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file")
+    act.add_argument("--out", required=True, metavar="HTML", help="page to write")
+    act.add_argument("--unit", type=int, default=0, help="unit index (default 0)")
+    act.add_argument("--layer", type=int, default=-1, help="layer index (default: last)")
+    act.add_argument("--kind", default="hidden",
+                     help="hidden | cell | input | forget | output | reset | update")
+    act.add_argument("--max-chars", type=int, default=0,
+                     help="longest text shown (default 20000); longer texts are cut, and "
+                     "the page says so")
+    act.add_argument("--json", action="store_true", help="print the figures as JSON")
+    act.set_defaults(run=_cmd_activations)
 
     bench = commands.add_parser("bench", help="built-in experiments",
                                 description="Built-in experiments.")
