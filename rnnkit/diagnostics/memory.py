@@ -181,6 +181,14 @@ def train_memory_task(task: str, length: int, cell: str, *, steps: int = 1000,
                       batch: int = 50, hidden: int = 128, seed: int = 0,
                       test_batches: int = 4) -> MemoryResult:
     """Train one model on one task for ``steps`` Adam steps; report the test figure."""
+    return fit_memory_model(task, length, cell, steps=steps, batch=batch, hidden=hidden,
+                            seed=seed, test_batches=test_batches)[1]
+
+
+def fit_memory_model(task: str, length: int, cell: str, *, steps: int = 1000,
+                     batch: int = 50, hidden: int = 128, seed: int = 0,
+                     test_batches: int = 4) -> tuple[MemoryModel, MemoryResult]:
+    """:func:`train_memory_task`, also returning the trained model."""
     if task not in TASKS:
         raise ValueError(f"task: expected one of {list(TASKS)}, got {task!r}")
     if cell not in CELLS:
@@ -203,5 +211,6 @@ def train_memory_task(task: str, length: int, cell: str, *, steps: int = 1000,
     with torch.no_grad():
         values = [_loss(model, _BATCH[task](batch * 4, length, test_g))[1]
                   for _ in range(test_batches)]
-    return MemoryResult(task, length, cell, steps, METRIC[task], sum(values) / len(values),
-                        BASELINES[task](length), time.perf_counter() - started)
+    return model, MemoryResult(task, length, cell, steps, METRIC[task],
+                               sum(values) / len(values), BASELINES[task](length),
+                               time.perf_counter() - started)

@@ -1,0 +1,87 @@
+"""Why LSTM and GRU exist, measured: long-range memory tasks and gradient flow.
+
+    python benchmarks/memory.py adding     # lengths 50,100,200 x rnn,lstm,gru,irnn
+    python benchmarks/memory.py reber      # embedded Reber grammar, LSTM vs tanh RNN
+    python benchmarks/memory.py flow       # gradient flow, tanh RNN vs LSTM, before/after
+
+Budgets are fixed numbers of Adam steps (batch 50, 128 hidden units), stated in the
+output; figures go to ``benchmarks/results/memory_<name>.json`` and pictures to
+``docs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from rnnkit.diagnostics import adding_batch, gradient_flow, plot_gradient_flow  # noqa: E402
+from rnnkit.diagnostics.memory import MemoryModel, fit_memory_model  # noqa: E402
+
+
+def run_table(task: str, lengths, cells, steps: int) -> list[dict]:
+    rows = []
+    for length in lengths:
+        for cell in cells:
+            _, r = fit_memory_model(task, length, cell, steps=steps)
+            rows.append({**r.__dict__, "solved": r.solved})
+            print(f"{task:7s} T={length:<4d} {cell:5s} {r.metric} {r.value:.4f} (baseline "
+                  f"{r.baseline:.4f}) {'solved' if r.solved else '-'} [{steps} steps, "
+                  f"{r.seconds:.0f} s]", flush=True)
+    return rows
+
+
+def flow_figure(length: int, steps: int) -> dict:
+    """‖dL_T/dh_t‖ of a tanh RNN and an LSTM on the adding problem, untrained and trained."""
+    g = torch.Generator().manual_seed(123)
+    x, y = adding_batch(50, length, g)
+    series, summary = {}, {}
+    for cell in ("rnn", "lstm"):
+        torch.manual_seed(0)
+        untrained = MemoryModel("adding", cell, 128)
+        trained, result = fit_memory_model("adding", length, cell, steps=steps)
+        for label, model in (("untrained", untrained), ("trained", trained)):
+            (flow,) = gradient_flow(model, lambda: ((model(x) - y) ** 2).mean())
+            name = f"{'tanh RNN' if cell == 'rnn' else 'LSTM'}, {label}"
+            series[name] = [flow]
+            summary[name] = {"first": flow.h[0], "last": flow.h[-1],
+                             "ratio": flow.h[0] / flow.h[-1]}
+        summary[f"{cell} test MSE"] = result.value
+    out = ROOT / "docs" / "gradient_flow.png"
+    plot_gradient_flow(series, out, title=f"adding problem, T={length}: ‖∂L/∂h_t‖, loss at "
+                       f"the last step ({steps} training steps)")
+    print(f"wrote {out}")
+    for name, s in summary.items():
+        print(f"  {name}: {s}")
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", choices=["adding", "reber", "flow"])
+    parser.add_argument("--steps", type=int, default=0, help="override the step budget")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    if args.name == "adding":
+        result = run_table("adding", [50, 100, 200], ["rnn", "lstm", "gru", "irnn"],
+                           args.steps or 2000)
+    elif args.name == "reber":
+        result = run_table("reber", [20], ["rnn", "lstm"], args.steps or 1500)
+    else:
+        result = flow_figure(100, args.steps or 1500)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"{minutes:.1f} min on {torch.get_num_threads()} threads")
+    path = ROOT / "benchmarks" / "results" / f"memory_{args.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"result": result, "minutes": minutes}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
