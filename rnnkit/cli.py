@@ -115,12 +115,21 @@ def _read_config(path: str | None) -> dict:
         raise ValueError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path}: not valid TOML ({error})") from None
-    known = {key for _, _, key, _, _ in _LM_OPTIONS} | {"out", "device", "sample"}
-    unknown = sorted(set(config) - known)
+    # keys: the option names with "_" (hidden, layers, …) or the config names they set
+    aliases = {flag.lstrip("-").replace("-", "_"): key for flag, _, key, _, _ in _LM_OPTIONS}
+    aliases.update({key: key for key in aliases.values()})
+    aliases.update({"out": "out", "device": "device", "sample": "sample"})
+    unknown = sorted(set(config) - set(aliases))
     if unknown:
         raise ValueError(f"{path}: unknown option(s) {unknown}; "
                          f"see 'rnnkit train lm --help'")
-    return config
+    values = {}
+    for name, value in config.items():
+        key = aliases[name]
+        if key == "adaptive_cutoffs" and isinstance(value, list):
+            value = tuple(value)
+        values[key] = value
+    return values
 
 
 def _lm_settings(args) -> tuple[dict, dict, dict, dict]:
@@ -232,6 +241,8 @@ def _cmd_diagnose(args) -> int:
 
     if args.length < 2:
         raise ValueError(f"--length: expected >= 2, got {args.length}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: expected >= 1, got {args.batch_size}")
     model, tokenizer, _ = load_lm(args.model)
     ids = []
     for line in iter_lines(args.data):
@@ -399,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue the run in --out from its last checkpoint")
     lm.add_argument("--config", help="TOML file of options (keys as in --help, with _)")
     lm.add_argument("--device", help="cpu | cuda | auto (default cpu)")
-    lm.add_argument("--sample", type=int, help="characters of sample text printed at the "
-                    "end (default 400; 0: none)")
+    lm.add_argument("--sample", type=int, help="tokens of sample text printed at the end "
+                    "(default 400; 0: none)")
     lm.add_argument("--no-progress", action="store_true", help="no progress bar")
     lm.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_options(lm, _LM_OPTIONS)

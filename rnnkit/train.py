@@ -21,7 +21,7 @@ import math
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -61,24 +61,19 @@ class TrainConfig:
     tensorboard: bool = False
 
     def __post_init__(self):
-        checks = [("epochs", self.epochs >= 1, "an int >= 1"),
-                  ("max_steps", self.max_steps >= 0, "an int >= 0"),
-                  ("max_minutes", self.max_minutes >= 0, "a number >= 0"),
-                  ("optimizer", self.optimizer in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
-                  ("lr", self.lr > 0, "a number > 0"),
-                  ("momentum", 0 <= self.momentum < 1, "a number in [0, 1)"),
-                  ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
-                  ("clip", self.clip >= 0, "a number >= 0"),
-                  ("lr_decay", self.lr_decay >= 1, "a number >= 1"),
-                  ("eval_every", self.eval_every >= 0, "an int >= 0"),
-                  ("save_every", self.save_every >= 0, "an int >= 0"),
-                  ("log_every", self.log_every >= 1, "an int >= 1")]
+        checks = [("epochs", lambda c: c.epochs >= 1, "an int >= 1"),
+                  ("max_steps", lambda c: c.max_steps >= 0, "an int >= 0"),
+                  ("max_minutes", lambda c: c.max_minutes >= 0, "a number >= 0"),
+                  ("optimizer", lambda c: c.optimizer in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
+                  ("lr", lambda c: c.lr > 0, "a number > 0"),
+                  ("momentum", lambda c: 0 <= c.momentum < 1, "a number in [0, 1)"),
+                  ("weight_decay", lambda c: c.weight_decay >= 0, "a number >= 0"),
+                  ("clip", lambda c: c.clip >= 0, "a number >= 0"),
+                  ("lr_decay", lambda c: c.lr_decay >= 1, "a number >= 1"),
+                  ("eval_every", lambda c: c.eval_every >= 0, "an int >= 0"),
+                  ("save_every", lambda c: c.save_every >= 0, "an int >= 0"),
+                  ("log_every", lambda c: c.log_every >= 1, "an int >= 1")]
         check_fields(self, checks)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 class BatchSource(Protocol):
@@ -172,12 +167,14 @@ class Trainer:
         optim_tensors, optim_meta = _optimizer_to_data(self.optimizer)
         carry = {f"carry.{k}": v for k, v in self.task.carry_tensors().items()}
         tensors = {**model_tensors, **optim_tensors, **carry, "rng.torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            for k, state in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{k}"] = state
         meta = {"step": self.step, "epoch": self.epoch, "elapsed": self._elapsed(),
                 "units": self.units, "best": _finite_or_none(self.best),
                 "plateau_best": _finite_or_none(self.plateau_best),
                 "optimizer": optim_meta, "batches": self.task.batches.state_dict(),
-                "python_random": _jsonable(random.getstate()),
-                "train_config": asdict(self.config)}
+                "python_random": _jsonable(random.getstate())}
         checkpoint.save_tensors(self.out / checkpoint.TRAIN_STATE, tensors, meta)
 
     def load_train_state(self) -> None:
@@ -194,6 +191,10 @@ class Trainer:
         _optimizer_from_data(self.optimizer, tensors, meta["optimizer"])
         self.task.load_carry({k[6:]: v for k, v in tensors.items() if k.startswith("carry.")})
         torch.set_rng_state(tensors["rng.torch"])
+        cuda_states = [tensors[f"rng.cuda.{k}"] for k in range(torch.cuda.device_count())
+                       if f"rng.cuda.{k}" in tensors]
+        if cuda_states:
+            torch.cuda.set_rng_state_all(cuda_states)
         random.setstate(_tuplify(meta["python_random"]))
         self.task.batches.load_state_dict(meta["batches"])
         self.step, self.epoch, self.units = meta["step"], meta["epoch"], meta["units"]
@@ -218,7 +219,14 @@ class Trainer:
         """Keep the metric lines up to the checkpoint's step (a crash may have left more)."""
         path = self.out / METRICS
         lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-        self.history = [e for e in map(json.loads, lines) if e["step"] <= self.step]
+        self.history = []
+        for line in lines:                      # a crash may have cut the last line short
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and entry.get("step", math.inf) <= self.step:
+                self.history.append(entry)
         checkpoint.atomic_write(path, lambda tmp: Path(tmp).write_text(
             "".join(json.dumps(e) + "\n" for e in self.history), encoding="utf-8"))
 
@@ -321,12 +329,19 @@ class Trainer:
                         f"or --clip")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.clip:
-                    nn.utils.clip_grad_norm_(self.task.model.parameters(), cfg.clip)
+                value = loss.item()
+                del loss                                  # free this step's graph now
+                norm = nn.utils.clip_grad_norm_(self.task.model.parameters(),
+                                                cfg.clip or math.inf)
+                if not torch.isfinite(norm):
+                    raise TrainingStopped(
+                        f"step {self.step + 1}: the gradient norm is {norm.item()}; stopped "
+                        f"before updating. The last good checkpoint in {self.out} is kept; "
+                        f"try a lower --lr or --clip")
                 self.optimizer.step()
                 self.step += 1
                 self.units += units
-                window_loss += loss.item() * units
+                window_loss += value * units
                 window_units += units
                 bar.update(units)
                 if self.step % cfg.log_every == 0:

@@ -47,7 +47,7 @@ def test_cli_train_then_generate_eval_score(trained, capsys):
 def test_config_file_and_command_line_override(trained, tmp_path, capsys):
     _, corpus, _ = trained
     config = tmp_path / "lm.toml"
-    config.write_text(f'data = "{corpus}"\nlevel = "char"\nhidden_size = 12\nnum_layers = 1\n'
+    config.write_text(f'data = "{corpus}"\nlevel = "char"\nhidden_size = 12\nlayers = 1\n'
                       'max_steps = 2\nbatch_size = 4\nbptt = 8\n', encoding="utf-8")
     out = tmp_path / "m"
     code, _, _ = _run(["train", "lm", "--config", str(config), "--hidden", "10", "--out",
@@ -55,6 +55,11 @@ def test_config_file_and_command_line_override(trained, tmp_path, capsys):
     assert code == 0
     saved = json.loads((out / "config.json").read_text())["model"]
     assert saved["hidden_size"] == 10 and saved["num_layers"] == 1
+    config.write_text('lr = "fast"\n', encoding="utf-8")
+    _expect_error(["train", "lm", "--config", str(config), "--out", str(tmp_path / "m2")],
+                  capsys, "lr: expected float")
+    _expect_error(["train", "lm", "--data", str(corpus), "--out", str(out)], capsys,
+                  "holds a model or run already")
 
 
 def _expect_error(args, capsys, *fragments):

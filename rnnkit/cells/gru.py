@@ -23,6 +23,12 @@ import torch
 from rnnkit.cells.base import Cell, per_step, stacked
 
 
+def _gates(cache: tuple) -> dict:
+    """Both forms cache (h_prev, [r | z], …): the reset and update gates, (n, H) each."""
+    reset, update = cache[1].chunk(2, 1)
+    return {"reset": reset, "update": update}
+
+
 class GRUCell(Cell):
     """GRU step with the reset gate applied after the recurrent product (PyTorch form)."""
 
@@ -32,7 +38,6 @@ class GRUCell(Cell):
     num_states = 1
     fold_bias_hh = False    # b_hn sits inside r ⊙ (…), so it cannot join the input projection
     native_mode = "GRU"
-    reset_after = True
 
     def step_forward(self, xw, state, weight_hh, bias_hh, *extra):
         (h_prev,) = state                                   # (n, H)
@@ -49,8 +54,7 @@ class GRUCell(Cell):
         return (h,), (h_prev, rz, n, hn)
 
     def gate_activations(self, cache):
-        reset, update = cache[1].chunk(2, 1)
-        return {"reset": reset, "update": update}
+        return _gates(cache)
 
     def prepare_backward(self, caches, *extra):
         """Per-step factors of the backward, for all steps at once (see step_backward)."""
@@ -85,7 +89,6 @@ class GRUResetBeforeCell(Cell):
     num_states = 1
     fold_bias_hh = True
     native_mode = None
-    reset_after = False
 
     def step_forward(self, xw, state, weight_hh, bias_hh, *extra):
         (h_prev,) = state                                   # (n, H)
@@ -104,8 +107,7 @@ class GRUResetBeforeCell(Cell):
         return (h,), (h_prev, rz, n, rh)
 
     def gate_activations(self, cache):
-        reset, update = cache[1].chunk(2, 1)
-        return {"reset": reset, "update": update}
+        return _gates(cache)
 
     def prepare_backward(self, caches, *extra):
         """Per-step factors of the backward, for all steps at once (see step_backward)."""

@@ -37,7 +37,8 @@ def activations(model, ids: list[int], *, layer: int = -1, kind: str = "hidden")
     if not -L <= layer < L:
         raise ValueError(f"layer: the model has {L} layer(s) (0..{L - 1}), got {layer}")
     layer %= L
-    tokens = torch.tensor(ids, dtype=torch.long)[:, None]                   # (T, 1)
+    tokens = torch.tensor(ids, dtype=torch.long,
+                          device=model.embedding.weight.device)[:, None]     # (T, 1)
     captured: list[tuple] = []
 
     def factory(cell, batch_sizes, reverse, caches):

@@ -3,14 +3,14 @@
 - **adding** (Hochreiter & Schmidhuber 1997; Le et al. 2015): input (T, B, 2) — a random
   value in [0, 1) and a marker that is 1 at two steps, one in each half; the target is the
   sum of the two marked values. Predicting 1 always gives MSE 1/6 ≈ 0.167, the baseline.
-- **copy** (Arjovsky et al. 2016): ten symbols from {1..8}, T blanks, a delimiter (9), then
+- **copy** (Arjovsky et al. 2016): ten symbols from {1..8}, T − 1 blanks, a delimiter (9), then
   ten blanks during which the network must repeat the ten symbols. Baseline: cross-entropy
   ``10 log 8 / (T + 20)`` per step (blanks right, symbols guessed).
 - **reber**: the embedded Reber grammar (Hochreiter & Schmidhuber 1997); next-symbol
   prediction, scored at the long-range position — the second-to-last symbol, which must
   repeat the second (T or P) across the whole inner string. Baseline: 50%.
 
-``run_memory_benchmark`` trains one model per (task, length, cell) for a fixed budget of
+:func:`train_memory_task` trains one model per (task, length, cell) for a fixed budget of
 steps and reports the test figure against the task's baseline.
 """
 
@@ -72,10 +72,14 @@ _REBER = {0: [("T", 1), ("P", 2)], 1: [("S", 1), ("X", 3)], 2: [("T", 2), ("V", 
 REBER_SYMBOLS = "BTPSXVE"
 
 
-def _reber_string(g: torch.Generator) -> str:
+def _reber_string(g: torch.Generator, min_length: int) -> str:
+    """A Reber string; until it is ``min_length`` long, only transitions that do not end it
+    are drawn (every path of the grammar is a valid string)."""
     s, state = "B", 0
     while state != 5:
         options = _REBER[state]
+        if len(s) + 1 < min_length:
+            options = [o for o in options if o[1] != 5] or options
         symbol, state = options[int(torch.randint(0, len(options), (1,), generator=g))]
         s += symbol
     return s + "E"
@@ -91,8 +95,8 @@ def reber_batch(batch: int, length: int, g: torch.Generator) -> tuple[Tensor, Te
     """
     strings = []
     while len(strings) < batch:
-        inner = _reber_string(g)
-        if not length <= len(inner) <= 2 * length:
+        inner = _reber_string(g, length)
+        if len(inner) > 2 * length:
             continue
         branch = "TP"[int(torch.randint(0, 2, (1,), generator=g))]
         strings.append("B" + branch + inner + branch + "E")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.bptt import input_projection
 from rnnkit.cells import CELL_KINDS
 from rnnkit.config import check_fields
 from rnnkit.layers import GRU, LSTM, RNN, detach_state
@@ -54,17 +55,17 @@ class LMConfig:
 
     def __post_init__(self):
         checks = [
-            ("vocab_size", self.vocab_size >= 2, "an int >= 2"),
-            ("cell", self.cell in CELL_KINDS, f"one of {list(CELL_KINDS)}"),
-            ("hidden_size", self.hidden_size >= 1, "a positive int"),
-            ("embedding_size", self.embedding_size >= 0, "an int >= 0"),
-            ("num_layers", self.num_layers >= 1, "a positive int"),
-            ("softmax", self.softmax in HEADS, f"one of {list(HEADS)}"),
-            ("num_classes", self.num_classes >= 0, "an int >= 0"),
+            ("vocab_size", lambda c: c.vocab_size >= 2, "an int >= 2"),
+            ("cell", lambda c: c.cell in CELL_KINDS, f"one of {list(CELL_KINDS)}"),
+            ("hidden_size", lambda c: c.hidden_size >= 1, "a positive int"),
+            ("embedding_size", lambda c: c.embedding_size >= 0, "an int >= 0"),
+            ("num_layers", lambda c: c.num_layers >= 1, "a positive int"),
+            ("softmax", lambda c: c.softmax in HEADS, f"one of {list(HEADS)}"),
+            ("num_classes", lambda c: c.num_classes >= 0, "an int >= 0"),
         ]
         for name in ("dropout", "embedding_dropout", "weight_dropout"):
-            value = getattr(self, name)
-            checks.append((name, 0 <= value < 1, "a number in [0, 1)"))
+            checks.append((name, lambda c, name=name: 0 <= getattr(c, name) < 1,
+                           "a number in [0, 1)"))
         check_fields(self, checks)
         if self.tie_weights and self.softmax == "adaptive":
             raise ValueError("tie_weights: not available with softmax='adaptive'")
@@ -207,8 +208,7 @@ class LanguageModel(nn.Module):
         for layer, layer_state in zip(self.layers, state):
             w_ih, w_hh, b_ih, b_hh, extra = layer._params(0)
             cell = layer.cell
-            bias = b_ih if not (cell.fold_bias_hh and b_hh is not None) else b_ih + b_hh
-            xw = x @ w_ih.t() if bias is None else torch.addmm(bias, x, w_ih.t())  # (B, G*H)
+            xw = input_projection(cell, x, w_ih, b_ih, b_hh)                # (B, G*H)
             s = layer_state if isinstance(layer_state, tuple) else (layer_state,)
             s, _ = cell.step_forward(xw, tuple(t[0] for t in s), w_hh,
                                      None if cell.fold_bias_hh else b_hh, *extra)

@@ -88,7 +88,8 @@ class ClassSoftmax(nn.Module):
         start[1:] = torch.cumsum(sizes, 0)
         position = torch.empty(V, dtype=torch.long)
         position[order] = torch.arange(V) - start[class_of[order]]      # index within class
-        self.register_buffer("class_of", class_of.clone(), persistent=True)
+        # all derived from the training counts at construction, so not saved
+        self.register_buffer("class_of", class_of.clone(), persistent=False)
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("start", start, persistent=False)
         self.register_buffer("position", position, persistent=False)
@@ -147,7 +148,8 @@ class AdaptiveSoftmax(nn.Module):
 
 
 def default_cutoffs(vocab_size: int) -> list[int]:
-    """Head of about the 2000 most frequent words, then a tail split near a fifth of V."""
+    """Head of the ``min(2000, V // 4)`` most frequent words, a second cutoff at
+    ``max(V // 5, 10000)``; cutoffs outside (0, V) are dropped."""
     cutoffs = [c for c in (min(2000, vocab_size // 4), max(vocab_size // 5, 10000))
                if 0 < c < vocab_size]
     if len(cutoffs) == 0:

@@ -66,23 +66,20 @@ class LMDataConfig:
     bptt: int = 100
     eval_batch_size: int = 10
     random_length: bool = False         # AWD-LSTM's random window length
-    sentence_mode: bool = False         # state reset at every line, lines shuffled
+    sentence_mode: bool = False         # training resets the state at every line (lines
+                                        # shuffled); validation always reads the stream
 
     def __post_init__(self):
-        checks = [("level", self.level in LEVELS, f"one of {list(LEVELS)}"),
-                  ("valid_fraction", 0 < self.valid_fraction < 1, "a number in (0, 1)"),
-                  ("min_count", self.min_count >= 1, "an int >= 1"),
-                  ("max_vocab", self.max_vocab >= 0, "an int >= 0"),
-                  ("bpe_vocab_size", self.bpe_vocab_size >= 259, "an int >= 259"),
-                  ("batch_size", self.batch_size >= 1, "an int >= 1"),
-                  ("bptt", self.bptt >= 1, "an int >= 1"),
-                  ("eval_batch_size", self.eval_batch_size >= 1, "an int >= 1")]
+        checks = [("level", lambda c: c.level in LEVELS, f"one of {list(LEVELS)}"),
+                  ("valid_fraction", lambda c: 0 < c.valid_fraction < 1, "a number in (0, 1)"),
+                  ("min_count", lambda c: c.min_count >= 1, "an int >= 1"),
+                  ("max_vocab", lambda c: c.max_vocab >= 0, "an int >= 0"),
+                  ("bpe_vocab_size", lambda c: c.bpe_vocab_size >= 259, "an int >= 259"),
+                  ("batch_size", lambda c: c.batch_size >= 1, "an int >= 1"),
+                  ("bptt", lambda c: c.bptt >= 1, "an int >= 1"),
+                  ("eval_batch_size", lambda c: c.eval_batch_size >= 1, "an int >= 1")]
         check_fields(self, checks)
 
-
-def _known(cls, d: dict) -> dict:
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in d.items() if k in names}
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -237,11 +234,22 @@ class LMTask:
 # -- training -----------------------------------------------------------------------------
 
 def _device(name: str | None) -> torch.device:
+    """"cpu", "cuda", "cuda:N" or "auto" (CUDA if there is one) as a checked torch.device."""
     if not name or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} asked for, but no CUDA device is available")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: expected cpu, cuda, cuda:N or auto, got {name!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"device: {name!r} asked for, but no CUDA device is available")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device: {name!r} asked for, but there are {count} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"device: expected cpu, cuda, cuda:N or auto, got {name!r}")
+    return device
 
 
 def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
@@ -256,7 +264,8 @@ def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
         resume: continue the run in ``out`` from its last checkpoint with the settings it
             was started with (``data_cfg``, ``model_options`` and ``train_cfg`` are not used);
             ``train_overrides`` may change fields such as epochs, max_steps, max_minutes.
-        sample_chars: after training, print a sample of about this many characters.
+        sample_chars: after training, print a sample of this many tokens (characters for
+            a character model).
 
     Returns:
         the loop's summary plus "valid" metrics of the best model.
@@ -267,15 +276,20 @@ def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
         run = checkpoint.read_json(out / RUN)
         if run.get("task") != TASK:
             raise ValueError(f"{out / RUN}: a {run.get('task')!r} run, not a language model")
-        data_cfg = LMDataConfig(**run["data"])
-        model_options = run["model"]
-        train_cfg = TrainConfig(**{**run["train"], **(train_overrides or {})})
+        try:
+            data_cfg = LMDataConfig(**run["data"])
+            model_options = dict(run["model"])
+            train_cfg = TrainConfig(**{**run["train"], **(train_overrides or {})})
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{out / RUN}: not a run file rnnkit can resume ({error})") from None
         tokenizer = load_tokenizer(out)
         files = corpus_files(data_cfg, out)
     else:
-        if (out / checkpoint.TRAIN_STATE).exists():
-            raise ValueError(f"{out}: holds a training run already; use --resume to continue "
-                             f"it or choose another --out")
+        taken = [n for n in (checkpoint.TRAIN_STATE, checkpoint.WEIGHTS, checkpoint.CONFIG, RUN,
+                             "tokenizer.json") if (out / n).exists()]
+        if taken:
+            raise ValueError(f"{out}: holds a model or run already ({', '.join(taken)}); use "
+                             f"--resume to continue it, or choose another --out")
         files = corpus_files(data_cfg, out)
         log(f"building the {data_cfg.level} vocabulary from {files.train.describe()}")
         tokenizer = build_tokenizer(data_cfg.level, files.train, min_count=data_cfg.min_count,
@@ -283,7 +297,10 @@ def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
                                     bpe_vocab_size=data_cfg.bpe_vocab_size)
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(out)
-    options = {k: v for k, v in _known(LMConfig, model_options).items() if k != "vocab_size"}
+    options = {k: v for k, v in model_options.items() if k != "vocab_size"}
+    unknown = sorted(set(options) - {f.name for f in fields(LMConfig)})
+    if unknown:
+        raise ValueError(f"model options: unknown {unknown}")
     model_cfg = LMConfig(vocab_size=tokenizer.vocab_size, **options)
     if not resume:
         checkpoint.write_json(out / RUN, {"task": TASK, "data": asdict(data_cfg),
@@ -326,7 +343,11 @@ def load_lm(directory: str | Path, device: str | None = "cpu"):
     """(model in eval mode, tokenizer, config) of a language-model directory."""
     config = checkpoint.read_config(directory, TASK)
     tokenizer = load_tokenizer(directory)
-    model_cfg = LMConfig.from_dict(config["model"])
+    try:
+        model_cfg = LMConfig.from_dict(config["model"])
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{Path(directory) / checkpoint.CONFIG}: no valid model "
+                         f"configuration ({error})") from None
     if model_cfg.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"{directory}: the model expects {model_cfg.vocab_size} tokens but "
                          f"the tokenizer has {tokenizer.vocab_size}")

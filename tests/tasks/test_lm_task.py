@@ -120,3 +120,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path, monkeyp
         lm.train_lm(None, None, None, out, resume=True, train_overrides={"max_steps": 9},
                     log=lambda *_: None)
     assert (out / "model.safetensors").read_bytes() == good
+
+
+def test_non_finite_gradient_stops_before_the_update(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "g"
+    _train(corpus, out, max_steps=4, save_every=2)
+    state = (out / "train_state.safetensors").read_bytes()
+    real = lm.LMTask.train_loss
+
+    def poisoned(self, batch):
+        loss, n = real(self, batch)
+        first = next(self.model.parameters())
+        return loss + torch.sqrt(0 * first.sum()), n      # finite value, NaN gradient
+
+    monkeypatch.setattr(lm.LMTask, "train_loss", poisoned)
+    with pytest.raises(ValueError, match="gradient norm is nan"):
+        lm.train_lm(None, None, None, out, resume=True, train_overrides={"max_steps": 9},
+                    log=lambda *_: None)
+    assert (out / "train_state.safetensors").read_bytes() == state
