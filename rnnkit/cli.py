@@ -167,7 +167,12 @@ def _cmd_train_lm(args) -> int:
     from rnnkit.train import TrainConfig
 
     data, model, train, run = _lm_settings(args)
-    run["out"] = run["out"] or "runs/lm"
+    if not run["out"]:              # runs/lm, or runs/lm-2, … if it holds a run already
+        run["out"] = "runs/lm"
+        k = 2
+        while not args.resume and Path(run["out"]).exists() and any(Path(run["out"]).iterdir()):
+            run["out"], k = f"runs/lm-{k}", k + 1
+        _log_to(args)(f"model directory: {run['out']}")
     if args.no_progress:
         train["progress"] = False
     if args.resume:                 # the run's own settings, but a new budget if given
@@ -405,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a recurrent language model. With no --data, trains a small "
         "character LSTM on Python's own standard-library source for 4 minutes and prints a "
         "sample. Options may also come from a TOML file (--config); the command line wins.")
-    lm.add_argument("--out", help="model directory to write (default: runs/lm)")
+    lm.add_argument("--out", help="model directory to write (default: runs/lm, or runs/lm-2, "
+                    "… when that holds a run)")
     lm.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its last checkpoint")
     lm.add_argument("--config", help="TOML file of options (keys as in --help, with _)")
