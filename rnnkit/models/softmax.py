@@ -106,16 +106,16 @@ class ClassSoftmax(nn.Module):
         class_lp = F.log_softmax(F.linear(hidden, self.class_weight, self.class_bias), -1)
         nll = -class_lp.gather(1, classes[:, None]).squeeze(1)
         sizes = (self.start[1:] - self.start[:-1]).tolist()
-        weights = self.weight[self.order].split(sizes)                  # class c: (|c|, H)
-        biases = self.bias[self.order].split(sizes)
+        weights = self.weight.index_select(0, self.order).split(sizes)   # class c: (|c|, H)
+        biases = self.bias.index_select(0, self.order).split(sizes)
         by_class = torch.argsort(classes, stable=True)
         present, counts = torch.unique_consecutive(classes[by_class], return_counts=True)
         counts = counts.tolist()
-        rows = hidden[by_class].split(counts)                           # tokens of class c
+        rows = hidden.index_select(0, by_class).split(counts)          # tokens of class c
         positions = self.position[targets[by_class]][:, None].split(counts)
         word_nll = [-F.log_softmax(F.linear(h, weights[c], biases[c]), -1).gather(1, pos)
                     for c, h, pos in zip(present.tolist(), rows, positions)]
-        within = torch.empty_like(nll).index_put((by_class,), torch.cat(word_nll).squeeze(1))
+        within = torch.zeros_like(nll).scatter(0, by_class, torch.cat(word_nll).squeeze(1))
         return nll + within
 
     def log_probs(self, hidden: Tensor) -> Tensor:
