@@ -333,7 +333,7 @@ def _parse_list(text: str, name: str, kind=str) -> list:
 
 
 def _cmd_bench_memory(args) -> int:
-    from rnnkit.diagnostics.memory import CELLS, TASKS, train_memory_task
+    from rnnkit.diagnostics.memory import CELLS, TASKS, plot_memory_results, train_memory_task
 
     if args.task not in TASKS:
         raise ValueError(f"--task: expected one of {list(TASKS)}, got {args.task!r}")
@@ -357,34 +357,10 @@ def _cmd_bench_memory(args) -> int:
                       f"(baseline {r.baseline:.4f}) {'solved' if r.solved else '-'} "
                       f"[{r.steps} steps, {r.seconds:.0f} s]", flush=True)
     if args.out:
-        _plot_memory(results, args.out)
+        plot_memory_results(results, args.out)
     if args.json:
         print(json.dumps([{**r.__dict__, "solved": r.solved} for r in results], indent=2))
     return 0
-
-
-def _plot_memory(results, path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rnnkit.checkpoint import atomic_write
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for cell in dict.fromkeys(r.cell for r in results):
-        rows = [r for r in results if r.cell == cell]
-        ax.plot([r.length for r in rows], [r.value for r in rows], "o-", label=cell)
-    rows = sorted({(r.length, r.baseline) for r in results})
-    ax.plot([l for l, _ in rows], [b for _, b in rows], "k--", label="baseline")
-    ax.set_xlabel("sequence length T")
-    ax.set_ylabel(results[0].metric)
-    if results[0].task != "reber":
-        ax.set_yscale("log")
-    ax.set_title(f"{results[0].task} problem, {results[0].steps} training steps")
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:

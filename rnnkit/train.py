@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from rnnkit import checkpoint
 from rnnkit.config import check_fields
+from rnnkit.plotting import new_figure, save_figure
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 METRICS = "metrics.jsonl"
@@ -232,13 +233,9 @@ class Trainer:
 
     def plot(self) -> None:
         """Training and validation loss against steps, as ``curves.png``."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         train = [(e["step"], e["loss"]) for e in self.history if e["split"] == "train"]
         valid = [(e["step"], e["loss"]) for e in self.history if e["split"] == "valid"]
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = new_figure()
         if train:
             ax.plot(*zip(*train), label="training", linewidth=1)
         if valid:
@@ -248,9 +245,7 @@ class Trainer:
         ax.set_title(f"{self.task.name}: {self.out.name}")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        checkpoint.atomic_write(self.out / CURVES, lambda tmp: fig.savefig(tmp, format="png"))
-        plt.close(fig)
+        save_figure(fig, self.out / CURVES)
 
     # -- the loop ----------------------------------------------------------------------------
 

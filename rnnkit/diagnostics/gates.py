@@ -20,6 +20,7 @@ from torch import nn
 from rnnkit.bptt import OBSERVERS
 from rnnkit.diagnostics.gradient_flow import hand_bptt
 from rnnkit.layers import RecurrentStack
+from rnnkit.plotting import new_figure, save_figure
 
 
 @dataclass
@@ -105,17 +106,11 @@ def recurrent_matrix_statistics(model: nn.Module) -> list[MatrixStats]:
 
 def plot_gate_statistics(stats: list[GateStats], path, *, title: str = "") -> None:
     """Stacked bars per gate and layer-direction: saturated near 0, in between, near 1."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rnnkit.checkpoint import atomic_write
-
     labels = [f"{s.index}{'r' if s.reverse else ''}:{s.gate}" for s in stats]
     zero = [s.near_zero for s in stats]
     one = [s.near_one for s in stats]
     middle = [1 - a - b for a, b in zip(zero, one)]
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(stats) + 2), 4))
+    fig, ax = new_figure(max(5, 0.6 * len(stats) + 2), 4)
     ax.bar(labels, zero, label="< low (closed)")
     ax.bar(labels, middle, bottom=zero, label="between")
     ax.bar(labels, one, bottom=[a + b for a, b in zip(zero, middle)], label="> high (open)")
@@ -123,6 +118,4 @@ def plot_gate_statistics(stats: list[GateStats], path, *, title: str = "") -> No
     ax.set_title(title or "gate saturation per layer")
     ax.tick_params(axis="x", rotation=45)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
+    save_figure(fig, path)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from rnnkit.bptt import OBSERVERS
 from rnnkit.layers import RecurrentStack
+from rnnkit.plotting import new_figure, save_figure
 
 
 @dataclass
@@ -102,13 +103,7 @@ def gradient_flow(model: nn.Module, loss_fn: Callable[[], Tensor]) -> list[Layer
 def plot_gradient_flow(series: dict[str, list[LayerFlow]], path, *, title: str = "",
                        state: str = "h") -> None:
     """Draw ``‖dL/d{state}_t‖`` against t, log scale, one line per label and layer."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rnnkit.checkpoint import atomic_write
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_figure()
     for label, flows in series.items():
         for flow in flows:
             values = getattr(flow, state) or flow.h
@@ -119,6 +114,4 @@ def plot_gradient_flow(series: dict[str, list[LayerFlow]], path, *, title: str =
     ax.set_title(title or "gradient flow through time")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
+    save_figure(fig, path)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.layers import GRU, LSTM, RNN
+from rnnkit.plotting import new_figure, save_figure
 
 TASKS = ("adding", "copy", "reber")
 # cell name -> (rnnkit cell kind, layer options, learning rate)
@@ -218,3 +219,20 @@ def fit_memory_model(task: str, length: int, cell: str, *, steps: int = 1000,
     return model, MemoryResult(task, length, cell, steps, METRIC[task],
                                sum(values) / len(values), BASELINES[task](length),
                                time.perf_counter() - started)
+
+
+def plot_memory_results(results: list[MemoryResult], path) -> None:
+    """The test figure against the sequence length, one line per cell, and the baseline."""
+    fig, ax = new_figure(6, 4)
+    for cell in dict.fromkeys(r.cell for r in results):
+        rows = [r for r in results if r.cell == cell]
+        ax.plot([r.length for r in rows], [r.value for r in rows], "o-", label=cell)
+    rows = sorted({(r.length, r.baseline) for r in results})
+    ax.plot([length for length, _ in rows], [b for _, b in rows], "k--", label="baseline")
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel(results[0].metric)
+    if results[0].task != "reber":
+        ax.set_yscale("log")
+    ax.set_title(f"{results[0].task} problem, {results[0].steps} training steps")
+    ax.legend()
+    save_figure(fig, path)

@@ -52,3 +52,12 @@ def test_bench_memory_cli_rejects_bad_lists(capsys):
     assert main(["bench", "memory", "--task", "sorting"]) == 2
     err = capsys.readouterr().err
     assert "--length" in err and "--task" in err and "Traceback" not in err
+
+
+def test_bench_memory_cli_runs_and_plots(tmp_path, capsys):
+    out = tmp_path / "memory.png"
+    assert main(["bench", "memory", "--task", "copy", "--length", "5,8", "--cells", "rnn,gru",
+                 "--steps", "2", "--hidden", "8", "--out", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("copy")]
+    assert len(lines) == 4 and "baseline" in lines[0]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
