@@ -21,6 +21,7 @@ from rnnkit.layers import RecurrentStack
 VARIANTS = [("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "relu"}),
             ("rnn", {"nonlinearity": "sigmoid"}), ("lstm", {}), ("lstm", {"peephole": True}),
             ("gru", {}), ("gru", {"reset_after": False})]
+SIZES = (6, 3, 3, 4, [6, 3, 5])   # T, B, I, H and the lengths of the checked batch
 _CLASSES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 _TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 
@@ -59,8 +60,7 @@ def check_cell(cell: Cell, seed: int = 0) -> CheckRow:
     of the same forward. ``row.ok`` is the verdict; the row has no ``torch_nn`` figure.
     """
     torch.manual_seed(seed)
-    T, B, I, H = 6, 3, 3, 4
-    lengths = [6, 3, 5]
+    T, B, I, H, lengths = SIZES
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(T, B, 2 * H, dtype=torch.float64)
     models = {b: RecurrentStack(I, H, 2, bidirectional=True, backend=b, dtype=torch.float64,
@@ -94,8 +94,7 @@ def check_variant(kind: str, options: dict, seed: int = 0) -> CheckRow:
     if cell.native_mode is None:
         return row
     torch.manual_seed(seed)
-    T, B, I, H = 6, 3, 3, 4
-    lengths = [6, 3, 5]
+    T, B, I, H, lengths = SIZES
     cls = getattr(rnnkit, _CLASSES[kind])
     ours = cls(I, H, 2, bidirectional=True, backend="bptt", **options)
     theirs = _TORCH[kind](I, H, 2, bidirectional=True, **options)

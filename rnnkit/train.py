@@ -347,23 +347,23 @@ class Trainer:
                                   f"{self.task.unit}_per_s": rate})
                     bar.set_postfix(loss=f"{mean:.3f}", lr=f"{self._lr():.3g}")
                     window_loss, window_units, window_start = 0.0, 0, time.perf_counter()
-                if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    self._validate(end_of_epoch=False)
-                if cfg.save_every and self.step % cfg.save_every == 0:
-                    self.save_train_state()
+                stop = None
                 if cfg.max_steps and self.step >= cfg.max_steps:
-                    reason = "max_steps"
+                    stop = "max_steps"
                 elif cfg.max_minutes and self._elapsed() >= cfg.max_minutes * 60:
-                    reason = "max_minutes"
+                    stop = "max_minutes"
                 elif self._stop_requested:
-                    reason = "interrupted"
-                else:
-                    continue
-                if reason != "interrupted":
+                    stop = "interrupted"
+                # a run that stops validates (unless interrupted) and saves, once each
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or \
+                        stop in ("max_steps", "max_minutes"):
                     self._validate(end_of_epoch=False)
-                self.save_train_state()
-                self.plot()
-                break
+                if (cfg.save_every and self.step % cfg.save_every == 0) or stop:
+                    self.save_train_state()
+                if stop:
+                    reason = stop
+                    self.plot()
+                    break
         finally:
             bar.close()
             signal.signal(signal.SIGINT, previous)

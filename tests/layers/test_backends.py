@@ -135,14 +135,14 @@ def test_weight_dropout_acts_only_in_training_and_never_changes_parameters(kind,
 def test_weight_dropout_masks_agree_across_backends(kind, options):
     """With the same seed every backend draws the same DropConnect masks and so gives the
     same training-mode outputs and gradients."""
-    results = []
+    results, first = [], None
     for backend in ("bptt", "autograd", "native"):
         layer = make_layer(kind, options, I, H, num_layers=2, bidirectional=True,
                            backend=backend, weight_dropout=0.5, dtype=torch.float64)
-        if results:
-            layer.load_state_dict(first.state_dict())
-        else:
+        if first is None:
             first = layer
+        else:
+            layer.load_state_dict(first.state_dict())
         x = torch.randn(T, 2, I, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
         torch.manual_seed(11)
         results.append(forward_and_grads(layer, x))
