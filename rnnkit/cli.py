@@ -41,6 +41,25 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
 
 
+_TRAIN_OPTIONS = [
+    ("--epochs", "train", "epochs", int, "passes over the training data"),
+    ("--max-steps", "train", "max_steps", int, "stop after N steps in all (0: no limit)"),
+    ("--max-minutes", "train", "max_minutes", float,
+     "stop after M minutes of training (0: no limit; 4 for the default corpus)"),
+    ("--optimizer", "train", "optimizer", str, "sgd | adam | adamw"),
+    ("--lr", "train", "lr", float, "learning rate"),
+    ("--momentum", "train", "momentum", float, "sgd momentum (default 0)"),
+    ("--weight-decay", "train", "weight_decay", float, "L2 penalty (default 0)"),
+    ("--clip", "train", "clip", float, "max gradient norm (0: off)"),
+    ("--lr-decay", "train", "lr_decay", float,
+     "divide the lr by this when validation stops improving at an epoch end (1: off)"),
+    ("--seed", "train", "seed", int, "random seed (default 1)"),
+    ("--eval-every", "train", "eval_every", int, "validate every N steps (0: per epoch)"),
+    ("--save-every", "train", "save_every", int, "resumable checkpoint every N steps"),
+    ("--log-every", "train", "log_every", int, "metrics line every N steps (default 50)"),
+    ("--tensorboard", "train", "tensorboard", bool, "also log to TensorBoard in OUT/tensorboard"),
+]
+
 _LM_OPTIONS = [
     # data
     ("--data", "data", "data", str, "text file or folder with train/valid[/test] files "
@@ -76,24 +95,115 @@ _LM_OPTIONS = [
     ("--cutoffs", "model", "adaptive_cutoffs", _ints, "adaptive softmax cutoffs, e.g. 2000,10000"),
     ("--backend", "model", "backend", str, "auto | bptt | native | autograd"),
     ("--init", "model", "init", str, "uniform | orthogonal | identity"),
-    # training
-    ("--epochs", "train", "epochs", int, "passes over the training data (default 10)"),
-    ("--max-steps", "train", "max_steps", int, "stop after N steps in all (0: no limit)"),
-    ("--max-minutes", "train", "max_minutes", float,
-     "stop after M minutes of training (0: no limit; 4 for the default corpus)"),
-    ("--optimizer", "train", "optimizer", str, "sgd | adam | adamw (char: adam, else sgd)"),
-    ("--lr", "train", "lr", float, "learning rate (char 0.002, word/bpe 20)"),
-    ("--momentum", "train", "momentum", float, "sgd momentum (default 0)"),
-    ("--weight-decay", "train", "weight_decay", float, "L2 penalty (default 0)"),
-    ("--clip", "train", "clip", float, "max gradient norm (char 1.0, word/bpe 0.25)"),
-    ("--lr-decay", "train", "lr_decay", float,
-     "divide the lr by this when validation stops improving (char 2, word/bpe 4; 1: off)"),
-    ("--seed", "train", "seed", int, "random seed (default 1)"),
-    ("--eval-every", "train", "eval_every", int, "validate every N steps (0: per epoch)"),
-    ("--save-every", "train", "save_every", int, "resumable checkpoint every N steps"),
-    ("--log-every", "train", "log_every", int, "metrics line every N steps (default 50)"),
-    ("--tensorboard", "train", "tensorboard", bool, "also log to TensorBoard in OUT/tensorboard"),
 ]
+_LM_OPTIONS += _TRAIN_OPTIONS
+
+_DATA_SOURCE = [
+    ("--data", "data", "data", str, "folder with train / dev (or valid) / test files, or one "
+     "file whose last --valid-fraction is held out"),
+    ("--train", "data", "train", str, "training file (with --valid, instead of --data)"),
+    ("--valid", "data", "valid", str, "validation file (with --train)"),
+    ("--valid-fraction", "data", "valid_fraction", float,
+     "share held out for validation from a single --data file (default 0.1)"),
+]
+
+_CLASSIFIER_OPTIONS = _DATA_SOURCE + [
+    ("--lowercase", "data", "lowercase", bool, "lowercase the text"),
+    ("--min-count", "data", "min_count", int, "rarer words become <unk> (default 1)"),
+    ("--max-vocab", "data", "max_vocab", int, "keep the most frequent N words (0: all)"),
+    ("--batch-size", "data", "batch_size", int, "examples per batch (default 32)"),
+    ("--cell", "model", "cell", str, "rnn | lstm | gru (default lstm)"),
+    ("--embedding-size", "model", "embedding_size", int, "word embedding size (default 300)"),
+    ("--hidden", "model", "hidden_size", int, "hidden units per direction (default 150)"),
+    ("--layers", "model", "num_layers", int, "recurrent layers (default 1)"),
+    ("--unidirectional", "model", "unidirectional", bool, "one direction instead of two"),
+    ("--pooling", "model", "pooling", str, "final | mean | max | attention (default max)"),
+    ("--dropout", "model", "dropout", float, "dropout (default 0.5)"),
+    ("--embedding-dropout", "model", "embedding_dropout", float, "drop whole word types"),
+    ("--backend", "model", "backend", str, "auto | bptt | native | autograd"),
+] + _TRAIN_OPTIONS
+
+_TAGGER_OPTIONS = _DATA_SOURCE + [
+    ("--column", "data", "column", str, "CoNLL-U tag column: upos | xpos (default upos)"),
+    ("--batch-size", "data", "batch_size", int, "sentences per batch (default 32)"),
+    ("--cell", "model", "cell", str, "rnn | lstm | gru (default lstm)"),
+    ("--embedding-size", "model", "embedding_size", int, "word embedding size (default 100)"),
+    ("--hidden", "model", "hidden_size", int, "hidden units per direction (default 200)"),
+    ("--layers", "model", "num_layers", int, "recurrent layers (default 2)"),
+    ("--char-embedding-size", "model", "char_embedding_size", int,
+     "character embedding size (default 32)"),
+    ("--char-hidden", "model", "char_hidden_size", int,
+     "character encoder units per direction (default 64; 0: no character encoder)"),
+    ("--dropout", "model", "dropout", float, "dropout (default 0.33)"),
+    ("--word-dropout", "model", "word_dropout", float,
+     "replace training words by <unk> with this probability (default 0.05)"),
+    ("--backend", "model", "backend", str, "auto | bptt | native | autograd"),
+] + _TRAIN_OPTIONS
+
+_TRANSLATOR_OPTIONS = [
+    ("--data", "data", "data", str, "folder of {split}.{lang} files (or {split}.tsv pairs)"),
+    ("--source-lang", "data", "source_lang", str, "source file suffix (default de)"),
+    ("--target-lang", "data", "target_lang", str, "target file suffix (default en)"),
+    ("--train", "data", "train", str, "training pairs: SRC_FILE,TGT_FILE or a TSV"),
+    ("--valid", "data", "valid", str, "validation pairs: SRC_FILE,TGT_FILE or a TSV"),
+    ("--level", "data", "level", str, "bpe | word (default bpe)"),
+    ("--source-vocab-size", "data", "source_vocab_size", int, "source BPE size (8000)"),
+    ("--target-vocab-size", "data", "target_vocab_size", int, "target BPE size (8000)"),
+    ("--min-count", "data", "min_count", int, "word level: rarer words -> <unk> (2)"),
+    ("--max-length", "data", "max_length", int,
+     "skip training pairs longer than this many tokens (0: keep all)"),
+    ("--batch-size", "data", "batch_size", int, "pairs per batch (default 64)"),
+    ("--cell", "model", "cell", str, "rnn | lstm | gru (default gru)"),
+    ("--embedding-size", "model", "embedding_size", int, "embedding size (default 256)"),
+    ("--hidden", "model", "hidden_size", int, "hidden units (default 256)"),
+    ("--encoder-layers", "model", "encoder_layers", int, "encoder layers (default 1)"),
+    ("--decoder-layers", "model", "decoder_layers", int, "decoder layers (default 1)"),
+    ("--attention", "model", "attention", str, "additive | multiplicative (additive)"),
+    ("--input-feeding", "model", "input_feeding", bool,
+     "feed the previous attentional vector to the decoder (step-by-step decoder)"),
+    ("--dropout", "model", "dropout", float, "dropout (default 0.3)"),
+    ("--tie-embeddings", "model", "tie_embeddings", bool,
+     "share the decoder's input embedding and output layer"),
+    ("--backend", "model", "backend", str, "auto | bptt | native | autograd"),
+] + _TRAIN_OPTIONS
+
+_CONDITIONED_LM_OPTIONS = _DATA_SOURCE + [
+    ("--condition", "data", "condition", str,
+     "label | vector: what the first column of each line is (default label)"),
+    ("--level", "data", "level", str, "word | char (default word)"),
+    ("--min-count", "data", "min_count", int, "rarer tokens become <unk> (default 1)"),
+    ("--batch-size", "data", "batch_size", int, "lines per batch (default 32)"),
+    ("--condition-mode", "model", "condition_mode", str,
+     "init (the initial state) | input (every step) (default init)"),
+    ("--condition-size", "model", "condition_size", int,
+     "label embedding size (0: --hidden)"),
+    ("--cell", "model", "cell", str, "rnn | lstm | gru (default lstm)"),
+    ("--embedding-size", "model", "embedding_size", int, "0: same as --hidden"),
+    ("--hidden", "model", "hidden_size", int, "hidden units per layer (default 256)"),
+    ("--layers", "model", "num_layers", int, "recurrent layers (default 1)"),
+    ("--dropout", "model", "dropout", float, "dropout (default 0.3)"),
+    ("--tie-weights", "model", "tie_weights", bool, "share input and output embeddings"),
+    ("--backend", "model", "backend", str, "auto | bptt | native | autograd"),
+] + _TRAIN_OPTIONS
+
+# task -> (options, training defaults, model defaults, module, data config, train function)
+_TASKS = {
+    "classifier": (_CLASSIFIER_OPTIONS,
+                   {"optimizer": "adam", "lr": 1e-3, "clip": 5.0, "lr_decay": 1.0, "epochs": 10},
+                   {}, "classifier", "ClassifierDataConfig", "train_classifier"),
+    "tagger": (_TAGGER_OPTIONS,
+               {"optimizer": "adam", "lr": 2e-3, "clip": 5.0, "lr_decay": 2.0, "epochs": 20},
+               {}, "tagger", "TaggerDataConfig", "train_tagger"),
+    "translator": (_TRANSLATOR_OPTIONS,
+                   {"optimizer": "adam", "lr": 1e-3, "clip": 1.0, "lr_decay": 2.0,
+                    "epochs": 15, "eval_every": 500},
+                   {}, "translator", "TranslationDataConfig", "train_translator"),
+    "conditioned-lm": (_CONDITIONED_LM_OPTIONS,
+                       {"optimizer": "adam", "lr": 2e-3, "clip": 1.0, "lr_decay": 2.0,
+                        "epochs": 10},
+                       {"hidden_size": 256, "num_layers": 1, "dropout": 0.3},
+                       "conditioned_lm", "ConditionedLMDataConfig", "train_conditioned_lm"),
+}
 
 
 def _add_options(parser, options) -> None:
@@ -105,7 +215,7 @@ def _add_options(parser, options) -> None:
             parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
 
 
-def _read_config(path: str | None) -> dict:
+def _read_config(path: str | None, options=None, command: str = "train lm") -> dict:
     if not path:
         return {}
     try:
@@ -116,13 +226,14 @@ def _read_config(path: str | None) -> dict:
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path}: not valid TOML ({error})") from None
     # keys: the option names with "_" (hidden, layers, …) or the config names they set
-    aliases = {flag.lstrip("-").replace("-", "_"): key for flag, _, key, _, _ in _LM_OPTIONS}
+    options = _LM_OPTIONS if options is None else options
+    aliases = {flag.lstrip("-").replace("-", "_"): key for flag, _, key, _, _ in options}
     aliases.update({key: key for key in aliases.values()})
     aliases.update({"out": "out", "device": "device", "sample": "sample"})
     unknown = sorted(set(config) - set(aliases))
     if unknown:
         raise ValueError(f"{path}: unknown option(s) {unknown}; "
-                         f"see 'rnnkit train lm --help'")
+                         f"see 'rnnkit {command} --help'")
     values = {}
     for name, value in config.items():
         key = aliases[name]
@@ -175,12 +286,9 @@ def _cmd_train_lm(args) -> int:
         _log_to(args)(f"model directory: {run['out']}")
     if args.no_progress:
         train["progress"] = False
-    if args.resume:                 # the run's own settings, but a new budget if given
-        budget = {"epochs", "max_steps", "max_minutes", "progress", "tensorboard"}
-        overrides = {k: v for k, v in train.items()
-                     if k in budget and (getattr(args, k, None) is not None or k == "progress")}
+    if args.resume:
         summary = train_lm(None, None, None, run["out"], resume=True,
-                           train_overrides=overrides, device=run["device"] or "cpu",
+                           train_overrides=_budget_overrides(args, train), device=run["device"] or "cpu",
                            log=_log_to(args), sample_chars=0 if args.json else run["sample"])
     else:
         summary = train_lm(LMDataConfig(**data), model, TrainConfig(**train), run["out"],
@@ -191,15 +299,167 @@ def _cmd_train_lm(args) -> int:
     return 130 if summary["reason"] == "interrupted" else 0
 
 
-def _cmd_eval(args) -> int:
-    from rnnkit.tasks.lm import describe_metrics, evaluate_file
+def _task_settings(args, task: str) -> tuple[dict, dict, dict, dict]:
+    """Task defaults < config file < command line, as (data, model, train, run)."""
+    options, train_defaults, model_defaults = _TASKS[task][:3]
+    given = {key: getattr(args, key) for _, _, key, _, _ in options
+             if getattr(args, key) is not None}
+    file = _read_config(args.config, options, f"train {task}")
+    values = {**train_defaults, **model_defaults, **file, **given}
+    groups = {"data": {}, "model": {}, "train": {}}
+    for _, group, key, _, _ in options:
+        if key in values:
+            groups[group][key] = values[key]
+    if groups["model"].pop("unidirectional", False):
+        groups["model"]["bidirectional"] = False
+    if args.no_progress:
+        groups["train"]["progress"] = False
+    run = {"out": args.out or file.get("out"), "device": args.device or file.get("device")}
+    if not run["out"]:
+        raise ValueError("--out: expected the model directory to write")
+    return groups["data"], groups["model"], groups["train"], run
 
-    m = evaluate_file(args.model, args.data, batch_size=args.batch_size, device=args.device)
-    if args.json:
-        print(json.dumps(m, indent=2))
+
+def _budget_overrides(args, train: dict) -> dict:
+    """On --resume, the run's own settings, but a new budget if given."""
+    budget = {"epochs", "max_steps", "max_minutes", "progress", "tensorboard"}
+    return {k: v for k, v in train.items()
+            if k in budget and (getattr(args, k, None) is not None or k == "progress")}
+
+
+def _cmd_train_task(args) -> int:
+    import importlib
+
+    from rnnkit.train import TrainConfig
+
+    _, _, _, module, data_cls, train_fn = _TASKS[args.task]
+    module = importlib.import_module(f"rnnkit.tasks.{module}")
+    data, model, train, run = _task_settings(args, args.task)
+    log = _log_to(args)
+    if args.resume:
+        summary = getattr(module, train_fn)(None, None, None, run["out"], resume=True,
+                                            train_overrides=_budget_overrides(args, train),
+                                            device=run["device"] or "cpu", log=log)
     else:
-        print(f"{args.data}: {describe_metrics(m)}; {m['tokens']:,} tokens predicted")
-        print(f"policy: {m['policy']}")
+        summary = getattr(module, train_fn)(getattr(module, data_cls)(**data), model,
+                                            TrainConfig(**train), run["out"],
+                                            device=run["device"] or "cpu", log=log)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 130 if summary["reason"] == "interrupted" else 0
+
+
+def _task_of(directory: str) -> str:
+    from rnnkit.checkpoint import read_config
+
+    return read_config(directory).get("task")
+
+
+def _cmd_eval(args) -> int:
+    task = _task_of(args.model)
+    if task == "lm":
+        from rnnkit.tasks.lm import describe_metrics, evaluate_file
+
+        m = evaluate_file(args.model, args.data, batch_size=args.batch_size, device=args.device)
+        text = [f"{args.data}: {describe_metrics(m)}; {m['tokens']:,} tokens predicted",
+                f"policy: {m['policy']}"]
+    elif task == "classifier":
+        from rnnkit.tasks.classifier import describe_metrics, evaluate_file
+
+        m = evaluate_file(args.model, args.data, device=args.device)
+        width = max(len(label) for label in m["labels"]) + 2
+        text = [f"{args.data}: {describe_metrics(m)}; {m['examples']:,} examples",
+                "confusion (rows: gold, columns: predicted); F1 per class",
+                " " * width + "".join(f"{label:>{width}s}" for label in m["labels"])]
+        for label, row, f1 in zip(m["labels"], m["confusion"], m["f1"]):
+            text.append(f"{label:>{width}s}" + "".join(f"{n:>{width}d}" for n in row)
+                        + f"   F1 {100 * f1:.2f}")
+    elif task == "tagger":
+        from rnnkit.tasks.tagger import describe_metrics, evaluate_file
+
+        m = evaluate_file(args.model, args.data, device=args.device)
+        text = [f"{args.data}: {describe_metrics(m)}; {m['tokens']:,} tokens, "
+                f"{m['sentences']:,} sentences ({100 * m['sentence_accuracy']:.1f}% entirely "
+                f"right)"]
+    elif task == "translator":
+        from rnnkit.tasks.translator import describe_metrics, evaluate_file
+
+        if args.beam < 1:
+            raise ValueError(f"--beam: expected >= 1, got {args.beam}")
+        m = evaluate_file(args.model, args.data, args.reference, beam=args.beam,
+                          device=args.device, log=_log_to(args))
+        text = [f"{args.data}: {describe_metrics(m)}; {m['sentences']:,} sentences, beam "
+                f"{args.beam}", f"sacrebleu: {m['signature']}"]
+    else:
+        raise ValueError(f"{args.model}: 'rnnkit eval' does not evaluate {task!r} models")
+    print(json.dumps(m, indent=2) if args.json else "\n".join(text))
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    task = _task_of(args.model)
+    if task == "classifier":
+        from rnnkit.tasks.classifier import predict_file
+
+        rows = predict_file(args.model, args.file, device=args.device)
+        if args.json:
+            print(json.dumps(rows, indent=2, ensure_ascii=False))
+            return 0
+        labels = list(rows[0]["probabilities"])
+        print("line\tlabel\t" + "\t".join(f"p({label})" for label in labels) + "\ttext")
+        for r in rows:
+            probs = "\t".join(f"{r['probabilities'][label]:.4f}" for label in labels)
+            print(f"{r['line']}\t{r['label']}\t{probs}\t{r['text']}")
+    elif task == "tagger":
+        from rnnkit.tasks.tagger import predict_file
+
+        text = predict_file(args.model, args.file, args.out, device=args.device)
+        if text is not None:
+            print(text, end="")
+        else:
+            print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        raise ValueError(f"{args.model}: 'rnnkit predict' is for classifier and tagger "
+                         f"models, this is a {task!r} model"
+                         + ("; use 'rnnkit translate'" if task == "translator" else ""))
+    return 0
+
+
+def _cmd_translate(args) -> int:
+    from rnnkit.data import iter_lines
+    from rnnkit.tasks.translator import plot_attention, translate_lines
+
+    if args.beam < 1:
+        raise ValueError(f"--beam: expected >= 1, got {args.beam}")
+    lines = []
+    for n, line in enumerate(iter_lines(args.file), start=1):
+        if not line.strip():
+            raise ValueError(f"{args.file}, line {n}: empty line; expected a sentence")
+        lines.append(line.strip())
+    if not lines:
+        raise ValueError(f"{args.file}: no sentences")
+    if args.attention and not 1 <= args.sentence <= len(lines):
+        raise ValueError(f"--sentence: expected a line number in 1..{len(lines)}, "
+                         f"got {args.sentence}")
+    out = translate_lines(args.model, lines, beam=args.beam,
+                          length_penalty=args.length_penalty, device=args.device,
+                          log=lambda text: print(text, file=sys.stderr))
+    if args.out:
+        from rnnkit.checkpoint import atomic_write
+
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text(
+            "".join(t + "\n" for t in out), encoding="utf-8"))
+    if args.json:
+        print(json.dumps([{"line": k + 1, "source": s, "translation": t}
+                          for k, (s, t) in enumerate(zip(lines, out))], indent=2,
+                         ensure_ascii=False))
+    elif not args.out:
+        print("\n".join(out))
+    if args.attention:
+        text = plot_attention(args.model, lines[args.sentence - 1], args.attention,
+                              device=args.device)
+        print(f"attention of line {args.sentence} (greedy: {text!r}): {args.attention}",
+              file=sys.stderr)
     return 0
 
 
@@ -227,10 +487,21 @@ def _cmd_generate(args) -> int:
         print(args.prime, end="", flush=True)
     if args.beam < 0:
         raise ValueError(f"--beam: expected >= 0, got {args.beam}")
-    text = generate(args.model, args.prime, max_tokens=args.length, on_text=stream,
-                    stop=args.stop or (), beam=args.beam, device=args.device,
-                    temperature=args.temperature,
-                    top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed)
+    options = dict(max_tokens=args.length, on_text=stream, beam=args.beam, device=args.device,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   greedy=args.greedy, seed=args.seed)
+    if _task_of(args.model) == "conditioned_lm":
+        from rnnkit.tasks.conditioned_lm import generate as generate_conditioned
+
+        if args.condition is None:
+            raise ValueError(f"--condition: {args.model} is a conditioned model; give a "
+                             f"label or a vector")
+        text = generate_conditioned(args.model, args.condition, args.prime,
+                                    stop=args.stop or ("\n",), **options)
+    else:
+        if args.condition is not None:
+            raise ValueError(f"--condition: {args.model} is not a conditioned model")
+        text = generate(args.model, args.prime, stop=args.stop or (), **options)
     if args.json:
         print(json.dumps({"prime": args.prime, "text": text}, ensure_ascii=False))
     else:
@@ -385,7 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
         "lm", help="a recurrent language model",
         description="Train a recurrent language model. With no --data, trains a small "
         "character LSTM on Python's own standard-library source for 4 minutes and prints a "
-        "sample. Options may also come from a TOML file (--config); the command line wins.")
+        "sample. Options may also come from a TOML file (--config); the command line wins. "
+        "Training defaults by --level: char: adam, lr 0.002, clip 1, lr-decay 2, bptt 100, "
+        "batch 32; word/bpe: sgd, lr 20, clip 0.25, lr-decay 4, bptt 35, batch 20; "
+        "10 epochs.")
     lm.add_argument("--out", help="model directory to write (default: runs/lm, or runs/lm-2, "
                     "… when that holds a run)")
     lm.add_argument("--resume", action="store_true",
@@ -399,11 +673,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(lm, _LM_OPTIONS)
     lm.set_defaults(run=_cmd_train_lm)
 
-    ev = commands.add_parser("eval", help="perplexity of a model on a text file",
-                             description="Evaluate a trained model on a text file.")
+    descriptions = {
+        "classifier": ("a sequence classifier (many-to-one)",
+                       "Train a classifier of 'label<TAB>text' lines: embedding, "
+                       "bidirectional recurrent stack, pooling, classes."),
+        "tagger": ("a sequence tagger (many-to-many aligned)",
+                   "Train a tagger of CoNLL-U (UPOS or XPOS) or 'word<TAB>tag' files: word "
+                   "embedding + character encoding, bidirectional recurrent stack."),
+        "translator": ("an encoder-decoder with attention (translation)",
+                       "Train a translator of aligned sentence pairs: bidirectional encoder, "
+                       "attentional decoder, teacher forcing."),
+        "conditioned-lm": ("a language model conditioned on a label or vector (one-to-many)",
+                           "Train a sentence model of 'condition<TAB>text' lines; then "
+                           "'rnnkit generate DIR --condition LABEL'."),
+    }
+    for name, (short, long) in descriptions.items():
+        options, train_defaults, model_defaults = _TASKS[name][:3]
+        defaults = ", ".join(f"{k.replace('_', '-')} {v}"
+                             for k, v in {**train_defaults, **model_defaults}.items())
+        sub = tasks.add_parser(name, help=short, description=f"{long} Defaults: {defaults}. "
+                               "Options may also come from a TOML file (--config); the "
+                               "command line wins.")
+        sub.add_argument("--out", help="model directory to write (required)")
+        sub.add_argument("--resume", action="store_true",
+                         help="continue the run in --out from its last checkpoint")
+        sub.add_argument("--config", help="TOML file of options (keys as in --help, with _)")
+        sub.add_argument("--device", help="cpu | cuda | auto (default cpu)")
+        sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+        sub.add_argument("--json", action="store_true", help="print the summary as JSON")
+        _add_options(sub, options)
+        sub.set_defaults(run=_cmd_train_task)
+
+    ev = commands.add_parser("eval", help="evaluate a model on a file",
+                             description="Evaluate a trained model on a file of its task: "
+                             "perplexity (language model), accuracy, macro-F1 and confusion "
+                             "matrix (classifier), token and unseen-word accuracy (tagger), "
+                             "BLEU and chrF (translator).")
     ev.add_argument("model", metavar="DIR", help="model directory")
-    ev.add_argument("--data", required=True, metavar="FILE", help="UTF-8 text file")
-    ev.add_argument("--batch-size", type=int, default=10, help="parallel streams (10)")
+    ev.add_argument("--data", required=True, metavar="FILE",
+                    help="text (lm), label<TAB>text (classifier), CoNLL-U or word<TAB>tag "
+                    "(tagger), source file or TSV of pairs (translator)")
+    ev.add_argument("--reference", metavar="FILE",
+                    help="translator: the reference translations of --data, line by line")
+    ev.add_argument("--beam", type=int, default=5, help="translator: beam width (5; 1 greedy)")
+    ev.add_argument("--batch-size", type=int, default=10, help="lm: parallel streams (10)")
     ev.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ev.add_argument("--json", action="store_true", help="print the figures as JSON")
     ev.set_defaults(run=_cmd_eval)
@@ -430,9 +743,39 @@ def build_parser() -> argparse.ArgumentParser:
                      help="beam search of this width instead of sampling (0: off)")
     gen.add_argument("--stop", action="append", help="stop at this string (repeatable)")
     gen.add_argument("--seed", type=int, default=None, help="random seed")
+    gen.add_argument("--condition", help="conditioned model: a label, or numbers '0.5,1,…'")
     gen.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     gen.add_argument("--json", action="store_true", help="print prompt and text as JSON")
     gen.set_defaults(run=_cmd_generate)
+
+    pr = commands.add_parser(
+        "predict", help="label lines (classifier) or tag sentences (tagger)",
+        description="Classifier: print the label and class probabilities of every line of "
+        "FILE (text, or label<TAB>text) as TSV (or --json). Tagger: write the sentences of "
+        "FILE back in their own format (CoNLL-U or word<TAB>tag) with the predicted tags.")
+    pr.add_argument("model", metavar="DIR", help="model directory")
+    pr.add_argument("file", metavar="FILE", help="input file")
+    pr.add_argument("--out", metavar="FILE", help="tagger: write here instead of stdout")
+    pr.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    pr.add_argument("--json", action="store_true", help="classifier: JSON instead of TSV")
+    pr.set_defaults(run=_cmd_predict)
+
+    tr = commands.add_parser(
+        "translate", help="translate the sentences of a file",
+        description="Translate FILE (one sentence per line) with beam search (or greedy "
+        "with --beam 1) and print one translation per line.")
+    tr.add_argument("model", metavar="DIR", help="translator model directory")
+    tr.add_argument("file", metavar="FILE", help="UTF-8 text, one sentence per line")
+    tr.add_argument("--beam", type=int, default=5, help="beam width (default 5; 1: greedy)")
+    tr.add_argument("--length-penalty", type=float, default=1.0,
+                    help="hypothesis score = log p / length ** this (default 1)")
+    tr.add_argument("--out", metavar="FILE", help="write the translations here")
+    tr.add_argument("--attention", metavar="PNG",
+                    help="also draw the attention matrix of one sentence (see --sentence)")
+    tr.add_argument("--sentence", type=int, default=1, help="line of FILE to draw (1)")
+    tr.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    tr.add_argument("--json", action="store_true", help="print JSON")
+    tr.set_defaults(run=_cmd_translate)
 
     diag = commands.add_parser(
         "diagnose", help="gradient flow through time of a trained model",

@@ -96,7 +96,9 @@ class Task(Protocol):
         """Mean loss of a batch (scalar, with grad) and the number of units it covers."""
 
     def evaluate(self, split: str) -> dict:
-        """Metrics of a split; must contain "loss", lower is better; draws no random numbers."""
+        """Metrics of a split; draws no random numbers. Must contain "loss"; the model is
+        selected on "objective" (lower is better, e.g. the error rate) if present, else on
+        "loss"."""
 
     def describe(self, metrics: dict) -> str:
         """A short human summary of ``evaluate``'s metrics, e.g. "ppl 112.3"."""
@@ -152,7 +154,7 @@ class Trainer:
         self.epoch = 0
         self.elapsed = 0.0                    # training seconds before this process
         self.units = 0
-        self.best = math.inf                  # best validation loss: selects model.safetensors
+        self.best = math.inf                  # best validation objective: selects the model
         self.plateau_best = math.inf          # best at epoch ends: drives the lr schedule
         self.history: list[dict] = []
         self._stop_requested = False
@@ -255,13 +257,14 @@ class Trainer:
     def _validate(self, end_of_epoch: bool) -> dict:
         metrics = self.task.evaluate("valid")
         self._record({"split": "valid", **metrics, "lr": self._lr()})
-        improved = metrics["loss"] < self.best
+        objective = metrics.get("objective", metrics["loss"])
+        improved = objective < self.best
         if improved:
-            self.best = metrics["loss"]
+            self.best = objective
             checkpoint.save_model(self.out, self.task.model, self.model_config)
         if end_of_epoch:        # the schedule looks at epoch ends only, so that a run cut
-            if metrics["loss"] < self.plateau_best:     # short and resumed decays alike
-                self.plateau_best = metrics["loss"]
+            if objective < self.plateau_best:           # short and resumed decays alike
+                self.plateau_best = objective
             elif self.config.lr_decay > 1:
                 for group in self.optimizer.param_groups:
                     group["lr"] /= self.config.lr_decay
@@ -372,7 +375,7 @@ class Trainer:
         if reason == "interrupted":
             self.log(f"saved a resumable checkpoint at step {self.step}; continue with --resume")
         return {"reason": reason, "step": self.step, "epoch": self.epoch,
-                "best_valid_loss": self.best, "minutes": self._elapsed() / 60,
+                "best_valid_objective": self.best, "minutes": self._elapsed() / 60,
                 "units": self.units}
 
 

@@ -430,3 +430,88 @@ class SentenceBatches:
         self._start_epoch()
         self.epoch = int(d["epoch"])
         self.batch_index = int(d["batch_index"])
+
+
+class ExampleBatches:
+    """Batches of example indices for the supervised tasks (classify, tag, translate).
+
+    Each epoch the examples are shuffled by this object's own ``torch.Generator`` (seeded by
+    ``seed``; ``shuffle=False`` keeps file order and never sorts). With ``lengths`` (one per
+    example) batches hold examples of similar length, so that little padding is computed:
+    the shuffled order is cut into pools of ``pool`` batches, each pool is sorted by length
+    and cut into batches, and the batches are shuffled. ``collate`` turns a list of indices
+    into the batch that :meth:`next_batch` returns (the indices themselves by default).
+
+    Use :meth:`next_batch` until it returns None, then :meth:`reset_epoch`;
+    :meth:`state_dict` / :meth:`load_state_dict` resume exactly where it stopped.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, *, lengths: Sequence[int] | None = None,
+                 shuffle: bool = True, seed: int = 0, pool: int = 50, collate=None):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if num_examples < 1:
+            raise ValueError("ExampleBatches needs at least one example")
+        if lengths is not None and len(lengths) != num_examples:
+            raise ValueError(f"lengths: {len(lengths)} given for {num_examples} examples")
+        self.num_examples, self.batch_size = num_examples, batch_size
+        self.lengths = None if lengths is None else torch.as_tensor(lengths, dtype=torch.long)
+        self.shuffle, self.pool = bool(shuffle), pool
+        self.collate = collate or (lambda indices: indices)
+        self._generator = _generator(seed)
+        self.epoch = 0
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
+        self._epoch_state = _generator_state(self._generator)
+        n, size = self.num_examples, self.batch_size
+        if not self.shuffle:
+            order = torch.arange(n)
+            self._batches = [order[k:k + size].tolist() for k in range(0, n, size)]
+        else:
+            order = torch.randperm(n, generator=self._generator)
+            batches = []
+            step = size * self.pool if self.lengths is not None else n
+            for start in range(0, n, step):
+                chunk = order[start:start + step]
+                if self.lengths is not None:            # stable sort: ties keep the shuffle
+                    chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+                batches.extend(chunk[k:k + size].tolist() for k in range(0, len(chunk), size))
+            if self.lengths is not None:
+                perm = torch.randperm(len(batches), generator=self._generator).tolist()
+                batches = [batches[k] for k in perm]
+            self._batches = batches
+        self.batch_index = 0
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return len(self._batches)
+
+    def next_batch(self):
+        """``collate`` of the next batch's example indices, or None at the end of the epoch."""
+        if self.batch_index >= len(self._batches):
+            return None
+        indices = self._batches[self.batch_index]
+        self.batch_index += 1
+        return self.collate(indices)
+
+    def reset_epoch(self) -> None:
+        """Start the next epoch with a new order."""
+        self.epoch += 1
+        self._start_epoch()
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable epoch, batch index, generator state at the epoch's start, settings."""
+        return {"epoch": self.epoch, "batch_index": self.batch_index,
+                "generator": self._epoch_state, "batch_size": self.batch_size,
+                "shuffle": self.shuffle, "num_examples": self.num_examples}
+
+    def load_state_dict(self, d: dict) -> None:
+        """Continue from ``d``: the epoch's batches are redrawn from the saved generator state."""
+        _check_state("ExampleBatches", d, {"batch_size": self.batch_size,
+                                           "shuffle": self.shuffle,
+                                           "num_examples": self.num_examples})
+        _set_generator_state(self._generator, d["generator"])
+        self._start_epoch()
+        self.epoch = int(d["epoch"])
+        self.batch_index = int(d["batch_index"])

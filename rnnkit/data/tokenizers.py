@@ -214,6 +214,11 @@ class WordTokenizer(_TokenList):
         get = self._lookup.get
         return [get(w, UNK_ID) for w in line.split()] + [LINE_END_ID]
 
+    def encode_words(self, words: Iterable[str]) -> list[int]:
+        """A list of words (which may hold spaces) -> ids; unknown words -> ``<unk>``."""
+        get = self._lookup.get
+        return [get(w, UNK_ID) for w in words]
+
     def encode(self, text: str, unknown_policy: str = "error") -> list[int]:
         """Free text -> ids; each newline becomes ``<eos>``, none is appended.
 
@@ -256,6 +261,15 @@ def build_word_tokenizer(lines: Iterable[str], *, min_count: int = 1,
     for line in lines:
         counter.update(line.split())
         n_lines += 1
+    return word_tokenizer_from_counts(counter, n_lines, min_count=min_count, max_size=max_size)
+
+
+def word_tokenizer_from_counts(counter: Counter, n_lines: int = 0, *, min_count: int = 1,
+                               max_size: int | None = None) -> WordTokenizer:
+    """Word vocabulary from word counts (e.g. the words of tagged sentences, which may hold
+    spaces): as :func:`build_word_tokenizer`, with ``n_lines`` line ends counted for
+    ``<eos>``. ``counter`` is not changed."""
+    counter = Counter(counter)
     n_unk = counter.pop(UNK, 0) + counter.pop(PAD, 0)
     n_eos = n_lines + counter.pop(EOS, 0)
     kept = _rank(counter, min_count, max_size)

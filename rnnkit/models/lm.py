@@ -9,8 +9,18 @@ al. 2018):
 - ``embedding_dropout``: drops whole word types from the embedding matrix;
 - ``weight_dropout``: DropConnect on every recurrent matrix (see ``rnnkit.layers``).
 
+Conditioned generation (one-to-many): with ``condition="label"`` (an embedding per label)
+or ``"vector"`` (a vector given by the user), the condition ``c`` either sets the initial
+state of every layer, ``h_0 = tanh(W_k c + b_k)`` (``condition_mode="init"``; an LSTM's
+cell starts at 0), or is concatenated to the input at every step
+(``condition_mode="input"``). A conditioned model's state carries ``c`` along as its last
+element (1, B, C), so generation, beam search and reordering need nothing new; build the
+first state with ``initial_state(B, condition=…)`` or wrap the model with
+:meth:`LanguageModel.conditioned_on`.
+
 Shapes: T time, B batch, V vocabulary, E embedding, H hidden. States are tuples over layers
-of each layer's state — ``h`` (1, B, H), or ``(h, c)`` for an LSTM — batch on dimension 1.
+of each layer's state — ``h`` (1, B, H), or ``(h, c)`` for an LSTM — batch on dimension 1
+(then the condition (1, B, C) for a conditioned model).
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ from rnnkit.layers import GRU, LSTM, RNN, detach_state
 from rnnkit.models.softmax import HEADS, AdaptiveSoftmax, ClassSoftmax, FullSoftmax, frequency_classes
 
 _LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+CONDITIONS = ("", "label", "vector")
+CONDITION_MODES = ("init", "input")
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,10 @@ class LMConfig:
     adaptive_cutoffs: tuple[int, ...] = field(default_factory=tuple)
     backend: str = "auto"
     init: str = "uniform"
+    condition: str = ""                 # "" | "label" | "vector": a conditioned model
+    num_conditions: int = 0             # label: how many labels
+    condition_size: int = 0             # vector: its length; label: its embedding (0: H)
+    condition_mode: str = "init"        # "init": initial state | "input": every step
 
     def __post_init__(self):
         checks = [
@@ -62,6 +78,13 @@ class LMConfig:
             ("num_layers", lambda c: c.num_layers >= 1, "a positive int"),
             ("softmax", lambda c: c.softmax in HEADS, f"one of {list(HEADS)}"),
             ("num_classes", lambda c: c.num_classes >= 0, "an int >= 0"),
+            ("condition", lambda c: c.condition in CONDITIONS, f"one of {list(CONDITIONS)}"),
+            ("condition_mode", lambda c: c.condition_mode in CONDITION_MODES,
+             f"one of {list(CONDITION_MODES)}"),
+            ("num_conditions", lambda c: c.condition != "label" or c.num_conditions >= 1,
+             "an int >= 1 for condition='label'"),
+            ("condition_size", lambda c: c.condition_size >= (c.condition == "vector"),
+             "an int >= 1 for condition='vector' (else >= 0)"),
         ]
         for name in ("dropout", "embedding_dropout", "weight_dropout"):
             checks.append((name, lambda c, name=name: 0 <= getattr(c, name) < 1,
@@ -76,6 +99,13 @@ class LMConfig:
     @property
     def embed_dim(self) -> int:
         return self.embedding_size or self.hidden_size
+
+    @property
+    def condition_dim(self) -> int:
+        """Length of the condition vector the network sees (0: unconditioned)."""
+        if not self.condition:
+            return 0
+        return self.condition_size or self.hidden_size
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -132,7 +162,14 @@ class LanguageModel(nn.Module):
             options["peephole"] = config.peephole
         else:
             options["reset_after"] = config.reset_after
-        self.layers = nn.ModuleList(layer(E if k == 0 else H, H, **options) for k in range(L))
+        C = config.condition_dim
+        first = E + (C if config.condition_mode == "input" else 0)
+        self.layers = nn.ModuleList(layer(first if k == 0 else H, H, **options)
+                                    for k in range(L))
+        if config.condition == "label":
+            self.condition_embedding = nn.Embedding(config.num_conditions, C)
+        if config.condition and config.condition_mode == "init":
+            self.condition_init = nn.ModuleList(nn.Linear(C, H) for _ in range(L))
         tied = self.embedding.weight if config.tie_weights else None
         if config.softmax == "full":
             self.head = FullSoftmax(H, V, tied)
@@ -150,20 +187,65 @@ class LanguageModel(nn.Module):
             return locked_dropout(x, self.config.dropout, self.training)
         return F.dropout(x, self.config.dropout, self.training)
 
-    def initial_state(self, batch_size: int) -> tuple:
-        """Zero states for ``batch_size`` streams."""
+    def initial_state(self, batch_size: int, condition: Tensor | None = None) -> tuple:
+        """Zero states for ``batch_size`` streams; a conditioned model needs ``condition``:
+        (B,) label ids or (B, C) vectors (one row broadcasts to all B)."""
         p = self.embedding.weight
         zeros = lambda: p.new_zeros(1, batch_size, self.config.hidden_size)  # noqa: E731
-        if self.config.cell == "lstm":
-            return tuple((zeros(), zeros()) for _ in self.layers)
-        return tuple(zeros() for _ in self.layers)
+        if not self.config.condition:
+            if condition is not None:
+                raise ValueError("condition: this language model is not conditioned")
+            if self.config.cell == "lstm":
+                return tuple((zeros(), zeros()) for _ in self.layers)
+            return tuple(zeros() for _ in self.layers)
+        c = self.condition_vector(condition, batch_size)                   # (B, C)
+        states = []
+        for k in range(len(self.layers)):
+            h = (torch.tanh(self.condition_init[k](c))[None]
+                 if self.config.condition_mode == "init" else zeros())
+            states.append((h, torch.zeros_like(h)) if self.config.cell == "lstm" else h)
+        return (*states, c[None])
+
+    def condition_vector(self, condition, batch_size: int) -> Tensor:
+        """Check a condition and return its vector (B, C)."""
+        cfg, p = self.config, self.embedding.weight
+        if condition is None:
+            raise ValueError(f"condition: this language model is conditioned on a "
+                             f"{cfg.condition}; pass one")
+        condition = torch.as_tensor(condition, device=p.device)
+        if cfg.condition == "label":
+            if condition.dim() > 1 or condition.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"condition: expected label ids (B,), got shape "
+                                 f"{tuple(condition.shape)} of {condition.dtype}")
+            if condition.numel() and not 0 <= int(condition.min()) <= int(condition.max()) \
+                    < cfg.num_conditions:
+                raise ValueError(f"condition: label ids must be in [0, {cfg.num_conditions})")
+            c = self.condition_embedding(condition.long().reshape(-1))
+        else:
+            c = condition.to(p.dtype)
+            if c.dim() == 1:
+                c = c[None]
+            if c.dim() != 2 or c.shape[1] != cfg.condition_dim:
+                raise ValueError(f"condition: expected vectors of {cfg.condition_dim} numbers, "
+                                 f"got shape {tuple(condition.shape)}")
+        return c.expand(batch_size, -1) if c.shape[0] == 1 else c
+
+    def conditioned_on(self, condition) -> "ConditionedModel":
+        """This model with a fixed condition, for :mod:`rnnkit.generate`."""
+        return ConditionedModel(self, condition)
+
+    def _split_state(self, state):
+        if self.config.condition:
+            return state[:-1], state[-1]
+        return state, None
 
     def forward(self, tokens: Tensor, state: tuple | None = None,
                 lengths: Tensor | None = None) -> tuple[Tensor, tuple]:
         """Hidden states of the last layer.
 
         Args:
-            tokens: (T, B) token ids; state: from :meth:`initial_state` or a previous call;
+            tokens: (T, B) token ids; state: from :meth:`initial_state` or a previous call
+                (required for a conditioned model: it carries the condition);
             lengths: (B,) optional lengths of a padded batch.
 
         Returns:
@@ -171,15 +253,18 @@ class LanguageModel(nn.Module):
         """
         if state is None:
             state = self.initial_state(tokens.shape[1])
+        state, cond = self._split_state(state)
         weight = embedding_dropout(self.embedding.weight, self.config.embedding_dropout,
                                    self.training)
         x = self._dropout(F.embedding(tokens, weight))                  # (T, B, E)
+        if cond is not None and self.config.condition_mode == "input":
+            x = torch.cat([x, cond.expand(x.shape[0], -1, -1)], dim=-1)  # (T, B, E+C)
         new_state = []
         for layer, layer_state in zip(self.layers, state):
             x, s = layer(x, layer_state, lengths=lengths)
             new_state.append(s)
             x = self._dropout(x)                                        # between layers, output
-        return x, tuple(new_state)
+        return x, tuple(new_state) + (() if cond is None else (cond,))
 
     def nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """(T, B, H), (T, B) -> (T, B) negative log-likelihood of each target, in nats."""
@@ -203,7 +288,10 @@ class LanguageModel(nn.Module):
         """
         if state is None:
             state = self.initial_state(tokens.shape[0])
+        state, cond = self._split_state(state)
         x = self.embedding.weight[tokens]                                # (B, E)
+        if cond is not None and self.config.condition_mode == "input":
+            x = torch.cat([x, cond[0]], dim=-1)
         new_state = []
         for layer, layer_state in zip(self.layers, state):
             w_ih, w_hh, b_ih, b_hh, extra = layer._params(0)
@@ -215,7 +303,7 @@ class LanguageModel(nn.Module):
             x = s[0]
             s = tuple(t[None] for t in s)
             new_state.append(s if len(s) == 2 else s[0])
-        return self.log_probs(x), tuple(new_state)
+        return self.log_probs(x), tuple(new_state) + (() if cond is None else (cond,))
 
     @torch.no_grad()
     def prime(self, tokens: Tensor, state) -> tuple[Tensor, tuple]:
@@ -224,4 +312,28 @@ class LanguageModel(nn.Module):
         return self.log_probs(hidden[-1]), state
 
 
-__all__ = ["LMConfig", "LanguageModel", "locked_dropout", "embedding_dropout", "detach_state"]
+class ConditionedModel:
+    """A conditioned :class:`LanguageModel` with its condition fixed: the step protocol of
+    :mod:`rnnkit.generate` (``initial_state(B)``, ``prime``, ``step``).
+
+    ``condition``: one label id, or one vector (C,).
+    """
+
+    def __init__(self, model: LanguageModel, condition):
+        if isinstance(condition, int):
+            condition = torch.tensor([condition])
+        condition = torch.as_tensor(condition)
+        model.condition_vector(condition, 1)                               # checks it
+        self.model, self.condition = model, condition
+
+    def initial_state(self, batch_size: int) -> tuple:
+        return self.model.initial_state(batch_size, condition=self.condition)
+
+    def step(self, tokens: Tensor, state):
+        return self.model.step(tokens, state)
+
+    def prime(self, tokens: Tensor, state):
+        return self.model.prime(tokens, state)
+
+
+__all__ = ["LMConfig", "LanguageModel", "ConditionedModel", "locked_dropout", "embedding_dropout", "detach_state"]

@@ -34,10 +34,10 @@ from rnnkit.data import (SentenceBatches, StreamBatches, TokenArray, TokenLines,
 from rnnkit.data.pycorpus import write_python_corpus
 from rnnkit.layers import detach_state
 from rnnkit.models.lm import LanguageModel, LMConfig
-from rnnkit.train import Trainer, TrainConfig
+from rnnkit.tasks.common import RUN, check_new_run, device_of, fit, read_run, write_run
+from rnnkit.train import TrainConfig
 
 TASK = "lm"
-RUN = "run.json"
 LEVELS = ("char", "word", "bpe")
 
 # Defaults that differ by level: a character model wants long windows and Adam; a word
@@ -233,25 +233,6 @@ class LMTask:
 
 # -- training -----------------------------------------------------------------------------
 
-def _device(name: str | None) -> torch.device:
-    """"cpu", "cuda", "cuda:N" or "auto" (CUDA if there is one) as a checked torch.device."""
-    if not name or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device: expected cpu, cuda, cuda:N or auto, got {name!r}") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise ValueError(f"device: {name!r} asked for, but no CUDA device is available")
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"device: {name!r} asked for, but there are {count} CUDA device(s)")
-    elif device.type != "cpu":
-        raise ValueError(f"device: expected cpu, cuda, cuda:N or auto, got {name!r}")
-    return device
-
-
 def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
              train_cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
              train_overrides: dict | None = None, device: str | None = "cpu",
@@ -271,25 +252,13 @@ def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
         the loop's summary plus "valid" metrics of the best model.
     """
     out = Path(out)
-    dev = _device(device)
+    dev = device_of(device)
     if resume:
-        run = checkpoint.read_json(out / RUN)
-        if run.get("task") != TASK:
-            raise ValueError(f"{out / RUN}: a {run.get('task')!r} run, not a language model")
-        try:
-            data_cfg = LMDataConfig(**run["data"])
-            model_options = dict(run["model"])
-            train_cfg = TrainConfig(**{**run["train"], **(train_overrides or {})})
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"{out / RUN}: not a run file rnnkit can resume ({error})") from None
+        data_cfg, model_options, train_cfg = read_run(out, TASK, LMDataConfig, train_overrides)
         tokenizer = load_tokenizer(out)
         files = corpus_files(data_cfg, out)
     else:
-        taken = [n for n in (checkpoint.TRAIN_STATE, checkpoint.WEIGHTS, checkpoint.CONFIG, RUN,
-                             "tokenizer.json") if (out / n).exists()]
-        if taken:
-            raise ValueError(f"{out}: holds a model or run already ({', '.join(taken)}); use "
-                             f"--resume to continue it, or choose another --out")
+        check_new_run(out, ("tokenizer.json",))
         files = corpus_files(data_cfg, out)
         log(f"building the {data_cfg.level} vocabulary from {files.train.describe()}")
         tokenizer = build_tokenizer(data_cfg.level, files.train, min_count=data_cfg.min_count,
@@ -303,9 +272,7 @@ def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
         raise ValueError(f"model options: unknown {unknown}")
     model_cfg = LMConfig(vocab_size=tokenizer.vocab_size, **options)
     if not resume:
-        checkpoint.write_json(out / RUN, {"task": TASK, "data": asdict(data_cfg),
-                                          "model": model_cfg.to_dict(),
-                                          "train": asdict(train_cfg)})
+        write_run(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg)
     train_tokens = encoded_split(tokenizer, files.train, out, "train")
     valid_tokens = encoded_split(tokenizer, files.valid, out, "valid")
     log(f"{tokenizer.level} vocabulary {tokenizer.vocab_size}; train {len(train_tokens):,} "
@@ -319,14 +286,10 @@ def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
     task = LMTask(model, tokenizer, train_tokens, valid_tokens, data_cfg, train_cfg.seed, dev)
     config = {"task": TASK, "model": model_cfg.to_dict(), "level": tokenizer.level,
               "data": asdict(data_cfg)}
-    trainer = Trainer(task, train_cfg, out, config, log=log)
-    summary = trainer.fit(resume=resume)
+    summary = fit(task, train_cfg, out, config, resume=resume, log=log,
+                  describe=describe_metrics)
     if summary["reason"] == "interrupted":
         return summary
-    if (out / checkpoint.WEIGHTS).is_file():
-        checkpoint.load_weights(out, model)
-        summary["valid"] = task.evaluate("valid")
-        log(f"best model: valid {describe_metrics(summary['valid'])}")
     if sample_chars:
         log("sample:")
         prime = "\n" if tokenizer.level == "char" else ""
@@ -353,7 +316,7 @@ def load_lm(directory: str | Path, device: str | None = "cpu"):
                          f"the tokenizer has {tokenizer.vocab_size}")
     model = LanguageModel(model_cfg, counts=tokenizer.counts)
     checkpoint.load_weights(directory, model)
-    return model.to(_device(device)).eval(), tokenizer, config
+    return model.to(device_of(device)).eval(), tokenizer, config
 
 
 def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 10,
@@ -368,7 +331,7 @@ def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 
     if len(ids) < 2:
         raise ValueError(f"{path}: too little text to evaluate ({len(ids)} tokens)")
     tokens = TokenArray.from_ids(ids, tokenizer.vocab_size)
-    total, count = _stream_nll(model, tokens, batch_size, bptt, _device(device))
+    total, count = _stream_nll(model, tokens, batch_size, bptt, device_of(device))
     m = _metrics(tokenizer, total, count, ids, words)
     m["file"] = str(path)
     return m
@@ -435,6 +398,13 @@ def generate(directory: str | Path, prime: str = "", *, max_tokens: int = 200,
     normalised; a word or subword hypothesis ends at ``<eos>``) and returns the best.
     """
     model, tokenizer, _ = load_lm(directory, device)
+    return generate_from(model, tokenizer, prime, max_tokens=max_tokens, on_text=on_text,
+                         stop=stop, beam=beam, **sampling)
+
+
+def generate_from(model, tokenizer, prime: str = "", *, max_tokens: int = 200, on_text=None,
+                  stop=(), beam: int = 0, **sampling) -> str:
+    """:func:`generate` with a loaded step model (e.g. a conditioned one) and tokenizer."""
     if not beam:
         return _generate_with(model, tokenizer, prime, max_tokens=max_tokens,
                               on_text=on_text, stop=stop, **sampling)

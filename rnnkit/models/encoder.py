@@ -1,0 +1,62 @@
+"""The piece the supervised models share: embedded tokens through a (bi)directional rnnkit
+recurrent stack, masked for variable lengths.
+
+Shapes: T time, B batch, E embedding, H hidden per direction, D directions, L layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.layers import GRU, LSTM, RNN
+from rnnkit.models.lm import embedding_dropout
+
+LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+
+
+def recurrent_layer(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *,
+                    bidirectional: bool = False, dropout: float = 0.0,
+                    backend: str = "auto") -> nn.Module:
+    """``rnnkit.RNN/LSTM/GRU`` by name ("rnn" is the tanh Elman RNN)."""
+    if cell not in LAYERS:
+        raise ValueError(f"cell: expected one of {list(LAYERS)}, got {cell!r}")
+    return LAYERS[cell](input_size, hidden_size, num_layers, bidirectional=bidirectional,
+                        dropout=dropout if num_layers > 1 else 0.0, backend=backend)
+
+
+class RecurrentEncoder(nn.Module):
+    """Token ids -> embedding -> dropout -> recurrent stack.
+
+    ``forward(tokens (T, B), lengths (B,), extra (T, B, X) | None)`` returns
+    ``outputs (T, B, D*H)`` (zero past each length) and the final hidden states
+    ``h_n (L*D, B, H)`` (an LSTM's h, not c), each at its example's own last token.
+    ``embedding_dropout`` drops whole word types in training; ``dropout`` applies to the
+    embedded input and between layers. ``extra`` features (e.g. a character encoding of each word) are concatenated to the
+    embeddings.
+    """
+
+    def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int,
+                 num_layers: int, *, cell: str = "lstm", bidirectional: bool = True,
+                 dropout: float = 0.0, embedding_dropout: float = 0.0, extra_size: int = 0,
+                 backend: str = "auto"):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=0)
+        self.dropout, self.embedding_dropout = dropout, embedding_dropout
+        self.rnn = recurrent_layer(cell, embedding_size + extra_size, hidden_size, num_layers,
+                                   bidirectional=bidirectional, dropout=dropout,
+                                   backend=backend)
+        self.output_size = hidden_size * (2 if bidirectional else 1)
+
+    def forward(self, tokens: Tensor, lengths: Tensor, extra: Tensor | None = None):
+        weight = embedding_dropout(self.embedding.weight, self.embedding_dropout,
+                                   self.training)
+        x = F.embedding(tokens, weight, padding_idx=0)                    # (T, B, E)
+        if extra is not None:
+            x = torch.cat([x, extra], dim=-1)
+        x = F.dropout(x, self.dropout, self.training)
+        outputs, state = self.rnn(x, lengths=lengths.cpu())
+        h_n = state[0] if isinstance(state, tuple) else state             # (L*D, B, H)
+        return outputs, h_n
+

@@ -1,0 +1,244 @@
+"""Encoder–decoder with attention (Bahdanau et al. 2015; Luong et al. 2015).
+
+A bidirectional encoder reads the source ``x_1..x_S`` into annotations
+``m_j = [→h_j; ←h_j]`` (2H). The decoder is a recurrent stack over the target embeddings;
+its initial state is ``tanh(W_b [→h_S; ←h_1])`` (Bahdanau's bridge; an LSTM's cell starts
+at 0). At target step t with decoder output ``s_t``:
+
+    score(s_t, m_j) = v · tanh(W_q s_t + W_k m_j)     additive (Bahdanau)
+                    = s_t · (W m_j)                   multiplicative (Luong's "general")
+    α_t = softmax_j(score(s_t, m_j))   (padding positions of the source get 0)
+    c_t = Σ_j α_tj m_j                                (2H)
+    ã_t = tanh(W_c [c_t; s_t])                        attentional vector (H)
+    p(y_t | y_<t, x) = softmax(W_o ã_t)
+
+With ``input_feeding`` (Luong's input feeding, which also gives Bahdanau's dependence of
+the recurrence on the previous context) the decoder input at step t is
+``[emb(y_{t-1}); ã_{t-1}]`` and the decoder runs step by step; without it the decoder
+runs over the whole target in one call of the recurrent stack and attention is computed
+for all steps at once — much faster to train, the usual choice on a CPU.
+
+Ids: 0 ``<pad>``, 1 ``<unk>``, 2 ``<eos>`` in both vocabularies (rnnkit's tokenizers);
+the decoder starts from ``<eos>`` as its begin symbol and a translation ends at ``<eos>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.config import check_fields
+from rnnkit.models.encoder import LAYERS, RecurrentEncoder, recurrent_layer
+
+ATTENTIONS = ("additive", "multiplicative")
+BOS_ID = EOS_ID = 2
+PAD_ID = 0
+
+
+@dataclass(frozen=True)
+class Seq2SeqConfig:
+    """Architecture of a :class:`Seq2Seq` model (saved as JSON in the model directory)."""
+
+    source_vocab_size: int
+    target_vocab_size: int
+    cell: str = "gru"                   # "rnn" | "lstm" | "gru", encoder and decoder
+    embedding_size: int = 256
+    hidden_size: int = 256              # per encoder direction, and the decoder's
+    encoder_layers: int = 1
+    decoder_layers: int = 1
+    attention: str = "additive"         # "additive" | "multiplicative"
+    input_feeding: bool = False
+    dropout: float = 0.3
+    tie_embeddings: bool = False        # decoder input embedding = output layer
+    backend: str = "auto"
+
+    def __post_init__(self):
+        check_fields(self, [
+            ("source_vocab_size", lambda c: c.source_vocab_size >= 3, "an int >= 3"),
+            ("target_vocab_size", lambda c: c.target_vocab_size >= 3, "an int >= 3"),
+            ("cell", lambda c: c.cell in LAYERS, f"one of {list(LAYERS)}"),
+            ("embedding_size", lambda c: c.embedding_size >= 1, "a positive int"),
+            ("hidden_size", lambda c: c.hidden_size >= 1, "a positive int"),
+            ("encoder_layers", lambda c: c.encoder_layers >= 1, "a positive int"),
+            ("decoder_layers", lambda c: c.decoder_layers >= 1, "a positive int"),
+            ("attention", lambda c: c.attention in ATTENTIONS, f"one of {list(ATTENTIONS)}"),
+            ("dropout", lambda c: 0 <= c.dropout < 1, "a number in [0, 1)"),
+        ])
+        if self.tie_embeddings and self.embedding_size != self.hidden_size:
+            raise ValueError(f"tie_embeddings: needs embedding_size == hidden_size, got "
+                             f"{self.embedding_size} and {self.hidden_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Attention(nn.Module):
+    """Scores of queries (T, B, H) against memory (S, B, M); see the module docstring.
+
+    ``keys(memory)`` precomputes the memory's side once per sentence; ``forward(query,
+    keys, memory, mask)`` returns the contexts (T, B, M) and weights (T, B, S).
+    """
+
+    def __init__(self, kind: str, query_size: int, memory_size: int):
+        super().__init__()
+        self.kind = kind
+        self.key = nn.Linear(memory_size, query_size, bias=False)         # W_k or W
+        if kind == "additive":
+            self.query = nn.Linear(query_size, query_size, bias=True)     # W_q
+            self.v = nn.Linear(query_size, 1, bias=False)
+
+    def keys(self, memory: Tensor) -> Tensor:
+        return self.key(memory)                                           # (S, B, H)
+
+    def forward(self, query: Tensor, keys: Tensor, memory: Tensor, mask: Tensor):
+        if self.kind == "additive":
+            q = self.query(query)                                         # (T, B, H)
+            e = torch.tanh(q.transpose(0, 1)[:, :, None] + keys.transpose(0, 1)[:, None])
+            scores = self.v(e).squeeze(-1)                                # (B, T, S)
+        else:
+            scores = torch.bmm(query.transpose(0, 1), keys.permute(1, 2, 0))   # (B, T, S)
+        scores = scores.masked_fill(~mask.t()[:, None, :], float("-inf"))
+        weights = torch.softmax(scores, dim=-1)                           # (B, T, S)
+        context = torch.bmm(weights, memory.transpose(0, 1))              # (B, T, M)
+        return context.transpose(0, 1), weights.transpose(0, 1)
+
+
+class Seq2Seq(nn.Module):
+    """Bidirectional encoder, attentional decoder; see the module docstring."""
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        self.config = c = config
+        H = c.hidden_size
+        self.encoder = RecurrentEncoder(c.source_vocab_size, c.embedding_size, H,
+                                        c.encoder_layers, cell=c.cell, bidirectional=True,
+                                        dropout=c.dropout, backend=c.backend)
+        self.bridge = nn.Linear(2 * H, H)
+        self.target_embedding = nn.Embedding(c.target_vocab_size, c.embedding_size,
+                                             padding_idx=PAD_ID)
+        feed = H if c.input_feeding else 0
+        self.decoder = recurrent_layer(c.cell, c.embedding_size + feed, H, c.decoder_layers,
+                                       dropout=c.dropout, backend=c.backend)
+        self.attention = Attention(c.attention, H, 2 * H)
+        self.combine = nn.Linear(3 * H, H, bias=False)                    # W_c
+        self.output = nn.Linear(H, c.target_vocab_size)
+        if c.tie_embeddings:
+            self.output.weight = self.target_embedding.weight
+
+    # -- encoder ----------------------------------------------------------------------------
+
+    def encode(self, source: Tensor, lengths: Tensor):
+        """source (S, B), lengths (B,) -> memory (S, B, 2H), mask (S, B), decoder state."""
+        memory, h_n = self.encoder(source, lengths)                       # (S, B, 2H)
+        top = h_n.view(self.config.encoder_layers, 2, *h_n.shape[1:])[-1]  # (2, B, H)
+        h0 = torch.tanh(self.bridge(torch.cat([top[0], top[1]], dim=-1)))   # (B, H)
+        h0 = h0[None].expand(self.config.decoder_layers, -1, -1).contiguous()
+        state = (h0, torch.zeros_like(h0)) if self.config.cell == "lstm" else h0
+        mask = (torch.arange(source.shape[0], device=source.device)[:, None]
+                < lengths.to(source.device)[None, :])
+        return memory, mask, state
+
+    # -- decoder ----------------------------------------------------------------------------
+
+    def _attend(self, s: Tensor, keys: Tensor, memory: Tensor, mask: Tensor):
+        """decoder outputs (T, B, H) -> attentional vectors ã (T, B, H), weights (T, B, S)."""
+        context, weights = self.attention(s, keys, memory, mask)
+        attn = torch.tanh(self.combine(torch.cat([context, s], dim=-1)))
+        return attn, weights
+
+    def decode(self, inputs: Tensor, memory: Tensor, mask: Tensor, state,
+               feed: Tensor | None = None):
+        """Teacher-forced decoder over target inputs (T, B) (``<eos>`` first as the begin
+        symbol): -> logits (T, B, V), attention weights (T, B, S), final state and
+        attentional vector (the next step's feed)."""
+        x = F.dropout(self.target_embedding(inputs), self.config.dropout, self.training)
+        keys = self.attention.keys(memory)
+        if not self.config.input_feeding:
+            s, state = self.decoder(x, state)                             # (T, B, H)
+            attn, weights = self._attend(s, keys, memory, mask)
+        else:
+            if feed is None:
+                feed = x.new_zeros(x.shape[1], self.config.hidden_size)
+            steps, all_weights = [], []
+            for t in range(x.shape[0]):
+                s, state = self.decoder(torch.cat([x[t], feed], -1)[None], state)
+                a, w = self._attend(s, keys, memory, mask)
+                feed = a[0]
+                steps.append(a)
+                all_weights.append(w)
+            attn, weights = torch.cat(steps), torch.cat(all_weights)
+        logits = self.output(F.dropout(attn, self.config.dropout, self.training))
+        return logits, weights, state, attn[-1]
+
+    def forward(self, source: Tensor, source_lengths: Tensor, target_inputs: Tensor) -> Tensor:
+        """source (S, B), lengths (B,), target inputs (T, B) -> logits (T, B, V)."""
+        memory, mask, state = self.encode(source, source_lengths)
+        logits, _, _, _ = self.decode(target_inputs, memory, mask, state)
+        return logits
+
+
+class TranslationSearch:
+    """One encoded source sentence seen through rnnkit.generate's step protocol, so that
+    :func:`rnnkit.generate.beam_search` translates it.
+
+    The search state is ``(decoder state, feed (1, B, H), memory (S, B, 2H), keys, mask)``
+    — every tensor with the hypotheses on dimension 1, so that reordering the beam reorders
+    all of it. ``weights`` collects the attention of the last :meth:`step` (for pictures).
+    """
+
+    def __init__(self, model: Seq2Seq, source_ids: list[int]):
+        self.model = model
+        device = model.output.weight.device
+        source = torch.tensor(source_ids, dtype=torch.long, device=device)[:, None]
+        with torch.no_grad():
+            memory, mask, state = model.encode(source, torch.tensor([len(source_ids)]))
+            keys = model.attention.keys(memory)
+        feed = memory.new_zeros(1, 1, model.config.hidden_size)
+        self._start = (state, feed, memory, keys, mask)
+
+    def initial_state(self, batch_size: int):
+        assert batch_size == 1
+        return self._start
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor, search_state):
+        state, feed, memory, keys, mask = search_state
+        m = self.model
+        x = m.target_embedding(tokens)[None]                               # (1, B, E)
+        if m.config.input_feeding:
+            x = torch.cat([x, feed], dim=-1)
+        s, state = m.decoder(x, state)                                     # (1, B, H)
+        attn, self.weights = m._attend(s, keys, memory, mask)
+        log_probs = torch.log_softmax(m.output(attn[0]), dim=-1)           # (B, V)
+        return log_probs, (state, attn, memory, keys, mask)
+
+    def prime(self, tokens: Tensor, search_state):
+        for t in range(tokens.shape[0]):
+            log_probs, search_state = self.step(tokens[t], search_state)
+        return log_probs, search_state
+
+
+@torch.no_grad()
+def greedy_translate(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: int
+                     ) -> tuple[list[list[int]], Tensor]:
+    """Batched greedy decoding: source (S, B), lengths (B,) -> token ids per sentence
+    (without ``<eos>``) and the attention weights (T, B, S)."""
+    memory, mask, state = model.encode(source, lengths)
+    B = source.shape[1]
+    tokens = torch.full((1, B), BOS_ID, dtype=torch.long, device=source.device)
+    feed, outputs, weights = None, [], []
+    done = torch.zeros(B, dtype=torch.bool, device=source.device)
+    for _ in range(max_len):
+        logits, w, state, feed = model.decode(tokens, memory, mask, state, feed)
+        tokens = logits[-1].argmax(-1)[None]                              # (1, B)
+        outputs.append(tokens[0])
+        weights.append(w)
+        done |= tokens[0] == EOS_ID
+        if bool(done.all()):
+            break
+    ids = torch.stack(outputs, 1).tolist()                                # (B, T)
+    result = [row[:row.index(EOS_ID)] if EOS_ID in row else row for row in ids]
+    return result, torch.cat(weights)

@@ -1,0 +1,119 @@
+"""Many-to-many aligned: a sequence tagger (e.g. part of speech).
+
+    word w_t -> [emb(w_t); char(w_t)] -> bidirectional recurrent stack -> o_t -> W o_t + b
+                                                                           -> tag scores (T, B, C)
+
+``char(w)`` (optional, ``char_hidden_size > 0``) is a character-level encoding of the word:
+its characters through a bidirectional recurrent layer, the final states of both
+directions concatenated (Ling et al. 2015; Plank et al. 2016). It gives a word never seen in
+training a representation from its spelling (suffixes, capitals, digits, hyphens). Each
+distinct word of a batch is encoded once. ``word_dropout`` replaces training words by
+``<unk>`` with that probability, so the ``<unk>`` embedding is trained for the unknown
+words seen later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.config import check_fields
+from rnnkit.models.encoder import LAYERS, RecurrentEncoder, recurrent_layer
+
+UNK_ID = 1
+
+
+@dataclass(frozen=True)
+class TaggerConfig:
+    """Architecture of a :class:`Tagger` (saved as JSON with the model)."""
+
+    vocab_size: int
+    num_tags: int
+    char_vocab_size: int = 0
+    cell: str = "lstm"
+    embedding_size: int = 100
+    hidden_size: int = 200
+    num_layers: int = 2
+    char_embedding_size: int = 32
+    char_hidden_size: int = 64          # per direction; 0: no character encoder
+    dropout: float = 0.33
+    word_dropout: float = 0.05
+    backend: str = "auto"
+
+    def __post_init__(self):
+        check_fields(self, [
+            ("vocab_size", lambda c: c.vocab_size >= 3, "an int >= 3"),
+            ("num_tags", lambda c: c.num_tags >= 1, "an int >= 1"),
+            ("char_vocab_size", lambda c: c.char_vocab_size >= 0, "an int >= 0"),
+            ("cell", lambda c: c.cell in LAYERS, f"one of {list(LAYERS)}"),
+            ("embedding_size", lambda c: c.embedding_size >= 1, "a positive int"),
+            ("hidden_size", lambda c: c.hidden_size >= 1, "a positive int"),
+            ("num_layers", lambda c: c.num_layers >= 1, "a positive int"),
+            ("char_embedding_size", lambda c: c.char_embedding_size >= 1, "a positive int"),
+            ("char_hidden_size", lambda c: c.char_hidden_size >= 0, "an int >= 0"),
+            ("dropout", lambda c: 0 <= c.dropout < 1, "a number in [0, 1)"),
+            ("word_dropout", lambda c: 0 <= c.word_dropout < 1, "a number in [0, 1)"),
+        ])
+        if self.char_hidden_size and self.char_vocab_size < 3:
+            raise ValueError("char_vocab_size: the character encoder needs a character "
+                             f"vocabulary (>= 3), got {self.char_vocab_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CharEncoder(nn.Module):
+    """Characters of N words -> (N, 2*H): final states of a bidirectional layer."""
+
+    def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int, cell: str,
+                 backend: str = "auto"):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=0)
+        self.rnn = recurrent_layer(cell, embedding_size, hidden_size, bidirectional=True,
+                                   backend=backend)
+
+    def forward(self, chars: Tensor, lengths: Tensor) -> Tensor:
+        """chars (Lc, N) character ids, lengths (N,) -> (N, 2H)."""
+        _, state = self.rnn(self.embedding(chars), lengths=lengths.cpu())
+        h_n = state[0] if isinstance(state, tuple) else state              # (2, N, H)
+        return torch.cat([h_n[0], h_n[1]], dim=-1)
+
+
+class Tagger(nn.Module):
+    """Tag scores for every word; see the module docstring."""
+
+    def __init__(self, config: TaggerConfig):
+        super().__init__()
+        self.config = c = config
+        self.chars = (CharEncoder(c.char_vocab_size, c.char_embedding_size, c.char_hidden_size,
+                                  c.cell, c.backend) if c.char_hidden_size else None)
+        self.encoder = RecurrentEncoder(c.vocab_size, c.embedding_size, c.hidden_size,
+                                        c.num_layers, cell=c.cell, bidirectional=True,
+                                        dropout=c.dropout, extra_size=2 * c.char_hidden_size,
+                                        backend=c.backend)
+        self.output = nn.Linear(self.encoder.output_size, c.num_tags)
+
+    def forward(self, words: Tensor, lengths: Tensor, chars: Tensor | None = None,
+                char_lengths: Tensor | None = None, word_index: Tensor | None = None) -> Tensor:
+        """Tag scores (T, B, C).
+
+        Args:
+            words: (T, B) word ids; lengths: (B,) sentence lengths.
+            chars, char_lengths: (Lc, N), (N,) the characters of the N distinct words of
+                the batch; word_index: (T, B) which of the N each position holds (needed
+                when the model has a character encoder).
+        """
+        if self.training and self.config.word_dropout:
+            drop = torch.rand(words.shape, device=words.device) < self.config.word_dropout
+            words = words.masked_fill(drop & (words > UNK_ID), UNK_ID)
+        extra = None
+        if self.chars is not None:
+            if chars is None or word_index is None:
+                raise ValueError("chars: this tagger encodes characters; pass chars, "
+                                 "char_lengths and word_index")
+            extra = self.chars(chars, char_lengths)[word_index]            # (T, B, 2Hc)
+        outputs, _ = self.encoder(words, lengths, extra)
+        return self.output(F.dropout(outputs, self.config.dropout, self.training))

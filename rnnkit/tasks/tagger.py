@@ -1,0 +1,325 @@
+"""Sequence tagging (many-to-many aligned), end to end: train, evaluate, predict.
+
+The Python API behind ``rnnkit train tagger``, ``rnnkit eval`` and ``rnnkit predict``::
+
+    from rnnkit.tasks import tagger
+    tagger.train_tagger(tagger.TaggerDataConfig(data="data/ud-en-ewt", column="upos"),
+                        {"char_hidden_size": 64}, TrainConfig(optimizer="adam", lr=2e-3),
+                        out="runs/pos")
+    tagger.evaluate_file("runs/pos", "en_ewt-ud-test.conllu")   # accuracy, unseen-word accuracy
+    tagger.predict_file("runs/pos", "new.conllu", "new.tagged.conllu")
+
+Files are CoNLL-U (tags from the UPOS or XPOS column) or ``word<TAB>tag`` columns, a blank
+line between sentences (see :mod:`rnnkit.data.labelled`). The word vocabulary is every
+word form of the training split; a word "unseen in training" is one outside it. The
+character vocabulary is every character of the training words. Sentences are never
+truncated. The model kept is the one with the best validation accuracy (ties: lower loss).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rnnkit import checkpoint
+from rnnkit.config import check_fields
+from rnnkit.data import load_tokenizer
+from rnnkit.data.labelled import TAG_COLUMNS, read_tagged, write_tagged
+from rnnkit.data.stream import ExampleBatches
+from rnnkit.data.tokenizers import CharTokenizer, build_char_tokenizer, word_tokenizer_from_counts
+from rnnkit.models.tagger import UNK_ID, Tagger, TaggerConfig
+from rnnkit.tasks.classifier import labelled_splits
+from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit, pad,
+                                 read_run, write_run)
+from rnnkit.train import TrainConfig
+
+TASK = "tagger"
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TaggerDataConfig:
+    """Where the tagged sentences come from and how they are batched.
+
+    ``data``: a folder with train / dev (or valid) / test files, or one file whose last
+    ``valid_fraction`` of sentences is held out; or give ``train`` and ``valid`` files.
+    """
+
+    data: str = ""
+    train: str = ""
+    valid: str = ""
+    valid_fraction: float = 0.1
+    column: str = "upos"                # CoNLL-U: "upos" | "xpos"
+    batch_size: int = 32
+
+    def __post_init__(self):
+        check_fields(self, [
+            ("valid_fraction", lambda c: 0 < c.valid_fraction < 1, "a number in (0, 1)"),
+            ("column", lambda c: c.column in TAG_COLUMNS, f"one of {list(TAG_COLUMNS)}"),
+            ("batch_size", lambda c: c.batch_size >= 1, "an int >= 1"),
+        ])
+        if not self.data and not (self.train and self.valid):
+            raise ValueError("data: expected a folder or file of tagged sentences, or both "
+                             "train and valid files")
+
+
+@dataclass
+class Encoded:
+    """Sentences as ids: words, tags (None when untagged) and the word strings."""
+
+    words: list[list[int]]
+    tags: list[list[int]] | None
+    forms: list[list[str]]
+
+
+def encode_sentences(sentences, word_tok, tags: list[str] | None, path: str) -> Encoded:
+    """Tagged sentences -> ids; a tag the model does not know is an error naming the line."""
+    index = None if tags is None else {t: k for k, t in enumerate(tags)}
+    words, tag_ids = [], []
+    for s in sentences:
+        words.append(word_tok.encode_words(s.words))
+        if index is not None:
+            row = []
+            for k, tag in enumerate(s.tags):
+                if tag not in index:
+                    line = s.line + s.word_lines[k]
+                    raise ValueError(f"{path}, line {line}: unknown tag {tag!r}; the model "
+                                     f"knows {len(tags)} tags: {' '.join(tags)}")
+                row.append(index[tag])
+            tag_ids.append(row)
+    return Encoded(words, tag_ids if index is not None else None, [s.words for s in sentences])
+
+
+def collate(batch_words, batch_tags, batch_forms, char_tok: CharTokenizer | None):
+    """Sentences -> (words (T, B), lengths (B,), tags (T, B) with -100 padding or None,
+    chars (Lc, N), char lengths (N,), word_index (T, B)) — the N distinct word forms of the
+    batch, each encoded once."""
+    words, lengths = pad(batch_words)
+    tags = None
+    if batch_tags is not None:
+        tags, _ = pad(batch_tags, IGNORE)
+    if char_tok is None:
+        return words, lengths, tags, None, None, None
+    forms: dict[str, int] = {}
+    word_index = torch.zeros(words.shape, dtype=torch.long)
+    for b, sentence in enumerate(batch_forms):
+        for t, form in enumerate(sentence):
+            word_index[t, b] = forms.setdefault(form, len(forms))
+    chars, char_lengths = pad([char_tok.encode(f, unknown_policy="unk") for f in forms])
+    return words, lengths, tags, chars, char_lengths, word_index
+
+
+def tag_metrics(predicted: list[list[int]], gold: list[list[int]],
+                unseen: list[list[bool]]) -> dict:
+    """Token accuracy, accuracy on words unseen in training (and their count), sentence
+    accuracy (every tag right)."""
+    total = correct = n_unseen = correct_unseen = whole = 0
+    for p_row, g_row, u_row in zip(predicted, gold, unseen):
+        right = [p == g for p, g in zip(p_row, g_row)]
+        total += len(right)
+        correct += sum(right)
+        n_unseen += sum(u_row)
+        correct_unseen += sum(r for r, u in zip(right, u_row) if u)
+        whole += all(right)
+    return {"accuracy": correct / max(1, total),
+            "unseen_accuracy": correct_unseen / n_unseen if n_unseen else None,
+            "unseen_words": n_unseen, "tokens": total,
+            "sentence_accuracy": whole / max(1, len(gold))}
+
+
+def describe_metrics(m: dict) -> str:
+    unseen = ("-" if m.get("unseen_accuracy") is None
+              else f"{100 * m['unseen_accuracy']:.2f}% of {m['unseen_words']}")
+    return f"loss {m['loss']:.4f}, accuracy {100 * m['accuracy']:.2f}%, unseen words {unseen}"
+
+
+@torch.no_grad()
+def predict_tags(model: Tagger, data: Encoded, char_tok, device, batch_size: int = 64):
+    """Tag ids per sentence, and the total NLL (nats) and token count if tagged."""
+    model.eval()
+    out: list[list[int]] = [[] for _ in data.words]
+    nll, count = 0.0, 0
+    order = sorted(range(len(data.words)), key=lambda k: len(data.words[k]))
+    for k in range(0, len(order), batch_size):
+        chunk = order[k:k + batch_size]
+        tags = None if data.tags is None else [data.tags[i] for i in chunk]
+        words, lengths, gold, chars, char_lengths, index = collate(
+            [data.words[i] for i in chunk], tags, [data.forms[i] for i in chunk], char_tok)
+        scores = model(words.to(device), lengths, _to(chars, device), char_lengths,
+                       _to(index, device))
+        best = scores.argmax(-1).cpu()
+        for b, i in enumerate(chunk):
+            out[i] = best[:len(data.words[i]), b].tolist()
+        if gold is not None:
+            nll += F.cross_entropy(scores.flatten(0, 1).double(), gold.to(device).flatten(),
+                                   ignore_index=IGNORE, reduction="sum").item()
+            count += int((gold != IGNORE).sum())
+    return out, nll, count
+
+
+def _to(t, device):
+    return None if t is None else t.to(device)
+
+
+def evaluation(model, data: Encoded, char_tok, device) -> dict:
+    predicted, nll, count = predict_tags(model, data, char_tok, device)
+    unseen = [[w == UNK_ID for w in row] for row in data.words]
+    m = {"loss": nll / max(1, count), **tag_metrics(predicted, data.tags, unseen)}
+    m["objective"] = (1 - m["accuracy"]) + 1e-6 * m["loss"]
+    return m
+
+
+class TaggerTask:
+    """The tagging task for :class:`rnnkit.train.Trainer`."""
+
+    name = TASK
+    unit = "tok"
+
+    def __init__(self, model: Tagger, train: Encoded, valid: Encoded, char_tok, cfg,
+                 seed: int, device):
+        self.model, self.train, self.valid = model, train, valid
+        self.char_tok, self.device = char_tok, device
+        self.batches = ExampleBatches(len(train.words), cfg.batch_size,
+                                      lengths=[len(w) for w in train.words], seed=seed,
+                                      collate=self._collate)
+
+    def _collate(self, indices):
+        return collate([self.train.words[k] for k in indices],
+                       [self.train.tags[k] for k in indices],
+                       [self.train.forms[k] for k in indices], self.char_tok)
+
+    def train_loss(self, batch):
+        words, lengths, tags, chars, char_lengths, index = batch
+        scores = self.model(words.to(self.device), lengths, _to(chars, self.device),
+                            char_lengths, _to(index, self.device))
+        loss = F.cross_entropy(scores.flatten(0, 1), tags.to(self.device).flatten(),
+                               ignore_index=IGNORE)
+        return loss, int(lengths.sum())
+
+    def evaluate(self, split: str) -> dict:
+        return evaluation(self.model, self.valid, self.char_tok, self.device)
+
+    def describe(self, m: dict) -> str:
+        return describe_metrics(m)
+
+    def reset_carry(self):
+        pass
+
+    def carry_tensors(self) -> dict:
+        return {}
+
+    def load_carry(self, tensors: dict) -> None:
+        pass
+
+
+def train_tagger(data_cfg: TaggerDataConfig | None, model_options: dict | None,
+                 train_cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
+                 train_overrides: dict | None = None, device: str | None = "cpu",
+                 log=print) -> dict:
+    """Train a tagger into ``out`` (see :func:`rnnkit.tasks.lm.train_lm` for ``resume`` and
+    ``train_overrides``); ``model_options`` are :class:`TaggerConfig` fields other than the
+    vocabulary and tag-set sizes. Returns the loop's summary plus "valid" metrics."""
+    out, dev = Path(out), device_of(device)
+    if resume:
+        data_cfg, model_options, train_cfg = read_run(out, TASK, TaggerDataConfig,
+                                                      train_overrides)
+    else:
+        check_new_run(out)
+    fmt = {}
+
+    def reader(path):
+        sentences, fmt[path] = read_tagged(path, column=data_cfg.column)
+        return sentences
+
+    train, valid, _ = labelled_splits(data_cfg, reader)
+    use_chars = model_options.get("char_hidden_size", TaggerConfig.char_hidden_size) > 0
+    if resume:
+        word_tok = load_tokenizer(out / "words")
+        char_tok = load_tokenizer(out / "chars") if use_chars else None
+        tags = checkpoint.read_json(out / "tags.json")["tags"]
+    else:
+        counts = Counter(w for s in train for w in s.words)
+        word_tok = word_tokenizer_from_counts(counts, len(train))
+        char_tok = build_char_tokenizer(list(counts)) if use_chars else None
+        tags = sorted({t for s in train + valid for t in s.tags})    # valid: never a crash
+        out.mkdir(parents=True, exist_ok=True)
+        word_tok.save(out / "words")
+        if char_tok is not None:
+            char_tok.save(out / "chars")
+        checkpoint.write_json(out / "tags.json", {"tags": tags})
+    options = {k: v for k, v in model_options.items()
+               if k not in ("vocab_size", "num_tags", "char_vocab_size")}
+    model_cfg = config_from_dict(TaggerConfig, {
+        "vocab_size": word_tok.vocab_size, "num_tags": len(tags),
+        "char_vocab_size": char_tok.vocab_size if char_tok else 0, **options}, "model options")
+    if not resume:
+        write_run(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg)
+    train_set = encode_sentences(train, word_tok, tags, "train")
+    valid_set = encode_sentences(valid, word_tok, tags, data_cfg.valid or data_cfg.data)
+    log(f"{len(tags)} tags; {word_tok.vocab_size:,} words, "
+        f"{char_tok.vocab_size if char_tok else 0} characters; train {len(train):,} "
+        f"sentences, valid {len(valid):,}")
+    torch.manual_seed(train_cfg.seed)
+    model = Tagger(model_cfg).to(dev)
+    log(f"model: bi{model_cfg.cell} {model_cfg.num_layers}x{model_cfg.hidden_size}"
+        f"{f', characters bi{model_cfg.cell} {model_cfg.char_hidden_size}' if use_chars else ''}"
+        f", {sum(p.numel() for p in model.parameters()):,} parameters, on {dev}")
+    task = TaggerTask(model, train_set, valid_set, char_tok, data_cfg, train_cfg.seed, dev)
+    config = {"task": TASK, "model": model_cfg.to_dict(), "tags": tags,
+              "column": data_cfg.column}
+    return fit(task, train_cfg, out, config, resume=resume, log=log, describe=describe_metrics)
+
+
+# -- using a trained model ----------------------------------------------------------------
+
+def load_tagger(directory: str | Path, device: str | None = "cpu"):
+    """(model in eval mode, word tokenizer, char tokenizer or None, config)."""
+    directory = Path(directory)
+    config = checkpoint.read_config(directory, TASK)
+    model_cfg = config_from_dict(TaggerConfig, config.get("model", {}),
+                                 str(directory / checkpoint.CONFIG))
+    word_tok = load_tokenizer(directory / "words")
+    char_tok = load_tokenizer(directory / "chars") if model_cfg.char_hidden_size else None
+    model = Tagger(model_cfg)
+    checkpoint.load_weights(directory, model)
+    return model.to(device_of(device)).eval(), word_tok, char_tok, config
+
+
+def evaluate_file(directory: str | Path, path: str | Path, *, column: str | None = None,
+                  device: str | None = "cpu") -> dict:
+    """Loss, token accuracy, unseen-word accuracy and sentence accuracy on a tagged file."""
+    model, word_tok, char_tok, config = load_tagger(directory, device)
+    column = column or config["column"]
+    sentences, _ = read_tagged(path, column=column)
+    data = encode_sentences(sentences, word_tok, config["tags"], str(path))
+    m = evaluation(model, data, char_tok, device_of(device))
+    del m["objective"]
+    return {**m, "sentences": len(sentences), "file": str(path), "column": column}
+
+
+def predict_file(directory: str | Path, path: str | Path, out: str | Path | None = None, *,
+                 column: str | None = None, device: str | None = "cpu"):
+    """Tag every sentence of ``path`` (tags in it, if any, are ignored) and write it back in
+    its own format to ``out`` (or return the text when ``out`` is None)."""
+    model, word_tok, char_tok, config = load_tagger(directory, device)
+    column = column or config["column"]
+    sentences, fmt = read_tagged(path, column=column, require_tags=False)
+    data = encode_sentences(sentences, word_tok, None, str(path))
+    predicted, _, _ = predict_tags(model, data, char_tok, device_of(device))
+    tags = config["tags"]
+    names = [[tags[i] for i in row] for row in predicted]
+    if out is not None:
+        write_tagged(out, sentences, names, fmt, column=column)
+        return None
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        target = os.path.join(tmp, "tagged")
+        write_tagged(target, sentences, names, fmt, column=column)
+        with open(target, encoding="utf-8") as f:
+            return f.read()

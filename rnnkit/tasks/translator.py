@@ -1,0 +1,417 @@
+"""Translation with an attentional encoder–decoder, end to end: train, evaluate (BLEU and
+chrF with sacrebleu), translate, draw the attention of a sentence.
+
+The Python API behind ``rnnkit train translator``, ``rnnkit eval`` and
+``rnnkit translate``::
+
+    from rnnkit.tasks import translator
+    translator.train_translator(
+        translator.TranslationDataConfig(data="data/multi30k", source_lang="de",
+                                         target_lang="en"),
+        {"cell": "gru", "hidden_size": 256}, TrainConfig(epochs=10, optimizer="adam",
+        lr=1e-3), out="runs/de-en")
+    translator.evaluate_file("runs/de-en", "test.de", "test.en", beam=5)  # {"bleu": …}
+    translator.translate_lines("runs/de-en", ["Ein Hund läuft."], beam=5)
+
+Text: each side is tokenized by its own byte-level BPE (HuggingFace ``tokenizers``) or
+word vocabulary, trained on the training side only; translations are decoded back to
+plain text, and BLEU/chrF are computed by sacrebleu on that detokenized text against the
+raw references (sacrebleu's default 13a tokenization), so the figures compare with
+published sacrebleu scores. Training may skip pairs longer than ``max_length`` tokens
+(the count is reported); translation reads every sentence whole, whatever its length, and
+stops a hypothesis at ``2 × source length + 10`` tokens (reported when it happens).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rnnkit import checkpoint
+from rnnkit.config import check_fields
+from rnnkit.data import build_tokenizer, load_tokenizer
+from rnnkit.data.labelled import SentencePair, read_parallel
+from rnnkit.data.stream import ExampleBatches
+from rnnkit.models.seq2seq import (BOS_ID, EOS_ID, PAD_ID, Seq2Seq, Seq2SeqConfig,
+                                   TranslationSearch, greedy_translate)
+from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit, pad,
+                                 read_run, write_run)
+from rnnkit.train import TrainConfig
+
+TASK = "translator"
+SPLIT_WORDS = {"train": ("train",), "valid": ("valid", "val", "dev"), "test": ("test",)}
+
+
+@dataclass(frozen=True)
+class TranslationDataConfig:
+    """Where the sentence pairs come from and how they are tokenized and batched.
+
+    ``data`` is a folder with ``{split}.{lang}`` files (split names containing train,
+    val/valid/dev, test — e.g. Multi30k's ``train.de``, ``val.de``, ``test_2016_flickr.de``)
+    or ``{split}.tsv`` files of ``source<TAB>target`` pairs; or give ``train`` and ``valid``
+    explicitly, each ``"SRC_FILE,TGT_FILE"`` or one TSV file.
+    """
+
+    data: str = ""
+    source_lang: str = "de"
+    target_lang: str = "en"
+    train: str = ""
+    valid: str = ""
+    level: str = "bpe"                  # "bpe" | "word"
+    source_vocab_size: int = 8000       # bpe merges per side
+    target_vocab_size: int = 8000
+    min_count: int = 2                  # word level: rarer words -> <unk>
+    max_length: int = 0                 # training pairs longer (either side, tokens) are
+                                        # skipped and counted; 0: keep all
+    batch_size: int = 64
+
+    def __post_init__(self):
+        check_fields(self, [
+            ("level", lambda c: c.level in ("bpe", "word"), "'bpe' or 'word'"),
+            ("source_vocab_size", lambda c: c.source_vocab_size >= 259, "an int >= 259"),
+            ("target_vocab_size", lambda c: c.target_vocab_size >= 259, "an int >= 259"),
+            ("min_count", lambda c: c.min_count >= 1, "an int >= 1"),
+            ("max_length", lambda c: c.max_length >= 0, "an int >= 0"),
+            ("batch_size", lambda c: c.batch_size >= 1, "an int >= 1"),
+        ])
+        if not self.data and not (self.train and self.valid):
+            raise ValueError("data: expected a folder of split files, or both train and "
+                             "valid files")
+
+
+# -- data ---------------------------------------------------------------------------------
+
+def _split_of(name: str) -> str | None:
+    stem = name.lower()
+    for split, words in SPLIT_WORDS.items():
+        if any(w in stem.replace("-", ".").replace("_", ".").split(".") or
+               stem.startswith(w) for w in words):
+            return split
+    return None
+
+
+def find_pair_files(cfg: TranslationDataConfig, split: str) -> tuple[str, str | None] | None:
+    """(source file, target file) or (tsv file, None) of a split, or None if absent."""
+    explicit = {"train": cfg.train, "valid": cfg.valid}.get(split)
+    if explicit:
+        parts = [p.strip() for p in explicit.split(",")]
+        if len(parts) > 2:
+            raise ValueError(f"{split}: expected 'SRC_FILE,TGT_FILE' or one TSV, got {explicit!r}")
+        return parts[0], parts[1] if len(parts) == 2 else None
+    if not cfg.data:
+        return None
+    folder = cfg.data
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: no such folder (expected train/val/test files)")
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    mine = [n for n in names if _split_of(n) == split]
+    src = [n for n in mine if n.endswith("." + cfg.source_lang)]
+    tgt = [n for n in mine if n.endswith("." + cfg.target_lang)]
+    tsv = [n for n in mine if n.endswith(".tsv")]
+    if src or tgt:
+        if len(src) != 1 or len(tgt) != 1:
+            raise ValueError(f"{folder}: expected one {split} file per language "
+                             f"(*.{cfg.source_lang}, *.{cfg.target_lang}), found "
+                             f"{src + tgt or 'none'}")
+        return os.path.join(folder, src[0]), os.path.join(folder, tgt[0])
+    if len(tsv) == 1:
+        return os.path.join(folder, tsv[0]), None
+    if split != "test":
+        raise ValueError(f"{folder}: no {split} files (*.{cfg.source_lang} and "
+                         f"*.{cfg.target_lang}, or a .tsv)")
+    return None
+
+
+def read_split(cfg: TranslationDataConfig, split: str) -> list[SentencePair] | None:
+    files = find_pair_files(cfg, split)
+    return None if files is None else read_parallel(*files)
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Sentences -> ids ending with ``<eos>``."""
+    return tokenizer.encode_lines(texts)
+
+
+class TranslationTask:
+    """The translation task for :class:`rnnkit.train.Trainer`."""
+
+    name = TASK
+    unit = "tok"
+
+    def __init__(self, model: Seq2Seq, train_pairs, valid_pairs, cfg: TranslationDataConfig,
+                 seed: int, device):
+        self.model, self.cfg, self.device = model, cfg, device
+        self.train_src, self.train_tgt = train_pairs
+        self.valid_src, self.valid_tgt = valid_pairs
+        lengths = [len(s) + len(t) for s, t in zip(self.train_src, self.train_tgt)]
+        self.batches = ExampleBatches(len(self.train_src), cfg.batch_size, lengths=lengths,
+                                      seed=seed, collate=self._collate_train)
+
+    def _collate_train(self, indices):
+        return collate_pairs([self.train_src[k] for k in indices],
+                             [self.train_tgt[k] for k in indices])
+
+    def _loss(self, batch, reduction="mean"):
+        src, src_len, tgt_in, tgt_out = batch
+        logits = self.model(src.to(self.device), src_len, tgt_in.to(self.device))
+        return F.cross_entropy(logits.flatten(0, 1), tgt_out.to(self.device).flatten(),
+                               ignore_index=PAD_ID, reduction=reduction)
+
+    def train_loss(self, batch):
+        return self._loss(batch), int((batch[3] != PAD_ID).sum())
+
+    def evaluate(self, split: str) -> dict:
+        total, count = teacher_forced_nll(self.model, self.valid_src, self.valid_tgt,
+                                          self.device)
+        return {"loss": total / count, "ppl": math.exp(total / count)}
+
+    def describe(self, m: dict) -> str:
+        return describe_metrics(m)
+
+    def reset_carry(self):
+        pass
+
+    def carry_tensors(self) -> dict:
+        return {}
+
+    def load_carry(self, tensors: dict) -> None:
+        pass
+
+
+def collate_pairs(sources: list[list[int]], targets: list[list[int]]):
+    """Id lists (each ending with ``<eos>``) -> (source (S, B), source lengths (B,),
+    target inputs (T, B) = ``<eos>`` then y_1..y_{n-1}, target outputs (T, B) = y_1..y_n)."""
+    src, src_len = pad(sources, PAD_ID)
+    tgt_out, _ = pad(targets, PAD_ID)
+    tgt_in, _ = pad([[BOS_ID] + t[:-1] for t in targets], PAD_ID)
+    return src, src_len, tgt_in, tgt_out
+
+
+@torch.no_grad()
+def teacher_forced_nll(model: Seq2Seq, sources, targets, device, batch_size: int = 64):
+    """Total NLL (nats) and count of target tokens (``<eos>`` included), teacher forced."""
+    model.eval()
+    total, count = 0.0, 0
+    for k in range(0, len(sources), batch_size):
+        src, src_len, tgt_in, tgt_out = collate_pairs(sources[k:k + batch_size],
+                                                      targets[k:k + batch_size])
+        logits = model(src.to(device), src_len, tgt_in.to(device))
+        total += F.cross_entropy(logits.flatten(0, 1).double(), tgt_out.to(device).flatten(),
+                                 ignore_index=PAD_ID, reduction="sum").item()
+        count += int((tgt_out != PAD_ID).sum())
+    return total, count
+
+
+def describe_metrics(m: dict) -> str:
+    s = f"loss {m['loss']:.4f}, ppl {m['ppl']:.2f}"
+    if "bleu" in m:
+        s += f", BLEU {m['bleu']:.2f}, chrF {m['chrf']:.2f}"
+    return s
+
+
+# -- training -----------------------------------------------------------------------------
+
+def _paired_ids(pairs, src_tok, tgt_tok, max_length: int = 0, log=None, name=""):
+    src = _encode(src_tok, [p.source for p in pairs])
+    tgt = _encode(tgt_tok, [p.target for p in pairs])
+    if max_length:
+        keep = [k for k in range(len(src)) if len(src[k]) <= max_length
+                and len(tgt[k]) <= max_length]
+        if len(keep) < len(src) and log is not None:
+            log(f"{name}: skipped {len(src) - len(keep)} of {len(src)} pairs longer than "
+                f"{max_length} tokens (max_length)")
+        src, tgt = [src[k] for k in keep], [tgt[k] for k in keep]
+    return src, tgt
+
+
+def _build_tokenizer(cfg: TranslationDataConfig, texts: list[str], vocab_size: int):
+    if cfg.level == "bpe":
+        return build_tokenizer("bpe", texts, bpe_vocab_size=vocab_size)
+    return build_tokenizer("word", texts, min_count=cfg.min_count)
+
+
+def train_translator(data_cfg: TranslationDataConfig | None, model_options: dict | None,
+                     train_cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
+                     train_overrides: dict | None = None, device: str | None = "cpu",
+                     log=print) -> dict:
+    """Train an encoder–decoder into ``out`` (see :func:`rnnkit.tasks.lm.train_lm` for
+    ``resume`` and ``train_overrides``); ``model_options`` are :class:`Seq2SeqConfig`
+    fields other than the vocabulary sizes. Returns the loop's summary plus "valid"
+    metrics (loss, ppl, and BLEU/chrF of greedy translations) of the best model."""
+    out, dev = Path(out), device_of(device)
+    if resume:
+        data_cfg, model_options, train_cfg = read_run(out, TASK, TranslationDataConfig,
+                                                      train_overrides)
+    else:
+        check_new_run(out)
+    train = read_split(data_cfg, "train")
+    valid = read_split(data_cfg, "valid")
+    if resume:
+        src_tok, tgt_tok = load_tokenizer(out / "source"), load_tokenizer(out / "target")
+    else:
+        log(f"building {data_cfg.level} vocabularies from {len(train):,} training pairs")
+        src_tok = _build_tokenizer(data_cfg, [p.source for p in train],
+                                   data_cfg.source_vocab_size)
+        tgt_tok = _build_tokenizer(data_cfg, [p.target for p in train],
+                                   data_cfg.target_vocab_size)
+        out.mkdir(parents=True, exist_ok=True)
+        src_tok.save(out / "source")
+        tgt_tok.save(out / "target")
+    options = {k: v for k, v in model_options.items()
+               if k not in ("source_vocab_size", "target_vocab_size")}
+    model_cfg = config_from_dict(Seq2SeqConfig, {"source_vocab_size": src_tok.vocab_size,
+                                                 "target_vocab_size": tgt_tok.vocab_size,
+                                                 **options}, "model options")
+    if not resume:
+        write_run(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg)
+    train_ids = _paired_ids(train, src_tok, tgt_tok, data_cfg.max_length, log, "train")
+    valid_ids = _paired_ids(valid, src_tok, tgt_tok)
+    log(f"vocabularies: source {src_tok.vocab_size}, target {tgt_tok.vocab_size}; "
+        f"train {len(train_ids[0]):,} pairs, valid {len(valid_ids[0]):,}")
+    torch.manual_seed(train_cfg.seed)
+    model = Seq2Seq(model_cfg).to(dev)
+    log(f"model: {model_cfg.cell} encoder 2x{model_cfg.hidden_size} (bidirectional, "
+        f"{model_cfg.encoder_layers} layer(s)), decoder {model_cfg.decoder_layers}x"
+        f"{model_cfg.hidden_size}, {model_cfg.attention} attention, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters, on {dev}")
+    task = TranslationTask(model, train_ids, valid_ids, data_cfg, train_cfg.seed, dev)
+    config = {"task": TASK, "model": model_cfg.to_dict(),
+              "languages": [data_cfg.source_lang, data_cfg.target_lang]}
+    summary = fit(task, train_cfg, out, config, resume=resume, log=log,
+                  describe=describe_metrics)
+    if "valid" in summary:
+        hyps = translate_ids(model, valid_ids[0], tgt_tok, beam=1)
+        scores = bleu_chrf(hyps, [p.target for p in valid])
+        summary["valid"].update(scores)
+        log(f"best model, greedy on valid: BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
+    return summary
+
+
+# -- using a trained model ----------------------------------------------------------------
+
+def load_translator(directory: str | Path, device: str | None = "cpu"):
+    """(model in eval mode, source tokenizer, target tokenizer, config) of a directory."""
+    directory = Path(directory)
+    config = checkpoint.read_config(directory, TASK)
+    src_tok, tgt_tok = load_tokenizer(directory / "source"), load_tokenizer(directory / "target")
+    model_cfg = config_from_dict(Seq2SeqConfig, config.get("model", {}),
+                                 str(directory / checkpoint.CONFIG))
+    if (model_cfg.source_vocab_size, model_cfg.target_vocab_size) != \
+            (src_tok.vocab_size, tgt_tok.vocab_size):
+        raise ValueError(f"{directory}: the model's vocabulary sizes do not match its "
+                         f"tokenizers")
+    model = Seq2Seq(model_cfg)
+    checkpoint.load_weights(directory, model)
+    return model.to(device_of(device)).eval(), src_tok, tgt_tok, config
+
+
+def max_output_length(source_length: int) -> int:
+    """The longest translation searched for a source of this many tokens."""
+    return 2 * source_length + 10
+
+
+def translate_ids(model: Seq2Seq, sources: list[list[int]], tgt_tok, *, beam: int = 5,
+                  length_penalty: float = 1.0, batch_size: int = 64, log=None) -> list[str]:
+    """Source id lists (ending with ``<eos>``) -> translations as text. ``beam=1`` decodes
+    greedily in batches; a wider beam searches each sentence with
+    :func:`rnnkit.generate.beam_search` (scores divided by length ** ``length_penalty``)."""
+    from rnnkit.generate import beam_search
+
+    model.eval()
+    device = model.output.weight.device
+    out: list[list[int]] = []
+    capped = 0
+    if beam == 1:
+        order = sorted(range(len(sources)), key=lambda k: len(sources[k]))
+        results: dict[int, list[int]] = {}
+        for k in range(0, len(order), batch_size):
+            chunk = order[k:k + batch_size]
+            src, lengths = pad([sources[i] for i in chunk], PAD_ID)
+            limit = max_output_length(int(lengths.max()))
+            ids, _ = greedy_translate(model, src.to(device), lengths, limit)
+            for i, row in zip(chunk, ids):
+                results[i] = row
+                capped += len(row) >= max_output_length(len(sources[i]))
+        out = [results[k] for k in range(len(sources))]
+    else:
+        for source in sources:
+            limit = max_output_length(len(source))
+            hyps = beam_search(TranslationSearch(model, source), [BOS_ID], beam_size=beam,
+                               max_tokens=limit, eos_id=EOS_ID, length_penalty=length_penalty)
+            ids = hyps[0][0]
+            capped += ids[-1] != EOS_ID
+            out.append(ids[:-1] if ids[-1] == EOS_ID else ids)
+    if capped and log is not None:
+        log(f"note: {capped} translation(s) reached the length limit (2 x source + 10 "
+            f"tokens) and were cut there")
+    return [tgt_tok.decode(ids).strip() for ids in out]
+
+
+def translate_lines(directory: str | Path, lines: list[str], *, beam: int = 5,
+                    length_penalty: float = 1.0, device: str | None = "cpu",
+                    log=None) -> list[str]:
+    """Translate sentences with a trained model."""
+    model, src_tok, tgt_tok, _ = load_translator(directory, device)
+    sources = _encode(src_tok, lines)
+    return translate_ids(model, sources, tgt_tok, beam=beam, length_penalty=length_penalty,
+                         log=log)
+
+
+def bleu_chrf(hypotheses: list[str], references: list[str]) -> dict:
+    """Corpus BLEU and chrF (sacrebleu, default settings) of detokenized text."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    bleu, chrf = BLEU(), CHRF()
+    return {"bleu": bleu.corpus_score(hypotheses, [references]).score,
+            "chrf": chrf.corpus_score(hypotheses, [references]).score,
+            "signature": f"{bleu.get_signature()} | {chrf.get_signature()}"}
+
+
+def evaluate_file(directory: str | Path, source: str, target: str | None = None, *,
+                   beam: int = 5, length_penalty: float = 1.0, device: str | None = "cpu",
+                   log=None) -> dict:
+    """Loss/perplexity (teacher forced) and BLEU/chrF of the translations of a test set."""
+    model, src_tok, tgt_tok, _ = load_translator(directory, device)
+    pairs = read_parallel(source, target)
+    src = _encode(src_tok, [p.source for p in pairs])
+    tgt = _encode(tgt_tok, [p.target for p in pairs])
+    total, count = teacher_forced_nll(model, src, tgt, device_of(device))
+    hyps = translate_ids(model, src, tgt_tok, beam=beam, length_penalty=length_penalty,
+                         log=log)
+    m = {"loss": total / count, "ppl": math.exp(total / count), "sentences": len(pairs),
+         "beam": beam, **bleu_chrf(hyps, [p.target for p in pairs])}
+    m["file"] = str(source)
+    return m
+
+
+def plot_attention(directory: str | Path, sentence: str, path: str | Path, *,
+                   device: str | None = "cpu") -> str:
+    """Greedy-translate one sentence and draw its attention matrix (target rows, source
+    columns, subword tokens on the axes) as a PNG; returns the translation."""
+    from rnnkit.plotting import new_figure, save_figure
+
+    model, src_tok, tgt_tok, _ = load_translator(directory, device)
+    ids = _encode(src_tok, [sentence])[0]
+    out, weights = greedy_translate(model, torch.tensor(ids)[:, None].to(device_of(device)),
+                                    torch.tensor([len(ids)]), max_output_length(len(ids)))
+    out_ids = out[0]
+    n = len(out_ids) + 1 if len(out_ids) < weights.shape[0] else len(out_ids)
+    matrix = weights[:n, 0].cpu().numpy()                             # (T, S)
+    src_labels = [src_tok.token(i) for i in ids]
+    tgt_labels = [tgt_tok.token(i) for i in (out_ids + [EOS_ID])[:n]]
+    clean = lambda t: t.replace("Ġ", "▁")                              # noqa: E731
+    fig, ax = new_figure(max(4, 0.45 * len(ids) + 2), max(3, 0.4 * n + 1.5))
+    ax.imshow(matrix, cmap="Greys", aspect="auto", vmin=0, vmax=1)
+    ax.set_xticks(range(len(ids)), [clean(t) for t in src_labels], rotation=90)
+    ax.set_yticks(range(n), [clean(t) for t in tgt_labels])
+    ax.set_xlabel("source")
+    ax.set_ylabel("translation")
+    text = tgt_tok.decode(out_ids).strip()
+    ax.set_title(text if len(text) < 70 else text[:67] + "…", fontsize=9)
+    save_figure(fig, path)
+    return text
