@@ -150,12 +150,14 @@ class Seq2Seq(nn.Module):
         return attn, weights
 
     def decode(self, inputs: Tensor, memory: Tensor, mask: Tensor, state,
-               feed: Tensor | None = None):
+               feed: Tensor | None = None, keys: Tensor | None = None):
         """Teacher-forced decoder over target inputs (T, B) (``<eos>`` first as the begin
         symbol): -> logits (T, B, V), attention weights (T, B, S), final state and
-        attentional vector (the next step's feed)."""
+        attentional vector (the next step's feed). ``keys``: ``attention.keys(memory)``
+        if already computed."""
         x = F.dropout(self.target_embedding(inputs), self.config.dropout, self.training)
-        keys = self.attention.keys(memory)
+        if keys is None:
+            keys = self.attention.keys(memory)
         if not self.config.input_feeding:
             s, state = self.decoder(x, state)                             # (T, B, H)
             attn, weights = self._attend(s, keys, memory, mask)
@@ -227,12 +229,13 @@ def greedy_translate(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: i
     """Batched greedy decoding: source (S, B), lengths (B,) -> token ids per sentence
     (without ``<eos>``) and the attention weights (T, B, S)."""
     memory, mask, state = model.encode(source, lengths)
+    keys = model.attention.keys(memory)
     B = source.shape[1]
     tokens = torch.full((1, B), BOS_ID, dtype=torch.long, device=source.device)
     feed, outputs, weights = None, [], []
     done = torch.zeros(B, dtype=torch.bool, device=source.device)
     for _ in range(max_len):
-        logits, w, state, feed = model.decode(tokens, memory, mask, state, feed)
+        logits, w, state, feed = model.decode(tokens, memory, mask, state, feed, keys)
         tokens = logits[-1].argmax(-1)[None]                              # (1, B)
         outputs.append(tokens[0])
         weights.append(w)

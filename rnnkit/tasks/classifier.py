@@ -17,8 +17,6 @@ truncated. The model kept is the one with the best validation accuracy (ties: lo
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +25,12 @@ import torch.nn.functional as F
 
 from rnnkit import checkpoint
 from rnnkit.config import check_fields
-from rnnkit.data import build_tokenizer, find_splits, load_tokenizer
+from rnnkit.data import build_tokenizer, load_tokenizer
 from rnnkit.data.labelled import read_labelled
 from rnnkit.data.stream import ExampleBatches
 from rnnkit.models.classifier import ClassifierConfig, SequenceClassifier
-from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit, pad,
-                                 read_run, write_run)
+from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit,
+                                 labelled_splits, pad, read_run, write_run)
 from rnnkit.train import TrainConfig
 
 TASK = "classifier"
@@ -65,25 +63,6 @@ class ClassifierDataConfig:
         if not self.data and not (self.train and self.valid):
             raise ValueError("data: expected a folder or file of 'label<TAB>text' lines, or "
                              "both train and valid files")
-
-
-def labelled_splits(cfg, reader):
-    """(train, valid, test-or-None) examples of a task's data config via ``reader(path)``."""
-    if cfg.train:
-        return reader(cfg.train), reader(cfg.valid), None
-    if os.path.isdir(cfg.data):
-        files = find_splits(cfg.data)
-        if files.valid.line_start or files.valid.line_stop is not None:
-            examples = reader(files.train.path)
-            cut = len(examples) - max(1, round(len(examples) * cfg.valid_fraction))
-            return examples[:cut], examples[cut:], None
-        test = reader(files.test.path) if files.test is not None else None
-        return reader(files.train.path), reader(files.valid.path), test
-    examples = reader(cfg.data)
-    cut = len(examples) - max(1, round(len(examples) * cfg.valid_fraction))
-    if cut < 1:
-        raise ValueError(f"{cfg.data}: too few examples to hold out a validation part")
-    return examples[:cut], examples[cut:], None
 
 
 def _text(text: str, lowercase: bool) -> str:

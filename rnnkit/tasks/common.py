@@ -8,6 +8,7 @@ was started with, so that ``resume`` needs nothing else.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from rnnkit import checkpoint
+from rnnkit.data import find_splits
 from rnnkit.train import Trainer, TrainConfig
 
 RUN = "run.json"
@@ -94,6 +96,28 @@ def pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
 def length_mask(lengths: Tensor, T: int) -> Tensor:
     """(B,) lengths -> (T, B) bool, True at real (unpadded) positions."""
     return torch.arange(T, device=lengths.device)[:, None] < lengths[None, :]
+
+
+def labelled_splits(cfg, reader):
+    """(train, valid, test-or-None) examples of a supervised task's data config, each list
+    read by ``reader(path)``: explicit ``train``/``valid`` files, a folder of split files
+    (see :func:`rnnkit.data.find_splits`), or one file whose last ``valid_fraction`` of
+    examples is held out."""
+    if cfg.train:
+        return reader(cfg.train), reader(cfg.valid), None
+    if os.path.isdir(cfg.data):
+        files = find_splits(cfg.data)
+        if files.valid.line_start or files.valid.line_stop is not None:
+            examples = reader(files.train.path)
+            cut = len(examples) - max(1, round(len(examples) * cfg.valid_fraction))
+            return examples[:cut], examples[cut:], None
+        test = reader(files.test.path) if files.test is not None else None
+        return reader(files.train.path), reader(files.valid.path), test
+    examples = reader(cfg.data)
+    cut = len(examples) - max(1, round(len(examples) * cfg.valid_fraction))
+    if cut < 1:
+        raise ValueError(f"{cfg.data}: too few examples to hold out a validation part")
+    return examples[:cut], examples[cut:], None
 
 
 def config_from_dict(cls, d: dict, where: str):

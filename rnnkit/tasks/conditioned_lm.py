@@ -31,9 +31,9 @@ from rnnkit.data import build_tokenizer, load_tokenizer
 from rnnkit.data.labelled import read_labelled
 from rnnkit.data.stream import ExampleBatches
 from rnnkit.models.lm import LanguageModel, LMConfig
-from rnnkit.tasks.classifier import label_ids, labelled_splits, sorted_labels
-from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit, length_mask,
-                                 pad, read_run, write_run)
+from rnnkit.tasks.classifier import label_ids, sorted_labels
+from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit,
+                                 labelled_splits, length_mask, pad, read_run, write_run)
 from rnnkit.train import TrainConfig
 
 TASK = "conditioned_lm"

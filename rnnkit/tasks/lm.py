@@ -34,7 +34,7 @@ from rnnkit.data import (SentenceBatches, StreamBatches, TokenArray, TokenLines,
 from rnnkit.data.pycorpus import write_python_corpus
 from rnnkit.layers import detach_state
 from rnnkit.models.lm import LanguageModel, LMConfig
-from rnnkit.tasks.common import RUN, check_new_run, device_of, fit, read_run, write_run
+from rnnkit.tasks.common import check_new_run, device_of, fit, read_run, write_run
 from rnnkit.train import TrainConfig
 
 TASK = "lm"

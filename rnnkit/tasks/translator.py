@@ -389,6 +389,14 @@ def evaluate_file(directory: str | Path, source: str, target: str | None = None,
     return m
 
 
+def _piece(tokenizer, i: int) -> str:
+    """A token as readable text: "<eos>", or its characters with a leading space as "▁"."""
+    if i == EOS_ID:
+        return "<eos>"
+    text = tokenizer.decode([i])
+    return "▁" + text[1:] if text.startswith(" ") else text
+
+
 def plot_attention(directory: str | Path, sentence: str, path: str | Path, *,
                    device: str | None = "cpu") -> str:
     """Greedy-translate one sentence and draw its attention matrix (target rows, source
@@ -402,13 +410,12 @@ def plot_attention(directory: str | Path, sentence: str, path: str | Path, *,
     out_ids = out[0]
     n = len(out_ids) + 1 if len(out_ids) < weights.shape[0] else len(out_ids)
     matrix = weights[:n, 0].cpu().numpy()                             # (T, S)
-    src_labels = [src_tok.token(i) for i in ids]
-    tgt_labels = [tgt_tok.token(i) for i in (out_ids + [EOS_ID])[:n]]
-    clean = lambda t: t.replace("Ġ", "▁")                              # noqa: E731
+    src_labels = [_piece(src_tok, i) for i in ids]
+    tgt_labels = [_piece(tgt_tok, i) for i in (out_ids + [EOS_ID])[:n]]
     fig, ax = new_figure(max(4, 0.45 * len(ids) + 2), max(3, 0.4 * n + 1.5))
     ax.imshow(matrix, cmap="Greys", aspect="auto", vmin=0, vmax=1)
-    ax.set_xticks(range(len(ids)), [clean(t) for t in src_labels], rotation=90)
-    ax.set_yticks(range(n), [clean(t) for t in tgt_labels])
+    ax.set_xticks(range(len(ids)), src_labels, rotation=90)
+    ax.set_yticks(range(n), tgt_labels)
     ax.set_xlabel("source")
     ax.set_ylabel("translation")
     text = tgt_tok.decode(out_ids).strip()
