@@ -179,7 +179,7 @@ def read_tagged(path: str | os.PathLike, *, column: str = "upos",
             if not word_id.isdigit():
                 raise ValueError(f"{_where(path, n)}: ID {word_id!r} is not an integer")
             word, tag = cols[1], cols[TAG_COLUMNS[column]]
-            tag = None if tag == "_" and not require_tags else tag
+            tag = None if tag == "_" else tag                   # CoNLL-U's "no value"
         else:
             cols = raw.split("\t")
             if len(cols) > 2:
@@ -192,7 +192,8 @@ def read_tagged(path: str | os.PathLike, *, column: str = "upos",
             raise ValueError(f"{_where(path, n)}: empty word")
         if require_tags and not tag:
             raise ValueError(f"{_where(path, n)}: no tag; expected 'word<TAB>tag'" if fmt ==
-                             "columns" else f"{_where(path, n)}: empty {column} column")
+                             "columns" else f"{_where(path, n)}: empty {column} column ('_' or "
+                             f"nothing); expected a tag")
         current.word_lines.append(len(current.lines) - 1)
         current.words.append(word)
         current.tags.append(tag)

@@ -30,7 +30,8 @@ from rnnkit.data.labelled import read_labelled
 from rnnkit.data.stream import ExampleBatches
 from rnnkit.models.classifier import ClassifierConfig, SequenceClassifier
 from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit,
-                                 labelled_splits, pad, read_run, write_run)
+                                 labelled_splits, pad, read_run, valid_source,
+                                 write_run)
 from rnnkit.train import TrainConfig
 
 TASK = "classifier"
@@ -221,7 +222,7 @@ def train_classifier(data_cfg: ClassifierDataConfig | None, model_options: dict 
                                  "model options")
     if not resume:
         write_run(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg)
-    valid_path = data_cfg.valid or data_cfg.data
+    valid_path = valid_source(data_cfg)
     train_set = (_encode(tokenizer, train, data_cfg.lowercase), label_ids(train, labels, "train"))
     valid_set = (_encode(tokenizer, valid, data_cfg.lowercase),
                  label_ids(valid, labels, valid_path))

@@ -120,6 +120,16 @@ def labelled_splits(cfg, reader):
     return examples[:cut], examples[cut:], None
 
 
+def valid_source(cfg) -> str:
+    """The file the validation examples of :func:`labelled_splits` come from (for errors)."""
+    if cfg.train:
+        return cfg.valid
+    if os.path.isdir(cfg.data):
+        files = find_splits(cfg.data)
+        return files.valid.path
+    return cfg.data
+
+
 def config_from_dict(cls, d: dict, where: str):
     """A frozen config dataclass from a JSON dict, with a clear error naming ``where``."""
     from dataclasses import fields

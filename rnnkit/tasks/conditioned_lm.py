@@ -33,7 +33,8 @@ from rnnkit.data.stream import ExampleBatches
 from rnnkit.models.lm import LanguageModel, LMConfig
 from rnnkit.tasks.classifier import label_ids, sorted_labels
 from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit,
-                                 labelled_splits, length_mask, pad, read_run, write_run)
+                                 labelled_splits, length_mask, pad, read_run,
+                                 valid_source, write_run)
 from rnnkit.train import TrainConfig
 
 TASK = "conditioned_lm"
@@ -176,7 +177,7 @@ def train_conditioned_lm(data_cfg: ConditionedLMDataConfig | None, model_options
         "num_conditions": len(labels), **options}, "model options")
     if not resume:
         write_run(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg)
-    valid_path = data_cfg.valid or data_cfg.data
+    valid_path = valid_source(data_cfg)
     train_set = ([tokenizer.encode_line(e.text) for e in train],
                  _conditions(train, data_cfg, labels, "train"))
     valid_set = ([tokenizer.encode_line(e.text) for e in valid],

@@ -34,7 +34,8 @@ from rnnkit.data.stream import ExampleBatches
 from rnnkit.data.tokenizers import CharTokenizer, build_char_tokenizer, word_tokenizer_from_counts
 from rnnkit.models.tagger import UNK_ID, Tagger, TaggerConfig
 from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit,
-                                 labelled_splits, pad, read_run, write_run)
+                                 labelled_splits, pad, read_run, valid_source,
+                                 write_run)
 from rnnkit.train import TrainConfig
 
 TASK = "tagger"
@@ -259,7 +260,7 @@ def train_tagger(data_cfg: TaggerDataConfig | None, model_options: dict | None,
     if not resume:
         write_run(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg)
     train_set = encode_sentences(train, word_tok, tags, "train")
-    valid_set = encode_sentences(valid, word_tok, tags, data_cfg.valid or data_cfg.data)
+    valid_set = encode_sentences(valid, word_tok, tags, valid_source(data_cfg))
     log(f"{len(tags)} tags; {word_tok.vocab_size:,} words, "
         f"{char_tok.vocab_size if char_tok else 0} characters; train {len(train):,} "
         f"sentences, valid {len(valid):,}")
