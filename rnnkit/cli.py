@@ -387,7 +387,7 @@ def _cmd_eval(args) -> int:
         if args.beam < 1:
             raise ValueError(f"--beam: expected >= 1, got {args.beam}")
         m = evaluate_file(args.model, args.data, args.reference, beam=args.beam,
-                          device=args.device, log=_log_to(args))
+                          device=args.device, log=lambda text: print(text, file=sys.stderr))
         text = [f"{args.data}: {describe_metrics(m)}; {m['sentences']:,} sentences, beam "
                 f"{args.beam}", f"sacrebleu: {m['signature']}"]
     else:

@@ -159,6 +159,7 @@ class Trainer:
         self.history: list[dict] = []
         self._stop_requested = False
         self._writer = None
+        self._window = (0.0, 0)               # (loss sum, units) since the last metric line
 
     # -- state -------------------------------------------------------------------------------
 
@@ -177,6 +178,7 @@ class Trainer:
                 "units": self.units, "best": _finite_or_none(self.best),
                 "plateau_best": _finite_or_none(self.plateau_best),
                 "optimizer": optim_meta, "batches": self.task.batches.state_dict(),
+                "log_window": list(self._window),
                 "python_random": _jsonable(random.getstate())}
         checkpoint.save_tensors(self.out / checkpoint.TRAIN_STATE, tensors, meta)
 
@@ -201,6 +203,7 @@ class Trainer:
         random.setstate(_tuplify(meta["python_random"]))
         self.task.batches.load_state_dict(meta["batches"])
         self.step, self.epoch, self.units = meta["step"], meta["epoch"], meta["units"]
+        self._window = tuple(meta.get("log_window", (0.0, 0)))
         self.elapsed = meta["elapsed"]
         self.best = math.inf if meta["best"] is None else meta["best"]
         self.plateau_best = math.inf if meta["plateau_best"] is None else meta["plateau_best"]
@@ -304,7 +307,7 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         bar = tqdm(desc=f"epoch {self.epoch + 1}", unit=self.task.unit, unit_scale=True,
                    disable=None if cfg.progress else True, leave=False, dynamic_ncols=True)
-        window_loss, window_units, window_start = 0.0, 0, time.perf_counter()
+        (window_loss, window_units), window_start = self._window, time.perf_counter()
         reason = "epochs"
         try:
             while self.epoch < cfg.epochs:
@@ -341,6 +344,7 @@ class Trainer:
                 self.units += units
                 window_loss += value * units
                 window_units += units
+                self._window = (window_loss, window_units)
                 bar.update(units)
                 if self.step % cfg.log_every == 0:
                     seconds = time.perf_counter() - window_start
@@ -350,6 +354,7 @@ class Trainer:
                                   f"{self.task.unit}_per_s": rate})
                     bar.set_postfix(loss=f"{mean:.3f}", lr=f"{self._lr():.3g}")
                     window_loss, window_units, window_start = 0.0, 0, time.perf_counter()
+                    self._window = (0.0, 0)
                 stop = None
                 if cfg.max_steps and self.step >= cfg.max_steps:
                     stop = "max_steps"

@@ -223,11 +223,16 @@ class LanguageModel(nn.Module):
             c = self.condition_embedding(condition.long().reshape(-1))
         else:
             c = condition.to(p.dtype)
+            if not bool(torch.isfinite(c).all()):
+                raise ValueError("condition: the vector holds a non-finite number")
             if c.dim() == 1:
                 c = c[None]
             if c.dim() != 2 or c.shape[1] != cfg.condition_dim:
                 raise ValueError(f"condition: expected vectors of {cfg.condition_dim} numbers, "
                                  f"got shape {tuple(condition.shape)}")
+        if c.shape[0] not in (1, batch_size):
+            raise ValueError(f"condition: {c.shape[0]} rows for a batch of {batch_size}; "
+                             f"expected 1 (shared) or {batch_size}")
         return c.expand(batch_size, -1) if c.shape[0] == 1 else c
 
     def conditioned_on(self, condition) -> "ConditionedModel":

@@ -221,6 +221,8 @@ def parse_condition(text: str, config: dict):
     except ValueError:
         raise ValueError(f"condition: expected a comma-separated list of numbers, got "
                          f"{text!r}") from None
+    if not all(math.isfinite(v) for v in vector):
+        raise ValueError(f"condition: {text!r} holds a non-finite number")
     size = config["model"]["condition_size"]
     if len(vector) != size:
         raise ValueError(f"condition: expected {size} numbers, got {len(vector)}")

@@ -334,9 +334,10 @@ def translate_ids(model: Seq2Seq, sources: list[list[int]], tgt_tok, *, beam: in
             src, lengths = pad([sources[i] for i in chunk], PAD_ID)
             limit = max_output_length(int(lengths.max()))
             ids, _ = greedy_translate(model, src.to(device), lengths, limit)
-            for i, row in zip(chunk, ids):
-                results[i] = row
-                capped += len(row) >= max_output_length(len(sources[i]))
+            for i, row in zip(chunk, ids):                  # each sentence its own limit
+                own = max_output_length(len(sources[i]))
+                results[i] = row[:own]
+                capped += len(row) >= own
         out = [results[k] for k in range(len(sources))]
     else:
         for source in sources:
