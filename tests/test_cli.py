@@ -92,8 +92,12 @@ def test_bad_model_directories(trained, tmp_path, capsys):
     _expect_error(["generate", str(tmp_path)], capsys, "not an rnnkit model directory")
     other = tmp_path / "other"
     other.mkdir()
-    (other / "config.json").write_text('{"task": "classifier"}')
-    _expect_error(["eval", str(other), "--data", str(corpus)], capsys, "expected a 'lm' model")
+    (other / "config.json").write_text('{"task": "parser"}')
+    _expect_error(["eval", str(other), "--data", str(corpus)], capsys,
+                  "does not evaluate 'parser' models")
+    _expect_error(["score", str(other), str(corpus)], capsys, "expected a 'lm' model")
+    (other / "config.json").write_text('{"task": "classifier"}')      # files missing
+    _expect_error(["eval", str(other), "--data", str(corpus)], capsys, "tokenizer.json")
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in out.iterdir():
