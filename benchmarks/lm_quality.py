@@ -13,14 +13,13 @@ at the end. ``shakespeare``: first 90% of ``input.txt`` trains, the last 10% val
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data"
+from _common import DATA, write_results  # noqa: E402
 
 from rnnkit.tasks import lm  # noqa: E402
 from rnnkit.train import TrainConfig  # noqa: E402
@@ -71,10 +70,7 @@ def main(argv=None) -> int:
         result["test"] = lm.evaluate_file(out, s["test"])
         print(f"test: {lm.describe_metrics(result['test'])}")
     print(f"wall time {wall / 60:.1f} min, {result['tokens_per_s']:.0f} training tokens/s")
-    path = ROOT / "benchmarks" / "results" / f"lm_{args.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str))
-    print(f"wrote {path}")
+    write_results(f"lm_{args.name}", result)
     return 0
 
 

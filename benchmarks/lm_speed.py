@@ -29,6 +29,7 @@ import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _common import write_results  # noqa: E402
 from rnnkit.generate import sample_tokens  # noqa: E402
 from rnnkit.layers import detach_state  # noqa: E402
 from rnnkit.models.lm import LanguageModel, LMConfig  # noqa: E402
@@ -204,9 +205,7 @@ def main(argv=None) -> int:
         r = results["generate"] = bench_generate(200, args.rounds)
         print(f"generate 2x650, V=10k, one stream: rnnkit {r['rnnkit']:.0f} tok/s, PyTorch "
               f"example {r['pytorch_example']:.0f} tok/s, ratio {r['ratio']:.2f}x")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_results("lm_speed", results)
     return 0
 
 

@@ -13,7 +13,6 @@ output; figures go to ``benchmarks/results/memory_<name>.json`` and pictures to
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _common import write_results  # noqa: E402
 from rnnkit.diagnostics import adding_batch, gradient_flow, plot_gradient_flow  # noqa: E402
 from rnnkit.diagnostics.memory import MemoryModel, fit_memory_model  # noqa: E402
 
@@ -82,9 +82,7 @@ def main(argv=None) -> int:
         result = flow_figure(200, args.steps or 2000, args.lstm_steps)
     minutes = (time.perf_counter() - started) / 60
     print(f"{minutes:.1f} min on {torch.get_num_threads()} threads")
-    path = ROOT / "benchmarks" / "results" / f"memory_{args.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"result": result, "minutes": minutes}, indent=2))
+    write_results(f"memory_{args.name}", {"result": result, "minutes": minutes})
     return 0
 
 

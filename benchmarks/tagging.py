@@ -11,16 +11,15 @@ Writes benchmarks/results/tagging.json and prints the figures.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import DATA as SHARED, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "ud-en-ewt"
+DATA = SHARED / "ud-en-ewt"
 
 
 def main() -> int:
@@ -61,9 +60,7 @@ def main() -> int:
           f"{100 * test['unseen_accuracy']:.2f}% of {test['unseen_words']}, "
           f"{test['tokens']} tokens")
     print(f"wall time {wall / 60:.1f} min ({summary['epoch']} epochs, {args.threads} threads)")
-    path = ROOT / "benchmarks" / "results" / f"tagging-{args.column}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
+    write_results(f"tagging-{args.column}", results)
     return 0
 
 

@@ -10,16 +10,15 @@ Writes benchmarks/results/translation.json and prints the figures.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import DATA as SHARED, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "multi30k"
+DATA = SHARED / "multi30k"
 
 
 def main() -> int:
@@ -73,9 +72,7 @@ def main() -> int:
               f"ppl {m['ppl']:.2f} [{m['seconds']:.0f} s]")
     print(f"training {summary['minutes']:.1f} min ({summary['step']} steps, "
           f"{args.threads} threads); sacrebleu {results[f'test_beam{args.beam}']['signature']}")
-    path = ROOT / "benchmarks" / "results" / "translation.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
+    write_results("translation", results)
     return 0
 
 

@@ -40,6 +40,8 @@ class ClassifierConfig:
     pooling: str = "max"                # "final" | "mean" | "max" | "attention"
     dropout: float = 0.5                # on embeddings, between layers, on the pooled vector
     embedding_dropout: float = 0.0      # drop whole word types (Gal & Ghahramani 2016)
+    word_dropout: float = 0.0           # replace training words by <unk>
+    embedding_init: float = 0.25        # embeddings from U(-x, x); 0: N(0, 1)
     backend: str = "auto"
 
     def __post_init__(self):
@@ -53,6 +55,8 @@ class ClassifierConfig:
             ("pooling", lambda c: c.pooling in POOLINGS, f"one of {list(POOLINGS)}"),
             ("dropout", lambda c: 0 <= c.dropout < 1, "a number in [0, 1)"),
             ("embedding_dropout", lambda c: 0 <= c.embedding_dropout < 1, "a number in [0, 1)"),
+            ("word_dropout", lambda c: 0 <= c.word_dropout < 1, "a number in [0, 1)"),
+            ("embedding_init", lambda c: c.embedding_init >= 0, "a number >= 0"),
         ])
 
     def to_dict(self) -> dict:
@@ -100,7 +104,8 @@ class SequenceClassifier(nn.Module):
                                         c.num_layers, cell=c.cell,
                                         bidirectional=c.bidirectional, dropout=c.dropout,
                                         embedding_dropout=c.embedding_dropout,
-                                        backend=c.backend)
+                                        word_dropout=c.word_dropout,
+                                        embedding_init=c.embedding_init, backend=c.backend)
         size = self.encoder.output_size
         self.attention = AttentionScores(size) if c.pooling == "attention" else None
         self.output = nn.Linear(size, c.num_classes)

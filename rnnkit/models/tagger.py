@@ -23,8 +23,6 @@ from torch import Tensor, nn
 from rnnkit.config import check_fields
 from rnnkit.models.encoder import LAYERS, RecurrentEncoder, recurrent_layer
 
-UNK_ID = 1
-
 
 @dataclass(frozen=True)
 class TaggerConfig:
@@ -92,7 +90,8 @@ class Tagger(nn.Module):
                                   c.cell, c.backend) if c.char_hidden_size else None)
         self.encoder = RecurrentEncoder(c.vocab_size, c.embedding_size, c.hidden_size,
                                         c.num_layers, cell=c.cell, bidirectional=True,
-                                        dropout=c.dropout, extra_size=2 * c.char_hidden_size,
+                                        dropout=c.dropout, word_dropout=c.word_dropout,
+                                        extra_size=2 * c.char_hidden_size,
                                         backend=c.backend)
         self.output = nn.Linear(self.encoder.output_size, c.num_tags)
 
@@ -106,9 +105,6 @@ class Tagger(nn.Module):
                 the batch; word_index: (T, B) which of the N each position holds (needed
                 when the model has a character encoder).
         """
-        if self.training and self.config.word_dropout:
-            drop = torch.rand(words.shape, device=words.device) < self.config.word_dropout
-            words = words.masked_fill(drop & (words > UNK_ID), UNK_ID)
         extra = None
         if self.chars is not None:
             if chars is None or word_index is None:

@@ -32,7 +32,8 @@ from rnnkit.data import load_tokenizer
 from rnnkit.data.labelled import TAG_COLUMNS, read_tagged, write_tagged
 from rnnkit.data.stream import ExampleBatches
 from rnnkit.data.tokenizers import CharTokenizer, build_char_tokenizer, word_tokenizer_from_counts
-from rnnkit.models.tagger import UNK_ID, Tagger, TaggerConfig
+from rnnkit.models.encoder import UNK_ID
+from rnnkit.models.tagger import Tagger, TaggerConfig
 from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit,
                                  labelled_splits, pad, read_run, valid_source,
                                  write_run)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from rnnkit.data.tokenizers import build_char_tokenizer
-from rnnkit.models.tagger import UNK_ID, CharEncoder, Tagger, TaggerConfig
+from rnnkit.models.encoder import UNK_ID
+from rnnkit.models.tagger import CharEncoder, Tagger, TaggerConfig
 from rnnkit.tasks.tagger import IGNORE, collate
 
 SENTENCES = [["the", "cat", "sat", "on", "the", "mat"], ["a", "cat"],
