@@ -174,7 +174,7 @@ _CONDITIONED_LM_OPTIONS = _DATA_SOURCE + [
     ("--min-count", "data", "min_count", int, "rarer tokens become <unk> (default 1)"),
     ("--batch-size", "data", "batch_size", int, "lines per batch (default 32)"),
     ("--condition-mode", "model", "condition_mode", str,
-     "init (the initial state) | input (every step) (default init)"),
+     "input (every step) | init (the initial state) (default input)"),
     ("--condition-size", "model", "condition_size", int,
      "label embedding size (0: --hidden)"),
     ("--cell", "model", "cell", str, "rnn | lstm | gru (default lstm)"),
@@ -201,7 +201,8 @@ _TASKS = {
     "conditioned-lm": (_CONDITIONED_LM_OPTIONS,
                        {"optimizer": "adam", "lr": 2e-3, "clip": 1.0, "lr_decay": 2.0,
                         "epochs": 10},
-                       {"hidden_size": 256, "num_layers": 1, "dropout": 0.3},
+                       {"hidden_size": 256, "num_layers": 1, "dropout": 0.3,
+                        "condition_mode": "input"},
                        "conditioned_lm", "ConditionedLMDataConfig", "train_conditioned_lm"),
 }
 
@@ -367,7 +368,8 @@ def _cmd_eval(args) -> int:
         from rnnkit.tasks.classifier import describe_metrics, evaluate_file
 
         m = evaluate_file(args.model, args.data, device=args.device)
-        width = max(len(label) for label in m["labels"]) + 2
+        width = max(len(str(x)) for x in m["labels"] + [n for row in m["confusion"]
+                                                          for n in row]) + 2
         text = [f"{args.data}: {describe_metrics(m)}; {m['examples']:,} examples",
                 "confusion (rows: gold, columns: predicted); F1 per class",
                 " " * width + "".join(f"{label:>{width}s}" for label in m["labels"])]
