@@ -29,12 +29,16 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from rnnkit.tasks import classifier, conditioned_lm
 
-    _, _, lm_config = conditioned_lm.load_conditioned_lm(args.lm)
+    from rnnkit.tasks.lm import generate_from
+
+    lm, lm_tokenizer, lm_config = conditioned_lm.load_conditioned_lm(args.lm)
     net, tokenizer, cls_config = classifier.load_classifier(args.classifier)
     results = {"temperature": args.temperature, "samples": args.samples, "labels": {}}
     for label in lm_config["labels"]:
-        texts = [conditioned_lm.generate(args.lm, label, temperature=args.temperature,
-                                         seed=k) for k in range(args.samples)]
+        model = lm.conditioned_on(conditioned_lm.parse_condition(label, lm_config))
+        texts = [generate_from(model, lm_tokenizer, max_tokens=60, stop=("\n",),
+                               temperature=args.temperature, seed=k)
+                 for k in range(args.samples)]
         ids = [tokenizer.encode_words(t.split()) or [1] for t in texts]
         probs = classifier.class_probabilities(net, ids, "cpu")
         predicted = [cls_config["labels"][int(k)] for k in probs.argmax(1)]

@@ -29,6 +29,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--column", default="upos", help="upos | xpos")
     parser.add_argument("--no-chars", action="store_true", help="no character encoder")
+    parser.add_argument("--embedding-init", type=float, default=0.0,
+                        help="U(-x, x) embedding init (0: N(0, 1))")
     parser.add_argument("--out", default="runs/bench-ud-pos", help="model directory")
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -44,7 +46,7 @@ def main() -> int:
     data = tagger.TaggerDataConfig(data=str(DATA), column=args.column, batch_size=32)
     model = {"cell": "lstm", "embedding_size": 100, "hidden_size": 200, "num_layers": 2,
              "char_embedding_size": 32, "char_hidden_size": 0 if args.no_chars else 64,
-             "dropout": 0.33, "word_dropout": 0.05}
+             "dropout": 0.33, "word_dropout": 0.05, "embedding_init": args.embedding_init}
     train = TrainConfig(epochs=args.epochs, max_minutes=args.minutes, optimizer="adam",
                         lr=2e-3, clip=5.0, lr_decay=2.0, log_every=50,
                         progress=sys.stderr.isatty())

@@ -120,6 +120,10 @@ _CLASSIFIER_OPTIONS = _DATA_SOURCE + [
     ("--pooling", "model", "pooling", str, "final | mean | max | attention (default max)"),
     ("--dropout", "model", "dropout", float, "dropout (default 0.5)"),
     ("--embedding-dropout", "model", "embedding_dropout", float, "drop whole word types"),
+    ("--word-dropout", "model", "word_dropout", float,
+     "replace training words by <unk> with this probability (default 0)"),
+    ("--embedding-init", "model", "embedding_init", float,
+     "embeddings drawn from U(-x, x) (default 0.25; 0: N(0, 1))"),
     ("--backend", "model", "backend", str, "auto | bptt | native | autograd"),
 ] + _TRAIN_OPTIONS
 
@@ -137,6 +141,8 @@ _TAGGER_OPTIONS = _DATA_SOURCE + [
     ("--dropout", "model", "dropout", float, "dropout (default 0.33)"),
     ("--word-dropout", "model", "word_dropout", float,
      "replace training words by <unk> with this probability (default 0.05)"),
+    ("--embedding-init", "model", "embedding_init", float,
+     "word and character embeddings drawn from U(-x, x) (default 0: N(0, 1))"),
     ("--backend", "model", "backend", str, "auto | bptt | native | autograd"),
 ] + _TRAIN_OPTIONS
 
@@ -356,6 +362,12 @@ def _task_of(directory: str) -> str:
     return read_config(directory).get("task")
 
 
+def _has_tab(path: str) -> bool:
+    from rnnkit.data import iter_lines
+
+    return "\t" in next(iter(iter_lines(path)), "")
+
+
 def _cmd_eval(args) -> int:
     task = _task_of(args.model)
     if task == "lm":
@@ -388,6 +400,10 @@ def _cmd_eval(args) -> int:
 
         if args.beam < 1:
             raise ValueError(f"--beam: expected >= 1, got {args.beam}")
+        if args.reference is None and not _has_tab(args.data):
+            raise ValueError(f"{args.data}: a translator is evaluated on pairs: give the "
+                             f"reference translations with --reference FILE, or a TSV of "
+                             f"'source<TAB>target' lines")
         m = evaluate_file(args.model, args.data, args.reference, beam=args.beam,
                           device=args.device, log=lambda text: print(text, file=sys.stderr))
         text = [f"{args.data}: {describe_metrics(m)}; {m['sentences']:,} sentences, beam "
@@ -428,18 +444,12 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_translate(args) -> int:
-    from rnnkit.data import iter_lines
+    from rnnkit.data.labelled import read_sentences
     from rnnkit.tasks.translator import plot_attention, translate_lines
 
     if args.beam < 1:
         raise ValueError(f"--beam: expected >= 1, got {args.beam}")
-    lines = []
-    for n, line in enumerate(iter_lines(args.file), start=1):
-        if not line.strip():
-            raise ValueError(f"{args.file}, line {n}: empty line; expected a sentence")
-        lines.append(line.strip())
-    if not lines:
-        raise ValueError(f"{args.file}: no sentences")
+    lines = read_sentences(args.file)
     if args.attention and not 1 <= args.sentence <= len(lines):
         raise ValueError(f"--sentence: expected a line number in 1..{len(lines)}, "
                          f"got {args.sentence}")

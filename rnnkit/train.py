@@ -103,6 +103,8 @@ class Task(Protocol):
     def describe(self, metrics: dict) -> str:
         """A short human summary of ``evaluate``'s metrics, e.g. "ppl 112.3"."""
 
+    # Optional, for a task that carries state from batch to batch (truncated BPTT); a task
+    # without them carries nothing.
     def reset_carry(self) -> None: ...
     def carry_tensors(self) -> dict[str, Tensor]: ...
     def load_carry(self, tensors: dict[str, Tensor]) -> None: ...
@@ -159,7 +161,8 @@ class Trainer:
         self.history: list[dict] = []
         self._stop_requested = False
         self._writer = None
-        self._window = (0.0, 0)               # (loss sum, units) since the last metric line
+        self._window = (0.0, 0, 0.0)          # (loss sum, units, seconds) since the last
+                                              # metric line
 
     # -- state -------------------------------------------------------------------------------
 
@@ -169,7 +172,8 @@ class Trainer:
     def save_train_state(self) -> None:
         model_tensors = {f"model.{k}": v for k, v in self.task.model.state_dict().items()}
         optim_tensors, optim_meta = _optimizer_to_data(self.optimizer)
-        carry = {f"carry.{k}": v for k, v in self.task.carry_tensors().items()}
+        carry_tensors = getattr(self.task, "carry_tensors", dict)
+        carry = {f"carry.{k}": v for k, v in carry_tensors().items()}
         tensors = {**model_tensors, **optim_tensors, **carry, "rng.torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             for k, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -194,7 +198,9 @@ class Trainer:
             raise ValueError(f"{path}: does not fit the model being trained "
                              f"({str(error).splitlines()[0]})") from None
         _optimizer_from_data(self.optimizer, tensors, meta["optimizer"])
-        self.task.load_carry({k[6:]: v for k, v in tensors.items() if k.startswith("carry.")})
+        carry = {k[6:]: v for k, v in tensors.items() if k.startswith("carry.")}
+        if hasattr(self.task, "load_carry"):
+            self.task.load_carry(carry)
         torch.set_rng_state(tensors["rng.torch"])
         cuda_states = [tensors[f"rng.cuda.{k}"] for k in range(torch.cuda.device_count())
                        if f"rng.cuda.{k}" in tensors]
@@ -203,7 +209,7 @@ class Trainer:
         random.setstate(_tuplify(meta["python_random"]))
         self.task.batches.load_state_dict(meta["batches"])
         self.step, self.epoch, self.units = meta["step"], meta["epoch"], meta["units"]
-        self._window = tuple(meta.get("log_window", (0.0, 0)))
+        self._window = tuple(meta.get("log_window", (0.0, 0, 0.0)))
         self.elapsed = meta["elapsed"]
         self.best = math.inf if meta["best"] is None else meta["best"]
         self.plateau_best = math.inf if meta["plateau_best"] is None else meta["plateau_best"]
@@ -307,7 +313,8 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         bar = tqdm(desc=f"epoch {self.epoch + 1}", unit=self.task.unit, unit_scale=True,
                    disable=None if cfg.progress else True, leave=False, dynamic_ncols=True)
-        (window_loss, window_units), window_start = self._window, time.perf_counter()
+        window_loss, window_units, seconds_before = self._window
+        window_start = time.perf_counter() - seconds_before
         reason = "epochs"
         try:
             while self.epoch < cfg.epochs:
@@ -316,7 +323,8 @@ class Trainer:
                     self._validate(end_of_epoch=True)
                     self.epoch += 1
                     self.task.batches.reset_epoch()
-                    self.task.reset_carry()
+                    if hasattr(self.task, "reset_carry"):
+                        self.task.reset_carry()
                     self.save_train_state()
                     self.plot()
                     bar.set_description(f"epoch {self.epoch + 1}")
@@ -344,7 +352,8 @@ class Trainer:
                 self.units += units
                 window_loss += value * units
                 window_units += units
-                self._window = (window_loss, window_units)
+                self._window = (window_loss, window_units,
+                                time.perf_counter() - window_start)
                 bar.update(units)
                 if self.step % cfg.log_every == 0:
                     seconds = time.perf_counter() - window_start
@@ -354,7 +363,7 @@ class Trainer:
                                   f"{self.task.unit}_per_s": rate})
                     bar.set_postfix(loss=f"{mean:.3f}", lr=f"{self._lr():.3g}")
                     window_loss, window_units, window_start = 0.0, 0, time.perf_counter()
-                    self._window = (0.0, 0)
+                    self._window = (0.0, 0, 0.0)
                 stop = None
                 if cfg.max_steps and self.step >= cfg.max_steps:
                     stop = "max_steps"

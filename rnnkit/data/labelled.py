@@ -203,12 +203,10 @@ def read_tagged(path: str | os.PathLike, *, column: str = "upos",
     return sentences, fmt
 
 
-def write_tagged(path: str | os.PathLike, sentences: list[TaggedSentence],
-                 predicted: list[list[str]], fmt: str, *, column: str = "upos") -> None:
-    """Write ``sentences`` with the ``predicted`` tags in their own format (atomically):
+def format_tagged(sentences: list[TaggedSentence], predicted: list[list[str]], fmt: str, *,
+                  column: str = "upos") -> str:
+    """``sentences`` with the ``predicted`` tags, as the text of a file in their own format:
     CoNLL-U with the chosen tag column replaced, or ``word<TAB>tag`` columns."""
-    from rnnkit.checkpoint import atomic_write
-
     out: list[str] = []
     for sentence, tags in zip(sentences, predicted, strict=True):
         lines = list(sentence.lines)
@@ -221,17 +219,42 @@ def write_tagged(path: str | os.PathLike, sentences: list[TaggedSentence],
                 lines[k] = f"{lines[k].split(chr(9))[0]}\t{tag}"
         out.extend(lines)
         out.append("")
-    text = "\n".join(out) + ("\n" if out else "")
-    atomic_write(path, lambda tmp: open(tmp, "w", encoding="utf-8").write(text))
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def write_tagged(path: str | os.PathLike, sentences: list[TaggedSentence],
+                 predicted: list[list[str]], fmt: str, *, column: str = "upos") -> None:
+    """Write :func:`format_tagged` to ``path`` (atomically)."""
+    from pathlib import Path
+
+    from rnnkit.checkpoint import atomic_write
+
+    text = format_tagged(sentences, predicted, fmt, column=column)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 # -- translation --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class SentencePair:
+    """One aligned pair; ``line`` is its 1-based line number in the file(s)."""
+
     source: str
     target: str
     line: int
+
+
+def read_sentences(path: str | os.PathLike) -> list[str]:
+    """The sentences of a file, one per line, stripped; an empty line is an error naming the
+    file and line, as is a file without sentences."""
+    sentences = []
+    for n, raw in enumerate(iter_lines(path), start=1):
+        if not raw.strip():
+            raise ValueError(f"{_where(path, n)}: empty line; expected a sentence")
+        sentences.append(raw.strip())
+    if not sentences:
+        raise ValueError(f"{os.fspath(path)}: no sentences")
+    return sentences
 
 
 def read_parallel(source: str | os.PathLike, target: str | os.PathLike | None = None, *,

@@ -91,6 +91,7 @@ class AttentionScores(nn.Module):
         self.v = nn.Linear(size, 1, bias=False)
 
     def forward(self, outputs: Tensor) -> Tensor:
+        """(T, B, F) -> unnormalised scores (T, B)."""
         return self.v(torch.tanh(self.proj(outputs))).squeeze(-1)
 
 

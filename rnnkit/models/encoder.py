@@ -10,21 +10,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.data.tokenizers import PAD_ID, UNK_ID
 from rnnkit.layers import GRU, LSTM, RNN
 from rnnkit.models.lm import embedding_dropout
 
 LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
-PAD_ID, UNK_ID = 0, 1                   # rnnkit's word vocabularies
 
 
 def recurrent_layer(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *,
                     bidirectional: bool = False, dropout: float = 0.0,
                     backend: str = "auto") -> nn.Module:
-    """``rnnkit.RNN/LSTM/GRU`` by name ("rnn" is the tanh Elman RNN)."""
+    """``rnnkit.RNN/LSTM/GRU`` by name ("rnn" is the tanh Elman RNN): input (T, B, I) ->
+    outputs (T, B, D*H), final states (L*D, B, H) (an LSTM's as a tuple (h, c))."""
     if cell not in LAYERS:
         raise ValueError(f"cell: expected one of {list(LAYERS)}, got {cell!r}")
     return LAYERS[cell](input_size, hidden_size, num_layers, bidirectional=bidirectional,
                         dropout=dropout if num_layers > 1 else 0.0, backend=backend)
+
+
+def embedding(vocab_size: int, size: int, init: float = 0.0) -> nn.Embedding:
+    """An embedding (V, size) whose row ``<pad>`` is zero and stays so; ``init`` > 0 draws
+    the other rows from U(-init, init) instead of PyTorch's N(0, 1)."""
+    table = nn.Embedding(vocab_size, size, padding_idx=PAD_ID)
+    if init:
+        with torch.no_grad():
+            table.weight.uniform_(-init, init)
+            table.weight[PAD_ID].zero_()
+    return table
 
 
 class RecurrentEncoder(nn.Module):
@@ -48,11 +60,7 @@ class RecurrentEncoder(nn.Module):
                  word_dropout: float = 0.0, embedding_init: float = 0.0, extra_size: int = 0,
                  backend: str = "auto"):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=PAD_ID)
-        if embedding_init:
-            with torch.no_grad():
-                self.embedding.weight.uniform_(-embedding_init, embedding_init)
-                self.embedding.weight[PAD_ID].zero_()
+        self.embedding = embedding(vocab_size, embedding_size, embedding_init)
         self.dropout, self.embedding_dropout = dropout, embedding_dropout
         self.word_dropout = word_dropout
         self.rnn = recurrent_layer(cell, embedding_size + extra_size, hidden_size, num_layers,
@@ -61,6 +69,8 @@ class RecurrentEncoder(nn.Module):
         self.output_size = hidden_size * (2 if bidirectional else 1)
 
     def forward(self, tokens: Tensor, lengths: Tensor, extra: Tensor | None = None):
+        """tokens (T, B), lengths (B,), extra (T, B, X) or None -> outputs (T, B, D*H),
+        h_n (L*D, B, H); see the class docstring."""
         if self.training and self.word_dropout:
             drop = torch.rand(tokens.shape, device=tokens.device) < self.word_dropout
             tokens = tokens.masked_fill(drop & (tokens > UNK_ID), UNK_ID)

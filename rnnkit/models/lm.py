@@ -332,12 +332,15 @@ class ConditionedModel:
         self.model, self.condition = model, condition
 
     def initial_state(self, batch_size: int) -> tuple:
+        """The model's initial state for ``batch_size`` streams, all with the condition."""
         return self.model.initial_state(batch_size, condition=self.condition)
 
     def step(self, tokens: Tensor, state):
+        """tokens (B,) -> log-probabilities (B, V), new state (see LanguageModel.step)."""
         return self.model.step(tokens, state)
 
     def prime(self, tokens: Tensor, state):
+        """tokens (T, B) -> log-probabilities (B, V) after them, new state."""
         return self.model.prime(tokens, state)
 
 

@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import check_fields
+from rnnkit.data.tokenizers import LINE_END_ID, PAD_ID
 from rnnkit.models.encoder import LAYERS, RecurrentEncoder, recurrent_layer
 
 ATTENTIONS = ("additive", "multiplicative")
-BOS_ID = EOS_ID = 2
-PAD_ID = 0
+BOS_ID = EOS_ID = LINE_END_ID           # <eos> begins and ends a target sentence
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,12 @@ class Attention(nn.Module):
             self.v = nn.Linear(query_size, 1, bias=False)
 
     def keys(self, memory: Tensor) -> Tensor:
+        """memory (S, B, M) -> its projection (S, B, H), computed once per sentence."""
         return self.key(memory)                                           # (S, B, H)
 
     def forward(self, query: Tensor, keys: Tensor, memory: Tensor, mask: Tensor):
+        """query (T, B, H), keys (S, B, H), memory (S, B, M), mask (S, B) True at real
+        source positions -> contexts (T, B, M), weights (T, B, S) (0 at padding)."""
         if self.kind == "additive":
             q = self.query(query)                                         # (T, B, H)
             e = torch.tanh(q.transpose(0, 1)[:, :, None] + keys.transpose(0, 1)[:, None])
@@ -202,11 +205,16 @@ class TranslationSearch:
         self._start = (state, feed, memory, keys, mask)
 
     def initial_state(self, batch_size: int):
-        assert batch_size == 1
+        """The search state after encoding the sentence (one hypothesis)."""
+        if batch_size != 1:
+            raise ValueError(f"batch_size: a TranslationSearch holds one sentence, got "
+                             f"{batch_size}")
         return self._start
 
     @torch.no_grad()
     def step(self, tokens: Tensor, search_state):
+        """tokens (k,) — the last token of each of k hypotheses — and their state ->
+        log-probabilities (k, V) of the next token, new state."""
         state, feed, memory, keys, mask = search_state
         m = self.model
         x = m.target_embedding(tokens)[None]                               # (1, B, E)
@@ -218,6 +226,7 @@ class TranslationSearch:
         return log_probs, (state, attn, memory, keys, mask)
 
     def prime(self, tokens: Tensor, search_state):
+        """tokens (T, 1) (the begin symbol) -> log-probabilities (1, V) after them, state."""
         for t in range(tokens.shape[0]):
             log_probs, search_state = self.step(tokens[t], search_state)
         return log_probs, search_state

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import check_fields
-from rnnkit.models.encoder import LAYERS, RecurrentEncoder, recurrent_layer
+from rnnkit.models.encoder import LAYERS, RecurrentEncoder, embedding, recurrent_layer
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class TaggerConfig:
     char_hidden_size: int = 64          # per direction; 0: no character encoder
     dropout: float = 0.33
     word_dropout: float = 0.05
+    embedding_init: float = 0.0         # word and character embeddings from U(-x, x); 0: N(0, 1)
     backend: str = "auto"
 
     def __post_init__(self):
@@ -54,6 +55,7 @@ class TaggerConfig:
             ("char_hidden_size", lambda c: c.char_hidden_size >= 0, "an int >= 0"),
             ("dropout", lambda c: 0 <= c.dropout < 1, "a number in [0, 1)"),
             ("word_dropout", lambda c: 0 <= c.word_dropout < 1, "a number in [0, 1)"),
+            ("embedding_init", lambda c: c.embedding_init >= 0, "a number >= 0"),
         ])
         if self.char_hidden_size and self.char_vocab_size < 3:
             raise ValueError("char_vocab_size: the character encoder needs a character "
@@ -67,9 +69,9 @@ class CharEncoder(nn.Module):
     """Characters of N words -> (N, 2*H): final states of a bidirectional layer."""
 
     def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int, cell: str,
-                 backend: str = "auto"):
+                 backend: str = "auto", embedding_init: float = 0.0):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=0)
+        self.embedding = embedding(vocab_size, embedding_size, embedding_init)
         self.rnn = recurrent_layer(cell, embedding_size, hidden_size, bidirectional=True,
                                    backend=backend)
 
@@ -87,10 +89,12 @@ class Tagger(nn.Module):
         super().__init__()
         self.config = c = config
         self.chars = (CharEncoder(c.char_vocab_size, c.char_embedding_size, c.char_hidden_size,
-                                  c.cell, c.backend) if c.char_hidden_size else None)
+                                  c.cell, c.backend, c.embedding_init)
+                      if c.char_hidden_size else None)
         self.encoder = RecurrentEncoder(c.vocab_size, c.embedding_size, c.hidden_size,
                                         c.num_layers, cell=c.cell, bidirectional=True,
                                         dropout=c.dropout, word_dropout=c.word_dropout,
+                                        embedding_init=c.embedding_init,
                                         extra_size=2 * c.char_hidden_size,
                                         backend=c.backend)
         self.output = nn.Linear(self.encoder.output_size, c.num_tags)

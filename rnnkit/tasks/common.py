@@ -71,6 +71,21 @@ def read_run(out: Path, task: str, data_cls, train_overrides: dict | None = None
     return data_cfg, model, train_cfg
 
 
+def save_run_files(out: Path, task: str, data_cfg, model: dict, train_cfg: TrainConfig,
+                   write) -> None:
+    """Start a run's directory once every input has been read and checked: ``write(out)``
+    saves the task's vocabularies, then ``run.json`` records the settings. Nothing is
+    written before, so a run refused for bad input leaves no half-started directory."""
+    out.mkdir(parents=True, exist_ok=True)
+    write(out)
+    write_run(out, task, data_cfg, model, train_cfg)
+
+
+def error_objective(metrics: dict) -> float:
+    """What selects a classifier or tagger: the error rate, ties broken by the loss."""
+    return (1 - metrics["accuracy"]) + 1e-6 * metrics["loss"]
+
+
 def fit(task, train_cfg: TrainConfig, out: Path, config: dict, *, resume: bool, log,
         describe) -> dict:
     """Run the training loop, then reload the best weights and add their validation
@@ -98,36 +113,33 @@ def length_mask(lengths: Tensor, T: int) -> Tensor:
     return torch.arange(T, device=lengths.device)[:, None] < lengths[None, :]
 
 
-def labelled_splits(cfg, reader):
-    """(train, valid, test-or-None) examples of a supervised task's data config, each list
-    read by ``reader(path)``: explicit ``train``/``valid`` files, a folder of split files
-    (see :func:`rnnkit.data.find_splits`), or one file whose last ``valid_fraction`` of
-    examples is held out."""
+def split_sources(cfg) -> tuple[str, str, str | None]:
+    """The files the (train, valid, test) examples of a supervised task come from: explicit
+    ``train``/``valid`` files, a folder of split files (see :func:`rnnkit.data.find_splits`;
+    test may be None), or one file that holds train and valid (no test)."""
     if cfg.train:
-        return reader(cfg.train), reader(cfg.valid), None
+        return cfg.train, cfg.valid, None
     if os.path.isdir(cfg.data):
-        files = find_splits(cfg.data)
-        if files.valid.line_start or files.valid.line_stop is not None:
-            examples = reader(files.train.path)
-            cut = len(examples) - max(1, round(len(examples) * cfg.valid_fraction))
-            return examples[:cut], examples[cut:], None
-        test = reader(files.test.path) if files.test is not None else None
-        return reader(files.train.path), reader(files.valid.path), test
-    examples = reader(cfg.data)
+        files = find_splits(cfg.data, cfg.valid_fraction)
+        test = files.test.path if files.test is not None else None
+        return files.train.path, files.valid.path, test
+    return cfg.data, cfg.data, None
+
+
+def labelled_splits(cfg, reader):
+    """(train examples, valid examples, test file or None) of a supervised task's data
+    config, each list read by ``reader(path)`` (see :func:`split_sources`). When train and
+    valid come from one file, its last ``valid_fraction`` of examples is held out. The test
+    file is named, not read: training never depends on it."""
+    train_path, valid_path, test_path = split_sources(cfg)
+    if train_path != valid_path:
+        return reader(train_path), reader(valid_path), test_path
+    examples = reader(train_path)
     cut = len(examples) - max(1, round(len(examples) * cfg.valid_fraction))
     if cut < 1:
-        raise ValueError(f"{cfg.data}: too few examples to hold out a validation part")
+        raise ValueError(f"{train_path}: too few examples ({len(examples)}) to hold out a "
+                         f"validation part")
     return examples[:cut], examples[cut:], None
-
-
-def valid_source(cfg) -> str:
-    """The file the validation examples of :func:`labelled_splits` come from (for errors)."""
-    if cfg.train:
-        return cfg.valid
-    if os.path.isdir(cfg.data):
-        files = find_splits(cfg.data)
-        return files.valid.path
-    return cfg.data
 
 
 def config_from_dict(cls, d: dict, where: str):

@@ -5,7 +5,7 @@ The Python API behind ``rnnkit train conditioned-lm`` and ``rnnkit generate DIR
 
     from rnnkit.tasks import conditioned_lm as clm
     clm.train_conditioned_lm(clm.ConditionedLMDataConfig(data="data/sst2"),
-                             {"cell": "lstm", "hidden_size": 256, "condition_mode": "init"},
+                             {"cell": "lstm", "hidden_size": 256, "condition_mode": "input"},
                              TrainConfig(optimizer="adam", lr=2e-3), out="runs/sst2-lm")
     clm.generate("runs/sst2-lm", "1", temperature=0.8, seed=3)    # a positive sentence
 
@@ -33,8 +33,8 @@ from rnnkit.data.stream import ExampleBatches
 from rnnkit.models.lm import LanguageModel, LMConfig
 from rnnkit.tasks.classifier import label_ids, sorted_labels
 from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit,
-                                 labelled_splits, length_mask, pad, read_run,
-                                 valid_source, write_run)
+                                 labelled_splits, length_mask, pad, read_run, save_run_files,
+                                 split_sources)
 from rnnkit.train import TrainConfig
 
 TASK = "conditioned_lm"
@@ -122,15 +122,6 @@ class ConditionedLMTask:
     def describe(self, m: dict) -> str:
         return f"loss {m['loss']:.4f}, ppl {m['ppl']:.2f}"
 
-    def reset_carry(self):
-        pass
-
-    def carry_tensors(self) -> dict:
-        return {}
-
-    def load_carry(self, tensors: dict) -> None:
-        pass
-
 
 def conditioned_nll(model: LanguageModel, batch, device):
     """Summed NLL (nats, a tensor) of a batch's real target tokens, and their count."""
@@ -149,7 +140,8 @@ def train_conditioned_lm(data_cfg: ConditionedLMDataConfig | None, model_options
     """Train a conditioned language model into ``out`` (see
     :func:`rnnkit.tasks.lm.train_lm` for ``resume`` and ``train_overrides``);
     ``model_options`` are :class:`LMConfig` fields (``condition_mode``, ``cell``, …) other
-    than the vocabulary and condition sizes."""
+    than the vocabulary and condition sizes; ``condition_mode`` defaults to "input" here
+    (it steers the sentences far more than "init": see the README)."""
     out, dev = Path(out), device_of(device)
     if resume:
         data_cfg, model_options, train_cfg = read_run(out, TASK, ConditionedLMDataConfig,
@@ -158,6 +150,7 @@ def train_conditioned_lm(data_cfg: ConditionedLMDataConfig | None, model_options
         check_new_run(out, ("tokenizer.json",))
     vector = data_cfg.condition == "vector"
     train, valid, _ = labelled_splits(data_cfg, lambda p: read_labelled(p, vector=vector))
+    train_path, valid_path, _ = split_sources(data_cfg)
     if resume:
         tokenizer = load_tokenizer(out)
         labels = checkpoint.read_json(out / "labels.json")["labels"]
@@ -165,23 +158,28 @@ def train_conditioned_lm(data_cfg: ConditionedLMDataConfig | None, model_options
         tokenizer = build_tokenizer(data_cfg.level, [e.text for e in train],
                                     min_count=data_cfg.min_count)
         labels = [] if vector else sorted_labels(e.label for e in train)
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(out)
-        checkpoint.write_json(out / "labels.json", {"labels": labels})
-    options = {k: v for k, v in model_options.items()
-               if k not in ("vocab_size", "condition", "num_conditions")}
+    options = {"condition_mode": "input",
+               **{k: v for k, v in model_options.items()
+                  if k not in ("vocab_size", "condition", "num_conditions")}}
     if vector:
-        options["condition_size"] = len(train[0].label)
+        options["condition_size"] = size = len(train[0].label)
+        for e in valid:
+            if len(e.label) != size:
+                raise ValueError(f"{valid_path}, line {e.line}: a vector of {len(e.label)} "
+                                 f"numbers, expected {size} as in the training data")
     model_cfg = config_from_dict(LMConfig, {
         "vocab_size": tokenizer.vocab_size, "condition": data_cfg.condition,
         "num_conditions": len(labels), **options}, "model options")
-    if not resume:
-        write_run(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg)
-    valid_path = valid_source(data_cfg)
     train_set = ([tokenizer.encode_line(e.text) for e in train],
-                 _conditions(train, data_cfg, labels, "train"))
+                 _conditions(train, data_cfg, labels, train_path))
     valid_set = ([tokenizer.encode_line(e.text) for e in valid],
                  _conditions(valid, data_cfg, labels, valid_path))
+    if not resume:
+        def write(directory):
+            tokenizer.save(directory)
+            checkpoint.write_json(directory / "labels.json", {"labels": labels})
+
+        save_run_files(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg, write)
     what = f"labels {labels}" if labels else f"vectors of {model_cfg.condition_size}"
     log(f"conditioned on {what}; {tokenizer.level} vocabulary {tokenizer.vocab_size:,}; "
         f"train {len(train):,} lines, valid {len(valid):,}")

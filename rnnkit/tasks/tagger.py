@@ -12,13 +12,14 @@ The Python API behind ``rnnkit train tagger``, ``rnnkit eval`` and ``rnnkit pred
 Files are CoNLL-U (tags from the UPOS or XPOS column) or ``word<TAB>tag`` columns, a blank
 line between sentences (see :mod:`rnnkit.data.labelled`). The word vocabulary is every
 word form of the training split; a word "unseen in training" is one outside it. The
-character vocabulary is every character of the training words. Sentences are never
-truncated. The model kept is the one with the best validation accuracy (ties: lower loss).
+character vocabulary is every character of the training words. The tag set is every tag of
+the training and validation splits (a rare tag seen only in validation does not stop
+training, though the model cannot learn it); a tag outside it in a file given to ``eval`` is
+an error naming the file and line. Sentences are never truncated. The model kept is the one with the best validation accuracy (ties: lower loss).
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +30,14 @@ import torch.nn.functional as F
 from rnnkit import checkpoint
 from rnnkit.config import check_fields
 from rnnkit.data import load_tokenizer
-from rnnkit.data.labelled import TAG_COLUMNS, read_tagged, write_tagged
+from rnnkit.data.labelled import TAG_COLUMNS, format_tagged, read_tagged, write_tagged
 from rnnkit.data.stream import ExampleBatches
 from rnnkit.data.tokenizers import CharTokenizer, build_char_tokenizer, word_tokenizer_from_counts
 from rnnkit.models.encoder import UNK_ID
 from rnnkit.models.tagger import Tagger, TaggerConfig
-from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit,
-                                 labelled_splits, pad, read_run, valid_source,
-                                 write_run)
+from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, error_objective,
+                                 fit, labelled_splits, pad, read_run, save_run_files,
+                                 split_sources)
 from rnnkit.train import TrainConfig
 
 TASK = "tagger"
@@ -134,6 +135,7 @@ def tag_metrics(predicted: list[list[int]], gold: list[list[int]],
 
 
 def describe_metrics(m: dict) -> str:
+    """One line: "loss 0.19, accuracy 95.15%, unseen words 78.21% of 2088"."""
     unseen = ("-" if m.get("unseen_accuracy") is None
               else f"{100 * m['unseen_accuracy']:.2f}% of {m['unseen_words']}")
     return f"loss {m['loss']:.4f}, accuracy {100 * m['accuracy']:.2f}%, unseen words {unseen}"
@@ -168,10 +170,12 @@ def _to(t, device):
 
 
 def evaluation(model, data: Encoded, char_tok, device) -> dict:
+    """Loss, token / unseen-word / sentence accuracy of tagged sentences, and the
+    "objective" that selects the model (the error rate)."""
     predicted, nll, count = predict_tags(model, data, char_tok, device)
     unseen = [[w == UNK_ID for w in row] for row in data.words]
     m = {"loss": nll / max(1, count), **tag_metrics(predicted, data.tags, unseen)}
-    m["objective"] = (1 - m["accuracy"]) + 1e-6 * m["loss"]
+    m["objective"] = error_objective(m)
     return m
 
 
@@ -208,15 +212,6 @@ class TaggerTask:
     def describe(self, m: dict) -> str:
         return describe_metrics(m)
 
-    def reset_carry(self):
-        pass
-
-    def carry_tensors(self) -> dict:
-        return {}
-
-    def load_carry(self, tensors: dict) -> None:
-        pass
-
 
 def train_tagger(data_cfg: TaggerDataConfig | None, model_options: dict | None,
                  train_cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
@@ -231,13 +226,9 @@ def train_tagger(data_cfg: TaggerDataConfig | None, model_options: dict | None,
                                                       train_overrides)
     else:
         check_new_run(out)
-    fmt = {}
-
-    def reader(path):
-        sentences, fmt[path] = read_tagged(path, column=data_cfg.column)
-        return sentences
-
-    train, valid, _ = labelled_splits(data_cfg, reader)
+    train, valid, _ = labelled_splits(
+        data_cfg, lambda path: read_tagged(path, column=data_cfg.column)[0])
+    train_path, valid_path, _ = split_sources(data_cfg)
     use_chars = model_options.get("char_hidden_size", TaggerConfig.char_hidden_size) > 0
     if resume:
         word_tok = load_tokenizer(out / "words")
@@ -247,21 +238,22 @@ def train_tagger(data_cfg: TaggerDataConfig | None, model_options: dict | None,
         counts = Counter(w for s in train for w in s.words)
         word_tok = word_tokenizer_from_counts(counts, len(train))
         char_tok = build_char_tokenizer(list(counts)) if use_chars else None
-        tags = sorted({t for s in train + valid for t in s.tags})    # valid: never a crash
-        out.mkdir(parents=True, exist_ok=True)
-        word_tok.save(out / "words")
-        if char_tok is not None:
-            char_tok.save(out / "chars")
-        checkpoint.write_json(out / "tags.json", {"tags": tags})
+        tags = sorted({t for s in train + valid for t in s.tags})
     options = {k: v for k, v in model_options.items()
                if k not in ("vocab_size", "num_tags", "char_vocab_size")}
     model_cfg = config_from_dict(TaggerConfig, {
         "vocab_size": word_tok.vocab_size, "num_tags": len(tags),
         "char_vocab_size": char_tok.vocab_size if char_tok else 0, **options}, "model options")
+    train_set = encode_sentences(train, word_tok, tags, train_path)
+    valid_set = encode_sentences(valid, word_tok, tags, valid_path)
     if not resume:
-        write_run(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg)
-    train_set = encode_sentences(train, word_tok, tags, "train")
-    valid_set = encode_sentences(valid, word_tok, tags, valid_source(data_cfg))
+        def write(directory):
+            word_tok.save(directory / "words")
+            if char_tok is not None:
+                char_tok.save(directory / "chars")
+            checkpoint.write_json(directory / "tags.json", {"tags": tags})
+
+        save_run_files(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg, write)
     log(f"{len(tags)} tags; {word_tok.vocab_size:,} words, "
         f"{char_tok.vocab_size if char_tok else 0} characters; train {len(train):,} "
         f"sentences, valid {len(valid):,}")
@@ -317,10 +309,4 @@ def predict_file(directory: str | Path, path: str | Path, out: str | Path | None
     if out is not None:
         write_tagged(out, sentences, names, fmt, column=column)
         return None
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        target = os.path.join(tmp, "tagged")
-        write_tagged(target, sentences, names, fmt, column=column)
-        with open(target, encoding="utf-8") as f:
-            return f.read()
+    return format_tagged(sentences, names, fmt, column=column)

@@ -40,7 +40,7 @@ from rnnkit.data.stream import ExampleBatches
 from rnnkit.models.seq2seq import (BOS_ID, EOS_ID, PAD_ID, Seq2Seq, Seq2SeqConfig,
                                    TranslationSearch, greedy_translate)
 from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit, pad,
-                                 read_run, write_run)
+                                 read_run, save_run_files)
 from rnnkit.train import TrainConfig
 
 TASK = "translator"
@@ -128,6 +128,7 @@ def find_pair_files(cfg: TranslationDataConfig, split: str) -> tuple[str, str | 
 
 
 def read_split(cfg: TranslationDataConfig, split: str) -> list[SentencePair] | None:
+    """The sentence pairs of "train", "valid" or "test" (None if there is no such file)."""
     files = find_pair_files(cfg, split)
     return None if files is None else read_parallel(*files)
 
@@ -173,15 +174,6 @@ class TranslationTask:
     def describe(self, m: dict) -> str:
         return describe_metrics(m)
 
-    def reset_carry(self):
-        pass
-
-    def carry_tensors(self) -> dict:
-        return {}
-
-    def load_carry(self, tensors: dict) -> None:
-        pass
-
 
 def collate_pairs(sources: list[list[int]], targets: list[list[int]]):
     """Id lists (each ending with ``<eos>``) -> (source (S, B), source lengths (B,),
@@ -208,6 +200,7 @@ def teacher_forced_nll(model: Seq2Seq, sources, targets, device, batch_size: int
 
 
 def describe_metrics(m: dict) -> str:
+    """One line: "loss 1.8781, ppl 6.54[, BLEU 38.44, chrF 57.55]"."""
     s = f"loss {m['loss']:.4f}, ppl {m['ppl']:.2f}"
     if "bleu" in m:
         s += f", BLEU {m['bleu']:.2f}, chrF {m['chrf']:.2f}"
@@ -225,6 +218,9 @@ def _paired_ids(pairs, src_tok, tgt_tok, max_length: int = 0, log=None, name="")
         if len(keep) < len(src) and log is not None:
             log(f"{name}: skipped {len(src) - len(keep)} of {len(src)} pairs longer than "
                 f"{max_length} tokens (max_length)")
+        if not keep:
+            raise ValueError(f"{name}: every pair is longer than max_length={max_length} "
+                             f"tokens on one side; raise --max-length (0 keeps all)")
         src, tgt = [src[k] for k in keep], [tgt[k] for k in keep]
     return src, tgt
 
@@ -259,18 +255,20 @@ def train_translator(data_cfg: TranslationDataConfig | None, model_options: dict
                                    data_cfg.source_vocab_size)
         tgt_tok = _build_tokenizer(data_cfg, [p.target for p in train],
                                    data_cfg.target_vocab_size)
-        out.mkdir(parents=True, exist_ok=True)
-        src_tok.save(out / "source")
-        tgt_tok.save(out / "target")
     options = {k: v for k, v in model_options.items()
                if k not in ("source_vocab_size", "target_vocab_size")}
     model_cfg = config_from_dict(Seq2SeqConfig, {"source_vocab_size": src_tok.vocab_size,
                                                  "target_vocab_size": tgt_tok.vocab_size,
                                                  **options}, "model options")
-    if not resume:
-        write_run(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg)
-    train_ids = _paired_ids(train, src_tok, tgt_tok, data_cfg.max_length, log, "train")
+    train_name = ", ".join(p for p in find_pair_files(data_cfg, "train") if p)
+    train_ids = _paired_ids(train, src_tok, tgt_tok, data_cfg.max_length, log, train_name)
     valid_ids = _paired_ids(valid, src_tok, tgt_tok)
+    if not resume:
+        def write(directory):
+            src_tok.save(directory / "source")
+            tgt_tok.save(directory / "target")
+
+        save_run_files(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg, write)
     log(f"vocabularies: source {src_tok.vocab_size}, target {tgt_tok.vocab_size}; "
         f"train {len(train_ids[0]):,} pairs, valid {len(valid_ids[0]):,}")
     torch.manual_seed(train_cfg.seed)

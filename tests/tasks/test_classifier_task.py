@@ -174,6 +174,10 @@ def test_unknown_valid_label_in_a_folder_names_the_dev_file(tmp_path):
     with pytest.raises(ValueError) as e:
         _train(classifier.ClassifierDataConfig(data=str(folder)), tmp_path / "m", max_steps=1)
     assert str(e.value).startswith(f"{dev}, line 2: unknown label '2'")
+    assert not (tmp_path / "m").exists()          # a refused start writes nothing: fix the
+    write_lines(dev, ["0\ta film", "1\tthe plot"])  # file and the same command runs
+    _train(classifier.ClassifierDataConfig(data=str(folder)), tmp_path / "m", max_steps=1)
+    assert (tmp_path / "m" / "model.safetensors").is_file()
 
 
 def test_train_refuses_a_directory_holding_a_model(trained, data):

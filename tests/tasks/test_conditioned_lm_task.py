@@ -148,6 +148,18 @@ def test_vector_lines_of_different_lengths_are_an_error(tmp_path):
                                  log=lambda *_: None)
 
 
+def test_valid_vectors_of_another_length_are_an_error_before_anything_is_written(tmp_path):
+    train, valid = tmp_path / "train.tsv", tmp_path / "valid.tsv"
+    train.write_text("0.5,1\tthe cat\n1,0\tthe dog\n", encoding="utf-8")
+    valid.write_text("0.5,1\tthe cat\n1,2,3\tthe dog\n", encoding="utf-8")
+    data = clm.ConditionedLMDataConfig(train=str(train), valid=str(valid), condition="vector")
+    with pytest.raises(ValueError, match=r"valid.tsv, line 2: a vector of 3 numbers, "
+                                         r"expected 2"):
+        clm.train_conditioned_lm(data, MODEL, _train_cfg(max_steps=1), tmp_path / "m",
+                                 log=lambda *_: None)
+    assert not (tmp_path / "m").exists()
+
+
 def _train_losses(out):
     lines = (out / "metrics.jsonl").read_text().splitlines()
     return [(e["step"], e["loss"]) for e in map(json.loads, lines) if e["split"] == "train"]

@@ -154,7 +154,16 @@ def test_max_length_skips_long_training_pairs_and_says_so(corpus, tmp_path):
     # pairs of 4+ words are 5+ tokens with <eos>
     longer = sum(len(s.split()) + 1 > 4 for s in _lines(corpus / "train.de"))
     assert longer > 0
-    assert f"train: skipped {longer} of 480 pairs longer than 4 tokens (max_length)" in messages
+    said = [m for m in messages if "skipped" in m]
+    assert len(said) == 1 and "train.de" in said[0] and "train.en" in said[0]
+    assert said[0].endswith(f": skipped {longer} of 480 pairs longer than 4 tokens (max_length)")
+
+
+def test_max_length_that_leaves_no_pair_is_an_error_naming_the_files(corpus, tmp_path):
+    with pytest.raises(ValueError, match=r"train\.de.*every pair is longer than max_length=1"):
+        tr.train_translator(_data(corpus, max_length=1), MODEL, _train_cfg(max_steps=1),
+                            tmp_path / "m", log=lambda *_: None)
+    assert not (tmp_path / "m").exists()                  # nothing half-started
 
 
 # ---- evaluation ----------------------------------------------------------------------------
