@@ -109,6 +109,8 @@ _DATA_SOURCE = [
 
 _CLASSIFIER_OPTIONS = _DATA_SOURCE + [
     ("--lowercase", "data", "lowercase", bool, "lowercase the text"),
+    ("--level", "data", "level", str, "word | bpe (byte-level BPE subwords; default word)"),
+    ("--bpe-vocab-size", "data", "bpe_vocab_size", int, "BPE vocabulary size (default 8000)"),
     ("--min-count", "data", "min_count", int, "rarer words become <unk> (default 1)"),
     ("--max-vocab", "data", "max_vocab", int, "keep the most frequent N words (0: all)"),
     ("--batch-size", "data", "batch_size", int, "examples per batch (default 32)"),

@@ -52,13 +52,17 @@ class ClassifierDataConfig:
     valid: str = ""
     valid_fraction: float = 0.1
     lowercase: bool = False
-    min_count: int = 1
-    max_vocab: int = 0
+    level: str = "word"                 # "word" | "bpe" (byte-level BPE, HF tokenizers)
+    min_count: int = 1                  # word level
+    max_vocab: int = 0                  # word level
+    bpe_vocab_size: int = 8000
     batch_size: int = 32
 
     def __post_init__(self):
         check_fields(self, [
             ("valid_fraction", lambda c: 0 < c.valid_fraction < 1, "a number in (0, 1)"),
+            ("level", lambda c: c.level in ("word", "bpe"), "'word' or 'bpe'"),
+            ("bpe_vocab_size", lambda c: c.bpe_vocab_size >= 259, "an int >= 259"),
             ("min_count", lambda c: c.min_count >= 1, "an int >= 1"),
             ("max_vocab", lambda c: c.max_vocab >= 0, "an int >= 0"),
             ("batch_size", lambda c: c.batch_size >= 1, "an int >= 1"),
@@ -179,7 +183,11 @@ def class_probabilities(model: SequenceClassifier, sequences: list[list[int]], d
 
 
 def _encode(tokenizer, examples, lowercase: bool) -> list[list[int]]:
-    return [tokenizer.encode_words(_text(e.text, lowercase).split()) for e in examples]
+    """Examples -> token ids: words (split at whitespace) or byte-level BPE subwords."""
+    texts = [_text(e.text, lowercase) for e in examples]
+    if tokenizer.level == "bpe":
+        return [ids[:-1] for ids in tokenizer.encode_lines(texts)]       # no line end
+    return [tokenizer.encode_words(t.split()) for t in texts]
 
 
 def train_classifier(data_cfg: ClassifierDataConfig | None, model_options: dict | None,
@@ -202,9 +210,11 @@ def train_classifier(data_cfg: ClassifierDataConfig | None, model_options: dict 
         tokenizer = load_tokenizer(out)
         labels = checkpoint.read_json(out / "labels.json")["labels"]
     else:
-        tokenizer = build_tokenizer("word", [_text(e.text, data_cfg.lowercase) for e in train],
+        tokenizer = build_tokenizer(data_cfg.level,
+                                    [_text(e.text, data_cfg.lowercase) for e in train],
                                     min_count=data_cfg.min_count,
-                                    max_size=data_cfg.max_vocab or None)
+                                    max_size=data_cfg.max_vocab or None,
+                                    bpe_vocab_size=data_cfg.bpe_vocab_size)
         labels = sorted_labels(e.label for e in train)
         if len(labels) < 2:
             raise ValueError(f"{train_path}: the training data has one label ({labels}); a "

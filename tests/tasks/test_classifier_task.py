@@ -218,3 +218,22 @@ def test_selected_model_has_the_best_validation_accuracy(data, tmp_path, monkeyp
     assert accuracies[0] < max(accuracies)
     monkeypatch.setattr(classifier, "evaluation", real)
     assert classifier.evaluate_file(out, data / "dev.tsv")["accuracy"] == max(accuracies)
+
+
+def test_bpe_level_learns_and_predicts_with_its_subwords(data, tmp_path):
+    out = tmp_path / "bpe"
+    summary = _train(classifier.ClassifierDataConfig(data=str(data), batch_size=16,
+                                                     level="bpe", bpe_vocab_size=300), out)
+    assert summary["valid"]["accuracy"] >= 0.9
+    model, tok, config = classifier.load_classifier(out)
+    assert tok.level == "bpe"
+    text = "the plot was good"
+    rows = classifier.predict_file(out, write_lines(tmp_path / "x.txt", [text]))
+    ids = tok.encode_line(text)[:-1]                      # subwords, no line end
+    assert tok.decode(ids) == text
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.tensor(ids)[:, None], torch.tensor([len(ids)]))
+                                 .double(), -1)[0]
+    got = torch.tensor([rows[0]["probabilities"][label] for label in config["labels"]],
+                       dtype=torch.float64)
+    torch.testing.assert_close(got, expected)
