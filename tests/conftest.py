@@ -230,3 +230,37 @@ VARIANT_BACKENDS = [pytest.param(kind, options, backend, id=f"{name}-{backend}")
                     for (kind, options), name in zip(VARIANTS, VARIANT_IDS)
                     for backend in backends_for(kind, options)]
 each_variant_backend = pytest.mark.parametrize(("kind", "options", "backend"), VARIANT_BACKENDS)
+
+
+def run_cli(args, capsys):
+    """Run ``rnnkit ARGS`` in-process: (exit code, stdout, stderr)."""
+    from rnnkit.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def expect_cli_error(args, capsys, *fragments) -> str:
+    """Assert ``rnnkit ARGS`` fails as bad input must: exit 2, one ``rnnkit: error:`` line
+    holding every fragment, no traceback. Returns the message."""
+    code, _, err = run_cli(args, capsys)
+    assert code == 2, err
+    assert "Traceback" not in err and err.startswith("rnnkit: error:")
+    assert len(err.strip().splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def train_losses(out) -> list[tuple[int, float]]:
+    """(step, loss) of every training line in a run's ``metrics.jsonl``."""
+    import json
+
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [(e["step"], e["loss"]) for e in map(json.loads, lines) if e["split"] == "train"]
+
+
+def snapshot(folder) -> dict:
+    """Every file under ``folder`` by relative path: its bytes (to prove nothing changed)."""
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}

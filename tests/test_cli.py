@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from rnnkit.cli import main
+from conftest import expect_cli_error, run_cli
 
 TEXT = "\n".join(["the cat sat on the mat", "the dog sat on the log"] * 40) + "\n"
 
@@ -24,10 +25,7 @@ def trained(tmp_path_factory):
     return root, corpus, out
 
 
-def _run(args, capsys):
-    code = main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+_run, _expect_error = run_cli, expect_cli_error
 
 
 def test_cli_train_then_generate_eval_score(trained, capsys):
@@ -61,14 +59,6 @@ def test_config_file_and_command_line_override(trained, tmp_path, capsys):
     _expect_error(["train", "lm", "--data", str(corpus), "--out", str(out)], capsys,
                   "holds a model or run already")
 
-
-def _expect_error(args, capsys, *fragments):
-    code, _, err = _run(args, capsys)
-    assert code == 2, err
-    assert "Traceback" not in err and err.startswith("rnnkit: error:")
-    assert len(err.strip().splitlines()) == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def test_bad_data_files(tmp_path, capsys):

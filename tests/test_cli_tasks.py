@@ -10,6 +10,7 @@ import random
 import pytest
 
 from rnnkit.cli import main
+from conftest import expect_cli_error, run_cli
 
 TASKS = ["classifier", "tagger", "translator", "conditioned-lm"]
 WORDS = {"pos": "good great fine nice".split(), "neg": "bad awful poor sad".split()}
@@ -20,20 +21,7 @@ SRC_WORDS, TGT_WORDS = "a b c d e".split(), "A B C D E".split()
 TINY = ["--epochs", "1", "--no-progress", "--hidden", "8", "--embedding-size", "8"]
 
 
-def _run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _expect_error(args, capsys, *fragments):
-    code, _, err = _run(args, capsys)
-    assert code == 2, err
-    assert "Traceback" not in err and err.startswith("rnnkit: error:")
-    assert len(err.strip().splitlines()) == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
+_run, _expect_error = run_cli, expect_cli_error
 
 
 def _write(path, lines):

@@ -332,106 +332,6 @@ def _where(tokens: TokenArray) -> str:
     return f" {tokens.path}" if tokens.path else ""
 
 
-class SentenceBatches:
-    """Padded batches of whole lines, for models whose state resets at every line.
-
-    ``lines[k]`` is a sequence of ids ending with ``end_id`` (``<eos>``; at char level the
-    id of ``"\\n"``). Each epoch the line order is shuffled by this object's own
-    ``torch.Generator`` (seeded by ``seed``; ``shuffle=False`` keeps file order) and cut into
-    batches of ``batch_size`` lines (the last may be smaller). A batch of lines
-    ``w_1 … w_L`` (``w_L = end_id``) gives, with ``T`` its longest line:
-
-        inputs  (T, B) long: ``end_id, w_1, …, w_{L-1}`` — the previous line's end is the
-                start symbol, so every token of the line, its final end included, is predicted;
-        targets (T, B) long: ``w_1, …, w_L``;
-        lengths (B,)   long: ``L`` of each line;
-
-    both padded with ``pad_id`` after position ``L`` (use it as the loss's ``ignore_index``).
-
-    Use :meth:`next_batch` until it returns None, then :meth:`reset_epoch`;
-    :meth:`state_dict` / :meth:`load_state_dict` resume exactly where it stopped.
-    """
-
-    def __init__(self, lines: Sequence[Sequence[int]], batch_size: int, *, end_id: int,
-                 pad_id: int, shuffle: bool = True, seed: int = 0):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if len(lines) == 0:
-            raise ValueError("SentenceBatches needs at least one line")
-        self.lines = lines
-        self.batch_size = batch_size
-        self.end_id = end_id
-        self.pad_id = pad_id
-        self.shuffle = bool(shuffle)
-        self._generator = _generator(seed)
-        self.epoch = 0
-        self._start_epoch()
-
-    def _start_epoch(self) -> None:
-        self._epoch_state = _generator_state(self._generator)
-        n = len(self.lines)
-        self._order = (torch.randperm(n, generator=self._generator) if self.shuffle
-                       else torch.arange(n))
-        self.batch_index = 0
-
-    def __len__(self) -> int:
-        """Batches per epoch."""
-        return -(-len(self.lines) // self.batch_size)
-
-    def _line(self, k: int) -> Tensor:
-        line = torch.as_tensor(np.asarray(self.lines[k], dtype=np.int64))      # (L,)
-        if line.numel() == 0:
-            raise ValueError(f"line {k} is empty; every line must end with id {self.end_id}")
-        if int(line[-1]) != self.end_id:
-            raise ValueError(f"line {k} ends with id {int(line[-1])}, expected the line end "
-                             f"id {self.end_id}")
-        return line
-
-    def next_batch(self) -> tuple[Tensor, Tensor, Tensor] | None:
-        """The next ``(inputs (T, B), targets (T, B), lengths (B,))``, or None at epoch end."""
-        first = self.batch_index * self.batch_size
-        if first >= len(self.lines):
-            return None
-        picked = self._order[first:first + self.batch_size].tolist()
-        lines = [self._line(k) for k in picked]
-        lengths = torch.tensor([len(line) for line in lines], dtype=torch.long)   # (B,)
-        T, B = int(lengths.max()), len(lines)
-        inputs = torch.full((T, B), self.pad_id, dtype=torch.long)
-        targets = torch.full((T, B), self.pad_id, dtype=torch.long)
-        for b, line in enumerate(lines):
-            targets[:len(line), b] = line
-            inputs[0, b] = self.end_id
-            inputs[1:len(line), b] = line[:-1]
-        self.batch_index += 1
-        return inputs, targets, lengths
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        """The remaining batches of this epoch."""
-        while (batch := self.next_batch()) is not None:
-            yield batch
-
-    def reset_epoch(self) -> None:
-        """Start the next epoch with a new order."""
-        self.epoch += 1
-        self._start_epoch()
-
-    def state_dict(self) -> dict:
-        """JSON-serialisable epoch, batch index, generator state at the epoch's start, settings."""
-        return {"epoch": self.epoch, "batch_index": self.batch_index,
-                "generator": self._epoch_state, "batch_size": self.batch_size,
-                "shuffle": self.shuffle, "num_lines": len(self.lines)}
-
-    def load_state_dict(self, d: dict) -> None:
-        """Continue from ``d``: the epoch's order is redrawn from the saved generator state."""
-        _check_state("SentenceBatches", d, {"batch_size": self.batch_size,
-                                            "shuffle": self.shuffle,
-                                            "num_lines": len(self.lines)})
-        _set_generator_state(self._generator, d["generator"])
-        self._start_epoch()
-        self.epoch = int(d["epoch"])
-        self.batch_index = int(d["batch_index"])
-
-
 class ExampleBatches:
     """Batches of example indices for the supervised tasks (classify, tag, translate).
 
@@ -515,3 +415,89 @@ class ExampleBatches:
         self._start_epoch()
         self.epoch = int(d["epoch"])
         self.batch_index = int(d["batch_index"])
+
+
+class SentenceBatches:
+    """Padded batches of whole lines, for models whose state resets at every line.
+
+    ``lines[k]`` is a sequence of ids ending with ``end_id`` (``<eos>``; at char level the
+    id of ``"\\n"``). Each epoch the line order is shuffled by this object's own
+    ``torch.Generator`` (seeded by ``seed``; ``shuffle=False`` keeps file order) and cut into
+    batches of ``batch_size`` lines (the last may be smaller). A batch of lines
+    ``w_1 … w_L`` (``w_L = end_id``) gives, with ``T`` its longest line:
+
+        inputs  (T, B) long: ``end_id, w_1, …, w_{L-1}`` — the previous line's end is the
+                start symbol, so every token of the line, its final end included, is predicted;
+        targets (T, B) long: ``w_1, …, w_L``;
+        lengths (B,)   long: ``L`` of each line;
+
+    both padded with ``pad_id`` after position ``L`` (use it as the loss's ``ignore_index``).
+
+    Use :meth:`next_batch` until it returns None, then :meth:`reset_epoch`;
+    :meth:`state_dict` / :meth:`load_state_dict` resume exactly where it stopped.
+    """
+
+    def __init__(self, lines: Sequence[Sequence[int]], batch_size: int, *, end_id: int,
+                 pad_id: int, shuffle: bool = True, seed: int = 0):
+        if len(lines) == 0:
+            raise ValueError("SentenceBatches needs at least one line")
+        self.lines = lines
+        self.end_id = end_id
+        self.pad_id = pad_id
+        # the order, the epochs and their resumable state are ExampleBatches' (unbucketed)
+        self._batches = ExampleBatches(len(lines), batch_size, shuffle=shuffle, seed=seed,
+                                       collate=self._collate)
+
+    @property
+    def batch_size(self) -> int:
+        return self._batches.batch_size
+
+    @property
+    def epoch(self) -> int:
+        return self._batches.epoch
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return len(self._batches)
+
+    def _line(self, k: int) -> Tensor:
+        line = torch.as_tensor(np.asarray(self.lines[k], dtype=np.int64))      # (L,)
+        if line.numel() == 0:
+            raise ValueError(f"line {k} is empty; every line must end with id {self.end_id}")
+        if int(line[-1]) != self.end_id:
+            raise ValueError(f"line {k} ends with id {int(line[-1])}, expected the line end "
+                             f"id {self.end_id}")
+        return line
+
+    def _collate(self, picked: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+        lines = [self._line(k) for k in picked]
+        lengths = torch.tensor([len(line) for line in lines], dtype=torch.long)   # (B,)
+        T, B = int(lengths.max()), len(lines)
+        inputs = torch.full((T, B), self.pad_id, dtype=torch.long)
+        targets = torch.full((T, B), self.pad_id, dtype=torch.long)
+        for b, line in enumerate(lines):
+            targets[:len(line), b] = line
+            inputs[0, b] = self.end_id
+            inputs[1:len(line), b] = line[:-1]
+        return inputs, targets, lengths
+
+    def next_batch(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """The next ``(inputs (T, B), targets (T, B), lengths (B,))``, or None at epoch end."""
+        return self._batches.next_batch()
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """The remaining batches of this epoch."""
+        while (batch := self.next_batch()) is not None:
+            yield batch
+
+    def reset_epoch(self) -> None:
+        """Start the next epoch with a new order."""
+        self._batches.reset_epoch()
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable epoch, batch index, generator state at the epoch's start, settings."""
+        return self._batches.state_dict()
+
+    def load_state_dict(self, d: dict) -> None:
+        """Continue from ``d``: the epoch's order is redrawn from the saved generator state."""
+        self._batches.load_state_dict(d)

@@ -400,6 +400,14 @@ class GRU(RecurrentStack):
         self.reset_after = reset_after
 
 
+def length_mask(lengths, T: int, device=None) -> Tensor:
+    """(B,) lengths -> (T, B) bool, True at the real (unpadded) steps of each example, on
+    ``device`` (default: that of ``lengths``)."""
+    lengths = torch.as_tensor(lengths)
+    device = lengths.device if device is None else device
+    return torch.arange(T, device=device)[:, None] < lengths.to(device)[None, :]
+
+
 def detach_state(state):
     """Cut the graph between truncated-BPTT windows: a state tensor, or (nested) tuples of
     them such as ``(h, c)`` or one state per layer -> the same structure, detached."""

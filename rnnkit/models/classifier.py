@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import check_fields
+from rnnkit.layers import length_mask
 from rnnkit.models.encoder import LAYERS, RecurrentEncoder
 
 POOLINGS = ("final", "mean", "max", "attention")
@@ -69,7 +70,7 @@ def pool(outputs: Tensor, lengths: Tensor, how: str, h_n: Tensor | None = None,
     docstring. ``final`` uses ``h_n`` (L*D, B, H); ``attention`` a module (T, B, F) -> (T, B)
     of scores."""
     T = outputs.shape[0]
-    mask = torch.arange(T, device=outputs.device)[:, None] < lengths.to(outputs.device)[None]
+    mask = length_mask(lengths, T, outputs.device)                        # (T, B)
     if how == "final":
         return torch.cat(list(h_n[-num_directions:]), dim=-1)             # (B, D*H)
     if how == "mean":

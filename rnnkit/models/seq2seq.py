@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.config import check_fields
+from rnnkit.layers import length_mask
 from rnnkit.data.tokenizers import LINE_END_ID, PAD_ID
 from rnnkit.models.encoder import LAYERS, RecurrentEncoder, recurrent_layer
 
@@ -140,8 +141,7 @@ class Seq2Seq(nn.Module):
         h0 = torch.tanh(self.bridge(torch.cat([top[0], top[1]], dim=-1)))   # (B, H)
         h0 = h0[None].expand(self.config.decoder_layers, -1, -1).contiguous()
         state = (h0, torch.zeros_like(h0)) if self.config.cell == "lstm" else h0
-        mask = (torch.arange(source.shape[0], device=source.device)[:, None]
-                < lengths.to(source.device)[None, :])
+        mask = length_mask(lengths, source.shape[0], source.device)     # (S, B)
         return memory, mask, state
 
     # -- decoder ----------------------------------------------------------------------------

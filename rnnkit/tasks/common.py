@@ -108,11 +108,6 @@ def pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
     return out, lengths
 
 
-def length_mask(lengths: Tensor, T: int) -> Tensor:
-    """(B,) lengths -> (T, B) bool, True at real (unpadded) positions."""
-    return torch.arange(T, device=lengths.device)[:, None] < lengths[None, :]
-
-
 def split_sources(cfg) -> tuple[str, str, str | None]:
     """The files the (train, valid, test) examples of a supervised task come from: explicit
     ``train``/``valid`` files, a folder of split files (see :func:`rnnkit.data.find_splits`;

@@ -30,10 +30,11 @@ from rnnkit.config import check_fields
 from rnnkit.data import build_tokenizer, load_tokenizer
 from rnnkit.data.labelled import read_labelled
 from rnnkit.data.stream import ExampleBatches
+from rnnkit.layers import length_mask
 from rnnkit.models.lm import LanguageModel, LMConfig
 from rnnkit.tasks.classifier import label_ids, sorted_labels
 from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit,
-                                 labelled_splits, length_mask, pad, read_run, save_run_files,
+                                 labelled_splits, pad, read_run, save_run_files,
                                  split_sources)
 from rnnkit.train import TrainConfig
 
@@ -129,7 +130,7 @@ def conditioned_nll(model: LanguageModel, batch, device):
     state = model.initial_state(inputs.shape[1], condition=condition.to(device))
     hidden, _ = model(inputs.to(device), state, lengths=lengths)
     nll = model.nll(hidden, targets.to(device))
-    mask = length_mask(lengths, targets.shape[0]).to(device)
+    mask = length_mask(lengths, targets.shape[0], device)
     return nll[mask].sum(), int(lengths.sum())
 
 

@@ -32,7 +32,7 @@ from rnnkit.config import check_fields
 from rnnkit.data import (SentenceBatches, StreamBatches, TokenArray, TokenLines, build_tokenizer,
                          encode_to_cache, find_splits, iter_lines, load_tokenizer, open_cache)
 from rnnkit.data.pycorpus import write_python_corpus
-from rnnkit.layers import detach_state
+from rnnkit.layers import detach_state, length_mask
 from rnnkit.models.lm import LanguageModel, LMConfig
 from rnnkit.tasks.common import check_new_run, device_of, fit, read_run, write_run
 from rnnkit.train import TrainConfig
@@ -194,7 +194,7 @@ class LMTask:
         if self.cfg.sentence_mode:
             inputs, targets, lengths = batch
             hidden, _ = self.model(inputs.to(self.device), None, lengths=lengths)
-            mask = (torch.arange(targets.shape[0])[:, None] < lengths[None, :]).to(self.device)
+            mask = length_mask(lengths, targets.shape[0], self.device)
             nll = self.model.nll(hidden, targets.to(self.device))
             return nll[mask].mean(), int(lengths.sum())
         inputs, targets = (t.to(self.device) for t in batch)
@@ -358,7 +358,7 @@ def score_lines(directory: str | Path, path: str | Path, *, batch_size: int = 32
             inputs, targets, lengths = batch
             hidden, _ = model(inputs.to(model.embedding.weight.device), None, lengths=lengths)
             nll = model.nll(hidden, targets.to(hidden.device)).double().cpu()
-            mask = torch.arange(targets.shape[0])[:, None] < lengths[None, :]
+            mask = length_mask(lengths, targets.shape[0])
             for b in range(targets.shape[1]):
                 total = nll[:, b][mask[:, b]].sum().item()
                 n = int(lengths[b])

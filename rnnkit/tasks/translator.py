@@ -189,9 +189,11 @@ def teacher_forced_nll(model: Seq2Seq, sources, targets, device, batch_size: int
     """Total NLL (nats) and count of target tokens (``<eos>`` included), teacher forced."""
     model.eval()
     total, count = 0.0, 0
-    for k in range(0, len(sources), batch_size):
-        src, src_len, tgt_in, tgt_out = collate_pairs(sources[k:k + batch_size],
-                                                      targets[k:k + batch_size])
+    order = sorted(range(len(sources)), key=lambda k: len(sources[k]))   # little padding
+    for k in range(0, len(order), batch_size):
+        chunk = order[k:k + batch_size]
+        src, src_len, tgt_in, tgt_out = collate_pairs([sources[i] for i in chunk],
+                                                      [targets[i] for i in chunk])
         logits = model(src.to(device), src_len, tgt_in.to(device))
         total += F.cross_entropy(logits.flatten(0, 1).double(), tgt_out.to(device).flatten(),
                                  ignore_index=PAD_ID, reduction="sum").item()

@@ -12,6 +12,7 @@ from rnnkit.data.labelled import read_labelled
 from rnnkit.tasks import classifier
 from rnnkit.tasks.common import labelled_splits
 from rnnkit.train import TrainConfig
+from conftest import snapshot, train_losses as _train_losses
 
 NEUTRAL = ["the", "a", "film", "plot", "actor", "scene", "story", "music", "was", "is", "very",
            "quite"]
@@ -56,15 +57,6 @@ def trained(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "kw"
     summary = _train(classifier.ClassifierDataConfig(data=str(data), batch_size=16), out)
     return out, summary
-
-
-def snapshot(folder) -> dict:
-    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-def _train_losses(out):
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [(e["step"], e["loss"]) for e in map(json.loads, lines) if e["split"] == "train"]
 
 
 # ---------------------------------------------------------------- metrics and labels

@@ -3,7 +3,6 @@ validation loss is a per-line sum, label and vector conditions, resume."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 
@@ -12,6 +11,7 @@ import torch
 
 from rnnkit.tasks import conditioned_lm as clm
 from rnnkit.train import TrainConfig
+from conftest import train_losses as _train_losses
 
 WORDS = "the cat dog sat ran on mat log".split()
 MODEL = {"cell": "lstm", "hidden_size": 16, "num_layers": 1, "dropout": 0.0}
@@ -158,11 +158,6 @@ def test_valid_vectors_of_another_length_are_an_error_before_anything_is_written
         clm.train_conditioned_lm(data, MODEL, _train_cfg(max_steps=1), tmp_path / "m",
                                  log=lambda *_: None)
     assert not (tmp_path / "m").exists()
-
-
-def _train_losses(out):
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [(e["step"], e["loss"]) for e in map(json.loads, lines) if e["split"] == "train"]
 
 
 def _stop_and_resume(yes_no, tmp_path, stop, log_every, steps=12):

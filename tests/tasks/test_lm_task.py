@@ -1,6 +1,5 @@
 """Language modelling end to end on a tiny corpus: train, resume, evaluate, score, generate."""
 
-import json
 import math
 
 import pytest
@@ -8,6 +7,7 @@ import torch
 
 from rnnkit.tasks import lm
 from rnnkit.train import TrainConfig
+from conftest import train_losses as _train_losses
 
 TEXT = "\n".join(["the cat sat on the mat", "the dog sat on the log",
                   "a cat and a dog", "the mat and the log"] * 30) + "\n"
@@ -27,11 +27,6 @@ def _train(corpus, out, level="word", data_options=(), **train):
     cfg = TrainConfig(**{"epochs": 2, "lr": 0.01, "optimizer": "adam", "log_every": 2,
                          "progress": False, **train})
     return lm.train_lm(data, MODEL, cfg, out, log=lambda *_: None)
-
-
-def _train_losses(out):
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [(e["step"], e["loss"]) for e in map(json.loads, lines) if e["split"] == "train"]
 
 
 def test_resume_is_bit_exact(corpus, tmp_path):

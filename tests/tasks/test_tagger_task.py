@@ -10,6 +10,7 @@ import torch
 from rnnkit.data.labelled import read_tagged
 from rnnkit.tasks import tagger
 from rnnkit.train import TrainConfig
+from conftest import snapshot, train_losses as _train_losses
 
 # the tag follows from the word (and from its ending, for words never seen in training)
 LEXICON = {"walking": "VERB", "talking": "VERB", "singing": "VERB", "eating": "VERB",
@@ -68,15 +69,6 @@ def _train(data_cfg, out, model=None, **train):
 def trained(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "pos"
     return out, _train(tagger.TaggerDataConfig(data=str(data), batch_size=16), out)
-
-
-def snapshot(folder) -> dict:
-    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-def _train_losses(out):
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [(e["step"], e["loss"]) for e in map(json.loads, lines) if e["split"] == "train"]
 
 
 # ---------------------------------------------------------------- metrics
