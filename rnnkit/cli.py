@@ -364,12 +364,6 @@ def _task_of(directory: str) -> str:
     return read_config(directory).get("task")
 
 
-def _has_tab(path: str) -> bool:
-    from rnnkit.data import iter_lines
-
-    return "\t" in next(iter(iter_lines(path)), "")
-
-
 def _cmd_eval(args) -> int:
     task = _task_of(args.model)
     if task == "lm":
@@ -402,10 +396,6 @@ def _cmd_eval(args) -> int:
 
         if args.beam < 1:
             raise ValueError(f"--beam: expected >= 1, got {args.beam}")
-        if args.reference is None and not _has_tab(args.data):
-            raise ValueError(f"{args.data}: a translator is evaluated on pairs: give the "
-                             f"reference translations with --reference FILE, or a TSV of "
-                             f"'source<TAB>target' lines")
         m = evaluate_file(args.model, args.data, args.reference, beam=args.beam,
                           device=args.device, log=lambda text: print(text, file=sys.stderr))
         text = [f"{args.data}: {describe_metrics(m)}; {m['sentences']:,} sentences, beam "
@@ -728,7 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="text (lm), label<TAB>text (classifier), CoNLL-U or word<TAB>tag "
                     "(tagger), source file or TSV of pairs (translator)")
     ev.add_argument("--reference", metavar="FILE",
-                    help="translator: the reference translations of --data, line by line")
+                    help="translator: the reference translations of --data, line by line "
+                    "(without it, --data must be a TSV of source<TAB>target pairs)")
     ev.add_argument("--beam", type=int, default=5, help="translator: beam width (5; 1 greedy)")
     ev.add_argument("--batch-size", type=int, default=10, help="lm: parallel streams (10)")
     ev.add_argument("--device", default="cpu", help="cpu | cuda | auto")

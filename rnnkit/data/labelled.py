@@ -287,7 +287,7 @@ def read_parallel(source: str | os.PathLike, target: str | os.PathLike | None = 
             if "\t" not in raw:
                 if require_target:
                     raise ValueError(f"{_where(source, n)}: no tab; expected "
-                                     f"'source<TAB>target'")
+                                     f"'source<TAB>target' (or the targets as a second, aligned file)")
                 pairs.append(SentencePair(raw.strip(), "", n))
                 continue
             s, t = raw.split("\t", 1)
