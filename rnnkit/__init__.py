@@ -5,10 +5,10 @@
 >>> output, (h_n, c_n) = lstm(torch.randn(5, 3, 10))
 """
 
-from rnnkit.cells import CELL_KINDS, make_cell
+from rnnkit.cells import cell_names, make_cell
 from rnnkit.layers import BACKENDS, GRU, INIT_SCHEMES, LSTM, RNN, RecurrentStack, detach_state
 
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "RecurrentStack", "detach_state", "make_cell",
-           "CELL_KINDS", "BACKENDS", "INIT_SCHEMES", "__version__"]
+           "cell_names", "BACKENDS", "INIT_SCHEMES", "__version__"]

@@ -13,17 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-import rnnkit
 from rnnkit.autograd import recurrent_bptt
-from rnnkit.cells import Cell, make_cell
+from rnnkit.cells import Cell, cell_names, make_cell, torch_twin
 from rnnkit.layers import RecurrentStack
 
-VARIANTS = [("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "relu"}),
-            ("rnn", {"nonlinearity": "sigmoid"}), ("lstm", {}), ("lstm", {"peephole": True}),
-            ("gru", {}), ("gru", {"reset_after": False})]
 SIZES = (6, 3, 3, 4, [6, 3, 5])   # T, B, I, H and the lengths of the checked batch
-_CLASSES = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
-_TORCH = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 
 
 @dataclass
@@ -86,18 +80,20 @@ def check_cell(cell: Cell, seed: int = 0) -> CheckRow:
     return CheckRow(getattr(cell, "name", type(cell).__name__), diff, passed, None)
 
 
-def check_variant(kind: str, options: dict, seed: int = 0) -> CheckRow:
-    """:func:`check_cell` for a built-in variant, plus the comparison with its ``torch.nn``
+def check_variant(name: str, options: dict | None = None, seed: int = 0) -> CheckRow:
+    """:func:`check_cell` for a registered cell, plus the comparison with its ``torch.nn``
     twin (float32, weights exchanged through ``state_dict``) where one exists."""
-    cell = make_cell(kind, **options)
+    options = options or {}
+    cell = make_cell(name, **options)
     row = check_cell(cell, seed)
-    if cell.native_mode is None:
+    twin = torch_twin(cell)
+    if twin is None:
         return row
     torch.manual_seed(seed)
     T, B, I, H, lengths = SIZES
-    cls = getattr(rnnkit, _CLASSES[kind])
-    ours = cls(I, H, 2, bidirectional=True, backend="bptt", **options)
-    theirs = _TORCH[kind](I, H, 2, bidirectional=True, **options)
+    ours = RecurrentStack(I, H, 2, bidirectional=True, backend="bptt", cell=name,
+                          cell_options=options)
+    theirs = twin[0](I, H, 2, bidirectional=True, **twin[1])
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(T, B, I, requires_grad=True)
     weights = torch.randn(T, B, 2 * H)
@@ -112,5 +108,11 @@ def check_variant(kind: str, options: dict, seed: int = 0) -> CheckRow:
 
 
 def check_all() -> list[CheckRow]:
-    """Check every cell variant rnnkit ships."""
-    return [check_variant(kind, options) for kind, options in VARIANTS]
+    """Check every cell the registry holds, once each ("rnn" with its default options is
+    "rnn_tanh")."""
+    seen, rows = set(), []
+    for name in cell_names():
+        if make_cell(name).name not in seen:
+            rows.append(check_variant(name))
+            seen.add(rows[-1].cell)
+    return rows

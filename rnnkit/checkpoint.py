@@ -8,8 +8,9 @@ A model directory holds::
     train_state.safetensors   everything needed to continue training exactly (see train.py)
     metrics.jsonl, curves.png
 
-Every file is written to a temporary name in the same directory and renamed over the old
-one, so a crash or Ctrl-C leaves either the old file or the new one, never a broken one.
+Every file is written with :func:`rnnkit.files.atomic_write` (re-exported here with
+``write_json`` and ``read_json``): a temporary name in the same directory renamed over the
+old one, so a crash or Ctrl-C leaves either the old file or the new one, never a broken one.
 Tensors that share memory (tied weights) are stored once; the aliases are recorded in the
 file's metadata and restored on load.
 """
@@ -17,8 +18,6 @@ file's metadata and restored on load.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,55 +26,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 import rnnkit
+from rnnkit.files import atomic_write, read_json, write_json    # also checkpoint.<name>
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "train_state.safetensors"
 _META_KEY = "rnnkit"
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` to produce a file, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)                   # as an ordinary new file, not 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path: str | Path, obj) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-    atomic_write(path, write)
-
-
-def read_json(path: str | Path) -> dict:
-    """Read a JSON object; a clear ValueError names the file if it is missing or broken."""
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
 
 
 def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict | None = None) -> None:

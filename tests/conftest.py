@@ -1,4 +1,4 @@
-"""Shared helpers for rnnkit's tests: the seven cell variants, their torch.nn twins, random
+"""Shared helpers for rnnkit's tests: every registered cell, their torch.nn twins, random
 inputs, and comparisons against a reference.
 
 Test modules import the plain helpers with ``from conftest import …`` (pytest puts this
@@ -12,21 +12,25 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 import rnnkit
+from rnnkit.cells import torch_twin
 
-# (kind, options) for rnnkit.make_cell and, as keyword arguments, for the layer classes.
-VARIANTS = [
-    ("rnn", {"nonlinearity": "tanh"}),
-    ("rnn", {"nonlinearity": "relu"}),
-    ("rnn", {"nonlinearity": "sigmoid"}),
-    ("lstm", {}),
-    ("lstm", {"peephole": True}),
-    ("gru", {}),
-    ("gru", {"reset_after": False}),
-]
-VARIANT_IDS = ["rnn_tanh", "rnn_relu", "rnn_sigmoid", "lstm", "lstm_peephole", "gru",
-               "gru_reset_before"]
+# Every cell of the registry once, as (registered name, options) — ("rnn" with its default
+# options is "rnn_tanh", so it is not repeated). New cells join every test by registering.
+def _registered_variants() -> list[tuple[str, dict]]:
+    seen, variants = set(), []
+    for name in rnnkit.cell_names():
+        cell = rnnkit.make_cell(name)
+        if cell.name not in seen:
+            seen.add(cell.name)
+            variants.append((name, {}))
+    return variants
+
+
+VARIANTS = _registered_variants()
+VARIANT_IDS = [name for name, _ in VARIANTS]
 # The variants that torch.nn computes too (and that the "native" backend accepts).
-STANDARD_IDS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+STANDARD_IDS = [name for name, options in VARIANTS
+                if torch_twin(rnnkit.make_cell(name, **options)) is not None]
 STANDARD = [v for v, name in zip(VARIANTS, VARIANT_IDS) if name in STANDARD_IDS]
 NONSTANDARD_IDS = [name for name in VARIANT_IDS if name not in STANDARD_IDS]
 NONSTANDARD = [v for v, name in zip(VARIANTS, VARIANT_IDS) if name not in STANDARD_IDS]
@@ -35,8 +39,6 @@ each_variant = pytest.mark.parametrize(("kind", "options"), VARIANTS, ids=VARIAN
 each_standard_variant = pytest.mark.parametrize(("kind", "options"), STANDARD, ids=STANDARD_IDS)
 each_nonstandard_variant = pytest.mark.parametrize(("kind", "options"), NONSTANDARD,
                                                    ids=NONSTANDARD_IDS)
-
-LAYER_CLASSES = {"rnn": rnnkit.RNN, "lstm": rnnkit.LSTM, "gru": rnnkit.GRU}
 
 
 @pytest.fixture(autouse=True)
@@ -48,22 +50,26 @@ def is_standard(kind: str, options: dict) -> bool:
     return (kind, options) in STANDARD
 
 
+def num_states(kind: str, options: dict | None = None) -> int:
+    """How many state tensors the cell carries (2 for an LSTM's (h, c))."""
+    return rnnkit.make_cell(kind, **(options or {})).num_states
+
+
 def backends_for(kind: str, options: dict) -> list[str]:
     """The explicit backends a variant runs on: the engine, its autograd, and the kernel."""
     return ["bptt", "autograd"] + (["native"] if is_standard(kind, options) else [])
 
 
 def make_layer(kind: str, options: dict, input_size: int, hidden_size: int, **kwargs):
-    """``rnnkit.RNN/LSTM/GRU`` for a variant; ``kwargs`` as the torch.nn constructor's."""
-    return LAYER_CLASSES[kind](input_size, hidden_size, **options, **kwargs)
+    """The rnnkit stack of a registered cell; ``kwargs`` as the torch.nn constructor's."""
+    return rnnkit.RecurrentStack(input_size, hidden_size, cell=kind, cell_options=options,
+                                 **kwargs)
 
 
 def make_torch_twin(kind: str, options: dict, input_size: int, hidden_size: int, **kwargs):
     """The ``torch.nn`` module that computes a standard variant."""
-    if kind == "rnn":
-        return torch.nn.RNN(input_size, hidden_size, nonlinearity=options["nonlinearity"],
-                            **kwargs)
-    return {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind](input_size, hidden_size, **kwargs)
+    cls, twin_kwargs = torch_twin(rnnkit.make_cell(kind, **options))
+    return cls(input_size, hidden_size, **twin_kwargs, **kwargs)
 
 
 def cell_params(cell, input_size: int, hidden_size: int, *, bias: bool = True,
@@ -165,7 +171,7 @@ def step_backward_and_autograd(cell, n: int = 3, hidden_size: int = 4):
     reference = grads_of(loss, wrt)
 
     with torch.no_grad():
-        caches = [tuple(c.detach() for c in cache)]
+        caches = [type(cache)(*(c.detach() for c in cache))]   # the same NamedTuple
         extra_d = tuple(e.detach() for e in extra)
         prepared = cell.prepare_backward(caches, *extra_d)
         dstate_prev, dxw, dhw = cell.step_backward(tuple(d.clone() for d in dstate),
@@ -173,7 +179,7 @@ def step_backward_and_autograd(cell, n: int = 3, hidden_size: int = 4):
         dweight_hh, *dextra = cell.param_backward(dhw, caches, *extra_d)
     hand = [*dstate_prev, dxw, dweight_hh, *([dhw.sum(0)] if bias_hh is not None else []),
             *dextra]
-    names = (["dh_prev", "dc_prev"][:cell.num_states] + ["dxw", "dweight_hh"]
+    names = ([f"d{name}_prev" for name in cell.state_names] + ["dxw", "dweight_hh"]
              + (["dbias_hh"] if bias_hh is not None else [])
              + [f"d{name}" for name in cell.extra_param_shapes(H)])
     return hand, reference, names
@@ -212,11 +218,13 @@ def assert_same_results(actual, expected, **tol) -> None:
 
 
 def random_hx(kind: str, *shape, dtype=torch.float32):
-    """A random initial state for a layer of ``kind``: h_0, or (h_0, c_0) for an LSTM,
-    requiring grad; ``shape`` is (L*D, B, H) or unbatched (L*D, H)."""
+    """A random initial state for a layer of the registered cell ``kind``: h_0, or a tuple
+    (h_0, c_0, …) for a cell of several states, requiring grad; ``shape`` is (L*D, B, H) or
+    unbatched (L*D, H)."""
     def one():
         return (0.5 * torch.randn(*shape, dtype=dtype)).requires_grad_()
-    return (one(), one()) if kind == "lstm" else one()
+    k = num_states(kind)
+    return tuple(one() for _ in range(k)) if k > 1 else one()
 
 
 def hx_leaves(hx) -> tuple:

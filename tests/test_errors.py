@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
-from conftest import each_variant, make_layer
+from conftest import each_variant, make_layer, num_states
 
 I, H = 3, 4
 
@@ -108,7 +108,8 @@ def test_hx_of_wrong_shape(kind, shape, unbatched):
     x = torch.randn(5, I) if unbatched else torch.randn(5, 3, I)
     expected = (2, H) if unbatched else (2, 3, H)
     good, bad = torch.zeros(expected), torch.zeros(shape)
-    cases = [((bad, good), "h_0"), ((good, bad), "c_0")] if kind == "lstm" else [(bad, "h_0")]
+    cases = [((bad, good), "h_0"), ((good, bad), "c_0")] if num_states(kind) == 2 \
+        else [(bad, "h_0")]
     for hx, name in cases:
         with _raises(rf"hx: expected {name} of shape {re.escape(str(expected))} "
                      r"\(num_layers\*num_directions, batch, hidden_size\), got "
@@ -134,9 +135,29 @@ def test_single_state_hx_must_be_a_tensor(kind):
 
 # -- construction ------------------------------------------------------------------------
 
-def test_unknown_cell_kind():
-    with _raises(r"cell: expected one of \['rnn', 'lstm', 'gru'\], got 'transformer'"):
+def test_unknown_cell_lists_the_registered_ones():
+    with _raises(r"cell: unknown 'transformer'; expected one of \['lstm', 'lstm_peephole', "
+                 r"'gru', .*'irnn'.*\] or 'package.module:Class'"):
         rnnkit.make_cell("transformer")
+
+
+def test_option_a_cell_does_not_take_names_both():
+    with _raises(r"cell 'gru' takes no option 'peephole' \(its options: \['reset_before'\]\)"):
+        rnnkit.make_cell("gru", peephole=True)
+    with _raises(r"cell 'lstm_peephole' takes no option 'peephole' \(its options: none\)"):
+        rnnkit.RecurrentStack(I, H, cell="lstm_peephole", cell_options={"peephole": True})
+
+
+@pytest.mark.parametrize(("spec", "reason"), [
+    ("no_such_module_xyz:Cell", r"cannot import 'no_such_module_xyz' \(ModuleNotFoundError"),
+    ("rnnkit.cells:NoSuchCell", r"module 'rnnkit.cells' has no 'NoSuchCell'"),
+    ("torch.nn:Linear", r"Linear is not a subclass of rnnkit.cells.Cell"),
+    ("os:system", r"system is not a subclass of rnnkit.cells.Cell"),
+    ("rnnkit.cells:", r"expected 'package.module:Class'"),
+])
+def test_user_cell_path_that_is_not_a_cell(spec, reason):
+    with _raises(reason):
+        rnnkit.make_cell(spec)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
@@ -147,7 +168,7 @@ def test_unknown_backend(kind):
 
 
 def test_unknown_nonlinearity():
-    match = r"nonlinearity: expected one of \['relu', 'sigmoid', 'tanh'\], got 'gelu'"
+    match = r"nonlinearity: expected one of \['tanh', 'relu', 'sigmoid'\] for cell 'rnn', got 'gelu'"
     with _raises(match):
         rnnkit.RNN(I, H, nonlinearity="gelu")
     with _raises(match):
@@ -179,15 +200,14 @@ def test_forget_bias_on_a_layer_without_forget_gate(cls):
         cls(I, H, forget_bias=1.0)
 
 
-@pytest.mark.parametrize("kind", ["gru", "rnn"])
+@pytest.mark.parametrize("kind", ["gru", "rnn", "gru_reset_before"])
 def test_forget_bias_rejected_by_generic_stack(kind):
-    stack = type("Stack", (rnnkit.RecurrentStack,), {"cell_kind": kind})
-    with _raises(r"forget_bias: only for an LSTM with bias=True"):
-        stack(I, H, forget_bias=1.0)
+    with _raises(r"forget_bias: only for a cell with a forget gate and bias=True"):
+        rnnkit.RecurrentStack(I, H, cell=kind, forget_bias=1.0)
 
 
 def test_forget_bias_on_lstm_without_bias():
-    with _raises(r"forget_bias: only for an LSTM with bias=True"):
+    with _raises(r"forget_bias: only for a cell with a forget gate and bias=True"):
         rnnkit.LSTM(I, H, bias=False, forget_bias=1.0)
 
 

@@ -1,6 +1,9 @@
 """Cells: the one-step equations and their hand-derived backward passes.
 
-- :mod:`rnnkit.cells.elman` — Elman RNN (tanh, ReLU, sigmoid)
+The registry (:mod:`rnnkit.cells.registry`) is the one list of cells; each cell has its
+own file:
+
+- :mod:`rnnkit.cells.elman` — Elman RNN (tanh, ReLU, sigmoid; IRNN)
 - :mod:`rnnkit.cells.lstm`  — LSTM, optional peepholes
 - :mod:`rnnkit.cells.gru`   — GRU, reset gate after (PyTorch) or before (Cho et al.)
 """
@@ -9,21 +12,10 @@ from rnnkit.cells.base import Cell
 from rnnkit.cells.elman import NONLINEARITIES, ElmanCell
 from rnnkit.cells.gru import GRUCell, GRUResetBeforeCell
 from rnnkit.cells.lstm import LSTMCell
-
-CELL_KINDS = ("rnn", "lstm", "gru")
-
-
-def make_cell(kind: str, *, nonlinearity: str = "tanh", peephole: bool = False,
-              reset_after: bool = True) -> Cell:
-    """The cell for ``kind`` in {"rnn", "lstm", "gru"} with its variant options."""
-    if kind == "rnn":
-        return ElmanCell(nonlinearity)
-    if kind == "lstm":
-        return LSTMCell(peephole=peephole)
-    if kind == "gru":
-        return GRUCell() if reset_after else GRUResetBeforeCell()
-    raise ValueError(f"cell: expected one of {list(CELL_KINDS)}, got {kind!r}")
-
+from rnnkit.cells.registry import (OPTION_HELP, REGISTRY, CellEntry, all_options, cell_names,
+                                   cell_options_of, is_user_cell, make_cell, register,
+                                   torch_twin)
 
 __all__ = ["Cell", "ElmanCell", "LSTMCell", "GRUCell", "GRUResetBeforeCell",
-           "NONLINEARITIES", "CELL_KINDS", "make_cell"]
+           "NONLINEARITIES", "REGISTRY", "CellEntry", "OPTION_HELP", "register", "make_cell",
+           "cell_names", "all_options", "cell_options_of", "is_user_cell", "torch_twin"]

@@ -9,8 +9,9 @@ Symbols used by every cell (shapes for ``n`` active rows at one step):
 - ``xw``  (n, G*H) the input projection ``x_t @ weight_ih.T + bias_ih`` (plus ``bias_hh``
   when ``fold_bias_hh``), computed for all time steps at once by the engine;
 - ``state`` a tuple of (n, H) tensors — ``(h,)`` or ``(h, c)``; ``state[0]`` is the output;
-- ``cache`` what the step keeps for the backward; ``prepare_backward`` turns the caches of
-  all steps into the per-step factors ``step_backward`` reads;
+- ``cache`` what the step keeps for the backward, a NamedTuple (``cache.h_prev``, never
+  ``cache[0]``); ``prepare_backward`` turns the caches of all steps into the per-step
+  factors ``step_backward`` reads, another NamedTuple (see :func:`per_step`);
 - ``dxw`` (n, G*H) the gradient of the loss w.r.t. ``xw``;
 - ``dhw`` (n, G*H) the gradient w.r.t. the recurrent pre-activation ``h_prev @ W.T + b_hh``
   (for most cells the same tensor as ``dxw``); ``bias_hh``'s gradient is ``dhw.sum(0)``.
@@ -19,6 +20,7 @@ Symbols used by every cell (shapes for ``n`` active rows at one step):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,6 +41,14 @@ class Cell(ABC):
     num_states: int = 1         # 1 for (h,), 2 for (h, c)
     fold_bias_hh: bool = True   # bias_hh may be added to the input projection up front
     native_mode: str | None = None  # name of PyTorch's fused kernel, if it computes this cell
+    default_init: str = "uniform"   # the layer's init when none is asked for
+    state_names: tuple[str, ...] = ("h",)   # one per state, ("h", "c") for an LSTM
+
+    def initial_state(self, batch: int, hidden_size: int, *, dtype=None,
+                      device=None) -> State:
+        """The state before the first step: ``num_states`` zero tensors (batch, H)."""
+        return tuple(torch.zeros(batch, hidden_size, dtype=dtype, device=device)
+                     for _ in range(self.num_states))
 
     def extra_param_shapes(self, hidden_size: int) -> dict[str, tuple[int, ...]]:
         """Parameters beyond torch's four (e.g. peepholes): ``{name: shape}``."""
@@ -72,6 +82,10 @@ class Cell(ABC):
         """The sigmoid gates' values at one step, by name, (n, H) each (for diagnostics)."""
         return {}
 
+    def state_activations(self, cache: tuple) -> dict[str, Tensor]:
+        """States beyond h after one step, by name, (n, H) each (the LSTM's "cell")."""
+        return {}
+
     def full_state_grad(self, dstate: State, cache: tuple) -> State:
         """dL/d(state at t) in full, from what ``step_backward`` receives (for diagnostics).
 
@@ -85,21 +99,36 @@ class Cell(ABC):
         """Gradients of weight_hh and the extra parameters for a whole sequence at once.
 
         ``dhw`` is (N, G*H) for all N packed (time, row) pairs; ``caches`` the per-step
-        caches in the same order. The default needs ``cache[0] == h_prev``: one matrix
+        caches in the same order. The default needs ``cache.h_prev``: one matrix
         product over the stacked time axis, ``dweight_hh = dhw.T @ h_prev`` (G*H, H).
         """
-        return (dhw.t() @ stacked(caches, 0),)             # (G*H, N) @ (N, H)
+        field = "h_prev" if hasattr(caches[0], "h_prev") else 0   # a plain tuple: h_prev first
+        return (dhw.t() @ stacked(caches, field),)         # (G*H, N) @ (N, H)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
-def stacked(caches: list[tuple], k: int) -> Tensor:
-    """Field ``k`` of every step's cache, stacked along the packed time axis: (N, ·)."""
-    return torch.cat([cache[k] for cache in caches])
+def stacked(caches: list[tuple], field: str | int) -> Tensor:
+    """Field ``field`` (a name of the cache NamedTuple) of every step's cache, stacked along
+    the packed time axis: (N, ·). An int index still works for a user cell's plain tuples."""
+    if isinstance(field, str):
+        return torch.cat([getattr(cache, field) for cache in caches])
+    return torch.cat([cache[field] for cache in caches])
 
 
-def per_step(caches: list[tuple], *tensors: Tensor) -> list[tuple]:
-    """Split (N, ·) tensors back into per-step views, one tuple per step of ``caches``."""
-    sizes = [cache[0].shape[0] for cache in caches]
-    return list(zip(*(t.split(sizes) for t in tensors)))
+def per_step(caches: list[tuple], *tensors: Any) -> list[tuple]:
+    """Split (N, ·) tensors back into per-step views, one entry per step of ``caches``.
+
+    ``per_step(caches, Factors, a, b)`` gives ``Factors(a_t, b_t)`` NamedTuples;
+    ``per_step(caches, a, b)`` plain tuples. Every cache's first field is (n_t, ·), which
+    gives the step sizes.
+    """
+    factors = None
+    if tensors and isinstance(tensors[0], type):
+        factors, tensors = tensors[0], tensors[1:]
+    sizes = [next(iter(cache)).shape[0] for cache in caches]
+    if factors is None:
+        return list(zip(*(t.split(sizes) for t in tensors)))
+    return [factors(*parts) for parts in zip(*(t.split(sizes) for t in tensors))]
+

@@ -21,10 +21,21 @@ Backward, the forward read in reverse::
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from rnnkit.cells.base import Cell, per_step, stacked
+
+
+class ElmanCache(NamedTuple):
+    h_prev: Tensor      # (n, H)
+    h: Tensor           # (n, H) f(a_t)
+
+
+class ElmanFactors(NamedTuple):
+    f_grad: Tensor      # (n, H) f'(a_t), written through the output
 
 
 def _tanh_grad(h: Tensor) -> Tensor:
@@ -54,13 +65,14 @@ class ElmanCell(Cell):
     num_states = 1
     fold_bias_hh = True
 
-    def __init__(self, nonlinearity: str = "tanh"):
+    def __init__(self, nonlinearity: str = "tanh", default_init: str = "uniform"):
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(
                 f"nonlinearity: expected one of {sorted(NONLINEARITIES)}, got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         self.f, self.f_grad, self.native_mode = NONLINEARITIES[nonlinearity]
-        self.name = f"rnn_{nonlinearity}"
+        self.default_init = default_init
+        self.name = "irnn" if default_init == "identity" else f"rnn_{nonlinearity}"
 
     def step_forward(self, xw, state, weight_hh, bias_hh, *extra):
         (h_prev,) = state                                   # (n, H)
@@ -68,18 +80,19 @@ class ElmanCell(Cell):
         if bias_hh is not None:
             a = a + bias_hh
         h = self.f(a)                                       # (n, H)
-        return (h,), (h_prev, h)
+        return (h,), ElmanCache(h_prev, h)
 
     def prepare_backward(self, caches, *extra):
-        return per_step(caches, self.f_grad(stacked(caches, 1)))  # f'(a_t) for every t
+        return per_step(caches, ElmanFactors, self.f_grad(stacked(caches, "h")))  # f'(a_t), all t
 
     def step_backward(self, dstate, cache, weight_hh, *extra):
         (dh,) = dstate
-        (f_grad,) = cache
-        da = dh * f_grad                                    # dL/da = dh ⊙ f'(a)
+        da = dh * cache.f_grad                              # dL/da = dh ⊙ f'(a)
         dh_prev = da @ weight_hh                            # dL/dh_prev = da W
         return (dh_prev,), da, da
 
     def __repr__(self):
+        if self.default_init != "uniform":
+            return f"ElmanCell({self.nonlinearity!r}, default_init={self.default_init!r})"
         return f"ElmanCell(nonlinearity={self.nonlinearity!r})"
 

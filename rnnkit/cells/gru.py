@@ -18,14 +18,44 @@ Textbook names: U_k = rows of ``weight_ih`` for gate k, W_k = rows of ``weight_h
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+from torch import Tensor
 
 from rnnkit.cells.base import Cell, per_step, stacked
 
 
-def _gates(cache: tuple) -> dict:
-    """Both forms cache (h_prev, [r | z], …): the reset and update gates, (n, H) each."""
-    reset, update = cache[1].chunk(2, 1)
+class GRUCache(NamedTuple):
+    """What one forward step keeps (both forms)."""
+
+    h_prev: Tensor      # (n, H)
+    rz: Tensor          # (n, 2H) the reset and update gates, [r | z]
+    n: Tensor           # (n, H) candidate
+    product: Tensor     # (n, H) reset after: h_{t-1} W_n.T + b_hn; reset before: r ⊙ h_{t-1}
+
+
+class GRUFactors(NamedTuple):
+    """The reset-after backward's per-step factors (see ``GRUCell.prepare_backward``)."""
+
+    F_x: Tensor         # (n, 3H) dxw = [dh, dh, dh] ⊙ F_x
+    F_h: Tensor         # (n, 3H) dhw = [dh, dh, dh] ⊙ F_h
+    z: Tensor           # (n, H) the direct path dh_{t-1} += z ⊙ dh
+
+
+class GRUResetBeforeFactors(NamedTuple):
+    """The reset-before backward's per-step factors."""
+
+    F_n: Tensor         # (n, H) da_n = dh ⊙ F_n
+    F_r: Tensor         # (n, H) da_r = d(r ⊙ h_{t-1}) ⊙ F_r
+    F_z: Tensor         # (n, H) da_z = dh ⊙ F_z
+    r: Tensor           # (n, H)
+    z: Tensor           # (n, H)
+
+
+def _gates(cache: GRUCache) -> dict:
+    """The reset and update gates of one step, (n, H) each."""
+    reset, update = cache.rz.chunk(2, 1)
     return {"reset": reset, "update": update}
 
 
@@ -51,30 +81,29 @@ class GRUCell(Cell):
         hn = hw[:, 2 * H:]                                  # h_{t-1} @ W_n.T + b_hn
         n = (xw[:, 2 * H:] + r * hn).tanh()
         h = n + z * (h_prev - n)                            # (1 − z) n + z h_{t-1}
-        return (h,), (h_prev, rz, n, hn)
-
-    def gate_activations(self, cache):
-        return _gates(cache)
+        return (h,), GRUCache(h_prev, rz, n, hn)
 
     def prepare_backward(self, caches, *extra):
         """Per-step factors of the backward, for all steps at once (see step_backward)."""
-        h_prev, rz, n, hn = (stacked(caches, k) for k in range(4))     # (N, ·)
+        h_prev, rz, n, hn = (stacked(caches, k) for k in GRUCache._fields)  # (N, ·)
         r, z = rz.chunk(2, 1)
         F_n = (1 - z) * (1 - n * n)                         # da_n = dh (1 − z) tanh'
         F_r = F_n * hn * r * (1 - r)                        # da_r = da_n (h W_n.T + b_hn) σ'
         F_z = (h_prev - n) * z * (1 - z)                    # da_z = dh (h_{t-1} − n) σ'
         F_x = torch.cat([F_r, F_z, F_n], 1)                 # dxw = [dh, dh, dh] ⊙ F_x
         F_h = torch.cat([F_r, F_z, F_n * r], 1)             # dhw: the n block passes r
-        return per_step(caches, F_x, F_h, z)
+        return per_step(caches, GRUFactors, F_x, F_h, z)
 
     def step_backward(self, dstate, cache, weight_hh, *extra):
         (dh,) = dstate                                      # (n, H)
-        F_x, F_h, z = cache
         dh3 = torch.cat([dh, dh, dh], 1)                    # (n, 3H)
-        dxw = dh3 * F_x                                     # dL/d(input projection)
-        dhw = dh3.mul_(F_h)                                 # dL/d(h W.T + b_hh)
-        dh_prev = torch.addmm(dh * z, dhw, weight_hh)       # direct path z ⊙ dh, plus dhw W
+        dxw = dh3 * cache.F_x                               # dL/d(input projection)
+        dhw = dh3.mul_(cache.F_h)                           # dL/d(h W.T + b_hh)
+        dh_prev = torch.addmm(dh * cache.z, dhw, weight_hh)  # direct path z ⊙ dh, plus dhw W
         return (dh_prev,), dxw, dhw
+
+    def gate_activations(self, cache):
+        return _gates(cache)
 
     def __repr__(self):
         return "GRUCell(reset_after=True)"
@@ -104,36 +133,36 @@ class GRUResetBeforeCell(Cell):
             a_n = a_n + bias_hh[2 * H:]
         n = a_n.tanh()
         h = n + z * (h_prev - n)
-        return (h,), (h_prev, rz, n, rh)
-
-    def gate_activations(self, cache):
-        return _gates(cache)
+        return (h,), GRUCache(h_prev, rz, n, rh)
 
     def prepare_backward(self, caches, *extra):
         """Per-step factors of the backward, for all steps at once (see step_backward)."""
-        h_prev, rz, n = (stacked(caches, k) for k in range(3))          # (N, ·)
+        h_prev, rz, n = (stacked(caches, k) for k in ("h_prev", "rz", "n"))  # (N, ·)
         r, z = rz.chunk(2, 1)
         F_n = (1 - z) * (1 - n * n)                         # da_n = dh (1 − z) tanh'
         F_r = h_prev * r * (1 - r)                          # da_r = d(r ⊙ h) h_{t-1} σ'
         F_z = (h_prev - n) * z * (1 - z)                    # da_z = dh (h_{t-1} − n) σ'
-        return per_step(caches, F_n, F_r, F_z, r, z)
+        return per_step(caches, GRUResetBeforeFactors, F_n, F_r, F_z, r, z)
 
     def step_backward(self, dstate, cache, weight_hh, *extra):
         (dh,) = dstate                                      # (n, H)
-        F_n, F_r, F_z, r, z = cache
         H = dh.shape[1]
-        da_n = dh * F_n
+        da_n = dh * cache.F_n
         drh = da_n @ weight_hh[2 * H:]                      # dL/d(r ⊙ h_{t-1}) = da_n W_n
-        da_rz = torch.cat([drh * F_r, dh * F_z], 1)         # (n, 2H)
-        dh_prev = torch.addmm(torch.addcmul(dh * z, drh, r), da_rz, weight_hh[:2 * H])
+        da_rz = torch.cat([drh * cache.F_r, dh * cache.F_z], 1)  # (n, 2H)
+        dh_prev = torch.addmm(torch.addcmul(dh * cache.z, drh, cache.r), da_rz,
+                              weight_hh[:2 * H])
         da = torch.cat([da_rz, da_n], 1)                    # (n, 3H)
         return (dh_prev,), da, da
 
     def param_backward(self, dhw, caches, *extra):
         H = dhw.shape[1] // 3
-        h_prev, rh = stacked(caches, 0), stacked(caches, 3)  # (N, H) each
+        h_prev, rh = stacked(caches, "h_prev"), stacked(caches, "product")  # (N, H) each
         return (torch.cat([dhw[:, :2 * H].t() @ h_prev,     # r, z rows see h_{t-1}
                            dhw[:, 2 * H:].t() @ rh]),)      # n rows see r ⊙ h_{t-1}
+
+    def gate_activations(self, cache):
+        return _gates(cache)
 
     def __repr__(self):
         return "GRUResetBeforeCell()"

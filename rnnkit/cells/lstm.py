@@ -19,9 +19,31 @@ rows of ``weight_ih`` for gate k, W_k those of ``weight_hh``, b_k = bias_ih_k + 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+from torch import Tensor
 
 from rnnkit.cells.base import Cell, per_step, stacked
+
+
+class LSTMCache(NamedTuple):
+    """What one forward step keeps: the previous state, the gates, the new cell."""
+
+    h_prev: Tensor      # (n, H)
+    c_prev: Tensor      # (n, H)
+    gates: Tensor       # (n, 4H) σ(a_i), σ(a_f), tanh(a_g) (unused slot), σ(a_o)
+    g: Tensor           # (n, H) candidate
+    tanh_c: Tensor      # (n, H) tanh(c_t)
+    c: Tensor           # (n, H) c_t
+
+
+class LSTMFactors(NamedTuple):
+    """The backward's per-step factors, from :meth:`LSTMCell.prepare_backward`."""
+
+    dc_dh: Tensor       # (n, H) dc gains dh ⊙ dc_dh: o ⊙ (1 − tanh²c) [+ peephole path]
+    F: Tensor           # (n, 4H) dL/da = [dc, dc, dc, dh] ⊙ F
+    dc_prev_dc: Tensor  # (n, H) dc_{t-1} = dc ⊙ dc_prev_dc: f [+ peephole paths]
 
 
 class LSTMCell(Cell):
@@ -30,6 +52,7 @@ class LSTMCell(Cell):
     gates = 4
     gate_names = ("input", "forget", "candidate", "output")   # the blocks of weight_hh, in order
     num_states = 2
+    state_names = ("h", "c")
     fold_bias_hh = True
 
     def __init__(self, peephole: bool = False):
@@ -62,11 +85,11 @@ class LSTMCell(Cell):
             sig = torch.cat([i, f, g, o], 1)                # the layout of the plain cell
         tc = c.tanh()
         h = o * tc                                          # h_t = o ⊙ tanh(c_t)
-        return (h, c), (h_prev, c_prev, sig, g, tc, c)
+        return (h, c), LSTMCache(h_prev, c_prev, sig, g, tc, c)
 
     def prepare_backward(self, caches, *extra):
         """Per-step factors of the backward, for all steps at once (see step_backward)."""
-        c_prev, sig, g, tc = (stacked(caches, k) for k in range(1, 5))  # (N, H), (N, 4H), …
+        c_prev, sig, g, tc = (stacked(caches, k) for k in ("c_prev", "gates", "g", "tanh_c"))
         H = g.shape[1]
         i, f, o = sig[:, :H], sig[:, H:2 * H], sig[:, 3 * H:]
         # da = [dc, dc, dc, dh] ⊙ F with, per gate block,
@@ -82,35 +105,39 @@ class LSTMCell(Cell):
             p_i, p_f, p_o = extra[0].chunk(3)
             dc_dh = dc_dh + F[:, 3 * H:] * p_o              # o sees c_t through p_o
             dc_prev_dc = f + F[:, :H] * p_i + F[:, H:2 * H] * p_f  # i, f see c_{t-1}
-        return per_step(caches, dc_dh, F, dc_prev_dc)
+        return per_step(caches, LSTMFactors, dc_dh, F, dc_prev_dc)
 
     def step_backward(self, dstate, cache, weight_hh, *extra):
         dh, dc_next = dstate                                # (n, H) each
-        dc_dh, F, dc_prev_dc = cache
-        dc = torch.addcmul(dc_next, dh, dc_dh)              # dc = dc_next + dh ⊙ o ⊙ (1 − tanh²c)
-        da = torch.cat([dc, dc, dc, dh], 1).mul_(F)         # dL/da for i, f, g, o   (n, 4H)
+        dc = torch.addcmul(dc_next, dh, cache.dc_dh)        # dc = dc_next + dh ⊙ o ⊙ (1 − tanh²c)
+        da = torch.cat([dc, dc, dc, dh], 1).mul_(cache.F)   # dL/da for i, f, g, o   (n, 4H)
         dh_prev = da @ weight_hh                            # dL/dh_{t-1} = da W
-        dc_prev = dc * dc_prev_dc                           # dL/dc_{t-1} = dc ⊙ f
+        dc_prev = dc * cache.dc_prev_dc                     # dL/dc_{t-1} = dc ⊙ f
         return (dh_prev, dc_prev), da, da
-
-    def gate_activations(self, cache):
-        i, f, _, o = cache[2].chunk(4, 1)
-        return {"input": i, "forget": f, "output": o}
-
-    def full_state_grad(self, dstate, cache):
-        dh, dc_next = dstate
-        return dh, torch.addcmul(dc_next, dh, cache[0])    # the dc of step_backward
 
     def param_backward(self, dhw, caches, *extra):
         (dweight_hh,) = super().param_backward(dhw, caches)
         if not self.peephole:
             return (dweight_hh,)
         H = dhw.shape[1] // 4
-        c_prev, c = stacked(caches, 1), stacked(caches, 5)  # (N, H) each
+        c_prev, c = stacked(caches, "c_prev"), stacked(caches, "c")  # (N, H) each
         dp = torch.cat([(dhw[:, :H] * c_prev).sum(0),       # dL/dp_i = Σ da_i ⊙ c_{t-1}
                         (dhw[:, H:2 * H] * c_prev).sum(0),  # dL/dp_f = Σ da_f ⊙ c_{t-1}
                         (dhw[:, 3 * H:] * c).sum(0)])       # dL/dp_o = Σ da_o ⊙ c_t
         return dweight_hh, dp
+
+    # -- diagnostics hooks -------------------------------------------------------------------
+
+    def gate_activations(self, cache):
+        i, f, _, o = cache.gates.chunk(4, 1)
+        return {"input": i, "forget": f, "output": o}
+
+    def state_activations(self, cache):
+        return {"cell": cache.c}
+
+    def full_state_grad(self, dstate, factors):
+        dh, dc_next = dstate
+        return dh, torch.addcmul(dc_next, dh, factors.dc_dh)   # the dc of step_backward
 
     def __repr__(self):
         return f"LSTMCell(peephole={self.peephole})"

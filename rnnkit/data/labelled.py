@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass, field
 
 from rnnkit.data.text import iter_lines
+from rnnkit.files import write_text
 
 TAG_COLUMNS = {"upos": 3, "xpos": 4}
 CONLLU_COLUMNS = 10
@@ -225,12 +226,7 @@ def format_tagged(sentences: list[TaggedSentence], predicted: list[list[str]], f
 def write_tagged(path: str | os.PathLike, sentences: list[TaggedSentence],
                  predicted: list[list[str]], fmt: str, *, column: str = "upos") -> None:
     """Write :func:`format_tagged` to ``path`` (atomically)."""
-    from pathlib import Path
-
-    from rnnkit.checkpoint import atomic_write
-
-    text = format_tagged(sentences, predicted, fmt, column=column)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text(path, format_tagged(sentences, predicted, fmt, column=column))
 
 
 # -- translation --------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
+from rnnkit.files import write_text
+
 DEFAULT_CHARS = 2_000_000
 
 
@@ -40,8 +42,5 @@ def write_python_corpus(path: str | Path, max_chars: int = DEFAULT_CHARS) -> Pat
         total += len(text)
         if total >= max_chars:
             break
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(parts)[:max_chars], encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, "".join(parts)[:max_chars])
     return path

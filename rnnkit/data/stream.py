@@ -14,7 +14,6 @@ Both batchers own their random generator and resume exactly from ``state_dict()`
 
 from __future__ import annotations
 
-import json
 import os
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.data.tokenizers import chunked as _chunks
+from rnnkit.files import atomic_write, read_json, write_json
 
 CACHE_FORMAT = "rnnkit.token-cache"
 CACHE_VERSION = 1
@@ -72,16 +72,6 @@ def _sidecar(path: str) -> str:
     return path + ".json"
 
 
-def _write_json_atomic(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _map(path: str, dtype: np.dtype, length: int) -> TokenArray:
     if length == 0:                      # numpy cannot map an empty file
         return TokenArray(np.zeros(0, dtype=dtype), path)
@@ -104,43 +94,30 @@ def encode_to_cache(tokenizer, lines: Iterable[str], path: str | os.PathLike, *,
     dtype = cache_dtype(tokenizer.vocab_size)
     if os.path.exists(_sidecar(path)):
         os.remove(_sidecar(path))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        length = _write_ids(tokenizer, lines, tmp, dtype)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _write_json_atomic(_sidecar(path), {
+    atomic_write(path, lambda tmp: _write_ids(tokenizer, lines, tmp, dtype))
+    length = os.path.getsize(path) // dtype.itemsize
+    write_json(_sidecar(path), {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "dtype": dtype.name,
         "length": length, "vocab_size": tokenizer.vocab_size,
         "fingerprint": tokenizer.fingerprint(), "source": source})
     return _map(path, dtype, length)
 
 
-def _write_ids(tokenizer, lines: Iterable[str], file: str, dtype: np.dtype) -> int:
-    """Encode ``lines`` into ``file``, flushing every ``_FLUSH_IDS`` ids; returns the count."""
-    length = 0
+def _write_ids(tokenizer, lines: Iterable[str], file: str, dtype: np.dtype) -> None:
+    """Encode ``lines`` into ``file``, appending every ``_FLUSH_IDS`` ids."""
     buffer = array("H" if dtype == np.uint16 else "I")
     with open(file, "wb") as f:
         for chunk in _chunks(lines, _CHUNK_LINES):
             for ids in tokenizer.encode_lines(chunk):
                 buffer.extend(ids)
             if len(buffer) >= _FLUSH_IDS:
-                length += _flush(buffer, dtype, f)
-        length += _flush(buffer, dtype, f)
-        f.flush()
-        os.fsync(f.fileno())
-    return length
+                _flush(buffer, dtype, f)
+        _flush(buffer, dtype, f)
 
 
-def _flush(buffer: array, dtype: np.dtype, f) -> int:
-    n = len(buffer)
+def _flush(buffer: array, dtype: np.dtype, f) -> None:
     np.frombuffer(buffer, dtype=dtype).tofile(f)
     del buffer[:]
-    return n
 
 
 def open_cache(path: str | os.PathLike, tokenizer, *,
@@ -155,8 +132,7 @@ def open_cache(path: str | os.PathLike, tokenizer, *,
     if not (os.path.isfile(path) and os.path.isfile(_sidecar(path))):
         return None
     try:
-        with open(_sidecar(path), encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = read_json(_sidecar(path))
         dtype = np.dtype(meta["dtype"])
         length = int(meta["length"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -12,9 +12,9 @@ id         word         char         bpe
 3 …        words        characters   subwords
 =========  ===========  ===========  ===========
 
-so ``line_end_id`` (the id that closes every encoded line) is 2 at every level. The char
-level has no ``<eos>``: the newline is an ordinary character of its vocabulary
-(``eos_id is None``). Words and characters are ordered by training count, descending, then
+so ``line_end_id`` (the id that closes every encoded line) is 2 at every level (the ids are
+declared in :mod:`rnnkit.special`, which the models import too). The char level has no
+``<eos>``: the newline is an ordinary character of its vocabulary (``eos_id is None``). Words and characters are ordered by training count, descending, then
 by the token itself.
 
 Corpus lines are encoded with :meth:`Tokenizer.encode_line` — the tokens of the line then
@@ -45,14 +45,15 @@ from typing import Protocol
 
 import numpy as np
 
-PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+from rnnkit.files import read_json, write_json, write_text
+from rnnkit.special import EOS, LINE_END_ID, PAD, PAD_ID, UNK, UNK_ID  # re-exported here
+
 LEVELS = ("char", "word", "bpe")
 UNKNOWN_POLICIES = ("error", "unk")
 TOKENIZER_FILE = "tokenizer.json"
 HF_FILE = "hf_tokenizer.json"
 FORMAT = "rnnkit.tokenizer"
 FORMAT_VERSION = 1
-PAD_ID, UNK_ID, LINE_END_ID = 0, 1, 2
 BPE_MIN_VOCAB = 256 + 3        # the byte alphabet and the three special tokens
 _MAX_LISTED = 20               # unknown tokens named in an error message
 
@@ -101,16 +102,6 @@ def _check_id(i: int, vocab_size: int) -> int:
     return int(i)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _sha256(obj) -> str:
     return hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode("utf-8")).hexdigest()
 
@@ -156,11 +147,8 @@ def _check_vocab(tokens, counts, head: tuple[str, ...], where: str) -> None:
 
 
 def _save_json(directory: str | os.PathLike, payload: dict) -> None:
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    payload = {"format": FORMAT, "version": FORMAT_VERSION, **payload}
-    _write_atomic(os.path.join(directory, TOKENIZER_FILE),
-                  json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
+    write_json(os.path.join(directory, TOKENIZER_FILE),
+               {"format": FORMAT, "version": FORMAT_VERSION, **payload})
 
 
 class _TokenList:
@@ -425,9 +413,7 @@ class BpeTokenizer:
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``directory/hf_tokenizer.json`` (HuggingFace's format) and ``tokenizer.json``."""
-        directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        _write_atomic(os.path.join(directory, HF_FILE), self._hf.to_str(pretty=True))
+        write_text(os.path.join(directory, HF_FILE), self._hf.to_str(pretty=True))
         _save_json(directory, {"level": self.level, "hf_tokenizer": HF_FILE,
                                "counts": self.counts})
 
@@ -510,22 +496,6 @@ def build_tokenizer(level: str, lines: Iterable[str], *, min_count: int = 1,
     return build(lines, min_count=min_count, max_size=max_size)
 
 
-def _read_json(file: str) -> dict:
-    if not os.path.isfile(file):
-        raise ValueError(f"{file}: no such file")
-    try:
-        with open(file, encoding="utf-8") as f:
-            data = json.load(f)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{file}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{file}: not valid JSON (line {e.lineno} column {e.colno}: "
-                         f"{e.msg})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file}: expected a JSON object")
-    return data
-
-
 def _load_bpe(directory: str, data: dict, file: str) -> BpeTokenizer:
     from tokenizers import Tokenizer as HFTokenizer
     name = data.get("hf_tokenizer")
@@ -549,7 +519,7 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     """
     directory = os.fspath(directory)
     file = os.path.join(directory, TOKENIZER_FILE)
-    data = _read_json(file)
+    data = read_json(file)
     if data.get("format") != FORMAT:
         raise ValueError(f"{file}: not an rnnkit tokenizer (format {data.get('format')!r}, "
                          f"expected {FORMAT!r})")

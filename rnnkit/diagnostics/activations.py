@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 
 from rnnkit.bptt import OBSERVERS
-from rnnkit.cells.base import stacked
 from rnnkit.diagnostics.gradient_flow import hand_bptt
 
 MAX_CHARS = 20_000          # longest text a page shows; longer texts are cut, and said so
@@ -57,15 +56,12 @@ def activations(model, ids: list[int], *, layer: int = -1, kind: str = "hidden")
     cell, caches = captured[layer]
     if kind == "hidden":
         return x[:, 0]
-    if kind == "cell":
-        if model.config.cell != "lstm":
-            raise ValueError(f"kind: 'cell' needs an LSTM, this model is a {model.config.cell}")
-        return stacked(caches, 5)
-    gates = [cell.gate_activations(c) for c in caches]
-    if kind not in gates[0]:
-        raise ValueError(f"kind: a {model.config.cell} layer has no {kind!r} gate; it has "
-                         f"{sorted(gates[0])}")
-    return torch.cat([g[kind] for g in gates])
+    values = [{**cell.state_activations(c), **cell.gate_activations(c)} for c in caches]
+    if kind not in values[0]:
+        what = "cell state" if kind == "cell" else f"{kind!r} gate"
+        raise ValueError(f"kind: a {model.config.cell} layer has no {what}; it has "
+                         f"{sorted(values[0])}")
+    return torch.cat([v[kind] for v in values])
 
 
 def text_features(text: str) -> dict[str, Tensor]:

@@ -2,7 +2,7 @@
 
 from rnnkit.layers.init import INIT_SCHEMES
 from rnnkit.layers.recurrent import (BACKENDS, GRU, LSTM, RNN, RecurrentStack, detach_state,
-                                     length_mask)
+                                     length_mask, with_hidden)
 
 __all__ = ["RNN", "LSTM", "GRU", "RecurrentStack", "BACKENDS", "INIT_SCHEMES", "detach_state",
-           "length_mask"]
+           "length_mask", "with_hidden"]

@@ -7,7 +7,7 @@ vanishing gradients.
 - ``"identity"``   the IRNN of Le, Jaitly & Hinton (2015): ``weight_hh`` = I per gate block,
                    ``weight_ih`` N(0, 0.001²), biases zero; meant for ReLU Elman networks.
 
-``forget_bias`` (LSTM only) sets the forget gate's total bias — ``bias_ih_f + bias_hh_f`` —
+``forget_bias`` (cells with a forget gate) sets the forget gate's total bias — ``bias_ih_f + bias_hh_f`` —
 to that value (Jozefowicz et al. 2015 recommend 1): ``bias_ih_f = forget_bias``,
 ``bias_hh_f = 0``.
 """
@@ -52,9 +52,10 @@ def init_layer(init: str, hidden_size: int, weight_ih: torch.Tensor, weight_hh: 
 
 
 @torch.no_grad()
-def set_forget_bias(value: float, hidden_size: int, bias_ih: torch.Tensor,
+def set_forget_bias(value: float, hidden_size: int, block: int, bias_ih: torch.Tensor,
                     bias_hh: torch.Tensor) -> None:
-    """Make the LSTM forget gate's total bias ``value`` (gate order i, f, g, o)."""
+    """Make the forget gate's total bias ``value``; ``block`` is its index among the gate
+    blocks (1 in the LSTM's i, f, g, o)."""
     H = hidden_size
-    bias_ih[H:2 * H] = value
-    bias_hh[H:2 * H] = 0.0
+    bias_ih[block * H:(block + 1) * H] = value
+    bias_hh[block * H:(block + 1) * H] = 0.0

@@ -7,10 +7,13 @@ order LSTM i,f,g,o and GRU r,z,n), and add rnnkit's own options:
 
 - ``nonlinearity`` "tanh" | "relu" | "sigmoid" (RNN), ``peephole`` (LSTM),
   ``reset_after`` (GRU; True is the PyTorch form, False Cho et al.'s);
+- ``RecurrentStack(..., cell="name", cell_options={...})`` runs any cell of the registry
+  (:mod:`rnnkit.cells.registry`) or a ``"package.module:Class"`` cell of your own;
 - ``backend``: "bptt" (rnnkit's hand-derived BPTT engine), "native" (PyTorch's fused
   kernels, standard cells only), "autograd" (the engine's forward under autograd — the
   reference), or "auto" (see :data:`AUTO_BACKEND`);
-- ``init`` "uniform" | "orthogonal" | "identity" and ``forget_bias`` (see ``layers.init``);
+- ``init`` "uniform" | "orthogonal" | "identity" (default: the cell's own, "uniform" but
+  for the IRNN) and ``forget_bias`` (see ``layers.init``);
 - ``weight_dropout``: DropConnect on the recurrent matrices in training (AWD-LSTM's
   weight drop, without patching any module);
 - ``forward(input, hx=None, lengths=None)``: ``lengths`` gives per-example lengths of a
@@ -19,7 +22,12 @@ order LSTM i,f,g,o and GRU r,z,n), and add rnnkit's own options:
 
 Per layer, the input runs through the cell in each direction (the reverse direction from
 each example's own last token); directions are concatenated, and dropout is applied between
-layers when training.
+layers when training. ``initial_state(B)`` and ``step(x, state)`` run the stack one time
+step at a time (generation, decoders, export).
+
+Pickling: a layer saved whole with ``torch.save`` loads with ``torch.load(weights_only=True)``
+under ``torch.serialization.safe_globals([rnnkit.LSTM])`` (its own class, nothing else) for
+every registered cell: the pickle holds the cell's registry name and options, not the cell.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.autograd import recurrent_autograd, recurrent_bptt
+from rnnkit.bptt import input_projection
 from rnnkit.cells import Cell, make_cell
 from rnnkit.layers.init import check_init, init_layer, set_forget_bias
 from rnnkit.native import native_stack
@@ -50,9 +59,11 @@ class RecurrentStack(nn.Module):
     """A deep, optionally bidirectional recurrent network over any rnnkit cell.
 
     Use the subclasses :class:`RNN`, :class:`LSTM` and :class:`GRU`; their docstrings list
-    the arguments. ``RecurrentStack(input_size, hidden_size, ..., cell=MyCell())`` runs a
-    cell of your own (see ``docs/custom_cell.md``) with the "bptt" or "autograd" backend. Inputs and outputs follow ``torch.nn.LSTM`` (L = num_layers,
-    D = 2 if bidirectional else 1):
+    the arguments. ``RecurrentStack(input_size, hidden_size, ..., cell="lstm_peephole")``
+    runs any registered cell (``cell_options`` its options, e.g. ``{"peephole": True}`` for
+    ``"lstm"``); ``cell="package.module:Class"`` or ``cell=MyCell()`` a cell of your own
+    (see ``docs/custom_cell.md``) with the "bptt" or "autograd" backend. Inputs and outputs
+    follow ``torch.nn.LSTM`` (L = num_layers, D = 2 if bidirectional else 1):
 
     Inputs: ``input, hx=None, lengths=None``
         - input: (T, B, I), or (B, T, I) with ``batch_first``, or unbatched (T, I), or a
@@ -66,15 +77,12 @@ class RecurrentStack(nn.Module):
         - h_n (and c_n): (L*D, B, H) final states, each example's at its own last token.
     """
 
-    cell_kind = "rnn"
-
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, device=None, dtype=None, *,
-                 nonlinearity: str = "tanh", peephole: bool = False, reset_after: bool = True,
-                 backend: str = "auto", init: str = "uniform",
-                 forget_bias: float | None = None, weight_dropout: float = 0.0,
-                 cell: Cell | None = None):
+                 cell: Cell | str = "lstm", cell_options: dict | None = None,
+                 backend: str = "auto", init: str | None = None,
+                 forget_bias: float | None = None, weight_dropout: float = 0.0):
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
                             ("num_layers", num_layers)):
@@ -86,16 +94,22 @@ class RecurrentStack(nn.Module):
             raise ValueError(f"weight_dropout: expected a number in [0, 1), got {weight_dropout!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
+        if isinstance(cell, str):
+            self.cell_name, self.cell_options = cell, dict(cell_options or {})
+            self.cell = make_cell(cell, **self.cell_options)
+        elif isinstance(cell, Cell) and not cell_options:
+            self.cell_name, self.cell_options, self.cell = None, {}, cell
+        else:
+            raise ValueError(f"cell: expected a registered name or an rnnkit.cells.Cell "
+                             f"(cell_options only with a name), got {type(cell).__name__}")
+        init = self.cell.default_init if init is None else init
         check_init(init)
-        if cell is not None and not isinstance(cell, Cell):
-            raise ValueError(f"cell: expected an rnnkit.cells.Cell, got {type(cell).__name__}")
-        self.cell = cell or make_cell(self.cell_kind, nonlinearity=nonlinearity,
-                                      peephole=peephole, reset_after=reset_after)
         if backend == "native" and self.cell.native_mode is None:
             raise ValueError(f"backend: 'native' has no PyTorch kernel for the cell "
                              f"{self.cell!r}; use 'bptt', 'autograd' or 'auto'")
-        if forget_bias is not None and (self.cell_kind != "lstm" or not bias):
-            raise ValueError("forget_bias: only for an LSTM with bias=True")
+        if forget_bias is not None and ("forget" not in self.cell.gate_names or not bias):
+            raise ValueError(f"forget_bias: only for a cell with a forget gate and bias=True, "
+                             f"got {self.cell!r}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional = bidirectional
@@ -143,7 +157,21 @@ class RecurrentStack(nn.Module):
             biases = [b for b in (b_ih, b_hh) if b is not None]
             init_layer(self.init, self.hidden_size, w_ih, w_hh, biases, list(extra))
             if self.forget_bias is not None:
-                set_forget_bias(self.forget_bias, self.hidden_size, b_ih, b_hh)
+                set_forget_bias(self.forget_bias, self.hidden_size,
+                                self.cell.gate_names.index("forget"), b_ih, b_hh)
+
+    # -- pickling: the cell travels as its registry name and options ----------------------
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if self.cell_name is not None:      # rebuilt from the registry on load
+            del state["cell"]
+        return state
+
+    def __setstate__(self, state):
+        if "cell" not in state:
+            state["cell"] = _registered_cell(state["cell_name"], state["cell_options"])
+        super().__setstate__(state)
 
     def flatten_parameters(self) -> None:
         """Accepted for drop-in compatibility with ``torch.nn``; parameters stay as they are."""
@@ -153,6 +181,45 @@ class RecurrentStack(nn.Module):
         if self.backend == "auto":
             return AUTO_BACKEND[self.cell.native_mode is not None]
         return self.backend
+
+    # -- one step at a time ------------------------------------------------------------------
+
+    def initial_state(self, batch_size: int):
+        """The state before the first step for ``batch_size`` sequences, in the format of
+        ``hx``: (L*D, B, H), or a tuple of such for a cell with several states (LSTM:
+        ``(h_0, c_0)``). The cell declares it (zeros for every built-in cell)."""
+        p = getattr(self, self._param_names[0][0])
+        per_layer = [self.cell.initial_state(batch_size, self.hidden_size, dtype=p.dtype,
+                                             device=p.device)
+                     for _ in range(self.num_layers * self.num_directions)]
+        return self._pack_state(tuple(torch.stack(s) for s in zip(*per_layer)))
+
+    def step(self, x: Tensor, state=None):
+        """One time step through every layer, as ``forward`` computes it in eval mode (no
+        dropout): x (B, I), state as ``hx`` (None: :meth:`initial_state`) -> output (B, H)
+        of the last layer, the new state (L, B, H) (a tuple for several states).
+
+        The inference path of generation and decoders: each layer is one input product and
+        the cell's ``step_forward``. One direction only (a bidirectional stack needs the
+        whole sequence).
+        """
+        if self.bidirectional:
+            raise ValueError("step: a bidirectional stack needs the whole sequence; "
+                             "call it on the sequence instead")
+        if not isinstance(x, Tensor) or x.dim() != 2:
+            raise ValueError(f"step: expected x of shape (B, {self.input_size}), got "
+                             f"{_shape(x) if isinstance(x, Tensor) else type(x).__name__}")
+        self._check_feature_size(x, "x")
+        states = self._initial_state(state, x.shape[0], x, False)      # (L, B, H) each
+        new = []
+        for layer in range(self.num_layers):
+            w_ih, w_hh, b_ih, b_hh, extra = self._params(layer)
+            xw = input_projection(self.cell, x, w_ih, b_ih, b_hh)        # (B, G*H)
+            s, _ = self.cell.step_forward(xw, tuple(t[layer] for t in states), w_hh,
+                                          None if self.cell.fold_bias_hh else b_hh, *extra)
+            new.append(s)
+            x = s[0]
+        return x, self._pack_state(tuple(torch.stack(s) for s in zip(*new)))
 
     # -- forward ---------------------------------------------------------------------------
 
@@ -277,15 +344,16 @@ class RecurrentStack(nn.Module):
         k = self.cell.num_states
         shape = (self.num_layers * self.num_directions, B, self.hidden_size)
         if hx is None:
-            return tuple(torch.zeros(shape, dtype=data.dtype, device=data.device)
-                         for _ in range(k))
-        states = tuple(hx) if k == 2 and isinstance(hx, (tuple, list)) else (hx,)
+            init = self.initial_state(B)
+            return tuple(s.to(data.dtype) for s in (init if k > 1 else (init,)))
+        states = tuple(hx) if k > 1 and isinstance(hx, (tuple, list)) else (hx,)
+        names = [f"{name}_0" for name in self.cell.state_names]
         if len(states) != k or not all(isinstance(s, Tensor) for s in states):
-            kind = "a tuple (h_0, c_0) of tensors" if k == 2 else "a tensor h_0"
+            kind = (f"a tuple ({', '.join(names)}) of tensors" if k > 1 else "a tensor h_0")
             raise ValueError(f"hx: expected {kind}, got {type(hx).__name__}")
         expected = shape[::2] if unbatched else shape
         checked = []
-        for name, s in zip(("h_0", "c_0"), states):
+        for name, s in zip(names, states):
             if tuple(s.shape) != expected:
                 raise ValueError(f"hx: expected {name} of shape {expected} "
                                  f"(num_layers*num_directions, batch, hidden_size), got "
@@ -294,16 +362,18 @@ class RecurrentStack(nn.Module):
         return tuple(checked)
 
     def _pack_state(self, final):
-        return final if self.cell.num_states == 2 else final[0]
+        return final if self.cell.num_states > 1 else final[0]
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, cell={self.cell!r}"
+        if self.cell_options:
+            s += f", cell_options={self.cell_options!r}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
                               ("weight_dropout", 0.0),
                               ("bidirectional", False), ("backend", "auto"),
-                              ("init", "uniform"), ("forget_bias", None)):
+                              ("init", self.cell.default_init), ("forget_bias", None)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
         return s
@@ -324,14 +394,13 @@ class RNN(RecurrentStack):
         >>> output, h_n = rnn(torch.randn(5, 3, 10))     # (5, 3, 20), (2, 3, 20)
     """
 
-    cell_kind = "rnn"
-
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
                  *, backend: str = "auto", init: str = "uniform", weight_dropout: float = 0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device, dtype, nonlinearity=nonlinearity,
+                         bidirectional, device, dtype, cell="rnn",
+                         cell_options={"nonlinearity": nonlinearity},
                          backend=backend, init=init, weight_dropout=weight_dropout)
         self.nonlinearity = nonlinearity
 
@@ -354,8 +423,6 @@ class LSTM(RecurrentStack):
         >>> output, (h_n, c_n) = lstm(torch.randn(5, 3, 10))  # (5, 3, 40), (4, 3, 20) x2
     """
 
-    cell_kind = "lstm"
-
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, device=None, dtype=None,
@@ -364,7 +431,8 @@ class LSTM(RecurrentStack):
         if proj_size != 0:
             raise ValueError(f"proj_size: rnnkit.LSTM supports only 0, got {proj_size!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device, dtype, peephole=peephole, backend=backend,
+                         bidirectional, device, dtype, cell="lstm",
+                         cell_options={"peephole": peephole}, backend=backend,
                          init=init, forget_bias=forget_bias, weight_dropout=weight_dropout)
         self.proj_size = 0
         self.peephole = peephole
@@ -387,17 +455,25 @@ class GRU(RecurrentStack):
         >>> output, h_n = gru(torch.randn(3, 5, 10), lengths=[5, 2, 4])  # (3, 5, 20), (1, 3, 20)
     """
 
-    cell_kind = "gru"
-
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, device=None, dtype=None, *,
                  reset_after: bool = True, backend: str = "auto", init: str = "uniform",
                  weight_dropout: float = 0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device, dtype, reset_after=reset_after,
+                         bidirectional, device, dtype, cell="gru",
+                         cell_options={"reset_before": not reset_after},
                          backend=backend, init=init, weight_dropout=weight_dropout)
         self.reset_after = reset_after
+
+
+def _registered_cell(name: str, options: dict) -> Cell:
+    """The cell a pickled layer names. Only registered names are rebuilt: loading a layer
+    never imports a module named by the file (a user cell is pickled as its object)."""
+    if not isinstance(name, str) or ":" in name:
+        raise ValueError(f"cell: a pickled layer names the cell {name!r}; only registered "
+                         f"cells are rebuilt on load")
+    return make_cell(name, **options)
 
 
 def length_mask(lengths, T: int, device=None) -> Tensor:
@@ -406,6 +482,12 @@ def length_mask(lengths, T: int, device=None) -> Tensor:
     lengths = torch.as_tensor(lengths)
     device = lengths.device if device is None else device
     return torch.arange(T, device=device)[:, None] < lengths.to(device)[None, :]
+
+
+def with_hidden(state, h: Tensor):
+    """A layer's state (``h`` or a tuple ``(h, c, …)``) with its hidden state ``h``
+    replaced: the other states keep their values (e.g. an LSTM's c starts at 0)."""
+    return (h, *state[1:]) if isinstance(state, tuple) else h
 
 
 def detach_state(state):

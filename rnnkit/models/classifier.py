@@ -14,15 +14,15 @@ Pooling (padding never takes part):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.config import check_fields
+from rnnkit.config import check_cell, check_fields
 from rnnkit.layers import length_mask
-from rnnkit.models.encoder import LAYERS, RecurrentEncoder
+from rnnkit.models.encoder import RecurrentEncoder
 
 POOLINGS = ("final", "mean", "max", "attention")
 
@@ -33,7 +33,8 @@ class ClassifierConfig:
 
     vocab_size: int
     num_classes: int
-    cell: str = "lstm"                  # "rnn" | "lstm" | "gru"
+    cell: str = "lstm"              # a registered cell or "package.module:Class"
+    cell_options: dict = field(default_factory=dict)   # its options, e.g. {"peephole": True}
     embedding_size: int = 300
     hidden_size: int = 150
     num_layers: int = 1
@@ -46,10 +47,10 @@ class ClassifierConfig:
     backend: str = "auto"
 
     def __post_init__(self):
+        check_cell(self)
         check_fields(self, [
             ("vocab_size", lambda c: c.vocab_size >= 3, "an int >= 3"),
             ("num_classes", lambda c: c.num_classes >= 2, "an int >= 2"),
-            ("cell", lambda c: c.cell in LAYERS, f"one of {list(LAYERS)}"),
             ("embedding_size", lambda c: c.embedding_size >= 1, "a positive int"),
             ("hidden_size", lambda c: c.hidden_size >= 1, "a positive int"),
             ("num_layers", lambda c: c.num_layers >= 1, "a positive int"),
@@ -103,7 +104,7 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         self.config = c = config
         self.encoder = RecurrentEncoder(c.vocab_size, c.embedding_size, c.hidden_size,
-                                        c.num_layers, cell=c.cell,
+                                        c.num_layers, cell=c.cell, cell_options=c.cell_options,
                                         bidirectional=c.bidirectional, dropout=c.dropout,
                                         embedding_dropout=c.embedding_dropout,
                                         word_dropout=c.word_dropout,

@@ -10,22 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.data.tokenizers import PAD_ID, UNK_ID
-from rnnkit.layers import GRU, LSTM, RNN
+from rnnkit.special import PAD_ID, UNK_ID
+from rnnkit.layers import RecurrentStack
 from rnnkit.models.lm import embedding_dropout
-
-LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
 
 def recurrent_layer(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, *,
-                    bidirectional: bool = False, dropout: float = 0.0,
-                    backend: str = "auto") -> nn.Module:
-    """``rnnkit.RNN/LSTM/GRU`` by name ("rnn" is the tanh Elman RNN): input (T, B, I) ->
-    outputs (T, B, D*H), final states (L*D, B, H) (an LSTM's as a tuple (h, c))."""
-    if cell not in LAYERS:
-        raise ValueError(f"cell: expected one of {list(LAYERS)}, got {cell!r}")
-    return LAYERS[cell](input_size, hidden_size, num_layers, bidirectional=bidirectional,
-                        dropout=dropout if num_layers > 1 else 0.0, backend=backend)
+                    cell_options: dict | None = None, bidirectional: bool = False,
+                    dropout: float = 0.0, backend: str = "auto") -> nn.Module:
+    """A recurrent stack of the registered cell ``cell``: input (T, B, I) -> outputs
+    (T, B, D*H), final states (L*D, B, H) (a tuple (h, c, …) for a cell of several
+    states)."""
+    return RecurrentStack(input_size, hidden_size, num_layers, bidirectional=bidirectional,
+                          dropout=dropout if num_layers > 1 else 0.0, backend=backend,
+                          cell=cell, cell_options=cell_options)
 
 
 def embedding(vocab_size: int, size: int, init: float = 0.0) -> nn.Embedding:
@@ -55,7 +53,8 @@ class RecurrentEncoder(nn.Module):
     """
 
     def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int,
-                 num_layers: int, *, cell: str = "lstm", bidirectional: bool = True,
+                 num_layers: int, *, cell: str = "lstm", cell_options: dict | None = None,
+                 bidirectional: bool = True,
                  dropout: float = 0.0, embedding_dropout: float = 0.0,
                  word_dropout: float = 0.0, embedding_init: float = 0.0, extra_size: int = 0,
                  backend: str = "auto"):
@@ -64,7 +63,7 @@ class RecurrentEncoder(nn.Module):
         self.dropout, self.embedding_dropout = dropout, embedding_dropout
         self.word_dropout = word_dropout
         self.rnn = recurrent_layer(cell, embedding_size + extra_size, hidden_size, num_layers,
-                                   bidirectional=bidirectional, dropout=dropout,
+                                   cell_options=cell_options, bidirectional=bidirectional, dropout=dropout,
                                    backend=backend)
         self.output_size = hidden_size * (2 if bidirectional else 1)
 

@@ -31,13 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.bptt import input_projection
-from rnnkit.cells import CELL_KINDS
-from rnnkit.config import check_fields
-from rnnkit.layers import GRU, LSTM, RNN, detach_state
+from rnnkit.config import check_cell, check_fields
+from rnnkit.layers import RecurrentStack, detach_state, with_hidden
 from rnnkit.models.softmax import HEADS, AdaptiveSoftmax, ClassSoftmax, FullSoftmax, frequency_classes
 
-_LAYERS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 CONDITIONS = ("", "label", "vector")
 CONDITION_MODES = ("init", "input")
 
@@ -47,10 +44,8 @@ class LMConfig:
     """Architecture of a :class:`LanguageModel` (saved as JSON in the model directory)."""
 
     vocab_size: int
-    cell: str = "lstm"                  # "rnn" | "lstm" | "gru"
-    nonlinearity: str = "tanh"          # rnn: "tanh" | "relu" | "sigmoid"
-    peephole: bool = False              # lstm
-    reset_after: bool = True            # gru
+    cell: str = "lstm"                  # a registered cell or "package.module:Class"
+    cell_options: dict = field(default_factory=dict)   # its options, e.g. {"peephole": True}
     embedding_size: int = 0             # 0: same as hidden_size
     hidden_size: int = 200
     num_layers: int = 2
@@ -63,7 +58,7 @@ class LMConfig:
     num_classes: int = 0                # class softmax: 0 means about sqrt(V)
     adaptive_cutoffs: tuple[int, ...] = field(default_factory=tuple)
     backend: str = "auto"
-    init: str = "uniform"
+    init: str = ""                      # "": the cell's own (uniform; identity for irnn)
     condition: str = ""                 # "" | "label" | "vector": a conditioned model
     num_conditions: int = 0             # label: how many labels
     condition_size: int = 0             # vector: its length; label: its embedding (0: H)
@@ -72,7 +67,6 @@ class LMConfig:
     def __post_init__(self):
         checks = [
             ("vocab_size", lambda c: c.vocab_size >= 2, "an int >= 2"),
-            ("cell", lambda c: c.cell in CELL_KINDS, f"one of {list(CELL_KINDS)}"),
             ("hidden_size", lambda c: c.hidden_size >= 1, "a positive int"),
             ("embedding_size", lambda c: c.embedding_size >= 0, "an int >= 0"),
             ("num_layers", lambda c: c.num_layers >= 1, "a positive int"),
@@ -90,6 +84,7 @@ class LMConfig:
             checks.append((name, lambda c, name=name: 0 <= getattr(c, name) < 1,
                            "a number in [0, 1)"))
         check_fields(self, checks)
+        check_cell(self)
         if self.tie_weights and self.softmax == "adaptive":
             raise ValueError("tie_weights: not available with softmax='adaptive'")
         if self.tie_weights and self.embedding_size not in (0, self.hidden_size):
@@ -114,13 +109,31 @@ class LMConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LMConfig":
+        d = cls.legacy_fields(d)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"model config: unknown field(s) {unknown}")
-        d = dict(d)
         d["adaptive_cutoffs"] = tuple(d.get("adaptive_cutoffs", ()))
         return cls(**d)
+
+    @classmethod
+    def legacy_fields(cls, d: dict) -> dict:
+        """A config.json of rnnkit 0.1 (cell options as the fields ``nonlinearity``,
+        ``peephole``, ``reset_after``) in today's form: those in ``cell_options``."""
+        d = dict(d)
+        options = dict(d.get("cell_options", {}))
+        nonlinearity = d.pop("nonlinearity", "tanh")
+        peephole, reset_after = d.pop("peephole", False), d.pop("reset_after", True)
+        cell = d.get("cell", "lstm")
+        if cell == "rnn" and nonlinearity != "tanh":
+            options["nonlinearity"] = nonlinearity
+        if cell == "lstm" and peephole:
+            options["peephole"] = True
+        if cell == "gru" and not reset_after:
+            options["reset_before"] = True
+        d["cell_options"] = options
+        return d
 
 
 def locked_dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -153,18 +166,12 @@ class LanguageModel(nn.Module):
         V, E, H, L = config.vocab_size, config.embed_dim, config.hidden_size, config.num_layers
         self.embedding = nn.Embedding(V, E)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
-        layer = _LAYERS[config.cell]
-        options = {"backend": config.backend, "init": config.init,
+        options = {"cell": config.cell, "cell_options": config.cell_options,
+                   "backend": config.backend, "init": config.init or None,
                    "weight_dropout": config.weight_dropout}
-        if config.cell == "rnn":
-            options["nonlinearity"] = config.nonlinearity
-        elif config.cell == "lstm":
-            options["peephole"] = config.peephole
-        else:
-            options["reset_after"] = config.reset_after
         C = config.condition_dim
         first = E + (C if config.condition_mode == "input" else 0)
-        self.layers = nn.ModuleList(layer(first if k == 0 else H, H, **options)
+        self.layers = nn.ModuleList(RecurrentStack(first if k == 0 else H, H, **options)
                                     for k in range(L))
         if config.condition == "label":
             self.condition_embedding = nn.Embedding(config.num_conditions, C)
@@ -190,20 +197,15 @@ class LanguageModel(nn.Module):
     def initial_state(self, batch_size: int, condition: Tensor | None = None) -> tuple:
         """Zero states for ``batch_size`` streams; a conditioned model needs ``condition``:
         (B,) label ids or (B, C) vectors (one row broadcasts to all B)."""
-        p = self.embedding.weight
-        zeros = lambda: p.new_zeros(1, batch_size, self.config.hidden_size)  # noqa: E731
+        states = tuple(layer.initial_state(batch_size) for layer in self.layers)
         if not self.config.condition:
             if condition is not None:
                 raise ValueError("condition: this language model is not conditioned")
-            if self.config.cell == "lstm":
-                return tuple((zeros(), zeros()) for _ in self.layers)
-            return tuple(zeros() for _ in self.layers)
+            return states
         c = self.condition_vector(condition, batch_size)                   # (B, C)
-        states = []
-        for k in range(len(self.layers)):
-            h = (torch.tanh(self.condition_init[k](c))[None]
-                 if self.config.condition_mode == "init" else zeros())
-            states.append((h, torch.zeros_like(h)) if self.config.cell == "lstm" else h)
+        if self.config.condition_mode == "init":
+            states = tuple(with_hidden(s, torch.tanh(self.condition_init[k](c))[None])
+                           for k, s in enumerate(states))
         return (*states, c[None])
 
     def condition_vector(self, condition, batch_size: int) -> Tensor:
@@ -287,9 +289,8 @@ class LanguageModel(nn.Module):
     def step(self, tokens: Tensor, state) -> tuple[Tensor, tuple]:
         """One token per stream: (B,) -> log-probabilities (B, V) of the next, new state.
 
-        The inference path of generation: each layer's cell ``step_forward`` is called
-        directly on the parameters — one input product and one recurrent product per layer,
-        no unrolling machinery, no per-call weight repacking.
+        The inference path of generation: each layer's :meth:`RecurrentStack.step` — one
+        input product and the cell's ``step_forward``, no unrolling machinery.
         """
         if state is None:
             state = self.initial_state(tokens.shape[0])
@@ -299,15 +300,8 @@ class LanguageModel(nn.Module):
             x = torch.cat([x, cond[0]], dim=-1)
         new_state = []
         for layer, layer_state in zip(self.layers, state):
-            w_ih, w_hh, b_ih, b_hh, extra = layer._params(0)
-            cell = layer.cell
-            xw = input_projection(cell, x, w_ih, b_ih, b_hh)                # (B, G*H)
-            s = layer_state if isinstance(layer_state, tuple) else (layer_state,)
-            s, _ = cell.step_forward(xw, tuple(t[0] for t in s), w_hh,
-                                     None if cell.fold_bias_hh else b_hh, *extra)
-            x = s[0]
-            s = tuple(t[None] for t in s)
-            new_state.append(s if len(s) == 2 else s[0])
+            x, s = layer.step(x, layer_state)                               # (B, H)
+            new_state.append(s)
         return self.log_probs(x), tuple(new_state) + (() if cond is None else (cond,))
 
     @torch.no_grad()

@@ -24,16 +24,16 @@ the decoder starts from ``<eos>`` as its begin symbol and a translation ends at 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.config import check_fields
-from rnnkit.layers import length_mask
-from rnnkit.data.tokenizers import LINE_END_ID, PAD_ID
-from rnnkit.models.encoder import LAYERS, RecurrentEncoder, recurrent_layer
+from rnnkit.config import check_cell, check_fields
+from rnnkit.layers import length_mask, with_hidden
+from rnnkit.special import LINE_END_ID, PAD_ID
+from rnnkit.models.encoder import RecurrentEncoder, recurrent_layer
 
 ATTENTIONS = ("additive", "multiplicative")
 BOS_ID = EOS_ID = LINE_END_ID           # <eos> begins and ends a target sentence
@@ -45,7 +45,8 @@ class Seq2SeqConfig:
 
     source_vocab_size: int
     target_vocab_size: int
-    cell: str = "gru"                   # "rnn" | "lstm" | "gru", encoder and decoder
+    cell: str = "gru"               # a registered cell or "package.module:Class"
+    cell_options: dict = field(default_factory=dict)   # its options, e.g. {"peephole": True}
     embedding_size: int = 256
     hidden_size: int = 256              # per encoder direction, and the decoder's
     encoder_layers: int = 1
@@ -57,10 +58,10 @@ class Seq2SeqConfig:
     backend: str = "auto"
 
     def __post_init__(self):
+        check_cell(self)
         check_fields(self, [
             ("source_vocab_size", lambda c: c.source_vocab_size >= 3, "an int >= 3"),
             ("target_vocab_size", lambda c: c.target_vocab_size >= 3, "an int >= 3"),
-            ("cell", lambda c: c.cell in LAYERS, f"one of {list(LAYERS)}"),
             ("embedding_size", lambda c: c.embedding_size >= 1, "a positive int"),
             ("hidden_size", lambda c: c.hidden_size >= 1, "a positive int"),
             ("encoder_layers", lambda c: c.encoder_layers >= 1, "a positive int"),
@@ -118,14 +119,16 @@ class Seq2Seq(nn.Module):
         self.config = c = config
         H = c.hidden_size
         self.encoder = RecurrentEncoder(c.source_vocab_size, c.embedding_size, H,
-                                        c.encoder_layers, cell=c.cell, bidirectional=True,
+                                        c.encoder_layers, cell=c.cell,
+                                        cell_options=c.cell_options, bidirectional=True,
                                         dropout=c.dropout, backend=c.backend)
         self.bridge = nn.Linear(2 * H, H)
         self.target_embedding = nn.Embedding(c.target_vocab_size, c.embedding_size,
                                              padding_idx=PAD_ID)
         feed = H if c.input_feeding else 0
         self.decoder = recurrent_layer(c.cell, c.embedding_size + feed, H, c.decoder_layers,
-                                       dropout=c.dropout, backend=c.backend)
+                                       cell_options=c.cell_options, dropout=c.dropout,
+                                       backend=c.backend)
         self.attention = Attention(c.attention, H, 2 * H)
         self.combine = nn.Linear(3 * H, H, bias=False)                    # W_c
         self.output = nn.Linear(H, c.target_vocab_size)
@@ -140,7 +143,7 @@ class Seq2Seq(nn.Module):
         top = h_n.view(self.config.encoder_layers, 2, *h_n.shape[1:])[-1]  # (2, B, H)
         h0 = torch.tanh(self.bridge(torch.cat([top[0], top[1]], dim=-1)))   # (B, H)
         h0 = h0[None].expand(self.config.decoder_layers, -1, -1).contiguous()
-        state = (h0, torch.zeros_like(h0)) if self.config.cell == "lstm" else h0
+        state = with_hidden(self.decoder.initial_state(h0.shape[1]), h0)
         mask = length_mask(lengths, source.shape[0], source.device)     # (S, B)
         return memory, mask, state
 

@@ -14,14 +14,14 @@ words seen later.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.config import check_fields
-from rnnkit.models.encoder import LAYERS, RecurrentEncoder, embedding, recurrent_layer
+from rnnkit.config import check_cell, check_fields
+from rnnkit.models.encoder import RecurrentEncoder, embedding, recurrent_layer
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class TaggerConfig:
     vocab_size: int
     num_tags: int
     char_vocab_size: int = 0
-    cell: str = "lstm"
+    cell: str = "lstm"              # a registered cell or "package.module:Class"
+    cell_options: dict = field(default_factory=dict)   # its options, e.g. {"peephole": True}
     embedding_size: int = 100
     hidden_size: int = 200
     num_layers: int = 2
@@ -43,11 +44,11 @@ class TaggerConfig:
     backend: str = "auto"
 
     def __post_init__(self):
+        check_cell(self)
         check_fields(self, [
             ("vocab_size", lambda c: c.vocab_size >= 3, "an int >= 3"),
             ("num_tags", lambda c: c.num_tags >= 1, "an int >= 1"),
             ("char_vocab_size", lambda c: c.char_vocab_size >= 0, "an int >= 0"),
-            ("cell", lambda c: c.cell in LAYERS, f"one of {list(LAYERS)}"),
             ("embedding_size", lambda c: c.embedding_size >= 1, "a positive int"),
             ("hidden_size", lambda c: c.hidden_size >= 1, "a positive int"),
             ("num_layers", lambda c: c.num_layers >= 1, "a positive int"),
@@ -69,10 +70,12 @@ class CharEncoder(nn.Module):
     """Characters of N words -> (N, 2*H): final states of a bidirectional layer."""
 
     def __init__(self, vocab_size: int, embedding_size: int, hidden_size: int, cell: str,
-                 backend: str = "auto", embedding_init: float = 0.0):
+                 backend: str = "auto", embedding_init: float = 0.0,
+                 cell_options: dict | None = None):
         super().__init__()
         self.embedding = embedding(vocab_size, embedding_size, embedding_init)
         self.rnn = recurrent_layer(cell, embedding_size, hidden_size, bidirectional=True,
+                                   cell_options=cell_options,
                                    backend=backend)
 
     def forward(self, chars: Tensor, lengths: Tensor) -> Tensor:
@@ -89,10 +92,11 @@ class Tagger(nn.Module):
         super().__init__()
         self.config = c = config
         self.chars = (CharEncoder(c.char_vocab_size, c.char_embedding_size, c.char_hidden_size,
-                                  c.cell, c.backend, c.embedding_init)
+                                  c.cell, c.backend, c.embedding_init, c.cell_options)
                       if c.char_hidden_size else None)
         self.encoder = RecurrentEncoder(c.vocab_size, c.embedding_size, c.hidden_size,
-                                        c.num_layers, cell=c.cell, bidirectional=True,
+                                        c.num_layers, cell=c.cell,
+                                        cell_options=c.cell_options, bidirectional=True,
                                         dropout=c.dropout, word_dropout=c.word_dropout,
                                         embedding_init=c.embedding_init,
                                         extra_size=2 * c.char_hidden_size,

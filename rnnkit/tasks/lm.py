@@ -224,10 +224,9 @@ class LMTask:
             self.carry = None
             return
         layers = []
-        for k in range(len(self.model.layers)):
-            parts = [tensors[f"{k}.{j}"].to(self.device)
-                     for j in range(2 if self.model.config.cell == "lstm" else 1)]
-            layers.append(tuple(parts) if len(parts) == 2 else parts[0])
+        for k, layer in enumerate(self.model.layers):
+            parts = [tensors[f"{k}.{j}"].to(self.device) for j in range(layer.cell.num_states)]
+            layers.append(tuple(parts) if len(parts) > 1 else parts[0])
         self.carry = tuple(layers)
 
 
@@ -267,6 +266,8 @@ def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
         out.mkdir(parents=True, exist_ok=True)
         tokenizer.save(out)
     options = {k: v for k, v in model_options.items() if k != "vocab_size"}
+    if resume:                      # a run.json of rnnkit 0.1 names cell options as fields
+        options = LMConfig.legacy_fields(options)
     unknown = sorted(set(options) - {f.name for f in fields(LMConfig)})
     if unknown:
         raise ValueError(f"model options: unknown {unknown}")

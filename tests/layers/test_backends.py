@@ -74,7 +74,7 @@ def test_gradcheck_whole_stack_float64(kind, options):
     k = len(hx)
 
     def stack(x, *rest):
-        state0 = tuple(rest[:k]) if kind == "lstm" else rest[0]
+        state0 = tuple(rest[:k]) if k > 1 else rest[0]
         out, state = functional_call(layer, dict(zip(names, rest[k:])), (x, state0),
                                      {"lengths": lengths})
         return tuple(flat_tensors(out, state))

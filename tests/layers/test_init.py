@@ -70,12 +70,20 @@ def test_forget_bias_sets_total_forget_gate_bias(init, peephole):
 @each_variant
 def test_uniform_default_init_is_bounded_by_one_over_sqrt_hidden(kind, options):
     layer = make_layer(kind, options, I, H, **STACK)
+    if layer.cell.default_init != "uniform":                    # the IRNN starts at identity
+        layer = make_layer(kind, options, I, H, init="uniform", **STACK)
     assert layer.init == "uniform"
     bound = 1.0 / math.sqrt(H)
     for name, p in layer.named_parameters():
         assert p.abs().max() <= bound, name
         assert p.abs().max() > 0.5 * bound, name                # spread over the range
         assert p.unique().numel() == p.numel(), name             # not a constant
+
+
+def test_irnn_starts_at_the_identity():
+    layer = rnnkit.RecurrentStack(I, H, cell="irnn")
+    assert layer.init == "identity"
+    torch.testing.assert_close(layer.weight_hh_l0.detach(), torch.eye(H))
 
 
 @pytest.mark.parametrize("init", ["uniform", "orthogonal", "identity"])

@@ -72,7 +72,7 @@ def test_lengths_equal_running_each_example_alone(kind, options, backend):
         finals = list(state) if isinstance(state, tuple) else [state]
         for b, n in enumerate(LENGTHS):
             own_hx = [h[:, b:b + 1] for h in hxs]
-            alone, alone_state = layer(x[:n, b:b + 1], tuple(own_hx) if kind == "lstm"
+            alone, alone_state = layer(x[:n, b:b + 1], tuple(own_hx) if len(own_hx) > 1
                                        else own_hx[0])
             alone_finals = list(alone_state) if isinstance(alone_state, tuple) else [alone_state]
             torch.testing.assert_close(out[:n, b:b + 1], alone, rtol=1e-12, atol=1e-12)

@@ -37,9 +37,9 @@ def test_windows_with_carried_state_equal_one_pass(cell):
 
 
 @pytest.mark.parametrize("options", [{"cell": "lstm", "tie_weights": True},
-                                     {"cell": "lstm", "peephole": True},
-                                     {"cell": "gru"}, {"cell": "gru", "reset_after": False},
-                                     {"cell": "rnn", "nonlinearity": "sigmoid"}])
+                                     {"cell": "lstm_peephole"},
+                                     {"cell": "gru"}, {"cell": "gru_reset_before"},
+                                     {"cell": "rnn", "cell_options": {"nonlinearity": "sigmoid"}}])
 def test_step_and_prime_agree_with_forward(options):
     torch.manual_seed(0)
     model = LanguageModel(LMConfig(vocab_size=30, hidden_size=8, **options)).eval()

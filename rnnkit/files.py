@@ -1,0 +1,114 @@
+"""Writing files so that a crash never leaves a broken one, and reading JSON with clear errors.
+
+Every file rnnkit writes goes through :func:`atomic_write`: the new content is written to a
+temporary file in the target's own directory (so the rename stays on one file system),
+flushed to disk, then renamed over the target with ``os.replace``. A crash, an exception or
+Ctrl-C at any point leaves either the old file or the new one — never a half-written one —
+and the temporary file is removed. The new file gets ordinary permissions
+(``0o666 & ~umask``), like any file a program creates, not the 0600 of ``tempfile``.
+
+:func:`read_json` is the one JSON reader: every failure is a ``ValueError`` that names the
+file and says what was expected.
+
+This module depends on nothing else in rnnkit, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Call ``write(tmp)`` to produce the file at the path ``tmp``, then rename it to ``path``.
+
+    ``tmp`` is a fresh, empty file next to ``path`` (missing parent folders are created).
+    If ``write`` or anything after it fails — including ``KeyboardInterrupt`` — ``tmp`` is
+    removed, ``path`` keeps its old content, and the exception propagates.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # Created by us with mode 0o666, so the kernel applies the umask: ordinary permissions,
+    # without touching the process-wide umask. O_EXCL: never reuse someone else's file.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        write(str(tmp))
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync(file: Path) -> None:
+    """Flush ``file``'s content to disk (``write`` may have written it by any means)."""
+    with open(file, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable; skipped where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass                                  # some file systems refuse fsync on a folder
+    finally:
+        os.close(fd)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write ``text`` as UTF-8, exactly as given (no newline translation)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Atomically write ``obj`` as indented UTF-8 JSON ending with a newline."""
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """Read a file holding one JSON object.
+
+    Raises ``ValueError`` naming the file: ``"{path}: no such file"``,
+    ``"{path}: cannot be read (...)"``, ``"{path}: not valid UTF-8 at byte offset {n}"``,
+    ``"{path}: not valid JSON (line {l} column {c}: ...)"`` or
+    ``"{path}: expected a JSON object, got {type}"``.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8 at byte offset {e.start} "
+                         f"(byte 0x{data[e.start]:02x})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: "
+                         f"{e.msg})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {_json_type(obj)}")
+    return obj
+
+
+def _json_type(obj) -> str:
+    """The JSON name of a decoded value's type ("array", "string", ...)."""
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+             type(None): "null"}
+    return names.get(type(obj), type(obj).__name__)
