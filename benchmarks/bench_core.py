@@ -18,7 +18,6 @@ measured in the same run for scale. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,12 +29,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rnnkit  # noqa: E402
+from rnnkit.cells import cell_names, make_cell  # noqa: E402
+from rnnkit.files import write_json  # noqa: E402
 
 SHAPES = [(35, 20, 200), (35, 20, 650), (35, 64, 1024), (100, 32, 256)]  # (T, B, I = H)
-STANDARD = [("lstm", "LSTM", {}), ("gru", "GRU", {}), ("rnn_tanh", "RNN", {})]
-NONSTANDARD = [("lstm_peephole", "LSTM", {"peephole": True}),
-               ("gru_reset_before", "GRU", {"reset_after": False}),
-               ("rnn_sigmoid", "RNN", {"nonlinearity": "sigmoid"})]
+
+
+def registered_cells() -> list[str]:
+    """Every cell of the registry once ("rnn" with default options is "rnn_tanh")."""
+    seen = {}
+    for name in cell_names():
+        seen.setdefault(make_cell(name).name, name)
+    return list(seen.values())
 
 
 def sgemm_gflops(n: int = 2048, reps: int = 5) -> float:
@@ -56,7 +61,7 @@ def train_pass(model, x):
     (out.sum() + h.sum()).backward()
 
 
-def time_backends(cls, kwargs, backends, shape, reps):
+def time_backends(cell, backends, shape, reps):
     """Median seconds per forward+backward for each backend, interleaved."""
     T, B, H = shape
     torch.manual_seed(0)
@@ -64,7 +69,7 @@ def time_backends(cls, kwargs, backends, shape, reps):
     models = {}
     for backend in backends:
         torch.manual_seed(0)
-        models[backend] = cls(H, H, backend=backend, **kwargs)
+        models[backend] = rnnkit.RecurrentStack(H, H, backend=backend, cell=cell)
     times = {b: [] for b in backends}
     for rep in range(reps + 1):                          # the first round is warm-up
         for backend, model in models.items():
@@ -81,6 +86,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions per backend")
     parser.add_argument("--quick", action="store_true", help="only the first shape, 3 reps")
+    parser.add_argument("--cells", default=",".join(registered_cells()),
+                        help="comma-separated registered cells (default: all)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "core.json"),
                         help="JSON file for the numbers")
     args = parser.parse_args(argv)
@@ -95,12 +102,11 @@ def main(argv=None) -> int:
               f"{'autograd ms':>11s} {'bptt/native':>11s} {'bptt/autograd':>13s}")
     print(header)
     print("-" * len(header))
-    for name, cls_name, kwargs in STANDARD + NONSTANDARD:
-        cls = getattr(rnnkit, cls_name)
-        standard = (name, cls_name, kwargs) in STANDARD
+    for name in args.cells.split(","):
+        standard = make_cell(name).native_mode is not None
         backends = ["bptt", "native", "autograd"] if standard else ["bptt", "autograd"]
         for shape in shapes:
-            t = time_backends(cls, kwargs, backends, shape, reps)
+            t = time_backends(name, backends, shape, reps)
             row = {"cell": name, "T": shape[0], "B": shape[1], "H": shape[2],
                    **{f"{b}_ms": t[b] * 1e3 for b in backends},
                    # speed ratios: > 1 means the hand engine is faster
@@ -115,13 +121,10 @@ def main(argv=None) -> int:
     print("ratios are speeds relative to the hand engine's peer (>1: bptt faster); "
           "times are medians of forward+backward")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "sgemm_gflops": gflops, "reps": reps, "rows": rows}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 

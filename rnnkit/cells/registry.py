@@ -170,6 +170,16 @@ def cell_options_of(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in entry.options and entry.options[k] != v}
 
 
+def options_from_legacy_fields(name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """rnnkit 0.1 model configs held cell options as fields of their own
+    (``nonlinearity``, ``peephole``, ``reset_after``): the options of today's form that
+    cell ``name`` takes and that differ from its defaults."""
+    given = {"nonlinearity": fields.get("nonlinearity", "tanh"),
+             "peephole": fields.get("peephole", False),
+             "reset_before": not fields.get("reset_after", True)}
+    return cell_options_of(name, given)
+
+
 _TWINS = {"LSTM": (nn.LSTM, {}), "GRU": (nn.GRU, {}),
           "RNN_TANH": (nn.RNN, {"nonlinearity": "tanh"}),
           "RNN_RELU": (nn.RNN, {"nonlinearity": "relu"})}

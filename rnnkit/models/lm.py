@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.cells.registry import options_from_legacy_fields
 from rnnkit.config import check_cell, check_fields
 from rnnkit.layers import RecurrentStack, detach_state, with_hidden
 from rnnkit.models.softmax import HEADS, AdaptiveSoftmax, ClassSoftmax, FullSoftmax, frequency_classes
@@ -122,16 +123,10 @@ class LMConfig:
         """A config.json of rnnkit 0.1 (cell options as the fields ``nonlinearity``,
         ``peephole``, ``reset_after``) in today's form: those in ``cell_options``."""
         d = dict(d)
+        legacy = {k: d.pop(k) for k in ("nonlinearity", "peephole", "reset_after") if k in d}
         options = dict(d.get("cell_options", {}))
-        nonlinearity = d.pop("nonlinearity", "tanh")
-        peephole, reset_after = d.pop("peephole", False), d.pop("reset_after", True)
-        cell = d.get("cell", "lstm")
-        if cell == "rnn" and nonlinearity != "tanh":
-            options["nonlinearity"] = nonlinearity
-        if cell == "lstm" and peephole:
-            options["peephole"] = True
-        if cell == "gru" and not reset_after:
-            options["reset_before"] = True
+        if legacy and isinstance(d.get("cell", "lstm"), str):
+            options.update(options_from_legacy_fields(d.get("cell", "lstm"), legacy))
         d["cell_options"] = options
         return d
 
