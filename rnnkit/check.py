@@ -52,6 +52,9 @@ def check_cell(cell: Cell, seed: int = 0) -> CheckRow:
     variable lengths, walking time in reverse (so the state joins and leaves mid-sequence
     both ways), and compares every gradient of a 2-layer bidirectional stack with autograd
     of the same forward. ``row.ok`` is the verdict; the row has no ``torch_nn`` figure.
+    Both run in training mode from the same random state, so a cell with training-time
+    noise (zoneout, recurrent dropout) draws the same masks in both, and gradcheck sees
+    the training-mode cell with its masks fixed by reseeding at every call.
     """
     torch.manual_seed(seed)
     T, B, I, H, lengths = SIZES
@@ -60,8 +63,11 @@ def check_cell(cell: Cell, seed: int = 0) -> CheckRow:
     models = {b: RecurrentStack(I, H, 2, bidirectional=True, backend=b, dtype=torch.float64,
                                 cell=cell) for b in ("bptt", "autograd")}
     models["autograd"].load_state_dict(models["bptt"].state_dict())
-    diff = _max_difference(_loss_and_grads(models["bptt"], x, lengths, weights),
-                           _loss_and_grads(models["autograd"], x, lengths, weights))
+    results = []
+    for backend in ("bptt", "autograd"):
+        torch.manual_seed(seed + 1)
+        results.append(_loss_and_grads(models[backend], x, lengths, weights))
+    diff = _max_difference(*results)
 
     G, k = cell.gates, cell.num_states
     sizes = [3, 2, 2, 1]
@@ -72,8 +78,10 @@ def check_cell(cell: Cell, seed: int = 0) -> CheckRow:
     args = [a.to(torch.float64).requires_grad_() for a in args]
 
     def unrolled(x, w_ih, w_hh, b_ih, b_hh, *rest):
-        out, final = recurrent_bptt(cell, x, sizes, tuple(rest[:k]), w_ih, w_hh, b_ih, b_hh,
-                                    tuple(rest[k:]), reverse=True)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + 2)                      # the same masks at every call
+            out, final = recurrent_bptt(cell.for_mode(True), x, sizes, tuple(rest[:k]), w_ih,
+                                        w_hh, b_ih, b_hh, tuple(rest[k:]), reverse=True)
         return (out, *final)
 
     passed = torch.autograd.gradcheck(unrolled, args, raise_exception=False)

@@ -43,6 +43,13 @@ class Cell(ABC):
     native_mode: str | None = None  # name of PyTorch's fused kernel, if it computes this cell
     default_init: str = "uniform"   # the layer's init when none is asked for
     state_names: tuple[str, ...] = ("h",)   # one per state, ("h", "c") for an LSTM
+    h_prev_in_product_only: bool = False    # h_{t-1} enters only through h_prev @ W.T (the
+                                            # cells where recurrent dropout is exact)
+
+    def for_mode(self, training: bool) -> "Cell":
+        """The cell for one layer-direction's forward in ``training`` or evaluation mode:
+        itself, except for cells with training-time noise (``rnnkit.cells.dropout``)."""
+        return self
 
     def initial_state(self, batch: int, hidden_size: int, *, dtype=None,
                       device=None) -> State:

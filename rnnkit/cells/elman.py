@@ -64,6 +64,7 @@ class ElmanCell(Cell):
     gates = 1
     num_states = 1
     fold_bias_hh = True
+    h_prev_in_product_only = True
 
     def __init__(self, nonlinearity: str = "tanh", default_init: str = "uniform"):
         if nonlinearity not in NONLINEARITIES:

@@ -54,6 +54,7 @@ class LSTMCell(Cell):
     num_states = 2
     state_names = ("h", "c")
     fold_bias_hh = True
+    h_prev_in_product_only = True
 
     def __init__(self, peephole: bool = False):
         self.peephole = bool(peephole)

@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from rnnkit.cells.base import Cell
+from rnnkit.cells.dropout import with_noise
 from rnnkit.cells.elman import NONLINEARITIES, ElmanCell
 from rnnkit.cells.gru import GRUCell, GRUResetBeforeCell
 from rnnkit.cells.lstm import LSTMCell
@@ -34,7 +35,13 @@ OPTION_HELP: dict[str, str] = {
     "nonlinearity": "rnn: the nonlinearity f of h = f(U x + W h + b)",
     "peephole": "lstm: diagonal peephole connections from the cell to its gates",
     "reset_before": "gru: reset gate before the recurrent product (Cho et al. 2014)",
+    "zoneout": "any cell: each state unit keeps its previous value with this probability "
+               "in training (Krueger et al. 2016)",
+    "recurrent_dropout": "elman and lstm cells: one dropout mask per sequence on h_{t-1} "
+                         "inside the recurrence (Gal & Ghahramani 2016)",
 }
+# Options every cell takes: training-time noise added by a wrapper (rnnkit.cells.dropout).
+NOISE_OPTIONS: dict[str, float] = {"zoneout": 0.0, "recurrent_dropout": 0.0}
 OPTION_CHOICES: dict[str, tuple[str, ...]] = {"nonlinearity": tuple(NONLINEARITIES)}
 
 
@@ -97,7 +104,7 @@ def cell_names() -> list[str]:
 
 def all_options() -> dict[str, Any]:
     """Every option any registered cell takes -> its default (for the CLI and configs)."""
-    defaults: dict[str, Any] = {}
+    defaults: dict[str, Any] = dict(NOISE_OPTIONS)
     for entry in REGISTRY.values():
         for key, value in entry.options.items():
             defaults.setdefault(key, value)
@@ -135,6 +142,11 @@ def make_cell(name: str, **options: Any) -> Cell:
     """
     if not isinstance(name, str):
         raise ValueError(f"cell: expected a name, got {type(name).__name__}")
+    noise = {key: options.pop(key) for key in NOISE_OPTIONS if key in options}
+    return with_noise(_plain_cell(name, options), **noise)
+
+
+def _plain_cell(name: str, options: dict[str, Any]) -> Cell:
     if is_user_cell(name):
         cls = _user_cell_class(name)
         try:
@@ -162,12 +174,14 @@ def make_cell(name: str, **options: Any) -> Cell:
 def cell_options_of(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """The options in ``options`` that cell ``name`` takes and that differ from its
     defaults (for a user cell: all of them) — what a model config records."""
+    noise = {k: v for k, v in options.items() if k in NOISE_OPTIONS and v != NOISE_OPTIONS[k]}
     if is_user_cell(name):
-        return dict(options)
+        return {**{k: v for k, v in options.items() if k not in NOISE_OPTIONS}, **noise}
     entry = REGISTRY.get(name)
     if entry is None:
         make_cell(name)             # raises the unknown-name error
-    return {k: v for k, v in options.items() if k in entry.options and entry.options[k] != v}
+    return {**{k: v for k, v in options.items() if k in entry.options and entry.options[k] != v},
+            **noise}
 
 
 def options_from_legacy_fields(name: str, fields: Mapping[str, Any]) -> dict[str, Any]:

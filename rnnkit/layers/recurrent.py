@@ -284,7 +284,8 @@ class RecurrentStack(nn.Module):
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
                 w_ih, w_hh, b_ih, b_hh, extra = self._params(index, True)
-                out, final = engine(self.cell, x, batch_sizes, tuple(s[index] for s in state0),
+                cell = self.cell.for_mode(self.training)       # fresh noise masks, if any
+                out, final = engine(cell, x, batch_sizes, tuple(s[index] for s in state0),
                                     w_ih, w_hh, b_ih, b_hh, extra, reverse=direction == 1)
                 outs.append(out)
                 finals.append(final)
