@@ -1,0 +1,62 @@
+"""How to train: the options of the loop (:class:`TrainConfig`) and the optimiser they build."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rnnkit.config import check_fields, option
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; every field is a command-line option and a config-file key."""
+
+    epochs: int = option(10, "passes over the training data", resume=True)
+    max_steps: int = option(0, "stop after N steps in all (0: no limit)", resume=True)
+    max_minutes: float = option(0.0, "stop after M minutes of training (0: no limit)",
+                                resume=True)
+    optimizer: str = option("sgd", "the optimiser", choices=OPTIMIZERS)
+    lr: float = option(20.0, "learning rate")
+    momentum: float = option(0.0, "sgd momentum")
+    weight_decay: float = option(0.0, "L2 penalty")
+    clip: float = option(0.25, "max gradient norm (0: off)")
+    lr_decay: float = option(4.0, "divide the lr by this when validation stops improving "
+                             "(1: off)")
+    seed: int = option(1, "random seed")
+    eval_every: int = option(0, "validate every N steps (0: once per epoch)")
+    save_every: int = option(0, "resumable checkpoint every N steps (0: once per epoch)")
+    log_every: int = option(50, "a metrics line every N steps")
+    progress: bool = option(True, "no progress bar", flag="--no-progress", resume=True)
+    tensorboard: bool = option(False, "also log to TensorBoard in OUT/tensorboard",
+                               resume=True)
+
+    def __post_init__(self):
+        checks = [("epochs", lambda c: c.epochs >= 1, "an int >= 1"),
+                  ("max_steps", lambda c: c.max_steps >= 0, "an int >= 0"),
+                  ("max_minutes", lambda c: c.max_minutes >= 0, "a number >= 0"),
+                  ("optimizer", lambda c: c.optimizer in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
+                  ("lr", lambda c: c.lr > 0, "a number > 0"),
+                  ("momentum", lambda c: 0 <= c.momentum < 1, "a number in [0, 1)"),
+                  ("weight_decay", lambda c: c.weight_decay >= 0, "a number >= 0"),
+                  ("clip", lambda c: c.clip >= 0, "a number >= 0"),
+                  ("lr_decay", lambda c: c.lr_decay >= 1, "a number >= 1"),
+                  ("eval_every", lambda c: c.eval_every >= 0, "an int >= 0"),
+                  ("save_every", lambda c: c.save_every >= 0, "an int >= 0"),
+                  ("log_every", lambda c: c.log_every >= 1, "an int >= 1")]
+        check_fields(self, checks)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser ``config`` names, over the model's trainable parameters (in order: the
+    train state numbers the optimiser's entries by this order)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -1,0 +1,127 @@
+"""The train state: everything needed to continue a run exactly, as one safetensors file
+(``train_state.safetensors``; no pickles).
+
+Tensors, by name::
+
+    model.<name>            the model's state_dict
+    optim.<index>.<name>    the optimiser's tensor state of parameter <index> (Adam's moments, …)
+    carry.<name>            the state the task carries between batches (truncated BPTT)
+    rng.torch               torch's CPU generator; rng.cuda.<k>: device k's, when there is CUDA
+
+Meta (JSON): the loop's counters as the loop names them (``step``, ``epoch``, ``elapsed``,
+``units``, ``best``, ``plateau_best``, ``log_window``; an infinite one, such as no best yet,
+as null), ``optimizer`` (``param_groups`` and the non-tensor ``scalars`` of each
+parameter), ``batches`` (the data position: the batch source's state_dict) and
+``python_random`` (the state of Python's ``random``). Existing run directories hold these
+names: renaming one breaks their resume.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from rnnkit import checkpoint
+
+_OWN = ("optimizer", "batches", "python_random")     # meta written here; the rest: counters
+
+
+def save_train_state(path: Path, task, optimizer: torch.optim.Optimizer,
+                     counters: dict) -> None:
+    """Write the train state of ``task`` and ``optimizer`` with the loop's ``counters``."""
+    optim_tensors, optim_meta = _optimizer_to_data(optimizer)
+    carry_tensors = getattr(task, "carry_tensors", dict)
+    tensors = {**_prefixed("model.", task.model.state_dict()), **optim_tensors,
+               **_prefixed("carry.", carry_tensors()), "rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for k, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{k}"] = state
+    meta = {**{name: _finite_or_none(value) for name, value in counters.items()},
+            "optimizer": optim_meta, "batches": task.batches.state_dict(),
+            "python_random": _jsonable(random.getstate())}
+    checkpoint.save_tensors(path, tensors, meta)
+
+
+def load_train_state(path: Path, task, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore ``task`` (model, carry, data position), ``optimizer`` and the random-number
+    generators from ``path``; return the loop's counters as they were saved."""
+    if not path.is_file():
+        raise ValueError(f"{path.parent}: nothing to resume (no {path.name})")
+    tensors, meta = checkpoint.load_tensors(path)
+    # Fresh copies: a tensor read from the file lies at its offset in the file, one computed
+    # in an unbroken run where the allocator puts it (64-byte aligned); matrix products
+    # (MKL) round differently at other alignments, so a carried state or optimiser moment
+    # left at an odd address breaks bit-exact resume now and then.
+    tensors = {name: value.clone() for name, value in tensors.items()}
+    try:
+        task.model.load_state_dict(_unprefixed("model.", tensors))
+    except RuntimeError as error:
+        raise ValueError(f"{path}: does not fit the model being trained "
+                         f"({str(error).splitlines()[0]})") from None
+    _optimizer_from_data(optimizer, tensors, meta["optimizer"])
+    if hasattr(task, "load_carry"):
+        task.load_carry(_unprefixed("carry.", tensors))
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[f"rng.cuda.{k}"] for k in range(torch.cuda.device_count())
+                   if f"rng.cuda.{k}" in tensors]
+    if cuda_states:
+        torch.cuda.set_rng_state_all(cuda_states)
+    random.setstate(_tuplify(meta["python_random"]))
+    task.batches.load_state_dict(meta["batches"])
+    return {name: math.inf if value is None else value
+            for name, value in meta.items() if name not in _OWN}
+
+
+def _optimizer_to_data(optimizer) -> tuple[dict[str, Tensor], dict]:
+    """Optimiser state as (tensors, JSON) — no pickles."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entries in state["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_data(optimizer, tensors: dict[str, Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, entries in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(entries)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _prefixed(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {prefix + name: value for name, value in tensors.items()}
+
+
+def _unprefixed(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {name[len(prefix):]: value for name, value in tensors.items()
+            if name.startswith(prefix)}
+
+
+def _finite_or_none(x):
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def _jsonable(obj):
+    """Tuples (as in ``random.getstate()``) as lists, for JSON."""
+    if isinstance(obj, tuple):
+        return [_jsonable(x) for x in obj]
+    return obj
+
+
+def _tuplify(obj):
+    """The inverse of :func:`_jsonable`."""
+    if isinstance(obj, list):
+        return tuple(_tuplify(x) for x in obj)
+    return obj
