@@ -1,10 +1,83 @@
-"""Checks shared by rnnkit's configuration dataclasses."""
+"""How rnnkit's configuration dataclasses declare their fields, and the checks they share.
+
+Every setting is one dataclass field, declared with :func:`option`: its default and help
+text (and, where the command line calls it otherwise, its flag) live in the field's
+metadata. The command line (``rnnkit.cli``) makes its options of these declarations, and a
+TOML ``--config`` file uses the same names, so the Python API and the CLI share every
+default::
+
+    @dataclass(frozen=True)
+    class ClassifierConfig:
+        hidden_size: int = option(150, "hidden units per direction", flag="--hidden")
+        bidirectional: bool = option(True, "one direction instead of two",
+                                     flag="--unidirectional")
+
+A bool field becomes a flag that sets the opposite of its default (``--unidirectional``
+sets ``bidirectional = False``); a help text of a bool says what the flag does.
+"""
 
 from __future__ import annotations
 
-
 import dataclasses
+from dataclasses import MISSING, field
 
+
+def option(default=MISSING, help: str = "", *, flag: str | None = None,
+           factory=MISSING, choices=None, resume: bool = False, derived: bool = False):
+    """A dataclass field declared as an option (see the module docstring).
+
+    Args:
+        default: the default (or ``factory`` for a mutable one).
+        help: one line for ``--help`` (the default is appended by the CLI).
+        flag: the command-line flag when it is not ``--field-name``.
+        choices: the values it takes, shown in ``--help`` (the dataclass checks them).
+        resume: may be changed when a run is resumed (a new budget, say).
+        derived: set from the data (a vocabulary size), never given by the user.
+    """
+    metadata = {"help": help, "flag": flag, "choices": tuple(choices or ()),
+                "resume": resume, "derived": derived}
+    return field(default=default, default_factory=factory, metadata=metadata)
+
+
+def derived(default=MISSING):
+    """A field that the data sets (a vocabulary size, the number of classes): no option."""
+    return option(default, derived=True)
+
+
+def declared(f: dataclasses.Field, key: str, fallback=None):
+    """A field's declared metadata ``key`` (see :func:`option`)."""
+    return f.metadata.get(key, fallback)
+
+
+def field_default(f: dataclasses.Field):
+    """A field's default value (a fresh one for a ``factory`` field; MISSING if none)."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+# -- the fields every model config declares alike ---------------------------------------------
+
+def cell_field(default: str):
+    """``cell``: a registered cell name or ``"package.module:Class"``."""
+    return option(default, "the recurrent cell")
+
+
+def cell_options_field():
+    """``cell_options``: the cell's own options, e.g. ``{"peephole": True}``."""
+    return option(help="the cell's options (each one a flag of its own)", factory=dict)
+
+
+def backend_field():
+    """``backend``: which engine runs the recurrent layers."""
+    from rnnkit.layers import BACKENDS
+
+    return option("auto", "the engine of the recurrent layers", choices=BACKENDS)
+
+
+# -- checks ---------------------------------------------------------------------------------
 
 def check_types(config) -> None:
     """Raise ``ValueError`` for a dataclass field whose value is not of its declared type
@@ -12,16 +85,16 @@ def check_types(config) -> None:
     kinds = {"bool": bool, "int": int, "float": (int, float), "str": str, "dict": dict}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        declared = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        kind = kinds.get(declared.split("[")[0])
-        if declared.startswith("tuple"):
+        declared_type = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        kind = kinds.get(declared_type.split("[")[0])
+        if declared_type.startswith("tuple"):
             ok = isinstance(value, (tuple, list)) and all(isinstance(v, int) for v in value)
         elif kind is None:
             continue
         else:
             ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
         if not ok:
-            raise ValueError(f"{f.name}: expected {declared}, got {value!r}")
+            raise ValueError(f"{f.name}: expected {declared_type}, got {value!r}")
 
 
 def check_cell(config) -> None:

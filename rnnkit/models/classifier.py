@@ -14,13 +14,14 @@ Pooling (padding never takes part):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.config import check_cell, check_fields
+from rnnkit.config import (backend_field, cell_field, cell_options_field, check_cell,
+                           check_fields, derived, option)
 from rnnkit.layers import length_mask
 from rnnkit.models.encoder import RecurrentEncoder
 
@@ -31,20 +32,22 @@ POOLINGS = ("final", "mean", "max", "attention")
 class ClassifierConfig:
     """Architecture of a :class:`SequenceClassifier` (saved as JSON with the model)."""
 
-    vocab_size: int
-    num_classes: int
-    cell: str = "lstm"              # a registered cell or "package.module:Class"
-    cell_options: dict = field(default_factory=dict)   # its options, e.g. {"peephole": True}
-    embedding_size: int = 300
-    hidden_size: int = 150
-    num_layers: int = 1
-    bidirectional: bool = True
-    pooling: str = "max"                # "final" | "mean" | "max" | "attention"
-    dropout: float = 0.5                # on embeddings, between layers, on the pooled vector
-    embedding_dropout: float = 0.0      # drop whole word types (Gal & Ghahramani 2016)
-    word_dropout: float = 0.0           # replace training words by <unk>
-    embedding_init: float = 0.25        # embeddings from U(-x, x); 0: N(0, 1)
-    backend: str = "auto"
+    vocab_size: int = derived()
+    num_classes: int = derived()
+    cell: str = cell_field("lstm")
+    cell_options: dict = cell_options_field()
+    embedding_size: int = option(300, "word embedding size")
+    hidden_size: int = option(150, "hidden units per direction", flag="--hidden")
+    num_layers: int = option(1, "recurrent layers", flag="--layers")
+    bidirectional: bool = option(True, "one direction instead of two", flag="--unidirectional")
+    pooling: str = option("max", "how the outputs of all steps become one vector",
+                          choices=POOLINGS)
+    dropout: float = option(0.5, "dropout on the embeddings, between layers and on the "
+                            "pooled vector")
+    embedding_dropout: float = option(0.0, "drop whole word types (Gal & Ghahramani 2016)")
+    word_dropout: float = option(0.0, "replace training words by <unk> with this probability")
+    embedding_init: float = option(0.25, "embeddings drawn from U(-x, x) (0: N(0, 1))")
+    backend: str = backend_field()
 
     def __post_init__(self):
         check_cell(self)

@@ -25,15 +25,16 @@ of each layer's state — ``h`` (1, B, H), or ``(h, c)`` for an LSTM — batch o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.cells.registry import options_from_legacy_fields
-from rnnkit.config import check_cell, check_fields
-from rnnkit.layers import RecurrentStack, detach_state, with_hidden
+from rnnkit.config import (backend_field, cell_field, cell_options_field, check_cell,
+                           check_fields, derived, option)
+from rnnkit.layers import INIT_SCHEMES, RecurrentStack, detach_state, with_hidden
 from rnnkit.models.softmax import HEADS, AdaptiveSoftmax, ClassSoftmax, FullSoftmax, frequency_classes
 
 CONDITIONS = ("", "label", "vector")
@@ -44,26 +45,31 @@ CONDITION_MODES = ("init", "input")
 class LMConfig:
     """Architecture of a :class:`LanguageModel` (saved as JSON in the model directory)."""
 
-    vocab_size: int
-    cell: str = "lstm"                  # a registered cell or "package.module:Class"
-    cell_options: dict = field(default_factory=dict)   # its options, e.g. {"peephole": True}
-    embedding_size: int = 0             # 0: same as hidden_size
-    hidden_size: int = 200
-    num_layers: int = 2
-    dropout: float = 0.0
-    locked_dropout: bool = False
-    embedding_dropout: float = 0.0
-    weight_dropout: float = 0.0
-    tie_weights: bool = False
-    softmax: str = "full"               # "full" | "class" | "adaptive"
-    num_classes: int = 0                # class softmax: 0 means about sqrt(V)
-    adaptive_cutoffs: tuple[int, ...] = field(default_factory=tuple)
-    backend: str = "auto"
-    init: str = ""                      # "": the cell's own (uniform; identity for irnn)
-    condition: str = ""                 # "" | "label" | "vector": a conditioned model
-    num_conditions: int = 0             # label: how many labels
-    condition_size: int = 0             # vector: its length; label: its embedding (0: H)
-    condition_mode: str = "init"        # "init": initial state | "input": every step
+    vocab_size: int = derived()
+    cell: str = cell_field("lstm")
+    cell_options: dict = cell_options_field()
+    embedding_size: int = option(0, "embedding size (0: same as --hidden)")
+    hidden_size: int = option(200, "hidden units per layer", flag="--hidden")
+    num_layers: int = option(2, "recurrent layers", flag="--layers")
+    dropout: float = option(0.0, "dropout on the embeddings, between layers and on the output")
+    locked_dropout: bool = option(False, "one dropout mask per sequence (variational)")
+    embedding_dropout: float = option(0.0, "drop whole word types from the embedding")
+    weight_dropout: float = option(0.0, "DropConnect on the recurrent weights")
+    tie_weights: bool = option(False, "share the input and output embeddings")
+    softmax: str = option("full", "the output layer", choices=HEADS)
+    num_classes: int = option(0, "class softmax: how many classes (0: about sqrt(V))",
+                              flag="--classes")
+    adaptive_cutoffs: tuple[int, ...] = option(
+        help="adaptive softmax: cutoffs, e.g. 2000,10000", flag="--cutoffs", factory=tuple)
+    backend: str = backend_field()
+    init: str = option("", "recurrent weight init (default: the cell's own)",
+                       choices=INIT_SCHEMES)
+    condition: str = derived("")        # "" | "label" | "vector": a conditioned model
+    num_conditions: int = derived(0)    # label: how many labels
+    condition_size: int = option(0, "label: its embedding size (0: --hidden); vector: set "
+                                 "by the data")
+    condition_mode: str = option("init", "how the condition enters: init (the initial "
+                                 "state) or input (every step)", choices=CONDITION_MODES)
 
     def __post_init__(self):
         checks = [

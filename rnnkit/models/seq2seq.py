@@ -24,13 +24,14 @@ the decoder starts from ``<eos>`` as its begin symbol and a translation ends at 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.config import check_cell, check_fields
+from rnnkit.config import (backend_field, cell_field, cell_options_field, check_cell,
+                           check_fields, derived, option)
 from rnnkit.layers import length_mask, with_hidden
 from rnnkit.special import LINE_END_ID, PAD_ID
 from rnnkit.models.encoder import RecurrentEncoder, recurrent_layer
@@ -43,19 +44,23 @@ BOS_ID = EOS_ID = LINE_END_ID           # <eos> begins and ends a target sentenc
 class Seq2SeqConfig:
     """Architecture of a :class:`Seq2Seq` model (saved as JSON in the model directory)."""
 
-    source_vocab_size: int
-    target_vocab_size: int
-    cell: str = "gru"               # a registered cell or "package.module:Class"
-    cell_options: dict = field(default_factory=dict)   # its options, e.g. {"peephole": True}
-    embedding_size: int = 256
-    hidden_size: int = 256              # per encoder direction, and the decoder's
-    encoder_layers: int = 1
-    decoder_layers: int = 1
-    attention: str = "additive"         # "additive" | "multiplicative"
-    input_feeding: bool = False
-    dropout: float = 0.3
-    tie_embeddings: bool = False        # decoder input embedding = output layer
-    backend: str = "auto"
+    source_vocab_size: int = derived()
+    target_vocab_size: int = derived()
+    cell: str = cell_field("gru")
+    cell_options: dict = cell_options_field()
+    embedding_size: int = option(256, "embedding size")
+    hidden_size: int = option(256, "hidden units per encoder direction, and the decoder's",
+                              flag="--hidden")
+    encoder_layers: int = option(1, "encoder layers")
+    decoder_layers: int = option(1, "decoder layers")
+    attention: str = option("additive", "additive (Bahdanau) or multiplicative (Luong)",
+                            choices=ATTENTIONS)
+    input_feeding: bool = option(False, "feed the previous attentional vector to the decoder "
+                                 "(a step-by-step decoder)")
+    dropout: float = option(0.3, "dropout")
+    tie_embeddings: bool = option(False, "share the decoder's input embedding and output "
+                                  "layer")
+    backend: str = backend_field()
 
     def __post_init__(self):
         check_cell(self)

@@ -14,13 +14,14 @@ words seen later.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.config import check_cell, check_fields
+from rnnkit.config import (backend_field, cell_field, cell_options_field, check_cell,
+                           check_fields, derived, option)
 from rnnkit.models.encoder import RecurrentEncoder, embedding, recurrent_layer
 
 
@@ -28,20 +29,22 @@ from rnnkit.models.encoder import RecurrentEncoder, embedding, recurrent_layer
 class TaggerConfig:
     """Architecture of a :class:`Tagger` (saved as JSON with the model)."""
 
-    vocab_size: int
-    num_tags: int
-    char_vocab_size: int = 0
-    cell: str = "lstm"              # a registered cell or "package.module:Class"
-    cell_options: dict = field(default_factory=dict)   # its options, e.g. {"peephole": True}
-    embedding_size: int = 100
-    hidden_size: int = 200
-    num_layers: int = 2
-    char_embedding_size: int = 32
-    char_hidden_size: int = 64          # per direction; 0: no character encoder
-    dropout: float = 0.33
-    word_dropout: float = 0.05
-    embedding_init: float = 0.0         # word and character embeddings from U(-x, x); 0: N(0, 1)
-    backend: str = "auto"
+    vocab_size: int = derived()
+    num_tags: int = derived()
+    char_vocab_size: int = derived(0)
+    cell: str = cell_field("lstm")
+    cell_options: dict = cell_options_field()
+    embedding_size: int = option(100, "word embedding size")
+    hidden_size: int = option(200, "hidden units per direction", flag="--hidden")
+    num_layers: int = option(2, "recurrent layers", flag="--layers")
+    char_embedding_size: int = option(32, "character embedding size")
+    char_hidden_size: int = option(64, "character encoder units per direction (0: no "
+                                   "character encoder)", flag="--char-hidden")
+    dropout: float = option(0.33, "dropout")
+    word_dropout: float = option(0.05, "replace training words by <unk> with this probability")
+    embedding_init: float = option(0.0, "word and character embeddings drawn from U(-x, x) "
+                                   "(0: N(0, 1))")
+    backend: str = backend_field()
 
     def __post_init__(self):
         check_cell(self)

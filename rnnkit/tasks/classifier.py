@@ -26,50 +26,39 @@ import torch
 import torch.nn.functional as F
 
 from rnnkit import checkpoint
-from rnnkit.config import check_fields
+from rnnkit.config import option
 from rnnkit.data import build_tokenizer, load_tokenizer
 from rnnkit.data.labelled import read_labelled
 from rnnkit.data.stream import ExampleBatches
 from rnnkit.models.classifier import ClassifierConfig, SequenceClassifier
-from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, error_objective,
-                                 fit, labelled_splits, pad, read_run, save_run_files,
-                                 split_sources)
+from rnnkit.tasks import recipe
+from rnnkit.tasks.common import (SplitSource, device_of, error_objective, labelled_splits,
+                                 pad, split_sources)
 from rnnkit.train import TrainConfig
 
 TASK = "classifier"
 
 
 @dataclass(frozen=True)
-class ClassifierDataConfig:
-    """Where the labelled lines come from and how they are batched.
+class ClassifierDataConfig(SplitSource):
+    """Where the labelled lines come from (see :class:`rnnkit.tasks.common.SplitSource`)
+    and how they are batched."""
 
-    ``data``: a folder with train / dev (or valid) / test files, or one file whose last
-    ``valid_fraction`` of examples is held out; or give ``train`` and ``valid`` files.
-    """
-
-    data: str = ""
-    train: str = ""
-    valid: str = ""
-    valid_fraction: float = 0.1
-    lowercase: bool = False
-    level: str = "word"                 # "word" | "bpe" (byte-level BPE, HF tokenizers)
-    min_count: int = 1                  # word level
-    max_vocab: int = 0                  # word level
-    bpe_vocab_size: int = 8000
-    batch_size: int = 32
+    lowercase: bool = option(False, "lowercase the text")
+    level: str = option("word", "word, or byte-level BPE subwords", choices=("word", "bpe"))
+    min_count: int = option(1, "rarer words become <unk> (word level)")
+    max_vocab: int = option(0, "keep the most frequent N words (0: all; word level)")
+    bpe_vocab_size: int = option(8000, "BPE vocabulary size")
+    batch_size: int = option(32, "examples per batch")
 
     def __post_init__(self):
-        check_fields(self, [
-            ("valid_fraction", lambda c: 0 < c.valid_fraction < 1, "a number in (0, 1)"),
+        self.check_source([
             ("level", lambda c: c.level in ("word", "bpe"), "'word' or 'bpe'"),
             ("bpe_vocab_size", lambda c: c.bpe_vocab_size >= 259, "an int >= 259"),
             ("min_count", lambda c: c.min_count >= 1, "an int >= 1"),
             ("max_vocab", lambda c: c.max_vocab >= 0, "an int >= 0"),
             ("batch_size", lambda c: c.batch_size >= 1, "an int >= 1"),
-        ])
-        if not self.data and not (self.train and self.valid):
-            raise ValueError("data: expected a folder or file of 'label<TAB>text' lines, or "
-                             "both train and valid files")
+        ], "'label<TAB>text' lines")
 
 
 def _text(text: str, lowercase: bool) -> str:
@@ -190,60 +179,46 @@ def _encode(tokenizer, examples, lowercase: bool) -> list[list[int]]:
     return [tokenizer.encode_words(t.split()) for t in texts]
 
 
-def train_classifier(data_cfg: ClassifierDataConfig | None, model_options: dict | None,
-                     train_cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
-                     train_overrides: dict | None = None, device: str | None = "cpu",
-                     log=print) -> dict:
-    """Train a sequence classifier into ``out`` (see :func:`rnnkit.tasks.lm.train_lm` for
-    ``resume`` and ``train_overrides``); ``model_options`` are :class:`ClassifierConfig`
-    fields other than ``vocab_size`` and ``num_classes``. Returns the loop's summary plus
-    "valid" metrics of the best model."""
-    out, dev = Path(out), device_of(device)
-    if resume:
-        data_cfg, model_options, train_cfg = read_run(out, TASK, ClassifierDataConfig,
-                                                      train_overrides)
-    else:
-        check_new_run(out)
-    train, valid, _ = labelled_splits(data_cfg, read_labelled)
-    train_path, valid_path, _ = split_sources(data_cfg)
+def prepare(cfg: ClassifierDataConfig, options: dict, out: Path, *, resume: bool,
+            log) -> recipe.Prepared:
+    """The examples of a run, its vocabulary and labels (built from the training split, or
+    loaded on resume), encoded."""
+    train, valid, _ = labelled_splits(cfg, read_labelled)
+    train_path, valid_path, _ = split_sources(cfg)
     if resume:
         tokenizer = load_tokenizer(out)
         labels = checkpoint.read_json(out / "labels.json")["labels"]
     else:
-        tokenizer = build_tokenizer(data_cfg.level,
-                                    [_text(e.text, data_cfg.lowercase) for e in train],
-                                    min_count=data_cfg.min_count,
-                                    max_size=data_cfg.max_vocab or None,
-                                    bpe_vocab_size=data_cfg.bpe_vocab_size)
+        tokenizer = build_tokenizer(cfg.level, [_text(e.text, cfg.lowercase) for e in train],
+                                    min_count=cfg.min_count, max_size=cfg.max_vocab or None,
+                                    bpe_vocab_size=cfg.bpe_vocab_size)
         labels = sorted_labels(e.label for e in train)
         if len(labels) < 2:
             raise ValueError(f"{train_path}: the training data has one label ({labels}); a "
                              f"classifier needs at least two")
-    options = {k: v for k, v in model_options.items() if k not in ("vocab_size", "num_classes")}
-    model_cfg = config_from_dict(ClassifierConfig, {"vocab_size": tokenizer.vocab_size,
-                                                    "num_classes": len(labels), **options},
-                                 "model options")
-    train_set = (_encode(tokenizer, train, data_cfg.lowercase),
-                 label_ids(train, labels, train_path))
-    valid_set = (_encode(tokenizer, valid, data_cfg.lowercase),
-                 label_ids(valid, labels, valid_path))
-    if not resume:
-        def write(directory):
-            tokenizer.save(directory)
-            checkpoint.write_json(directory / "labels.json", {"labels": labels})
+    train_set = (_encode(tokenizer, train, cfg.lowercase), label_ids(train, labels, train_path))
+    valid_set = (_encode(tokenizer, valid, cfg.lowercase), label_ids(valid, labels, valid_path))
+    return recipe.Prepared(
+        sizes={"vocab_size": tokenizer.vocab_size, "num_classes": len(labels)},
+        files={"": tokenizer, "labels.json": {"labels": labels}},
+        config={"labels": labels, "lowercase": cfg.lowercase},
+        report=f"{len(labels)} classes {labels}; vocabulary {tokenizer.vocab_size:,} words; "
+               f"train {len(train):,} examples, valid {len(valid):,}",
+        make_task=lambda model, seed, device: ClassifierTask(model, train_set, valid_set, cfg,
+                                                             seed, device))
 
-        save_run_files(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg, write)
-    log(f"{len(labels)} classes {labels}; vocabulary {tokenizer.vocab_size:,} words; "
-        f"train {len(train):,} examples, valid {len(valid):,}")
-    torch.manual_seed(train_cfg.seed)
-    model = SequenceClassifier(model_cfg).to(dev)
-    log(f"model: {'bi' if model_cfg.bidirectional else ''}{model_cfg.cell} "
-        f"{model_cfg.num_layers}x{model_cfg.hidden_size}, {model_cfg.pooling} pooling, "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters, on {dev}")
-    task = ClassifierTask(model, train_set, valid_set, data_cfg, train_cfg.seed, dev)
-    config = {"task": TASK, "model": model_cfg.to_dict(), "labels": labels,
-              "lowercase": data_cfg.lowercase}
-    return fit(task, train_cfg, out, config, resume=resume, log=log, describe=describe_metrics)
+
+def describe_model(cfg: ClassifierConfig) -> str:
+    return (f"{'bi' if cfg.bidirectional else ''}{cfg.cell} {cfg.num_layers}x"
+            f"{cfg.hidden_size}, {cfg.pooling} pooling")
+
+
+def train_classifier(data_cfg: ClassifierDataConfig | None, model_options: dict | None,
+                     train_cfg: TrainConfig | dict | None, out: str | Path, **options) -> dict:
+    """Train a sequence classifier into ``out``: see :func:`rnnkit.tasks.recipe.train` for
+    the arguments; ``model_options`` are :class:`ClassifierConfig` fields other than
+    ``vocab_size`` and ``num_classes``."""
+    return recipe.train(SPEC, data_cfg, model_options, train_cfg, out, **options)
 
 
 # -- using a trained model ----------------------------------------------------------------
@@ -252,14 +227,9 @@ def load_classifier(directory: str | Path, device: str | None = "cpu"):
     """(model in eval mode, tokenizer, config) of a classifier directory."""
     config = checkpoint.read_config(directory, TASK)
     tokenizer = load_tokenizer(directory)
-    model_cfg = config_from_dict(ClassifierConfig, config.get("model", {}),
-                                 str(Path(directory) / checkpoint.CONFIG))
-    if model_cfg.vocab_size != tokenizer.vocab_size:
-        raise ValueError(f"{directory}: the model expects {model_cfg.vocab_size} words but "
-                         f"the tokenizer has {tokenizer.vocab_size}")
-    model = SequenceClassifier(model_cfg)
-    checkpoint.load_weights(directory, model)
-    return model.to(device_of(device)).eval(), tokenizer, config
+    model = recipe.load_model(SPEC, directory, config, device,
+                              {"vocab_size": tokenizer.vocab_size})
+    return model, tokenizer, config
 
 
 def evaluate_file(directory: str | Path, path: str | Path, *,
@@ -289,3 +259,50 @@ def predict_file(directory: str | Path, path: str | Path, *,
     return [{"line": e.line, "label": labels[int(p.argmax())],
              "probabilities": {label: float(q) for label, q in zip(labels, p)},
              "text": e.text} for e, p in zip(examples, probs)]
+
+
+# -- the declaration ------------------------------------------------------------------------
+
+def _evaluate(directory, path, *, device: str = "cpu", **_) -> dict:
+    return evaluate_file(directory, path, device=device)
+
+
+def evaluation_report(m: dict, path) -> list[str]:
+    """``rnnkit eval``'s lines: the figures, then the confusion matrix and F1 per class."""
+    width = max(len(str(x)) for x in m["labels"] + [n for row in m["confusion"]
+                                                      for n in row]) + 2
+    lines = [f"{path}: {describe_metrics(m)}; {m['examples']:,} examples",
+             "confusion (rows: gold, columns: predicted); F1 per class",
+             " " * width + "".join(f"{label:>{width}s}" for label in m["labels"])]
+    for label, row, f1 in zip(m["labels"], m["confusion"], m["f1"]):
+        lines.append(f"{label:>{width}s}" + "".join(f"{n:>{width}d}" for n in row)
+                     + f"   F1 {100 * f1:.2f}")
+    return lines
+
+
+def prediction_text(directory, path, *, device: str = "cpu", json: bool = False,
+                    **_) -> str:
+    """``rnnkit predict``'s output: a TSV row (or a JSON object) per line of ``path``."""
+    import json as json_module
+
+    rows = predict_file(directory, path, device=device)
+    if json:
+        return json_module.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+    labels = list(rows[0]["probabilities"]) if rows else []
+    lines = ["line\tlabel\t" + "\t".join(f"p({label})" for label in labels) + "\ttext"]
+    for r in rows:
+        probs = "\t".join(f"{r['probabilities'][label]:.4f}" for label in labels)
+        lines.append(f"{r['line']}\t{r['label']}\t{probs}\t{r['text']}")
+    return "".join(line + "\n" for line in lines)
+
+
+SPEC = recipe.TaskSpec(
+    name=TASK, summary="a sequence classifier (many-to-one)",
+    description="Train a classifier of 'label<TAB>text' lines: embedding, bidirectional "
+    "recurrent stack, pooling, classes.",
+    data_config=ClassifierDataConfig, model_config=ClassifierConfig, model=SequenceClassifier,
+    prepare=prepare, describe_model=describe_model,
+    train_defaults={"optimizer": "adam", "lr": 1e-3, "clip": 5.0, "lr_decay": 1.0,
+                    "epochs": 10},
+    evaluate=_evaluate, report=evaluation_report, predict=prediction_text,
+    use="rnnkit predict")

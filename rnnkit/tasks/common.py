@@ -1,25 +1,41 @@
-"""What every task's ``train_*`` function shares: the device, the run file that lets
-``--resume`` rebuild a run, the refusal to train over a model, padding, and the end of a
-run (reload the best weights and measure them).
-
-A run directory holds ``run.json`` = {"task", "data", "model", "train"}: the settings a run
-was started with, so that ``resume`` needs nothing else.
+"""What the tasks share: the device, padding, how a task finds its split files, and the
+selection of a classifier or tagger. The training recipe itself is :mod:`rnnkit.tasks.recipe`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
-from pathlib import Path
+import re
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from rnnkit import checkpoint
-from rnnkit.data import find_splits
-from rnnkit.train import Trainer, TrainConfig
+from rnnkit.config import check_fields, option
 
-RUN = "run.json"
+SPLIT_WORDS = {"train": ("train",), "valid": ("valid", "val", "dev"), "test": ("test",)}
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """The fields a supervised task's data config begins with: where its examples come
+    from (see :func:`split_sources`)."""
+
+    data: str = option("", "folder with train / dev (or valid) / test files, or one file "
+                       "whose last --valid-fraction is held out")
+    train: str = option("", "training file (with --valid, instead of --data)")
+    valid: str = option("", "validation file (with --train)")
+    valid_fraction: float = option(0.1, "share held out for validation from a single --data "
+                                   "file")
+
+    def check_source(self, checks: list, what: str) -> None:
+        """Check the fields (``checks`` as :func:`rnnkit.config.check_fields` takes them,
+        for the task's own fields), then that the examples come from somewhere."""
+        check_fields(self, [("valid_fraction", lambda c: 0 < c.valid_fraction < 1,
+                             "a number in (0, 1)"), *checks])
+        if not self.data and not (self.train and self.valid):
+            raise ValueError(f"data: expected a folder or file of {what}, or both train and "
+                             f"valid files")
 
 
 def device_of(name: str | None) -> torch.device:
@@ -41,62 +57,9 @@ def device_of(name: str | None) -> torch.device:
     return device
 
 
-def check_new_run(out: Path, extra: tuple[str, ...] = ()) -> None:
-    """Refuse to start a run in a directory that holds a model or a run already."""
-    taken = [n for n in (checkpoint.TRAIN_STATE, checkpoint.WEIGHTS, checkpoint.CONFIG, RUN,
-                         *extra) if (out / n).exists()]
-    if taken:
-        raise ValueError(f"{out}: holds a model or run already ({', '.join(taken)}); use "
-                         f"--resume to continue it, or choose another --out")
-
-
-def write_run(out: Path, task: str, data_cfg, model: dict, train_cfg: TrainConfig) -> None:
-    """Record the settings of a new run in ``out/run.json``."""
-    checkpoint.write_json(out / RUN, {"task": task, "data": asdict(data_cfg), "model": model,
-                                      "train": asdict(train_cfg)})
-
-
-def read_run(out: Path, task: str, data_cls, train_overrides: dict | None = None):
-    """The settings of the run in ``out``: (data config, model dict, train config), the
-    train config updated with ``train_overrides`` (a new budget, say)."""
-    run = checkpoint.read_json(out / RUN)
-    if run.get("task") != task:
-        raise ValueError(f"{out / RUN}: a {run.get('task')!r} run, not a {task!r} run")
-    try:
-        data_cfg = data_cls(**run["data"])
-        model = dict(run["model"])
-        train_cfg = TrainConfig(**{**run["train"], **(train_overrides or {})})
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{out / RUN}: not a run file rnnkit can resume ({error})") from None
-    return data_cfg, model, train_cfg
-
-
-def save_run_files(out: Path, task: str, data_cfg, model: dict, train_cfg: TrainConfig,
-                   write) -> None:
-    """Start a run's directory once every input has been read and checked: ``write(out)``
-    saves the task's vocabularies, then ``run.json`` records the settings. Nothing is
-    written before, so a run refused for bad input leaves no half-started directory."""
-    out.mkdir(parents=True, exist_ok=True)
-    write(out)
-    write_run(out, task, data_cfg, model, train_cfg)
-
-
 def error_objective(metrics: dict) -> float:
     """What selects a classifier or tagger: the error rate, ties broken by the loss."""
     return (1 - metrics["accuracy"]) + 1e-6 * metrics["loss"]
-
-
-def fit(task, train_cfg: TrainConfig, out: Path, config: dict, *, resume: bool, log,
-        describe) -> dict:
-    """Run the training loop, then reload the best weights and add their validation
-    metrics to the summary as "valid" (unless the run was interrupted)."""
-    trainer = Trainer(task, train_cfg, out, config, log=log)
-    summary = trainer.fit(resume=resume)
-    if summary["reason"] != "interrupted" and (out / checkpoint.WEIGHTS).is_file():
-        checkpoint.load_weights(out, task.model)
-        summary["valid"] = task.evaluate("valid")
-        log(f"best model: valid {describe(summary['valid'])}")
-    return summary
 
 
 def pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
@@ -108,16 +71,49 @@ def pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
     return out, lengths
 
 
+def split_of(name: str) -> str | None:
+    """The split a file name names: "train", "valid" (valid, val, dev) or "test"; None if
+    none. A name names a split when one of its words (cut at ".", "-", "_") is the split's
+    word, or the name begins with it: ``train.tsv``, ``en_ewt-ud-dev.conllu``, ``val.de``,
+    ``test_2016_flickr.en``."""
+    lower = name.lower()
+    words = re.split(r"[._-]", lower)
+    for split, names in SPLIT_WORDS.items():
+        if any(n in words or lower.startswith(n) for n in names):
+            return split
+    return None
+
+
+def find_split_file(folder: str, split: str, ending: str = "") -> str | None:
+    """The one file of ``folder`` that names ``split`` (see :func:`split_of`) and ends with
+    ``ending``; None if there is none. Hidden files are passed over; two candidates are an
+    error that names both. Every task finds its split files this way."""
+    names = [n for n in sorted(os.listdir(folder)) if not n.startswith(".")
+             and n.endswith(ending) and split_of(n) == split
+             and os.path.isfile(os.path.join(folder, n))]
+    if len(names) > 1:
+        kind = f"*{ending} " if ending else ""
+        raise ValueError(f"{folder}: several {split} {kind}files ({', '.join(names)}); keep "
+                         f"one, or name the files with train and valid")
+    return os.path.join(folder, names[0]) if names else None
+
+
 def split_sources(cfg) -> tuple[str, str, str | None]:
     """The files the (train, valid, test) examples of a supervised task come from: explicit
-    ``train``/``valid`` files, a folder of split files (see :func:`rnnkit.data.find_splits`;
-    test may be None), or one file that holds train and valid (no test)."""
+    ``train``/``valid`` files, a folder of split files (see :func:`find_split_file`; without
+    a valid file, valid is held out of train; test may be None), or one file that holds
+    train and valid (no test)."""
     if cfg.train:
         return cfg.train, cfg.valid, None
     if os.path.isdir(cfg.data):
-        files = find_splits(cfg.data, cfg.valid_fraction)
-        test = files.test.path if files.test is not None else None
-        return files.train.path, files.valid.path, test
+        train = find_split_file(cfg.data, "train")
+        if train is None:
+            raise ValueError(f"{cfg.data}: no training split (expected a file named like "
+                             f"train.tsv); to hold out a part of one file, pass the file")
+        valid = find_split_file(cfg.data, "valid") or train
+        return train, valid, find_split_file(cfg.data, "test")
+    if not os.path.exists(cfg.data):
+        raise ValueError(f"{cfg.data}: no such file or folder")
     return cfg.data, cfg.data, None
 
 

@@ -26,49 +26,38 @@ from pathlib import Path
 import torch
 
 from rnnkit import checkpoint
-from rnnkit.config import check_fields
+from rnnkit.config import option
 from rnnkit.data import build_tokenizer, load_tokenizer
 from rnnkit.data.labelled import read_labelled
 from rnnkit.data.stream import ExampleBatches
 from rnnkit.layers import length_mask
 from rnnkit.models.lm import LanguageModel, LMConfig
+from rnnkit.tasks import recipe
 from rnnkit.tasks.classifier import label_ids, sorted_labels
-from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit,
-                                 labelled_splits, pad, read_run, save_run_files,
-                                 split_sources)
+from rnnkit.tasks.common import SplitSource, labelled_splits, pad, split_sources
 from rnnkit.train import TrainConfig
 
 TASK = "conditioned_lm"
 
 
 @dataclass(frozen=True)
-class ConditionedLMDataConfig:
-    """Where the ``condition<TAB>text`` lines come from and how they are batched.
+class ConditionedLMDataConfig(SplitSource):
+    """Where the ``condition<TAB>text`` lines come from (see
+    :class:`rnnkit.tasks.common.SplitSource`) and how they are batched."""
 
-    ``data``: a folder with train / dev (or valid) / test files, or one file whose last
-    ``valid_fraction`` of lines is held out; or give ``train`` and ``valid`` files.
-    """
-
-    data: str = ""
-    train: str = ""
-    valid: str = ""
-    valid_fraction: float = 0.1
-    condition: str = "label"            # "label" | "vector"
-    level: str = "word"                 # "word" | "char"
-    min_count: int = 1
-    batch_size: int = 32
+    condition: str = option("label", "what the first column of each line is",
+                            choices=("label", "vector"))
+    level: str = option("word", "what a token is", choices=("word", "char"))
+    min_count: int = option(1, "rarer tokens become <unk>")
+    batch_size: int = option(32, "lines per batch")
 
     def __post_init__(self):
-        check_fields(self, [
-            ("valid_fraction", lambda c: 0 < c.valid_fraction < 1, "a number in (0, 1)"),
+        self.check_source([
             ("condition", lambda c: c.condition in ("label", "vector"), "'label' or 'vector'"),
             ("level", lambda c: c.level in ("word", "char"), "'word' or 'char'"),
             ("min_count", lambda c: c.min_count >= 1, "an int >= 1"),
             ("batch_size", lambda c: c.batch_size >= 1, "an int >= 1"),
-        ])
-        if not self.data and not (self.train and self.valid):
-            raise ValueError("data: expected a folder or file of 'condition<TAB>text' lines, "
-                             "or both train and valid files")
+        ], "'condition<TAB>text' lines")
 
 
 def _conditions(examples, cfg, labels, path: str):
@@ -134,78 +123,64 @@ def conditioned_nll(model: LanguageModel, batch, device):
     return nll[mask].sum(), int(lengths.sum())
 
 
-def train_conditioned_lm(data_cfg: ConditionedLMDataConfig | None, model_options: dict | None,
-                         train_cfg: TrainConfig | None, out: str | Path, *,
-                         resume: bool = False, train_overrides: dict | None = None,
-                         device: str | None = "cpu", log=print) -> dict:
-    """Train a conditioned language model into ``out`` (see
-    :func:`rnnkit.tasks.lm.train_lm` for ``resume`` and ``train_overrides``);
-    ``model_options`` are :class:`LMConfig` fields (``condition_mode``, ``cell``, …) other
-    than the vocabulary and condition sizes; ``condition_mode`` defaults to "input" here
-    (it steers the sentences far more than "init": see the README)."""
-    out, dev = Path(out), device_of(device)
-    if resume:
-        data_cfg, model_options, train_cfg = read_run(out, TASK, ConditionedLMDataConfig,
-                                                      train_overrides)
-    else:
-        check_new_run(out, ("tokenizer.json",))
-    vector = data_cfg.condition == "vector"
-    train, valid, _ = labelled_splits(data_cfg, lambda p: read_labelled(p, vector=vector))
-    train_path, valid_path, _ = split_sources(data_cfg)
+def prepare(cfg: ConditionedLMDataConfig, options: dict, out: Path, *, resume: bool,
+            log) -> recipe.Prepared:
+    """The lines of a run, its vocabulary and labels (built from the training split, or
+    loaded on resume), encoded with their conditions."""
+    vector = cfg.condition == "vector"
+    train, valid, _ = labelled_splits(cfg, lambda p: read_labelled(p, vector=vector))
+    train_path, valid_path, _ = split_sources(cfg)
     if resume:
         tokenizer = load_tokenizer(out)
         labels = checkpoint.read_json(out / "labels.json")["labels"]
     else:
-        tokenizer = build_tokenizer(data_cfg.level, [e.text for e in train],
-                                    min_count=data_cfg.min_count)
+        tokenizer = build_tokenizer(cfg.level, [e.text for e in train], min_count=cfg.min_count)
         labels = [] if vector else sorted_labels(e.label for e in train)
-    options = {"condition_mode": "input",
-               **{k: v for k, v in model_options.items()
-                  if k not in ("vocab_size", "condition", "num_conditions")}}
+    sizes = {"vocab_size": tokenizer.vocab_size, "condition": cfg.condition,
+             "num_conditions": len(labels)}
     if vector:
-        options["condition_size"] = size = len(train[0].label)
+        sizes["condition_size"] = size = len(train[0].label)
         for e in valid:
             if len(e.label) != size:
                 raise ValueError(f"{valid_path}, line {e.line}: a vector of {len(e.label)} "
                                  f"numbers, expected {size} as in the training data")
-    model_cfg = config_from_dict(LMConfig, {
-        "vocab_size": tokenizer.vocab_size, "condition": data_cfg.condition,
-        "num_conditions": len(labels), **options}, "model options")
     train_set = ([tokenizer.encode_line(e.text) for e in train],
-                 _conditions(train, data_cfg, labels, train_path))
+                 _conditions(train, cfg, labels, train_path))
     valid_set = ([tokenizer.encode_line(e.text) for e in valid],
-                 _conditions(valid, data_cfg, labels, valid_path))
-    if not resume:
-        def write(directory):
-            tokenizer.save(directory)
-            checkpoint.write_json(directory / "labels.json", {"labels": labels})
+                 _conditions(valid, cfg, labels, valid_path))
+    what = f"labels {labels}" if labels else f"vectors of {sizes['condition_size']}"
+    return recipe.Prepared(
+        sizes=sizes, files={"": tokenizer, "labels.json": {"labels": labels}},
+        config={"labels": labels, "level": tokenizer.level},
+        report=f"conditioned on {what}; {tokenizer.level} vocabulary "
+               f"{tokenizer.vocab_size:,}; train {len(train):,} lines, valid {len(valid):,}",
+        make_task=lambda model, seed, device: ConditionedLMTask(
+            model, tokenizer.line_end_id, train_set, valid_set, cfg, seed, device),
+        model_kwargs={"counts": tokenizer.counts})
 
-        save_run_files(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg, write)
-    what = f"labels {labels}" if labels else f"vectors of {model_cfg.condition_size}"
-    log(f"conditioned on {what}; {tokenizer.level} vocabulary {tokenizer.vocab_size:,}; "
-        f"train {len(train):,} lines, valid {len(valid):,}")
-    torch.manual_seed(train_cfg.seed)
-    model = LanguageModel(model_cfg, counts=tokenizer.counts).to(dev)
-    log(f"model: {model_cfg.cell} {model_cfg.num_layers}x{model_cfg.hidden_size}, condition "
-        f"via the {'initial state' if model_cfg.condition_mode == 'init' else 'input'}, "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters, on {dev}")
-    task = ConditionedLMTask(model, tokenizer.line_end_id, train_set, valid_set, data_cfg,
-                             train_cfg.seed, dev)
-    config = {"task": TASK, "model": model_cfg.to_dict(), "labels": labels,
-              "level": tokenizer.level}
-    return fit(task, train_cfg, out, config, resume=resume, log=log,
-               describe=task.describe)
+
+def describe_model(cfg: LMConfig) -> str:
+    via = "initial state" if cfg.condition_mode == "init" else "input"
+    return f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_size}, condition via the {via}"
+
+
+def train_conditioned_lm(data_cfg: ConditionedLMDataConfig | None, model_options: dict | None,
+                         train_cfg: TrainConfig | dict | None, out: str | Path, **options) -> dict:
+    """Train a conditioned language model into ``out``: see
+    :func:`rnnkit.tasks.recipe.train` for the arguments; ``model_options`` are
+    :class:`LMConfig` fields (``condition_mode``, ``cell``, …) other than the vocabulary and
+    condition sizes; ``condition_mode`` defaults to "input" here (it steers the sentences far
+    more than "init": see the README)."""
+    return recipe.train(SPEC, data_cfg, model_options, train_cfg, out, **options)
 
 
 def load_conditioned_lm(directory: str | Path, device: str | None = "cpu"):
     """(model in eval mode, tokenizer, config) of a conditioned language-model directory."""
     config = checkpoint.read_config(directory, TASK)
     tokenizer = load_tokenizer(directory)
-    model_cfg = config_from_dict(LMConfig, config.get("model", {}),
-                                 str(Path(directory) / checkpoint.CONFIG))
-    model = LanguageModel(model_cfg, counts=tokenizer.counts)
-    checkpoint.load_weights(directory, model)
-    return model.to(device_of(device)).eval(), tokenizer, config
+    model = recipe.load_model(SPEC, directory, config, device,
+                              {"vocab_size": tokenizer.vocab_size}, counts=tokenizer.counts)
+    return model, tokenizer, config
 
 
 def parse_condition(text: str, config: dict):
@@ -240,3 +215,16 @@ def generate(directory: str | Path, condition: str, prime: str = "", *,
     conditioned = model.conditioned_on(parse_condition(condition, config))
     return generate_from(conditioned, tokenizer, prime, max_tokens=max_tokens, stop=stop,
                          on_text=on_text, beam=beam, **sampling)
+
+
+SPEC = recipe.TaskSpec(
+    name=TASK, summary="a language model conditioned on a label or vector (one-to-many)",
+    description="Train a sentence model of 'condition<TAB>text' lines; then 'rnnkit "
+    "generate DIR --condition LABEL'.",
+    data_config=ConditionedLMDataConfig, model_config=LMConfig, model=LanguageModel,
+    prepare=prepare, describe_model=describe_model,
+    model_defaults={"hidden_size": 256, "num_layers": 1, "dropout": 0.3,
+                    "condition_mode": "input"},
+    train_defaults={"optimizer": "adam", "lr": 2e-3, "clip": 1.0, "lr_decay": 2.0,
+                    "epochs": 10},
+    use="rnnkit generate --condition")

@@ -22,26 +22,28 @@ character are nats per character / ln 2.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from rnnkit import checkpoint
-from rnnkit.config import check_fields
+from rnnkit.config import check_fields, option
 from rnnkit.data import (SentenceBatches, StreamBatches, TokenArray, TokenLines, build_tokenizer,
                          encode_to_cache, find_splits, iter_lines, load_tokenizer, open_cache)
 from rnnkit.data.pycorpus import write_python_corpus
 from rnnkit.layers import detach_state, length_mask
 from rnnkit.models.lm import LanguageModel, LMConfig
-from rnnkit.tasks.common import check_new_run, device_of, fit, read_run, write_run
+from rnnkit.tasks import recipe
+from rnnkit.tasks.common import device_of
 from rnnkit.train import TrainConfig
 
 TASK = "lm"
 LEVELS = ("char", "word", "bpe")
 
 # Defaults that differ by level: a character model wants long windows and Adam; a word
-# model Zaremba's SGD at lr 20 with the divide-by-4 schedule.
+# model Zaremba's SGD at lr 20 with the divide-by-4 schedule. The data config fills in
+# batch_size and bptt; the recipe the training fields.
 LEVEL_DEFAULTS = {
     "char": {"bptt": 100, "batch_size": 32, "optimizer": "adam", "lr": 2e-3, "clip": 1.0,
              "lr_decay": 2.0},
@@ -54,22 +56,28 @@ LEVEL_DEFAULTS = {
 
 @dataclass(frozen=True)
 class LMDataConfig:
-    """Where the text comes from and how it is cut into batches."""
+    """Where the text comes from and how it is cut into batches (``batch_size`` and
+    ``bptt`` 0: the level's, see :data:`LEVEL_DEFAULTS`)."""
 
-    data: str = ""                      # file or folder; "" = Python standard-library source
-    level: str = "char"                 # "char" | "word" | "bpe"
-    valid_fraction: float = 0.1         # for a single file (or a folder without valid)
-    min_count: int = 1                  # rarer tokens become <unk> (char, word)
-    max_vocab: int = 0                  # 0: no limit (char, word)
-    bpe_vocab_size: int = 8000
-    batch_size: int = 32
-    bptt: int = 100
-    eval_batch_size: int = 10
-    random_length: bool = False         # AWD-LSTM's random window length
-    sentence_mode: bool = False         # training resets the state at every line (lines
-                                        # shuffled); validation always reads the stream
+    data: str = option("", "text file or folder with train/valid[/test] files (default: a "
+                       "corpus of Python standard-library source built on the spot)")
+    level: str = option("char", "what a token is", choices=LEVELS)
+    valid_fraction: float = option(0.1, "share of lines held out for validation when there "
+                                   "is no valid file")
+    min_count: int = option(1, "rarer tokens become <unk> (char, word)")
+    max_vocab: int = option(0, "keep the most frequent N tokens (0: all; char, word)")
+    bpe_vocab_size: int = option(8000, "BPE vocabulary size")
+    batch_size: int = option(0, "streams per batch")
+    bptt: int = option(0, "truncated-BPTT window")
+    eval_batch_size: int = option(10, "streams when evaluating")
+    random_length: bool = option(False, "AWD-LSTM's random window length")
+    sentence_mode: bool = option(False, "reset the state at every line (lines shuffled) "
+                                 "instead of carrying it; validation always reads the stream")
 
     def __post_init__(self):
+        for name in ("batch_size", "bptt"):
+            if getattr(self, name) == 0 and self.level in LEVEL_DEFAULTS:
+                object.__setattr__(self, name, LEVEL_DEFAULTS[self.level][name])
         checks = [("level", lambda c: c.level in LEVELS, f"one of {list(LEVELS)}"),
                   ("valid_fraction", lambda c: 0 < c.valid_fraction < 1, "a number in (0, 1)"),
                   ("min_count", lambda c: c.min_count >= 1, "an int >= 1"),
@@ -79,7 +87,6 @@ class LMDataConfig:
                   ("bptt", lambda c: c.bptt >= 1, "an int >= 1"),
                   ("eval_batch_size", lambda c: c.eval_batch_size >= 1, "an int >= 1")]
         check_fields(self, checks)
-
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -232,73 +239,68 @@ class LMTask:
 
 # -- training -----------------------------------------------------------------------------
 
-def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
-             train_cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
-             train_overrides: dict | None = None, device: str | None = "cpu",
-             log=print, sample_chars: int = 0) -> dict:
-    """Train a language model into the directory ``out``.
-
-    Args:
-        data_cfg: the corpus and batching; model_options: :class:`LMConfig` fields other
-            than ``vocab_size``; train_cfg: the loop's settings.
-        resume: continue the run in ``out`` from its last checkpoint with the settings it
-            was started with (``data_cfg``, ``model_options`` and ``train_cfg`` are not used);
-            ``train_overrides`` may change fields such as epochs, max_steps, max_minutes.
-        sample_chars: after training, print a sample of this many tokens (characters for
-            a character model).
-
-    Returns:
-        the loop's summary plus "valid" metrics of the best model.
-    """
-    out = Path(out)
-    dev = device_of(device)
+def prepare(cfg: LMDataConfig, options: dict, out: Path, *, resume: bool,
+            log) -> recipe.Prepared:
+    """The corpus of a run: its vocabulary (built from the training split, or loaded on
+    resume) and its splits encoded into ``out/cache``."""
+    files = corpus_files(cfg, out)
     if resume:
-        data_cfg, model_options, train_cfg = read_run(out, TASK, LMDataConfig, train_overrides)
         tokenizer = load_tokenizer(out)
-        files = corpus_files(data_cfg, out)
     else:
-        check_new_run(out, ("tokenizer.json",))
-        files = corpus_files(data_cfg, out)
-        log(f"building the {data_cfg.level} vocabulary from {files.train.describe()}")
-        tokenizer = build_tokenizer(data_cfg.level, files.train, min_count=data_cfg.min_count,
-                                    max_size=data_cfg.max_vocab or None,
-                                    bpe_vocab_size=data_cfg.bpe_vocab_size)
-        out.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(out)
-    options = {k: v for k, v in model_options.items() if k != "vocab_size"}
-    if resume:                      # a run.json of rnnkit 0.1 names cell options as fields
-        options = LMConfig.legacy_fields(options)
-    unknown = sorted(set(options) - {f.name for f in fields(LMConfig)})
-    if unknown:
-        raise ValueError(f"model options: unknown {unknown}")
-    model_cfg = LMConfig(vocab_size=tokenizer.vocab_size, **options)
-    if not resume:
-        write_run(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg)
+        log(f"building the {cfg.level} vocabulary from {files.train.describe()}")
+        tokenizer = build_tokenizer(cfg.level, files.train, min_count=cfg.min_count,
+                                    max_size=cfg.max_vocab or None,
+                                    bpe_vocab_size=cfg.bpe_vocab_size)
     train_tokens = encoded_split(tokenizer, files.train, out, "train")
     valid_tokens = encoded_split(tokenizer, files.valid, out, "valid")
-    log(f"{tokenizer.level} vocabulary {tokenizer.vocab_size}; train {len(train_tokens):,} "
-        f"tokens ({files.train.describe()}), valid {len(valid_tokens):,} "
-        f"({files.valid.describe()})")
-    torch.manual_seed(train_cfg.seed)
-    model = LanguageModel(model_cfg, counts=tokenizer.counts).to(dev)
-    log(f"model: {model_cfg.cell} {model_cfg.num_layers}x{model_cfg.hidden_size}, "
-        f"{model_cfg.softmax} softmax, {sum(p.numel() for p in model.parameters()):,} "
-        f"parameters, on {dev}")
-    task = LMTask(model, tokenizer, train_tokens, valid_tokens, data_cfg, train_cfg.seed, dev)
-    config = {"task": TASK, "model": model_cfg.to_dict(), "level": tokenizer.level,
-              "data": asdict(data_cfg)}
-    summary = fit(task, train_cfg, out, config, resume=resume, log=log,
-                  describe=describe_metrics)
-    if summary["reason"] == "interrupted":
-        return summary
-    if sample_chars:
-        log("sample:")
-        prime = "\n" if tokenizer.level == "char" else ""
-        text = _generate_with(model, tokenizer, prime or None, max_tokens=sample_chars,
-                              temperature=0.8, seed=train_cfg.seed, on_text=None)
-        log(text)
-        summary["sample"] = text
-    return summary
+    report = (f"{tokenizer.level} vocabulary {tokenizer.vocab_size}; train "
+              f"{len(train_tokens):,} tokens ({files.train.describe()}), valid "
+              f"{len(valid_tokens):,} ({files.valid.describe()})")
+    return recipe.Prepared(
+        sizes={"vocab_size": tokenizer.vocab_size}, files={"": tokenizer},
+        config={"level": tokenizer.level, "data": asdict(cfg)}, report=report,
+        make_task=lambda model, seed, device: LMTask(model, tokenizer, train_tokens,
+                                                     valid_tokens, cfg, seed, device),
+        model_kwargs={"counts": tokenizer.counts})
+
+
+def describe_model(cfg: LMConfig) -> str:
+    return f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_size}, {cfg.softmax} softmax"
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """What a finished run prints."""
+
+    sample_chars: int = option(400, "tokens of sample text printed at the end (0: none)",
+                               flag="--sample")
+
+    def __post_init__(self):
+        check_fields(self, [("sample_chars", lambda c: c.sample_chars >= 0, "an int >= 0")])
+
+
+def print_sample(task: LMTask, summary: dict, train_cfg, log, sample_chars: int = 0) -> None:
+    """After training, log a sample of ``sample_chars`` tokens (characters for a character
+    model) and add it to the summary."""
+    if not sample_chars:
+        return
+    log("sample:")
+    prime = "\n" if task.tokenizer.level == "char" else ""
+    text = _generate_with(task.model, task.tokenizer, prime or None, max_tokens=sample_chars,
+                          temperature=0.8, seed=train_cfg.seed, on_text=None)
+    log(text)
+    summary["sample"] = text
+
+
+def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
+             train_cfg: TrainConfig | dict | None, out: str | Path, **options) -> dict:
+    """Train a language model into the directory ``out``: see
+    :func:`rnnkit.tasks.recipe.train` for the arguments (and ``sample_chars``: after
+    training, print a sample of this many tokens). ``model_options`` are :class:`LMConfig`
+    fields other than ``vocab_size`` (the task's defaults: 256 hidden units, 2 layers); a
+    field of ``train_cfg`` left at TrainConfig's default takes the level's
+    (:data:`LEVEL_DEFAULTS`), as ``rnnkit train lm`` does."""
+    return recipe.train(SPEC, data_cfg, model_options, train_cfg, out, **options)
 
 
 # -- using a trained model ----------------------------------------------------------------
@@ -307,17 +309,9 @@ def load_lm(directory: str | Path, device: str | None = "cpu"):
     """(model in eval mode, tokenizer, config) of a language-model directory."""
     config = checkpoint.read_config(directory, TASK)
     tokenizer = load_tokenizer(directory)
-    try:
-        model_cfg = LMConfig.from_dict(config["model"])
-    except (KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{Path(directory) / checkpoint.CONFIG}: no valid model "
-                         f"configuration ({error})") from None
-    if model_cfg.vocab_size != tokenizer.vocab_size:
-        raise ValueError(f"{directory}: the model expects {model_cfg.vocab_size} tokens but "
-                         f"the tokenizer has {tokenizer.vocab_size}")
-    model = LanguageModel(model_cfg, counts=tokenizer.counts)
-    checkpoint.load_weights(directory, model)
-    return model.to(device_of(device)).eval(), tokenizer, config
+    model = recipe.load_model(SPEC, directory, config, device,
+                              {"vocab_size": tokenizer.vocab_size}, counts=tokenizer.counts)
+    return model, tokenizer, config
 
 
 def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 10,
@@ -420,3 +414,27 @@ def generate_from(model, tokenizer, prime: str = "", *, max_tokens: int = 200, o
     if on_text is not None and text:
         on_text(text)
     return text
+
+
+# -- the declaration ------------------------------------------------------------------------
+
+def _evaluate(directory, path, *, device: str = "cpu", batch_size: int = 10, **_) -> dict:
+    return evaluate_file(directory, path, batch_size=batch_size, device=device)
+
+
+def evaluation_report(m: dict, path) -> list[str]:
+    """``rnnkit eval``'s lines for the figures of :func:`evaluate_file`."""
+    return [f"{path}: {describe_metrics(m)}; {m['tokens']:,} tokens predicted",
+            f"policy: {m['policy']}"]
+
+
+SPEC = recipe.TaskSpec(
+    name=TASK, summary="a recurrent language model",
+    description="Train a recurrent language model. With no --data, trains a small character "
+    "LSTM on Python's own standard-library source for 4 minutes and prints a sample.",
+    data_config=LMDataConfig, model_config=LMConfig, model=LanguageModel, prepare=prepare,
+    describe_model=describe_model, model_defaults={"hidden_size": 256, "num_layers": 2},
+    defaults_by=(("level", LEVEL_DEFAULTS), ("data", {"": {"max_minutes": 4.0}})),
+    not_options=frozenset({"condition_size", "condition_mode"}),
+    finish=print_sample, run_options=SampleOptions, default_out="runs/lm",
+    evaluate=_evaluate, report=evaluation_report, use="rnnkit generate")

@@ -28,16 +28,16 @@ import torch
 import torch.nn.functional as F
 
 from rnnkit import checkpoint
-from rnnkit.config import check_fields
+from rnnkit.config import option
 from rnnkit.data import load_tokenizer
 from rnnkit.data.labelled import TAG_COLUMNS, format_tagged, read_tagged, write_tagged
 from rnnkit.data.stream import ExampleBatches
 from rnnkit.data.tokenizers import CharTokenizer, build_char_tokenizer, word_tokenizer_from_counts
 from rnnkit.models.encoder import UNK_ID
 from rnnkit.models.tagger import Tagger, TaggerConfig
-from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, error_objective,
-                                 fit, labelled_splits, pad, read_run, save_run_files,
-                                 split_sources)
+from rnnkit.tasks import recipe
+from rnnkit.tasks.common import (SplitSource, device_of, error_objective, labelled_splits,
+                                 pad, split_sources)
 from rnnkit.train import TrainConfig
 
 TASK = "tagger"
@@ -45,29 +45,18 @@ IGNORE = -100
 
 
 @dataclass(frozen=True)
-class TaggerDataConfig:
-    """Where the tagged sentences come from and how they are batched.
+class TaggerDataConfig(SplitSource):
+    """Where the tagged sentences come from (see :class:`rnnkit.tasks.common.SplitSource`)
+    and how they are batched."""
 
-    ``data``: a folder with train / dev (or valid) / test files, or one file whose last
-    ``valid_fraction`` of sentences is held out; or give ``train`` and ``valid`` files.
-    """
-
-    data: str = ""
-    train: str = ""
-    valid: str = ""
-    valid_fraction: float = 0.1
-    column: str = "upos"                # CoNLL-U: "upos" | "xpos"
-    batch_size: int = 32
+    column: str = option("upos", "CoNLL-U tag column", choices=TAG_COLUMNS)
+    batch_size: int = option(32, "sentences per batch")
 
     def __post_init__(self):
-        check_fields(self, [
-            ("valid_fraction", lambda c: 0 < c.valid_fraction < 1, "a number in (0, 1)"),
+        self.check_source([
             ("column", lambda c: c.column in TAG_COLUMNS, f"one of {list(TAG_COLUMNS)}"),
             ("batch_size", lambda c: c.batch_size >= 1, "an int >= 1"),
-        ])
-        if not self.data and not (self.train and self.valid):
-            raise ValueError("data: expected a folder or file of tagged sentences, or both "
-                             "train and valid files")
+        ], "tagged sentences")
 
 
 @dataclass
@@ -213,23 +202,13 @@ class TaggerTask:
         return describe_metrics(m)
 
 
-def train_tagger(data_cfg: TaggerDataConfig | None, model_options: dict | None,
-                 train_cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
-                 train_overrides: dict | None = None, device: str | None = "cpu",
-                 log=print) -> dict:
-    """Train a tagger into ``out`` (see :func:`rnnkit.tasks.lm.train_lm` for ``resume`` and
-    ``train_overrides``); ``model_options`` are :class:`TaggerConfig` fields other than the
-    vocabulary and tag-set sizes. Returns the loop's summary plus "valid" metrics."""
-    out, dev = Path(out), device_of(device)
-    if resume:
-        data_cfg, model_options, train_cfg = read_run(out, TASK, TaggerDataConfig,
-                                                      train_overrides)
-    else:
-        check_new_run(out)
-    train, valid, _ = labelled_splits(
-        data_cfg, lambda path: read_tagged(path, column=data_cfg.column)[0])
-    train_path, valid_path, _ = split_sources(data_cfg)
-    use_chars = model_options.get("char_hidden_size", TaggerConfig.char_hidden_size) > 0
+def prepare(cfg: TaggerDataConfig, options: dict, out: Path, *, resume: bool,
+            log) -> recipe.Prepared:
+    """The sentences of a run, its word and character vocabularies and tag set (built from
+    the training data, or loaded on resume), encoded."""
+    train, valid, _ = labelled_splits(cfg, lambda path: read_tagged(path, column=cfg.column)[0])
+    train_path, valid_path, _ = split_sources(cfg)
+    use_chars = options.get("char_hidden_size", TaggerConfig.char_hidden_size) > 0
     if resume:
         word_tok = load_tokenizer(out / "words")
         char_tok = load_tokenizer(out / "chars") if use_chars else None
@@ -239,33 +218,32 @@ def train_tagger(data_cfg: TaggerDataConfig | None, model_options: dict | None,
         word_tok = word_tokenizer_from_counts(counts, len(train))
         char_tok = build_char_tokenizer(list(counts)) if use_chars else None
         tags = sorted({t for s in train + valid for t in s.tags})
-    options = {k: v for k, v in model_options.items()
-               if k not in ("vocab_size", "num_tags", "char_vocab_size")}
-    model_cfg = config_from_dict(TaggerConfig, {
-        "vocab_size": word_tok.vocab_size, "num_tags": len(tags),
-        "char_vocab_size": char_tok.vocab_size if char_tok else 0, **options}, "model options")
     train_set = encode_sentences(train, word_tok, tags, train_path)
     valid_set = encode_sentences(valid, word_tok, tags, valid_path)
-    if not resume:
-        def write(directory):
-            word_tok.save(directory / "words")
-            if char_tok is not None:
-                char_tok.save(directory / "chars")
-            checkpoint.write_json(directory / "tags.json", {"tags": tags})
+    chars = char_tok.vocab_size if char_tok else 0
+    files = {"words": word_tok, **({"chars": char_tok} if char_tok else {}),
+             "tags.json": {"tags": tags}}
+    return recipe.Prepared(
+        sizes={"vocab_size": word_tok.vocab_size, "num_tags": len(tags),
+               "char_vocab_size": chars},
+        files=files, config={"tags": tags, "column": cfg.column},
+        report=f"{len(tags)} tags; {word_tok.vocab_size:,} words, {chars} characters; train "
+               f"{len(train):,} sentences, valid {len(valid):,}",
+        make_task=lambda model, seed, device: TaggerTask(model, train_set, valid_set, char_tok,
+                                                         cfg, seed, device))
 
-        save_run_files(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg, write)
-    log(f"{len(tags)} tags; {word_tok.vocab_size:,} words, "
-        f"{char_tok.vocab_size if char_tok else 0} characters; train {len(train):,} "
-        f"sentences, valid {len(valid):,}")
-    torch.manual_seed(train_cfg.seed)
-    model = Tagger(model_cfg).to(dev)
-    log(f"model: bi{model_cfg.cell} {model_cfg.num_layers}x{model_cfg.hidden_size}"
-        f"{f', characters bi{model_cfg.cell} {model_cfg.char_hidden_size}' if use_chars else ''}"
-        f", {sum(p.numel() for p in model.parameters()):,} parameters, on {dev}")
-    task = TaggerTask(model, train_set, valid_set, char_tok, data_cfg, train_cfg.seed, dev)
-    config = {"task": TASK, "model": model_cfg.to_dict(), "tags": tags,
-              "column": data_cfg.column}
-    return fit(task, train_cfg, out, config, resume=resume, log=log, describe=describe_metrics)
+
+def describe_model(cfg: TaggerConfig) -> str:
+    chars = f", characters bi{cfg.cell} {cfg.char_hidden_size}" if cfg.char_hidden_size else ""
+    return f"bi{cfg.cell} {cfg.num_layers}x{cfg.hidden_size}{chars}"
+
+
+def train_tagger(data_cfg: TaggerDataConfig | None, model_options: dict | None,
+                 train_cfg: TrainConfig | dict | None, out: str | Path, **options) -> dict:
+    """Train a tagger into ``out``: see :func:`rnnkit.tasks.recipe.train` for the arguments;
+    ``model_options`` are :class:`TaggerConfig` fields other than the vocabulary and tag-set
+    sizes."""
+    return recipe.train(SPEC, data_cfg, model_options, train_cfg, out, **options)
 
 
 # -- using a trained model ----------------------------------------------------------------
@@ -274,13 +252,10 @@ def load_tagger(directory: str | Path, device: str | None = "cpu"):
     """(model in eval mode, word tokenizer, char tokenizer or None, config)."""
     directory = Path(directory)
     config = checkpoint.read_config(directory, TASK)
-    model_cfg = config_from_dict(TaggerConfig, config.get("model", {}),
-                                 str(directory / checkpoint.CONFIG))
+    model = recipe.load_model(SPEC, directory, config, device)
     word_tok = load_tokenizer(directory / "words")
-    char_tok = load_tokenizer(directory / "chars") if model_cfg.char_hidden_size else None
-    model = Tagger(model_cfg)
-    checkpoint.load_weights(directory, model)
-    return model.to(device_of(device)).eval(), word_tok, char_tok, config
+    char_tok = load_tokenizer(directory / "chars") if model.config.char_hidden_size else None
+    return model, word_tok, char_tok, config
 
 
 def evaluate_file(directory: str | Path, path: str | Path, *, column: str | None = None,
@@ -310,3 +285,31 @@ def predict_file(directory: str | Path, path: str | Path, out: str | Path | None
         write_tagged(out, sentences, names, fmt, column=column)
         return None
     return format_tagged(sentences, names, fmt, column=column)
+
+
+# -- the declaration ------------------------------------------------------------------------
+
+def _evaluate(directory, path, *, device: str = "cpu", **_) -> dict:
+    return evaluate_file(directory, path, device=device)
+
+
+def evaluation_report(m: dict, path) -> list[str]:
+    """``rnnkit eval``'s line for the figures of :func:`evaluate_file`."""
+    return [f"{path}: {describe_metrics(m)}; {m['tokens']:,} tokens, {m['sentences']:,} "
+            f"sentences ({100 * m['sentence_accuracy']:.1f}% entirely right)"]
+
+
+def _predict(directory, path, *, out=None, device: str = "cpu", **_) -> str | None:
+    return predict_file(directory, path, out, device=device)
+
+
+SPEC = recipe.TaskSpec(
+    name=TASK, summary="a sequence tagger (many-to-many aligned)",
+    description="Train a tagger of CoNLL-U (UPOS or XPOS) or 'word<TAB>tag' files: word "
+    "embedding + character encoding, bidirectional recurrent stack.",
+    data_config=TaggerDataConfig, model_config=TaggerConfig, model=Tagger, prepare=prepare,
+    describe_model=describe_model,
+    train_defaults={"optimizer": "adam", "lr": 2e-3, "clip": 5.0, "lr_decay": 2.0,
+                    "epochs": 20},
+    evaluate=_evaluate, report=evaluation_report, predict=_predict,
+    use="rnnkit predict")

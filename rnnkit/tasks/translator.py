@@ -33,18 +33,17 @@ import torch
 import torch.nn.functional as F
 
 from rnnkit import checkpoint
-from rnnkit.config import check_fields
+from rnnkit.config import check_fields, option
 from rnnkit.data import build_tokenizer, load_tokenizer
 from rnnkit.data.labelled import SentencePair, read_parallel
 from rnnkit.data.stream import ExampleBatches
 from rnnkit.models.seq2seq import (BOS_ID, EOS_ID, PAD_ID, Seq2Seq, Seq2SeqConfig,
                                    TranslationSearch, greedy_translate)
-from rnnkit.tasks.common import (check_new_run, config_from_dict, device_of, fit, pad,
-                                 read_run, save_run_files)
+from rnnkit.tasks import recipe
+from rnnkit.tasks.common import device_of, find_split_file, pad
 from rnnkit.train import TrainConfig
 
 TASK = "translator"
-SPLIT_WORDS = {"train": ("train",), "valid": ("valid", "val", "dev"), "test": ("test",)}
 
 
 @dataclass(frozen=True)
@@ -57,18 +56,18 @@ class TranslationDataConfig:
     explicitly, each ``"SRC_FILE,TGT_FILE"`` or one TSV file.
     """
 
-    data: str = ""
-    source_lang: str = "de"
-    target_lang: str = "en"
-    train: str = ""
-    valid: str = ""
-    level: str = "bpe"                  # "bpe" | "word"
-    source_vocab_size: int = 8000       # bpe merges per side
-    target_vocab_size: int = 8000
-    min_count: int = 2                  # word level: rarer words -> <unk>
-    max_length: int = 0                 # training pairs longer (either side, tokens) are
-                                        # skipped and counted; 0: keep all
-    batch_size: int = 64
+    data: str = option("", "folder of {split}.{lang} files (or {split}.tsv pairs)")
+    source_lang: str = option("de", "source file suffix")
+    target_lang: str = option("en", "target file suffix")
+    train: str = option("", "training pairs: SRC_FILE,TGT_FILE or a TSV")
+    valid: str = option("", "validation pairs: SRC_FILE,TGT_FILE or a TSV")
+    level: str = option("bpe", "byte-level BPE subwords, or words", choices=("bpe", "word"))
+    source_vocab_size: int = option(8000, "source BPE vocabulary size")
+    target_vocab_size: int = option(8000, "target BPE vocabulary size")
+    min_count: int = option(2, "word level: rarer words become <unk>")
+    max_length: int = option(0, "skip training pairs longer than this many tokens on either "
+                             "side, and count them (0: keep all)")
+    batch_size: int = option(64, "pairs per batch")
 
     def __post_init__(self):
         check_fields(self, [
@@ -86,17 +85,9 @@ class TranslationDataConfig:
 
 # -- data ---------------------------------------------------------------------------------
 
-def _split_of(name: str) -> str | None:
-    stem = name.lower()
-    for split, words in SPLIT_WORDS.items():
-        if any(w in stem.replace("-", ".").replace("_", ".").split(".") or
-               stem.startswith(w) for w in words):
-            return split
-    return None
-
-
 def find_pair_files(cfg: TranslationDataConfig, split: str) -> tuple[str, str | None] | None:
-    """(source file, target file) or (tsv file, None) of a split, or None if absent."""
+    """(source file, target file) or (tsv file, None) of a split, or None if absent; a
+    folder's files are found by :func:`rnnkit.tasks.common.find_split_file`."""
     explicit = {"train": cfg.train, "valid": cfg.valid}.get(split)
     if explicit:
         parts = [p.strip() for p in explicit.split(",")]
@@ -108,19 +99,17 @@ def find_pair_files(cfg: TranslationDataConfig, split: str) -> tuple[str, str | 
     folder = cfg.data
     if not os.path.isdir(folder):
         raise ValueError(f"{folder}: no such folder (expected train/val/test files)")
-    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
-    mine = [n for n in names if _split_of(n) == split]
-    src = [n for n in mine if n.endswith("." + cfg.source_lang)]
-    tgt = [n for n in mine if n.endswith("." + cfg.target_lang)]
-    tsv = [n for n in mine if n.endswith(".tsv")]
+    src = find_split_file(folder, split, "." + cfg.source_lang)
+    tgt = find_split_file(folder, split, "." + cfg.target_lang)
     if src or tgt:
-        if len(src) != 1 or len(tgt) != 1:
+        if not (src and tgt):
+            found = [os.path.basename(p) for p in (src, tgt) if p]
             raise ValueError(f"{folder}: expected one {split} file per language "
-                             f"(*.{cfg.source_lang}, *.{cfg.target_lang}), found "
-                             f"{src + tgt or 'none'}")
-        return os.path.join(folder, src[0]), os.path.join(folder, tgt[0])
-    if len(tsv) == 1:
-        return os.path.join(folder, tsv[0]), None
+                             f"(*.{cfg.source_lang}, *.{cfg.target_lang}), found {found}")
+        return src, tgt
+    tsv = find_split_file(folder, split, ".tsv")
+    if tsv is not None:
+        return tsv, None
     if split != "test":
         raise ValueError(f"{folder}: no {split} files (*.{cfg.source_lang} and "
                          f"*.{cfg.target_lang}, or a .tsv)")
@@ -145,8 +134,9 @@ class TranslationTask:
     unit = "tok"
 
     def __init__(self, model: Seq2Seq, train_pairs, valid_pairs, cfg: TranslationDataConfig,
-                 seed: int, device):
+                 seed: int, device, target_tokenizer=None, references=None):
         self.model, self.cfg, self.device = model, cfg, device
+        self.target_tokenizer, self.references = target_tokenizer, references
         self.train_src, self.train_tgt = train_pairs
         self.valid_src, self.valid_tgt = valid_pairs
         lengths = [len(s) + len(t) for s, t in zip(self.train_src, self.train_tgt)]
@@ -233,63 +223,54 @@ def _build_tokenizer(cfg: TranslationDataConfig, texts: list[str], vocab_size: i
     return build_tokenizer("word", texts, min_count=cfg.min_count)
 
 
-def train_translator(data_cfg: TranslationDataConfig | None, model_options: dict | None,
-                     train_cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
-                     train_overrides: dict | None = None, device: str | None = "cpu",
-                     log=print) -> dict:
-    """Train an encoder–decoder into ``out`` (see :func:`rnnkit.tasks.lm.train_lm` for
-    ``resume`` and ``train_overrides``); ``model_options`` are :class:`Seq2SeqConfig`
-    fields other than the vocabulary sizes. Returns the loop's summary plus "valid"
-    metrics (loss, ppl, and BLEU/chrF of greedy translations) of the best model."""
-    out, dev = Path(out), device_of(device)
-    if resume:
-        data_cfg, model_options, train_cfg = read_run(out, TASK, TranslationDataConfig,
-                                                      train_overrides)
-    else:
-        check_new_run(out)
-    train = read_split(data_cfg, "train")
-    valid = read_split(data_cfg, "valid")
+def prepare(cfg: TranslationDataConfig, options: dict, out: Path, *, resume: bool,
+            log) -> recipe.Prepared:
+    """The pairs of a run and the vocabulary of each side (built from the training pairs,
+    or loaded on resume), encoded."""
+    train, valid = read_split(cfg, "train"), read_split(cfg, "valid")
     if resume:
         src_tok, tgt_tok = load_tokenizer(out / "source"), load_tokenizer(out / "target")
     else:
-        log(f"building {data_cfg.level} vocabularies from {len(train):,} training pairs")
-        src_tok = _build_tokenizer(data_cfg, [p.source for p in train],
-                                   data_cfg.source_vocab_size)
-        tgt_tok = _build_tokenizer(data_cfg, [p.target for p in train],
-                                   data_cfg.target_vocab_size)
-    options = {k: v for k, v in model_options.items()
-               if k not in ("source_vocab_size", "target_vocab_size")}
-    model_cfg = config_from_dict(Seq2SeqConfig, {"source_vocab_size": src_tok.vocab_size,
-                                                 "target_vocab_size": tgt_tok.vocab_size,
-                                                 **options}, "model options")
-    train_name = ", ".join(p for p in find_pair_files(data_cfg, "train") if p)
-    train_ids = _paired_ids(train, src_tok, tgt_tok, data_cfg.max_length, log, train_name)
+        log(f"building {cfg.level} vocabularies from {len(train):,} training pairs")
+        src_tok = _build_tokenizer(cfg, [p.source for p in train], cfg.source_vocab_size)
+        tgt_tok = _build_tokenizer(cfg, [p.target for p in train], cfg.target_vocab_size)
+    train_name = ", ".join(p for p in find_pair_files(cfg, "train") if p)
+    train_ids = _paired_ids(train, src_tok, tgt_tok, cfg.max_length, log, train_name)
     valid_ids = _paired_ids(valid, src_tok, tgt_tok)
-    if not resume:
-        def write(directory):
-            src_tok.save(directory / "source")
-            tgt_tok.save(directory / "target")
+    references = [p.target for p in valid]
+    return recipe.Prepared(
+        sizes={"source_vocab_size": src_tok.vocab_size, "target_vocab_size": tgt_tok.vocab_size},
+        files={"source": src_tok, "target": tgt_tok},
+        config={"languages": [cfg.source_lang, cfg.target_lang]},
+        report=f"vocabularies: source {src_tok.vocab_size}, target {tgt_tok.vocab_size}; "
+               f"train {len(train_ids[0]):,} pairs, valid {len(valid_ids[0]):,}",
+        make_task=lambda model, seed, device: TranslationTask(
+            model, train_ids, valid_ids, cfg, seed, device, tgt_tok, references))
 
-        save_run_files(out, TASK, data_cfg, model_cfg.to_dict(), train_cfg, write)
-    log(f"vocabularies: source {src_tok.vocab_size}, target {tgt_tok.vocab_size}; "
-        f"train {len(train_ids[0]):,} pairs, valid {len(valid_ids[0]):,}")
-    torch.manual_seed(train_cfg.seed)
-    model = Seq2Seq(model_cfg).to(dev)
-    log(f"model: {model_cfg.cell} encoder 2x{model_cfg.hidden_size} (bidirectional, "
-        f"{model_cfg.encoder_layers} layer(s)), decoder {model_cfg.decoder_layers}x"
-        f"{model_cfg.hidden_size}, {model_cfg.attention} attention, "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters, on {dev}")
-    task = TranslationTask(model, train_ids, valid_ids, data_cfg, train_cfg.seed, dev)
-    config = {"task": TASK, "model": model_cfg.to_dict(),
-              "languages": [data_cfg.source_lang, data_cfg.target_lang]}
-    summary = fit(task, train_cfg, out, config, resume=resume, log=log,
-                  describe=describe_metrics)
-    if "valid" in summary:
-        hyps = translate_ids(model, valid_ids[0], tgt_tok, beam=1)
-        scores = bleu_chrf(hyps, [p.target for p in valid])
-        summary["valid"].update(scores)
-        log(f"best model, greedy on valid: BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
-    return summary
+
+def describe_model(cfg: Seq2SeqConfig) -> str:
+    return (f"{cfg.cell} encoder 2x{cfg.hidden_size} (bidirectional, {cfg.encoder_layers} "
+            f"layer(s)), decoder {cfg.decoder_layers}x{cfg.hidden_size}, {cfg.attention} "
+            f"attention")
+
+
+def score_greedy_translations(task: TranslationTask, summary: dict, train_cfg, log) -> None:
+    """After training, add BLEU and chrF of the best model's greedy translations of the
+    validation pairs to the summary's "valid" figures."""
+    if "valid" not in summary:
+        return
+    hyps = translate_ids(task.model, task.valid_src, task.target_tokenizer, beam=1)
+    scores = bleu_chrf(hyps, task.references)
+    summary["valid"].update(scores)
+    log(f"best model, greedy on valid: BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}")
+
+
+def train_translator(data_cfg: TranslationDataConfig | None, model_options: dict | None,
+                     train_cfg: TrainConfig | dict | None, out: str | Path, **options) -> dict:
+    """Train an encoder–decoder into ``out``: see :func:`rnnkit.tasks.recipe.train` for the
+    arguments; ``model_options`` are :class:`Seq2SeqConfig` fields other than the vocabulary
+    sizes. The summary's "valid" figures add BLEU/chrF of greedy translations."""
+    return recipe.train(SPEC, data_cfg, model_options, train_cfg, out, **options)
 
 
 # -- using a trained model ----------------------------------------------------------------
@@ -299,15 +280,10 @@ def load_translator(directory: str | Path, device: str | None = "cpu"):
     directory = Path(directory)
     config = checkpoint.read_config(directory, TASK)
     src_tok, tgt_tok = load_tokenizer(directory / "source"), load_tokenizer(directory / "target")
-    model_cfg = config_from_dict(Seq2SeqConfig, config.get("model", {}),
-                                 str(directory / checkpoint.CONFIG))
-    if (model_cfg.source_vocab_size, model_cfg.target_vocab_size) != \
-            (src_tok.vocab_size, tgt_tok.vocab_size):
-        raise ValueError(f"{directory}: the model's vocabulary sizes do not match its "
-                         f"tokenizers")
-    model = Seq2Seq(model_cfg)
-    checkpoint.load_weights(directory, model)
-    return model.to(device_of(device)).eval(), src_tok, tgt_tok, config
+    model = recipe.load_model(SPEC, directory, config, device,
+                              {"source_vocab_size": src_tok.vocab_size,
+                               "target_vocab_size": tgt_tok.vocab_size})
+    return model, src_tok, tgt_tok, config
 
 
 def max_output_length(source_length: int) -> int:
@@ -423,3 +399,28 @@ def plot_attention(directory: str | Path, sentence: str, path: str | Path, *,
     ax.set_title(text if len(text) < 70 else text[:67] + "…", fontsize=9)
     save_figure(fig, path)
     return text
+
+
+# -- the declaration ------------------------------------------------------------------------
+
+def _evaluate(directory, path, *, reference=None, beam: int = 5, device: str = "cpu",
+              log=None, **_) -> dict:
+    return evaluate_file(directory, path, reference, beam=beam, device=device, log=log)
+
+
+def evaluation_report(m: dict, path) -> list[str]:
+    """``rnnkit eval``'s lines for the figures of :func:`evaluate_file`."""
+    return [f"{path}: {describe_metrics(m)}; {m['sentences']:,} sentences, beam {m['beam']}",
+            f"sacrebleu: {m['signature']}"]
+
+
+SPEC = recipe.TaskSpec(
+    name=TASK, summary="an encoder-decoder with attention (translation)",
+    description="Train a translator of aligned sentence pairs: bidirectional encoder, "
+    "attentional decoder, teacher forcing.",
+    data_config=TranslationDataConfig, model_config=Seq2SeqConfig, model=Seq2Seq,
+    prepare=prepare, describe_model=describe_model,
+    train_defaults={"optimizer": "adam", "lr": 1e-3, "clip": 1.0, "lr_decay": 2.0,
+                    "epochs": 15, "eval_every": 500},
+    finish=score_greedy_translations, evaluate=_evaluate, report=evaluation_report,
+    use="rnnkit translate")

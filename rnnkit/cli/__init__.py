@@ -1,0 +1,51 @@
+"""The ``rnnkit`` command line: parse, then call the library; nothing else lives here.
+
+Every command has ``--help``. Bad input ends with one line ``rnnkit: error: …`` on stderr
+and exit code 2, never a traceback.
+
+The files, one job each:
+
+    parsing.py   one-line errors, the arguments every command shares
+    options.py   the options of ``rnnkit train TASK``, made of the config declarations
+    train.py     ``rnnkit train TASK`` for every task of :mod:`rnnkit.tasks`
+    use.py       eval, predict, score, generate, translate: using a trained model
+    diagnose.py  check, diagnose, activations, bench: looking inside
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rnnkit.cli.parsing import Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command (the task options read the registries now)."""
+    from rnnkit.cli import diagnose, train, use
+
+    parser = Parser(prog="rnnkit", description="Recurrent neural networks: cells with "
+                    "hand-derived BPTT, language models, classifiers, taggers, translators, "
+                    "diagnostics.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    diagnose.add_check(commands)
+    train.add_commands(commands)
+    use.add_commands(commands)
+    diagnose.add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``rnnkit ARGV``; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except (ValueError, OSError) as error:
+        print(f"rnnkit: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rnnkit: interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["main", "build_parser"]

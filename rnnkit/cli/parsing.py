@@ -1,0 +1,33 @@
+"""The parser's pieces that every command shares: one-line errors, a command on a model
+directory, and the ``--device`` and ``--json`` options."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class UsageError(ValueError):
+    """A command line argparse cannot parse."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one ``rnnkit: error: …`` line and exit code 2."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def model_command(commands, name: str, summary: str, description: str, run,
+                  model_help: str = "model directory") -> argparse.ArgumentParser:
+    """A command ``rnnkit NAME DIR …`` that ``run(args)`` carries out."""
+    parser = commands.add_parser(name, help=summary, description=description)
+    parser.add_argument("model", metavar="DIR", help=model_help)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def device_and_json(parser: argparse.ArgumentParser, json_help: str, device: bool = True):
+    """The ``--device`` (default cpu) and ``--json`` options."""
+    if device:
+        parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    parser.add_argument("--json", action="store_true", help=json_help)

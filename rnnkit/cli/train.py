@@ -1,0 +1,99 @@
+"""``rnnkit train TASK``: one command per task of :data:`rnnkit.tasks.TASKS`, its options
+made of the task's declarations (see :mod:`rnnkit.cli.options`), run by the one recipe."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from rnnkit.cli.options import add_options, read_config, settings, shown, task_options
+
+
+def _log_to(args):
+    stream = sys.stderr if args.json else sys.stdout
+    return lambda text: print(text, file=stream, flush=True)
+
+
+def _defaults_line(spec, options) -> str:
+    """"Defaults: …" of a task's ``--help`` description, from its declaration."""
+    flags = {o.key: o.flag.lstrip("-") for o in options}
+
+    def listed(defaults: dict) -> str:
+        return ", ".join(f"{flags.get(k, k)} {shown(v)}" for k, v in defaults.items())
+
+    parts = [listed({**spec.train_defaults, **spec.model_defaults})]
+    for field_name, table in spec.defaults_by:
+        alike: dict[str, list[str]] = {}
+        for value, defaults in table.items():
+            alike.setdefault(listed(defaults), []).append(value)
+        for text, values in alike.items():
+            when = f"--{flags[field_name]} {'/'.join(values)}" if values != [""] \
+                else f"without --{flags[field_name]}"
+            parts.append(f"{when}: {text}")
+    parts = [p for p in parts if p]
+    return f" Defaults: {'; '.join(parts)}." if parts else ""
+
+
+def add_commands(commands) -> None:
+    """``rnnkit train`` and a subcommand per registered task."""
+    from rnnkit.tasks import TASKS
+
+    train = commands.add_parser("train", help="train a model",
+                                description="Train a model of a task into a directory.")
+    tasks = train.add_subparsers(dest="task", metavar="TASK", required=True)
+    for spec in TASKS.values():
+        out = (f"model directory to write (default: {spec.default_out}, or "
+               f"{spec.default_out}-2, … when that holds a run)" if spec.default_out
+               else "model directory to write (required)")
+        options = task_options(spec)
+        sub = tasks.add_parser(
+            spec.command, help=spec.summary,
+            description=f"{spec.description}{_defaults_line(spec, options)} Options may also "
+            "come from a TOML file (--config); the command line wins.")
+        sub.add_argument("--out", help=out)
+        sub.add_argument("--resume", action="store_true",
+                         help="continue the run in --out from its last checkpoint")
+        sub.add_argument("--config", help="TOML file of options (keys as in --help, with _)")
+        sub.add_argument("--device", help="cpu | cuda | auto (default cpu)")
+        sub.add_argument("--json", action="store_true", help="print the summary as JSON")
+        add_options(sub, options)
+        sub.set_defaults(run=run_train, spec=spec, options=options)
+
+
+def model_directory(args, spec, file: dict, log) -> str:
+    """--out (or the config file's ``out``); else the task's default directory, numbered
+    on when it holds a run already."""
+    out = args.out or file.get("out")
+    if out:
+        return out
+    if not spec.default_out:
+        raise ValueError("--out: expected the model directory to write")
+    out, k = spec.default_out, 2
+    while not args.resume and Path(out).exists() and any(Path(out).iterdir()):
+        out, k = f"{spec.default_out}-{k}", k + 1
+    log(f"model directory: {out}")
+    return out
+
+
+def run_train(args) -> int:
+    from rnnkit.tasks import recipe
+
+    spec, options, log = args.spec, args.options, _log_to(args)
+    file = read_config(args.config, options, f"train {spec.command}")
+    groups = settings(args, options, file)
+    out = model_directory(args, spec, file, log)
+    run_options = asdict(spec.run_options(**groups["run"])) if spec.run_options else {}
+    common = dict(device=args.device or file.get("device") or "cpu", log=log, **run_options)
+    if args.resume:
+        budget = {k: v for k, v in groups["train"].items()
+                  if recipe.TRAIN_FIELDS[k].metadata.get("resume")}
+        summary = recipe.train(spec, None, None, None, out, resume=True,
+                               train_overrides=budget, **common)
+    else:
+        summary = recipe.train(spec, spec.data_config(**groups["data"]), groups["model"],
+                               groups["train"], out, **common)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 130 if summary["reason"] == "interrupted" else 0

@@ -1,0 +1,198 @@
+"""Using a trained model: ``eval``, ``predict`` (dispatched to the model's task declaration),
+``score``, ``generate`` and ``translate``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rnnkit.cli.parsing import device_and_json, model_command
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _task_of(directory: str):
+    """(task name, its declaration or None) of a model directory."""
+    from rnnkit.checkpoint import read_config
+    from rnnkit.tasks import TASKS
+
+    task = read_config(directory).get("task")
+    return task, TASKS.get(task)
+
+
+def _elsewhere(spec) -> str:
+    return f"; use '{spec.use}'" if spec is not None and spec.use else ""
+
+
+def run_eval(args) -> int:
+    task, spec = _task_of(args.model)
+    if spec is None or spec.evaluate is None:
+        raise ValueError(f"{args.model}: 'rnnkit eval' does not evaluate {task!r} models"
+                         + _elsewhere(spec))
+    if args.beam < 1:
+        raise ValueError(f"--beam: expected >= 1, got {args.beam}")
+    m = spec.evaluate(args.model, args.data, reference=args.reference, beam=args.beam,
+                      batch_size=args.batch_size, device=args.device, log=_stderr)
+    print(json.dumps(m, indent=2) if args.json else "\n".join(spec.report(m, args.data)))
+    return 0
+
+
+def run_predict(args) -> int:
+    from rnnkit.tasks import TASKS
+
+    task, spec = _task_of(args.model)
+    if spec is None or spec.predict is None:
+        names = " and ".join(name for name, s in TASKS.items() if s.predict is not None)
+        raise ValueError(f"{args.model}: 'rnnkit predict' is for {names} models, this is a "
+                         f"{task!r} model" + _elsewhere(spec))
+    text = spec.predict(args.model, args.file, out=args.out, device=args.device,
+                        json=args.json)
+    if text is None:
+        _stderr(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def run_translate(args) -> int:
+    from rnnkit.data.labelled import read_sentences
+    from rnnkit.tasks.translator import plot_attention, translate_lines
+
+    if args.beam < 1:
+        raise ValueError(f"--beam: expected >= 1, got {args.beam}")
+    lines = read_sentences(args.file)
+    if args.attention and not 1 <= args.sentence <= len(lines):
+        raise ValueError(f"--sentence: expected a line number in 1..{len(lines)}, "
+                         f"got {args.sentence}")
+    out = translate_lines(args.model, lines, beam=args.beam,
+                          length_penalty=args.length_penalty, device=args.device, log=_stderr)
+    if args.out:
+        from rnnkit.checkpoint import atomic_write
+
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text(
+            "".join(t + "\n" for t in out), encoding="utf-8"))
+    if args.json:
+        print(json.dumps([{"line": k + 1, "source": s, "translation": t}
+                          for k, (s, t) in enumerate(zip(lines, out))], indent=2,
+                         ensure_ascii=False))
+    elif not args.out:
+        print("\n".join(out))
+    if args.attention:
+        text = plot_attention(args.model, lines[args.sentence - 1], args.attention,
+                              device=args.device)
+        _stderr(f"attention of line {args.sentence} (greedy: {text!r}): {args.attention}")
+    return 0
+
+
+def run_score(args) -> int:
+    from rnnkit.tasks.lm import score_lines
+
+    rows = score_lines(args.model, args.file, device=args.device)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    print("line\tlogprob\tlog10prob\ttokens\tppl\ttext")
+    for r in rows:
+        print(f"{r['line']}\t{r['logprob']:.4f}\t{r['log10prob']:.4f}\t{r['tokens']}\t"
+              f"{r['ppl']:.3f}\t{r['text']}")
+    return 0
+
+
+def run_generate(args) -> int:
+    from rnnkit.tasks import conditioned_lm, lm
+
+    if args.length < 0:
+        raise ValueError(f"--length: expected >= 0, got {args.length}")
+    if args.beam < 0:
+        raise ValueError(f"--beam: expected >= 0, got {args.beam}")
+    stream = None if args.json else (lambda piece: print(piece, end="", flush=True))
+    options = dict(max_tokens=args.length, on_text=stream, beam=args.beam, device=args.device,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   greedy=args.greedy, seed=args.seed)
+    conditioned = _task_of(args.model)[0] == conditioned_lm.TASK
+    if conditioned and args.condition is None:
+        raise ValueError(f"--condition: {args.model} is a conditioned model; give a label or "
+                         f"a vector")
+    if not conditioned and args.condition is not None:
+        raise ValueError(f"--condition: {args.model} is not a conditioned model")
+    if stream is not None:
+        print(args.prime, end="", flush=True)
+    if conditioned:
+        text = conditioned_lm.generate(args.model, args.condition, args.prime,
+                                       stop=args.stop or ("\n",), **options)
+    else:
+        text = lm.generate(args.model, args.prime, stop=args.stop or (), **options)
+    print(json.dumps({"prime": args.prime, "text": text}, ensure_ascii=False)
+          if args.json else "")
+    return 0
+
+
+def add_commands(commands) -> None:
+    """The parsers of eval, score, generate, predict and translate."""
+    ev = model_command(
+        commands, "eval", "evaluate a model on a file", "Evaluate a trained model on a file "
+        "of its task: perplexity (language model), accuracy, macro-F1 and confusion matrix "
+        "(classifier), token and unseen-word accuracy (tagger), BLEU and chrF (translator).",
+        run_eval)
+    ev.add_argument("--data", required=True, metavar="FILE",
+                    help="text (lm), label<TAB>text (classifier), CoNLL-U or word<TAB>tag "
+                    "(tagger), source file or TSV of pairs (translator)")
+    ev.add_argument("--reference", metavar="FILE",
+                    help="translator: the reference translations of --data, line by line "
+                    "(without it, --data must be a TSV of source<TAB>target pairs)")
+    ev.add_argument("--beam", type=int, default=5, help="translator: beam width (5; 1 greedy)")
+    ev.add_argument("--batch-size", type=int, default=10, help="lm: parallel streams (10)")
+    device_and_json(ev, "print the figures as JSON")
+
+    sc = model_command(commands, "score", "log-probability of every line of a file",
+                       "Score each line of FILE on its own: natural-log and log10 "
+                       "probability, token count and perplexity, as TSV.", run_score)
+    sc.add_argument("file", metavar="FILE", help="UTF-8 text file, one sentence per line")
+    device_and_json(sc, "JSON instead of TSV")
+
+    pr = model_command(
+        commands, "predict", "label lines (classifier) or tag sentences (tagger)",
+        "Classifier: print the label and class probabilities of every line of FILE (text, "
+        "or label<TAB>text) as TSV (or --json). Tagger: write the sentences of FILE back in "
+        "their own format (CoNLL-U or word<TAB>tag) with the predicted tags.", run_predict)
+    pr.add_argument("file", metavar="FILE", help="input file")
+    pr.add_argument("--out", metavar="FILE", help="tagger: write here instead of stdout")
+    device_and_json(pr, "classifier: JSON instead of TSV")
+    _add_generate(commands)
+    _add_translate(commands)
+
+
+def _add_generate(commands) -> None:
+    gen = model_command(commands, "generate", "continue a prompt with a trained model",
+                        "Generate text, streamed as it is produced.", run_generate)
+    gen.add_argument("--prime", default="", help="prompt text (default: start of a line)")
+    gen.add_argument("--length", type=int, default=200, help="tokens to generate (200)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="> 0 (default 1)")
+    gen.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
+    gen.add_argument("--greedy", action="store_true", help="always the likeliest token")
+    gen.add_argument("--beam", type=int, default=0,
+                     help="beam search of this width instead of sampling (0: off)")
+    gen.add_argument("--stop", action="append", help="stop at this string (repeatable)")
+    gen.add_argument("--seed", type=int, default=None, help="random seed")
+    gen.add_argument("--condition", help="conditioned model: a label, or numbers '0.5,1,…'")
+    device_and_json(gen, "print prompt and text as JSON")
+
+
+def _add_translate(commands) -> None:
+    tr = model_command(commands, "translate", "translate the sentences of a file",
+                       "Translate FILE (one sentence per line) with beam search (or greedy "
+                       "with --beam 1) and print one translation per line.", run_translate,
+                       model_help="translator model directory")
+    tr.add_argument("file", metavar="FILE", help="UTF-8 text, one sentence per line")
+    tr.add_argument("--beam", type=int, default=5, help="beam width (default 5; 1: greedy)")
+    tr.add_argument("--length-penalty", type=float, default=1.0,
+                    help="hypothesis score = log p / length ** this (default 1)")
+    tr.add_argument("--out", metavar="FILE", help="write the translations here")
+    tr.add_argument("--attention", metavar="PNG",
+                    help="also draw the attention matrix of one sentence (see --sentence)")
+    tr.add_argument("--sentence", type=int, default=1, help="line of FILE to draw (1)")
+    device_and_json(tr, "print JSON")

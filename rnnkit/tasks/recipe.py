@@ -1,0 +1,247 @@
+"""One recipe trains every task.
+
+A task module declares what is its own in a :class:`TaskSpec` (its data and model configs,
+its defaults, how it reads its data and builds its vocabularies — ``prepare`` — its model,
+its metrics and output formats); :func:`train` does the rest, the same way for all:
+
+1. a new run refuses a directory that holds a model; a resumed one reads ``run.json``;
+2. the settings: the task's defaults, then what was given (the Python API and the CLI both
+   come through here, so they share every default);
+3. ``prepare``: read the splits, build (or, on resume, load) the vocabularies, encode;
+4. the model config, then the run's files — vocabularies, then ``run.json`` — written once
+   every input has been read and checked, so that a refused start leaves nothing behind;
+5. seed, model, the training loop (:class:`rnnkit.train.Trainer`), then the best weights
+   reloaded and measured on the validation split, and the task's ``finish``.
+
+A run directory holds ``run.json`` = {"task", "data", "model", "train"}: the settings a run
+was started with, so that ``resume`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from rnnkit import checkpoint
+from rnnkit.config import check_cell, field_default
+from rnnkit.tasks.common import config_from_dict, device_of
+from rnnkit.train import Trainer, TrainConfig
+
+RUN = "run.json"
+TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a task's ``prepare`` hands the recipe: its data read, encoded and ready."""
+
+    sizes: dict                 # model config fields the data sets (vocabulary sizes, …)
+    files: dict                 # a new run's files: {"words": tokenizer, "labels.json": {…}}
+    config: dict                # config.json's entries besides "task" and "model"
+    report: str                 # one log line about the data
+    make_task: Callable         # (model, seed, device) -> the task the Trainer runs
+    model_kwargs: dict = field(default_factory=dict)   # more arguments of the model class
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task's declaration: everything :func:`train` and the CLI need to know about it.
+
+    ``prepare(data_cfg, model_options, out, *, resume, log) -> Prepared``; ``model(model
+    config, **Prepared.model_kwargs)``; ``describe_model(model config) -> str``;
+    ``finish(task, summary, train_cfg, log, **run options)`` runs after a finished run;
+    ``evaluate(directory, path, **options) -> metrics`` and ``report(metrics, path) ->
+    lines`` serve ``rnnkit eval``; ``predict(directory, path, **options) -> text or None``
+    serves ``rnnkit predict``.
+    """
+
+    name: str                   # run.json's and config.json's "task"
+    summary: str                # one line for ``rnnkit train --help``
+    description: str            # a paragraph for ``rnnkit train NAME --help``
+    data_config: type
+    model_config: type
+    model: Callable
+    prepare: Callable
+    describe_model: Callable
+    model_defaults: Mapping = field(default_factory=dict)   # over the model config's own
+    train_defaults: Mapping = field(default_factory=dict)   # over TrainConfig's own
+    defaults_by: tuple = ()     # ((data field, {its value: {field: default}}), …)
+    not_options: frozenset = frozenset()   # model config fields this task does not offer
+    finish: Callable | None = None
+    run_options: type | None = None        # a dataclass: the options of ``finish``
+    default_out: str = ""       # the model directory when none is named
+    evaluate: Callable | None = None
+    report: Callable | None = None
+    predict: Callable | None = None
+    use: str = ""               # the command that uses a trained model
+
+    @property
+    def command(self) -> str:
+        """Its name on the command line: ``rnnkit train conditioned-lm``."""
+        return self.name.replace("_", "-")
+
+
+# -- settings -------------------------------------------------------------------------------
+
+def train_defaults(spec: TaskSpec, data_cfg) -> dict:
+    """The task's training defaults for this data: its own, then those that depend on a
+    data field (a language model's level)."""
+    defaults = dict(spec.train_defaults)
+    for key, table in spec.defaults_by:
+        defaults.update(table.get(getattr(data_cfg, key), {}))
+    return {k: v for k, v in defaults.items() if k in TRAIN_FIELDS}
+
+
+def train_settings(spec: TaskSpec, data_cfg, train) -> TrainConfig:
+    """The TrainConfig of a new run: the task's defaults, then what was given.
+
+    ``train``: a dict of the fields given, or a TrainConfig — whose fields left at
+    TrainConfig's own defaults take the task's (pass a dict to insist on one of those) —
+    or None.
+    """
+    if isinstance(train, TrainConfig):
+        train = {name: getattr(train, name) for name, f in TRAIN_FIELDS.items()
+                 if getattr(train, name) != f.default}
+    given = dict(train or {})
+    unknown = sorted(set(given) - set(TRAIN_FIELDS))
+    if unknown:
+        raise ValueError(f"train options: unknown {unknown}")
+    return TrainConfig(**{**train_defaults(spec, data_cfg), **given})
+
+
+def model_settings(spec: TaskSpec, given: Mapping | None) -> dict:
+    """The model options of a new run: the task's defaults, then what was given; the cell
+    is checked at once (before any data is read)."""
+    options = {**spec.model_defaults, **(given or {})}
+    cell = {f.name: field_default(f) for f in fields(spec.model_config)
+            if f.name in ("cell", "cell_options")}
+    cell.update({k: options[k] for k in cell if k in options})
+    check_cell(SimpleNamespace(**cell))
+    return options
+
+
+# -- run files ------------------------------------------------------------------------------
+
+def check_new_run(out: Path) -> None:
+    """Refuse to start a run in a directory that holds a model or a run already."""
+    taken = [n for n in (checkpoint.TRAIN_STATE, checkpoint.WEIGHTS, checkpoint.CONFIG, RUN,
+                         "tokenizer.json") if (out / n).exists()]
+    if taken:
+        raise ValueError(f"{out}: holds a model or run already ({', '.join(taken)}); use "
+                         f"--resume to continue it, or choose another --out")
+
+
+def save_run(out: Path, spec: TaskSpec, data_cfg, model_cfg, train_cfg: TrainConfig,
+             files: dict) -> None:
+    """Start a run's directory: its vocabularies and lists (``files``), then ``run.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, thing in files.items():
+        if name.endswith(".json"):
+            checkpoint.write_json(out / name, thing)
+        else:
+            thing.save(out / name)
+    checkpoint.write_json(out / RUN, {"task": spec.name, "data": asdict(data_cfg),
+                                      "model": model_cfg.to_dict(),
+                                      "train": asdict(train_cfg)})
+
+
+def read_run(out: Path, spec: TaskSpec, train_overrides: dict | None = None):
+    """The settings of the run in ``out``: (data config, model options, train config), the
+    train config updated with ``train_overrides`` (a new budget, say)."""
+    run = checkpoint.read_json(out / RUN)
+    if run.get("task") != spec.name:
+        raise ValueError(f"{out / RUN}: a {run.get('task')!r} run, not a {spec.name!r} run")
+    try:
+        data_cfg = spec.data_config(**run["data"])
+        model = dict(run["model"])
+        train_cfg = TrainConfig(**{**run["train"], **(train_overrides or {})})
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{out / RUN}: not a run file rnnkit can resume ({error})") from None
+    return data_cfg, _legacy(spec, model), train_cfg
+
+
+def _legacy(spec: TaskSpec, model: dict) -> dict:
+    """A model config dict of an older rnnkit in today's form (if the config says how)."""
+    legacy = getattr(spec.model_config, "legacy_fields", None)
+    return legacy(model) if legacy is not None and isinstance(model, dict) else model
+
+
+# -- the recipe -----------------------------------------------------------------------------
+
+def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
+          out: str | Path, *, resume: bool = False, train_overrides: dict | None = None,
+          device: str | None = "cpu", log=print, **run_options) -> dict:
+    """Train a model of task ``spec`` into the directory ``out``.
+
+    Args:
+        data_cfg: the task's data config (None: its defaults); model_options: fields of
+            its model config (the ones the data sets are ignored); train_cfg: see
+            :func:`train_settings`.
+        resume: continue the run in ``out`` from its last checkpoint with the settings it
+            was started with (the three above are not used); ``train_overrides`` may
+            change fields such as epochs, max_steps, max_minutes.
+        run_options: the options of the task's ``finish`` (a language model's sample).
+
+    Returns:
+        the loop's summary plus "valid" metrics of the best model.
+    """
+    out, dev = Path(out), device_of(device)
+    if resume:
+        data_cfg, options, train_cfg = read_run(out, spec, train_overrides)
+    else:
+        check_new_run(out)
+        data_cfg = spec.data_config() if data_cfg is None else data_cfg
+        options = model_settings(spec, model_options)
+        train_cfg = train_settings(spec, data_cfg, train_cfg)
+    prepared = spec.prepare(data_cfg, options, out, resume=resume, log=log)
+    model_cfg = config_from_dict(spec.model_config, {**options, **prepared.sizes},
+                                 "model options")
+    if not resume:
+        save_run(out, spec, data_cfg, model_cfg, train_cfg, prepared.files)
+    log(prepared.report)
+    torch.manual_seed(train_cfg.seed)
+    model = spec.model(model_cfg, **prepared.model_kwargs).to(dev)
+    log(f"model: {spec.describe_model(model_cfg)}, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters, on {dev}")
+    task = prepared.make_task(model, train_cfg.seed, dev)
+    config = {"task": spec.name, "model": model_cfg.to_dict(), **prepared.config}
+    summary = fit(task, train_cfg, out, config, resume=resume, log=log)
+    if spec.finish is not None and summary["reason"] != "interrupted":
+        spec.finish(task, summary, train_cfg, log, **run_options)
+    return summary
+
+
+def fit(task, train_cfg: TrainConfig, out: Path, config: dict, *, resume: bool, log) -> dict:
+    """Run the training loop, then reload the best weights and add their validation
+    metrics to the summary as "valid" (unless the run was interrupted)."""
+    summary = Trainer(task, train_cfg, out, config, log=log).fit(resume=resume)
+    if summary["reason"] != "interrupted" and (out / checkpoint.WEIGHTS).is_file():
+        checkpoint.load_weights(out, task.model)
+        summary["valid"] = task.evaluate("valid")
+        log(f"best model: valid {task.describe(summary['valid'])}")
+    return summary
+
+
+def load_model(spec: TaskSpec, directory: str | Path, config: dict, device: str | None = "cpu",
+               sizes: dict | None = None, **model_kwargs):
+    """The model of a trained directory of task ``spec``, in eval mode on ``device``.
+
+    ``config``: the directory's config.json (``checkpoint.read_config``); ``sizes``: model
+    config fields its vocabularies give (``{"vocab_size": …}``), checked against the model's;
+    ``model_kwargs``: more arguments of the model class.
+    """
+    where = Path(directory) / checkpoint.CONFIG
+    if not isinstance(config.get("model"), dict):
+        raise ValueError(f"{where}: no valid model configuration")
+    model_cfg = config_from_dict(spec.model_config, _legacy(spec, config["model"]), str(where))
+    for key, size in (sizes or {}).items():
+        if getattr(model_cfg, key) != size:
+            raise ValueError(f"{directory}: the model's vocabulary sizes do not match its "
+                             f"tokenizers ({key} {getattr(model_cfg, key)}, tokenizer {size})")
+    model = spec.model(model_cfg, **model_kwargs)
+    checkpoint.load_weights(directory, model)
+    return model.to(device_of(device)).eval()
