@@ -2,20 +2,26 @@
 
     python benchmarks/lm_quality.py ptb            # PTB word level, 2x200 LSTM
     python benchmarks/lm_quality.py shakespeare    # Tiny Shakespeare, character LSTM
+    python benchmarks/lm_quality.py ptb --cell layernorm_lstm      # same recipe, another cell
+    python benchmarks/lm_quality.py ptb --max-minutes 3 --threads 1   # a short speed check
 
 ``ptb``: the model is selected on ``ptb.valid.txt`` and the test split is evaluated once,
 at the end. ``shakespeare``: first 90% of ``input.txt`` trains, the last 10% validates
 (the issue's protocol; there is no test split). Each run writes its model directory under
-``runs/`` and its figures to ``benchmarks/results/lm_<name>.json``. Skips cleanly when
-``../shared/data`` is absent.
+``runs/`` and its figures to ``benchmarks/results/lm_<name>.json`` (``lm_<name>_<cell>``
+for another ``--cell``, with ``_<M>min`` added for a ``--max-minutes`` other than the
+recipe's). Skips cleanly when ``../shared/data`` is absent.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,13 +53,27 @@ SETTINGS = {
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=sorted(SETTINGS))
-    parser.add_argument("--out", help="model directory (default runs/bench-<name>)")
+    parser.add_argument("--cell", default="lstm",
+                        help="the recurrent cell, any registered name (default lstm)")
+    parser.add_argument("--max-minutes", type=float,
+                        help="training budget in minutes (default: the recipe's)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--out", help="model directory (default runs/bench-<run name>)")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found")
         return 0
-    s = SETTINGS[args.name]
-    out = Path(args.out or ROOT / "runs" / f"bench-{args.name}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    s = dict(SETTINGS[args.name])
+    run = f"lm_{args.name}"
+    if args.cell != s["model"]["cell"]:
+        s["model"] = {**s["model"], "cell": args.cell}
+        run += f"_{args.cell}"
+    if args.max_minutes is not None and args.max_minutes != s["train"].max_minutes:
+        s["train"] = dataclasses.replace(s["train"], max_minutes=args.max_minutes)
+        run += f"_{args.max_minutes:g}min"
+    out = Path(args.out or ROOT / "runs" / f"bench-{run[3:]}")
     if (out / "train_state.safetensors").exists():
         print(f"{out} holds a finished run; remove it to measure again")
         return 1
@@ -62,7 +82,8 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     result = {"name": args.name, "settings": {"data": s["data"].__dict__, "model": s["model"],
                                                "train": s["train"].__dict__},
-              "wall_minutes": wall / 60, "train_minutes": summary["minutes"],
+              "threads": torch.get_num_threads(), "wall_minutes": wall / 60,
+              "train_minutes": summary["minutes"],
               "steps": summary["step"], "epochs_done": summary["epoch"],
               "tokens_per_s": summary["units"] / (summary["minutes"] * 60),
               "valid": summary["valid"]}
@@ -70,7 +91,7 @@ def main(argv=None) -> int:
         result["test"] = lm.evaluate_file(out, s["test"])
         print(f"test: {lm.describe_metrics(result['test'])}")
     print(f"wall time {wall / 60:.1f} min, {result['tokens_per_s']:.0f} training tokens/s")
-    write_results(f"lm_{args.name}", result)
+    write_results(run, result)
     return 0
 
 

@@ -21,7 +21,7 @@ class RecurrentFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cell: Cell, batch_sizes: list[int], reverse: bool, x: Tensor,
-                weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None,
+                weight_ih: Tensor, weight_hh: Tensor | None, bias_ih: Tensor | None,
                 bias_hh: Tensor | None, *state0_and_extra: Tensor):
         k = cell.num_states
         state0, extra = state0_and_extra[:k], state0_and_extra[k:]
@@ -54,7 +54,7 @@ class RecurrentFunction(torch.autograd.Function):
 
 
 def recurrent_bptt(cell: Cell, x: Tensor, batch_sizes: list[int], state0: State,
-                   weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None,
+                   weight_ih: Tensor, weight_hh: Tensor | None, bias_ih: Tensor | None,
                    bias_hh: Tensor | None, extra: tuple[Tensor, ...] = (),
                    reverse: bool = False) -> tuple[Tensor, State]:
     """One recurrent layer over a packed sequence, backward by hand BPTT.
@@ -62,7 +62,9 @@ def recurrent_bptt(cell: Cell, x: Tensor, batch_sizes: list[int], state0: State,
     Args:
         x: (N, I) packed input; batch_sizes: T non-increasing ints summing to N.
         state0: initial states, (B, H) each; the weights as in ``torch.nn`` (G*H, I),
-            (G*H, H), (G*H,); extra: the cell's extra parameters (e.g. peepholes).
+            (G*H, H), (G*H,) — ``weight_hh`` of the cell's ``weight_hh_shape``, so a vector
+            or None for some cells (``bias_hh`` then None too); extra: the cell's extra
+            parameters (e.g. peepholes).
         reverse: run from each example's last token back to its first.
 
     Returns:
@@ -74,7 +76,7 @@ def recurrent_bptt(cell: Cell, x: Tensor, batch_sizes: list[int], state0: State,
 
 
 def recurrent_autograd(cell: Cell, x: Tensor, batch_sizes: list[int], state0: State,
-                       weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None,
+                       weight_ih: Tensor, weight_hh: Tensor | None, bias_ih: Tensor | None,
                        bias_hh: Tensor | None, extra: tuple[Tensor, ...] = (),
                        reverse: bool = False) -> tuple[Tensor, State]:
     """The reference: the engine's own forward, differentiated by autograd. Same arguments

@@ -86,7 +86,8 @@ def input_projection(cell: Cell, x: Tensor, weight_ih: Tensor, bias_ih: Tensor |
 
 
 def unroll_forward(cell: Cell, xw: Tensor, batch_sizes: list[int], state0: State,
-                   weight_hh: Tensor, bias_hh: Tensor | None, extra: tuple[Tensor, ...] = (),
+                   weight_hh: Tensor | None, bias_hh: Tensor | None,
+                   extra: tuple[Tensor, ...] = (),
                    reverse: bool = False) -> tuple[Tensor, State, list[tuple]]:
     """Run ``cell`` over a packed sequence.
 
@@ -94,7 +95,9 @@ def unroll_forward(cell: Cell, xw: Tensor, batch_sizes: list[int], state0: State
         xw: (N, G*H) input projection from :func:`input_projection`.
         batch_sizes: T non-increasing ints summing to N.
         state0: initial states, each (B, H) with B = batch_sizes[0].
-        weight_hh: (G*H, H); bias_hh: (G*H,) or None; extra: the cell's extra parameters.
+        weight_hh: the recurrent weight as the cell declares it (``cell.weight_hh_shape``:
+            (G*H, H), (G*H,) or None); bias_hh: (G*H,) or None; extra: the cell's extra
+            parameters.
         reverse: walk time from the end (each example from its own last token).
 
     Returns:
@@ -107,7 +110,8 @@ def unroll_forward(cell: Cell, xw: Tensor, batch_sizes: list[int], state0: State
     bias = None if cell.fold_bias_hh else bias_hh
     # Same values, column-major storage: the step product h_prev @ weight_hh.T becomes a
     # plain (not transposed) GEMM on a contiguous (H, G*H) matrix — about 25% faster.
-    weight_hh = weight_hh.t().contiguous().t()
+    if weight_hh is not None and weight_hh.dim() == 2:
+        weight_hh = weight_hh.t().contiguous().t()
     state = tuple(s[:batch_sizes[order[0]]] for s in state0)
     finished: list[State] = []
     outs: list[Tensor] = [None] * T
@@ -121,8 +125,9 @@ def unroll_forward(cell: Cell, xw: Tensor, batch_sizes: list[int], state0: State
 
 
 def unroll_backward(cell: Cell, dout: Tensor, dfinal: State, caches: list[tuple],
-                    batch_sizes: list[int], weight_hh: Tensor, extra: tuple[Tensor, ...] = (),
-                    reverse: bool = False, observe: Observer | None = None):
+                    batch_sizes: list[int], weight_hh: Tensor | None,
+                    extra: tuple[Tensor, ...] = (), reverse: bool = False,
+                    observe: Observer | None = None):
     """Hand BPTT: walk the forward's time steps in the opposite order.
 
     Args:
@@ -137,13 +142,15 @@ def unroll_backward(cell: Cell, dout: Tensor, dfinal: State, caches: list[tuple]
         ``(dxw, dhw, dstate0, dweight_hh, dextra)``: dxw and dhw (N, G*H) — the gradients of
         the input projection and of the recurrent pre-activation — the initial states'
         gradients, and the parameter gradients, each weight gradient one matrix product over
-        the stacked time axis.
+        the stacked time axis (``dweight_hh`` None for a cell without a recurrent weight).
     """
     T = len(batch_sizes)
     offsets = offsets_of(batch_sizes)
     order = _time_order(T, not reverse)
     # The cell's per-step factors are prepared a block of steps at a time: vectorised over
-    # the block, yet small enough (about PREPARE_BLOCK numbers) to stay in cache.
+    # the block, yet small enough (about PREPARE_BLOCK numbers) to stay in cache. A step's
+    # factors are about the size of its input projection, (n, G*H), whatever the shape of
+    # the recurrent weight.
     block = max(1, PREPARE_BLOCK // (batch_sizes[0] * dout.shape[1] * cell.gates))
     dstate = tuple(d[:batch_sizes[order[0]]] for d in dfinal)
     finished: list[State] = []

@@ -15,6 +15,7 @@ import torch
 
 from rnnkit.autograd import recurrent_bptt
 from rnnkit.cells import Cell, cell_names, make_cell, torch_twin
+from rnnkit.cells.base import engine_params
 from rnnkit.layers import RecurrentStack
 
 SIZES = (6, 3, 3, 4, [6, 3, 5])   # T, B, I, H and the lengths of the checked batch
@@ -69,19 +70,18 @@ def check_cell(cell: Cell, seed: int = 0) -> CheckRow:
         results.append(_loss_and_grads(models[backend], x, lengths, weights))
     diff = _max_difference(*results)
 
-    G, k = cell.gates, cell.num_states
-    sizes = [3, 2, 2, 1]
-    args = [torch.randn(sum(sizes), I), torch.randn(G * H, I), torch.randn(G * H, H),
-            torch.randn(G * H), torch.randn(G * H),
-            *(torch.randn(sizes[0], H) for _ in range(k)),
-            *(torch.randn(shape) for shape in cell.extra_param_shapes(H).values())]
+    k, sizes = cell.num_states, [3, 2, 2, 1]
+    shapes = cell.param_shapes(I, H)                        # every parameter the cell has
+    args = [torch.randn(sum(sizes), I), *(torch.randn(sizes[0], H) for _ in range(k)),
+            *(torch.randn(shape) for shape in shapes.values())]
     args = [a.to(torch.float64).requires_grad_() for a in args]
 
-    def unrolled(x, w_ih, w_hh, b_ih, b_hh, *rest):
+    def unrolled(x, *rest):
+        w_ih, w_hh, b_ih, b_hh, extra = engine_params(dict(zip(shapes, rest[k:])))
         with torch.random.fork_rng():
             torch.manual_seed(seed + 2)                      # the same masks at every call
             out, final = recurrent_bptt(cell.for_mode(True), x, sizes, tuple(rest[:k]), w_ih,
-                                        w_hh, b_ih, b_hh, tuple(rest[k:]), reverse=True)
+                                        w_hh, b_ih, b_hh, extra, reverse=True)
         return (out, *final)
 
     passed = torch.autograd.gradcheck(unrolled, args, raise_exception=False)

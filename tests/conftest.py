@@ -13,6 +13,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 import rnnkit
 from rnnkit.cells import torch_twin
+from rnnkit.cells.base import engine_params
 
 # Every cell of the registry once, as (registered name, options) — ("rnn" with its default
 # options is "rnn_tanh", so it is not repeated). New cells join every test by registering.
@@ -74,19 +75,15 @@ def make_torch_twin(kind: str, options: dict, input_size: int, hidden_size: int,
 
 def cell_params(cell, input_size: int, hidden_size: int, *, bias: bool = True,
                 dtype=torch.float64, scale: float = 0.5) -> dict:
-    """Random parameters of one layer-direction, shapes as in torch.nn, requiring grad."""
-    G, H = cell.gates, hidden_size
-
-    def param(*shape):
-        return (scale * torch.randn(*shape, dtype=dtype)).requires_grad_()
-
-    return {
-        "weight_ih": param(G * H, input_size),
-        "weight_hh": param(G * H, H),
-        "bias_ih": param(G * H) if bias else None,
-        "bias_hh": param(G * H) if bias else None,
-        "extra": tuple(param(*shape) for shape in cell.extra_param_shapes(H).values()),
-    }
+    """Random parameters of one layer-direction, the shapes the cell declares (as in
+    torch.nn for the standard cells), requiring grad: ``weight_ih``, ``weight_hh``,
+    ``bias_ih``, ``bias_hh`` (None where the cell or ``bias`` has none) and ``extra``."""
+    shapes = cell.param_shapes(input_size, hidden_size, bias)
+    params = {name: (scale * torch.randn(shape, dtype=dtype)).requires_grad_()
+              for name, shape in shapes.items()}
+    w_ih, w_hh, b_ih, b_hh, extra = engine_params(params)
+    return {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh,
+            "extra": extra}
 
 
 def random_state(cell, batch: int, hidden_size: int, dtype=torch.float64) -> tuple:
@@ -152,37 +149,38 @@ def step_backward_and_autograd(cell, n: int = 3, hidden_size: int = 4):
     ``param_backward`` for weight_hh (and the extra parameters); ``bias_hh`` (only passed
     when the cell cannot fold it into the input projection) gets ``dhw.sum(0)``.
 
+    The recurrent weight has the shape the cell declares (a matrix, a vector, or none:
+    then neither it nor ``bias_hh`` is in the lists).
+
     Returns ``(hand, reference, names)``, three equally long lists.
     """
-    G, H = cell.gates, hidden_size
-    xw = torch.randn(n, G * H, dtype=torch.float64, requires_grad=True)
+    H = hidden_size
+    p = cell_params(cell, 1, H)                            # weight_ih unused: xw is given
+    xw = torch.randn(n, cell.gates * H, dtype=torch.float64, requires_grad=True)
     state = random_state(cell, n, H)
-    weight_hh = (0.5 * torch.randn(G * H, H, dtype=torch.float64)).requires_grad_()
-    bias_hh = None if cell.fold_bias_hh else \
-        (0.5 * torch.randn(G * H, dtype=torch.float64)).requires_grad_()
-    extra = tuple((0.5 * torch.randn(*shape, dtype=torch.float64)).requires_grad_()
-                  for shape in cell.extra_param_shapes(H).values())
+    weight_hh, extra = p["weight_hh"], p["extra"]
+    bias_hh = None if cell.fold_bias_hh else p["bias_hh"]
 
     new_state, cache = cell.step_forward(xw, state, weight_hh, bias_hh, *extra)
     assert len(new_state) == cell.num_states
     dstate = tuple(torch.randn_like(s) for s in new_state)
     loss = sum((s * d).sum() for s, d in zip(new_state, dstate))
-    wrt = [*state, xw, weight_hh, *([bias_hh] if bias_hh is not None else []), *extra]
-    reference = grads_of(loss, wrt)
+    wrt = [*state, xw, weight_hh, bias_hh, *extra]
+    names = ([f"d{name}_prev" for name in cell.state_names] + ["dxw", "dweight_hh", "dbias_hh"]
+             + [f"d{name}" for name in cell.extra_param_shapes(H)])
+    kept = [k for k, t in enumerate(wrt) if t is not None]
+    reference = grads_of(loss, [wrt[k] for k in kept])
 
     with torch.no_grad():
         caches = [type(cache)(*(c.detach() for c in cache))]   # the same NamedTuple
         extra_d = tuple(e.detach() for e in extra)
+        w_hh = None if weight_hh is None else weight_hh.detach()
         prepared = cell.prepare_backward(caches, *extra_d)
         dstate_prev, dxw, dhw = cell.step_backward(tuple(d.clone() for d in dstate),
-                                                   prepared[0], weight_hh.detach(), *extra_d)
+                                                   prepared[0], w_hh, *extra_d)
         dweight_hh, *dextra = cell.param_backward(dhw, caches, *extra_d)
-    hand = [*dstate_prev, dxw, dweight_hh, *([dhw.sum(0)] if bias_hh is not None else []),
-            *dextra]
-    names = ([f"d{name}_prev" for name in cell.state_names] + ["dxw", "dweight_hh"]
-             + (["dbias_hh"] if bias_hh is not None else [])
-             + [f"d{name}" for name in cell.extra_param_shapes(H)])
-    return hand, reference, names
+    hand = [*dstate_prev, dxw, dweight_hh, None if bias_hh is None else dhw.sum(0), *dextra]
+    return [hand[k] for k in kept], reference, [names[k] for k in kept]
 
 
 def fill_gates(param: torch.Tensor, values) -> None:
@@ -200,8 +198,12 @@ def forward_and_grads(module, input, hx=None, leaves=(), **kwargs):
     tensor of ``leaves`` (named ``leaf0``, ``leaf1``, …: the input, hx, …).
     """
     out, state = module(input, hx, **kwargs)
-    outputs = flat_tensors(out, state)
-    names, params = zip(*module.named_parameters())
+    return _outputs_and_grads(flat_tensors(out, state), leaves, module.named_parameters())
+
+
+def _outputs_and_grads(outputs, leaves, named_params):
+    """``(outputs, {name: gradient})`` of the fixed random loss of ``outputs``."""
+    names, params = zip(*named_params)
     leaf_names = [f"leaf{k}" for k in range(len(leaves))]
     found = grads_of(weighted_sum(outputs), [*leaves, *params])
     return outputs, dict(zip([*leaf_names, *names], found))
@@ -215,6 +217,69 @@ def assert_same_results(actual, expected, **tol) -> None:
     names = sorted(grads_e)
     assert_all_close([grads_a[n] for n in names], [grads_e[n] for n in names],
                      [f"grad {n}" for n in names], **tol)
+
+
+def equations_results(step, layer, input, hx, lengths):
+    """What ``forward_and_grads(layer, input, hx, leaves=(input, hx), lengths=lengths)``
+    gives, computed instead from ``step`` — a cell's equations written out in plain torch —
+    under autograd, with the layer's parameters and none of the engine.
+
+    ``step(x_t, h, p) -> h`` maps one example's (I,) input and (H,) state to the new state;
+    ``p`` holds one layer-direction's parameters by their torch.nn names without the
+    ``_l{k}[_reverse]`` suffix. Each example runs alone over its own ``lengths[b]`` tokens
+    (the reverse direction from its last one); ``input`` is (T, B, I) time-major, ``hx``
+    (L*D, B, H) for a cell of one state; layers are joined without dropout.
+    """
+    T, B, _ = input.shape
+    D, H = layer.num_directions, layer.hidden_size
+    params = dict(layer.named_parameters())
+    finals, x = [], input
+    for k in range(layer.num_layers):
+        outs = []
+        for d in range(D):
+            suffix = f"_l{k}" + ("_reverse" if d else "")
+            p = {n.removesuffix(suffix): v for n, v in params.items() if n.endswith(suffix)}
+            columns = []
+            for b, n in enumerate(lengths):
+                h, hs = hx[k * D + d, b], [None] * n
+                for t in (range(n - 1, -1, -1) if d else range(n)):
+                    h = step(x[t, b], h, p)
+                    hs[t] = h
+                finals.append(h)
+                columns.append(torch.stack(hs + [torch.zeros_like(h)] * (T - n)))   # (T, H)
+            outs.append(torch.stack(columns, 1))                                    # (T, B, H)
+        x = torch.cat(outs, 2)
+    outputs = [x, torch.stack(finals).view(layer.num_layers * D, B, H)]
+    return _outputs_and_grads(outputs, (input, hx), params.items())
+
+
+def assert_stack_follows_equations(kind: str, step, backend: str = "bptt") -> None:
+    """A 2-layer bidirectional float64 stack of the one-state cell ``kind`` on a padded
+    batch of variable lengths gives what :func:`equations_results` computes from ``step``:
+    outputs, final states and the gradients w.r.t. the input, h_0 and every parameter."""
+    I, H, lengths = 3, 4, [5, 2, 4, 1]
+    layer = make_layer(kind, {}, I, H, num_layers=2, bidirectional=True, backend=backend,
+                       dtype=torch.float64)
+    x = torch.randn(max(lengths), len(lengths), I, dtype=torch.float64, requires_grad=True)
+    hx = (0.5 * torch.randn(4, len(lengths), H, dtype=torch.float64)).requires_grad_()
+    assert_same_results(forward_and_grads(layer, x, hx, leaves=(x, hx), lengths=lengths),
+                        equations_results(step, layer, x, hx, lengths),
+                        rtol=1e-10, atol=1e-12)
+
+
+@torch.no_grad()
+def outputs_from_scan_coefficients(layer, input) -> torch.Tensor:
+    """A one-layer stack's output (T, B, H) from a zero state, recomputed by the linear
+    recurrence ``h_t = a_t ⊙ h_{t-1} + b_t`` from its cell's ``scan_coefficients`` of the
+    input projection (the seam where a parallel scan would replace the loop)."""
+    T, B, _ = input.shape
+    xw = input.reshape(T * B, -1) @ layer.weight_ih_l0.t() + layer.bias_ih_l0    # (T*B, G*H)
+    a, b = (c.view(T, B, -1) for c in layer.cell.scan_coefficients(xw))
+    h, hs = torch.zeros_like(a[0]), []
+    for a_t, b_t in zip(a, b):
+        h = a_t * h + b_t
+        hs.append(h)
+    return torch.stack(hs)
 
 
 def random_hx(kind: str, *shape, dtype=torch.float32):

@@ -56,11 +56,12 @@ def _engine_results(engine, cell, x, batch_sizes, state0, p, reverse, bias=True)
     b_ih, b_hh = (p["bias_ih"], p["bias_hh"]) if bias else (None, None)
     out, final = engine(cell, x, batch_sizes, state0, p["weight_ih"], p["weight_hh"], b_ih, b_hh,
                         p["extra"], reverse=reverse)
-    wrt = [x, p["weight_ih"], p["weight_hh"], *([b_ih, b_hh] if bias else []), *state0,
-           *p["extra"]]
-    names = (["x", "weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
+    wrt = [x, p["weight_ih"], p["weight_hh"], b_ih, b_hh, *state0, *p["extra"]]
+    names = (["x", "weight_ih", "weight_hh", "bias_ih", "bias_hh"]
              + [f"state0[{k}]" for k in range(len(state0))]
              + [f"extra[{k}]" for k in range(len(p["extra"]))])
+    names = [n for n, t in zip(names, wrt) if t is not None]    # what this cell has
+    wrt = [t for t in wrt if t is not None]
     return [out, *final, *grads_of(weighted_sum((out, final)), wrt)], \
         ["out"] + [f"final[{k}]" for k in range(len(final))] + [f"d{n}" for n in names]
 

@@ -142,9 +142,10 @@ def test_unknown_cell_lists_the_registered_ones():
 
 
 def test_option_a_cell_does_not_take_names_both():
-    with _raises(r"cell 'gru' takes no option 'peephole' \(its options: \['reset_before'\]\)"):
+    with _raises(r"cell 'gru' takes no option 'peephole' \(its options: \['reset_before'\]; "
+                 r"every cell's: \['recurrent_dropout', 'zoneout'\]\)"):
         rnnkit.make_cell("gru", peephole=True)
-    with _raises(r"cell 'lstm_peephole' takes no option 'peephole' \(its options: none\)"):
+    with _raises(r"cell 'lstm_peephole' takes no option 'peephole' \(its options: none;"):
         rnnkit.RecurrentStack(I, H, cell="lstm_peephole", cell_options={"peephole": True})
 
 

@@ -14,12 +14,17 @@ Symbols used by every cell (shapes for ``n`` active rows at one step):
   factors ``step_backward`` reads, another NamedTuple (see :func:`per_step`);
 - ``dxw`` (n, G*H) the gradient of the loss w.r.t. ``xw``;
 - ``dhw`` (n, G*H) the gradient w.r.t. the recurrent pre-activation ``h_prev @ W.T + b_hh``
-  (for most cells the same tensor as ``dxw``); ``bias_hh``'s gradient is ``dhw.sum(0)``.
+  (for most cells the same tensor as ``dxw``); ``bias_hh``'s gradient is ``dhw.sum(0)``;
+- ``weight_hh`` the recurrent weight, of the shape the cell declares in
+  :meth:`Cell.weight_hh_shape`: a (G*H, H) matrix (the default, as in ``torch.nn``), a
+  (G*H,) vector for a diagonal recurrence (IndRNN: ``u ⊙ h_{t-1}``), or None for a cell
+  whose gates read x_t alone (minGRU, minLSTM); such a cell has no ``bias_hh`` either.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -36,13 +41,15 @@ class Cell(ABC):
     """
 
     name: str = "cell"
-    gates: int = 1              # G: weight_ih is (G*H, I), weight_hh is (G*H, H)
+    gates: int = 1              # G: weight_ih is (G*H, I), weight_hh (G*H, H) by default
     gate_names: tuple[str, ...] = ("hidden",)   # the G blocks of the weights, in order
     num_states: int = 1         # 1 for (h,), 2 for (h, c)
     fold_bias_hh: bool = True   # bias_hh may be added to the input projection up front
     native_mode: str | None = None  # name of PyTorch's fused kernel, if it computes this cell
     default_init: str = "uniform"   # the layer's init when none is asked for
     state_names: tuple[str, ...] = ("h",)   # one per state, ("h", "c") for an LSTM
+    # where "uniform" init draws weight_hh from; None: U(−1/√H, 1/√H) as every parameter
+    weight_hh_uniform: tuple[float, float] | None = None
     h_prev_in_product_only: bool = False    # h_{t-1} enters only through h_prev @ W.T (the
                                             # cells where recurrent dropout is exact)
 
@@ -57,12 +64,34 @@ class Cell(ABC):
         return tuple(torch.zeros(batch, hidden_size, dtype=dtype, device=device)
                      for _ in range(self.num_states))
 
+    def weight_hh_shape(self, hidden_size: int) -> tuple[int, ...] | None:
+        """The recurrent weight's shape: (G*H, H) (the default), (G*H,) for a diagonal
+        recurrence, or None for a cell with no recurrent weight (and so no ``bias_hh``)."""
+        return (self.gates * hidden_size, hidden_size)
+
     def extra_param_shapes(self, hidden_size: int) -> dict[str, tuple[int, ...]]:
         """Parameters beyond torch's four (e.g. peepholes): ``{name: shape}``."""
         return {}
 
+    def param_shapes(self, input_size: int, hidden_size: int,
+                     bias: bool = True) -> dict[str, tuple[int, ...]]:
+        """Every parameter of one layer-direction, ``{name: shape}`` in ``torch.nn``'s
+        order: ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``, then the extra ones;
+        ``weight_hh`` and ``bias_hh`` only where :meth:`weight_hh_shape` is not None."""
+        G, H = self.gates, hidden_size
+        recurrent = self.weight_hh_shape(H)
+        shapes = {"weight_ih": (G * H, input_size)}
+        if recurrent is not None:
+            shapes["weight_hh"] = recurrent
+        if bias:
+            shapes["bias_ih"] = (G * H,)
+            if recurrent is not None:
+                shapes["bias_hh"] = (G * H,)
+        shapes.update(self.extra_param_shapes(H))
+        return shapes
+
     @abstractmethod
-    def step_forward(self, xw: Tensor, state: State, weight_hh: Tensor,
+    def step_forward(self, xw: Tensor, state: State, weight_hh: Tensor | None,
                      bias_hh: Tensor | None, *extra: Tensor) -> tuple[State, tuple]:
         """One step: (n, G*H) input projection and (n, H) states -> new states, cache."""
 
@@ -78,7 +107,7 @@ class Cell(ABC):
         return caches
 
     @abstractmethod
-    def step_backward(self, dstate: State, cache: tuple, weight_hh: Tensor,
+    def step_backward(self, dstate: State, cache: tuple, weight_hh: Tensor | None,
                       *extra: Tensor) -> tuple[State, Tensor, Tensor]:
         """Gradient of one step: d(new state) -> (d(previous state), dxw, dhw).
 
@@ -102,12 +131,13 @@ class Cell(ABC):
         return dstate
 
     def param_backward(self, dhw: Tensor, caches: list[tuple],
-                       *extra: Tensor) -> tuple[Tensor, ...]:
+                       *extra: Tensor) -> tuple[Tensor | None, ...]:
         """Gradients of weight_hh and the extra parameters for a whole sequence at once.
 
         ``dhw`` is (N, G*H) for all N packed (time, row) pairs; ``caches`` the per-step
         caches in the same order. The default needs ``cache.h_prev``: one matrix
         product over the stacked time axis, ``dweight_hh = dhw.T @ h_prev`` (G*H, H).
+        A cell with no recurrent weight returns None in its place.
         """
         field = "h_prev" if hasattr(caches[0], "h_prev") else 0   # a plain tuple: h_prev first
         return (dhw.t() @ stacked(caches, field),)         # (G*H, N) @ (N, H)
@@ -139,3 +169,13 @@ def per_step(caches: list[tuple], *tensors: Any) -> list[tuple]:
         return list(zip(*(t.split(sizes) for t in tensors)))
     return [factors(*parts) for parts in zip(*(t.split(sizes) for t in tensors))]
 
+
+TORCH_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def engine_params(params: Mapping[str, Any]) -> tuple:
+    """``(weight_ih, weight_hh, bias_ih, bias_hh, extra)``, the parameter arguments of
+    ``rnnkit.bptt`` and ``rnnkit.autograd``, from one layer-direction's parameters named as
+    :meth:`Cell.param_shapes` names them; None for each of the four a cell or layer lacks."""
+    extra = tuple(p for name, p in params.items() if name not in TORCH_PARAMS)
+    return (*(params.get(name) for name in TORCH_PARAMS), extra)

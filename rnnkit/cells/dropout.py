@@ -52,7 +52,7 @@ class Wrapper(Cell):
     def __init__(self, inner: Cell):
         self.inner = inner
         for name in ("gates", "gate_names", "num_states", "fold_bias_hh", "default_init",
-                     "state_names"):
+                     "state_names", "weight_hh_uniform"):
             setattr(self, name, getattr(inner, name))
         self.native_mode = None                 # PyTorch's kernels know no such noise
         self.training = False
@@ -65,6 +65,9 @@ class Wrapper(Cell):
 
     def initial_state(self, batch, hidden_size, *, dtype=None, device=None):
         return self.inner.initial_state(batch, hidden_size, dtype=dtype, device=device)
+
+    def weight_hh_shape(self, hidden_size):
+        return self.inner.weight_hh_shape(hidden_size)
 
     def extra_param_shapes(self, hidden_size):
         return self.inner.extra_param_shapes(hidden_size)

@@ -27,7 +27,12 @@ from rnnkit.cells.base import Cell
 from rnnkit.cells.dropout import with_noise
 from rnnkit.cells.elman import NONLINEARITIES, ElmanCell
 from rnnkit.cells.gru import GRUCell, GRUResetBeforeCell
+from rnnkit.cells.indrnn import IndRNNCell
+from rnnkit.cells.layernorm_gru import LayerNormGRUCell
+from rnnkit.cells.layernorm_lstm import LayerNormLSTMCell
 from rnnkit.cells.lstm import LSTMCell
+from rnnkit.cells.min_gru import MinGRUCell
+from rnnkit.cells.min_lstm import MinLSTMCell
 
 # Every option a registered cell takes: its help text, and its choices where it has any.
 # One declaration per option; the CLI makes a flag of each (``--peephole``, …).
@@ -93,6 +98,13 @@ register("rnn_sigmoid", lambda: ElmanCell("sigmoid"),
          "Elman RNN with a sigmoid (Mikolov's RNNLM hidden layer)")
 register("irnn", lambda: ElmanCell("relu", default_init="identity"),
          "ReLU Elman RNN with identity recurrent weights (Le, Jaitly & Hinton 2015)")
+register("indrnn", IndRNNCell, "IndRNN, h = relu(W x + u ⊙ h + b), u a vector (Li et al. 2018)")
+register("min_gru", MinGRUCell, "minGRU, gates from x alone (Feng et al. 2024)")
+register("min_lstm", MinLSTMCell, "minLSTM, normalised gates from x alone (Feng et al. 2024)")
+register("layernorm_lstm", LayerNormLSTMCell,
+         "LSTM with layer normalisation of each gate block and of c (Ba et al. 2016)")
+register("layernorm_gru", LayerNormGRUCell,
+         "GRU (reset after) with layer normalisation of each gate block (Ba et al. 2016)")
 
 
 # -- lookup ---------------------------------------------------------------------------------
@@ -161,7 +173,8 @@ def _plain_cell(name: str, options: dict[str, Any]) -> Cell:
     for key, value in options.items():
         if key not in entry.options:
             takes = sorted(entry.options) or "none"
-            raise ValueError(f"cell {name!r} takes no option {key!r} (its options: {takes})")
+            raise ValueError(f"cell {name!r} takes no option {key!r} (its options: {takes}; "
+                             f"every cell's: {sorted(NOISE_OPTIONS)})")
         default = entry.options[key]
         if isinstance(default, bool) and not isinstance(value, bool):
             raise ValueError(f"{key}: expected true or false for cell {name!r}, got {value!r}")

@@ -3,7 +3,9 @@
 ``rnnkit.RNN``, ``rnnkit.LSTM`` and ``rnnkit.GRU`` take the constructor arguments and the
 call signature of their ``torch.nn`` namesakes, hold the same parameters under the same
 names (``weight_ih_l{k}[_reverse]``, ``weight_hh_…``, ``bias_ih_…``, ``bias_hh_…``; gate
-order LSTM i,f,g,o and GRU r,z,n), and add rnnkit's own options:
+order LSTM i,f,g,o and GRU r,z,n); other cells declare theirs
+(:meth:`rnnkit.cells.Cell.param_shapes`: IndRNN's ``weight_hh`` is a vector, minGRU and
+minLSTM have neither ``weight_hh`` nor ``bias_hh``). The layers add rnnkit's own options:
 
 - ``nonlinearity`` "tanh" | "relu" | "sigmoid" (RNN), ``peephole`` (LSTM),
   ``reset_after`` (GRU; True is the PyTorch form, False Cho et al.'s);
@@ -14,8 +16,8 @@ order LSTM i,f,g,o and GRU r,z,n), and add rnnkit's own options:
   reference), or "auto" (see :data:`AUTO_BACKEND`);
 - ``init`` "uniform" | "orthogonal" | "identity" (default: the cell's own, "uniform" but
   for the IRNN) and ``forget_bias`` (see ``layers.init``);
-- ``weight_dropout``: DropConnect on the recurrent matrices in training (AWD-LSTM's
-  weight drop, without patching any module);
+- ``weight_dropout``: DropConnect on the recurrent weights in training (AWD-LSTM's
+  weight drop, without patching any module; refused for a cell without one);
 - ``forward(input, hx=None, lengths=None)``: ``lengths`` gives per-example lengths of a
   padded batch; outputs past an example's length are zero and its final state is the state
   at its own last token.
@@ -42,6 +44,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from rnnkit.autograd import recurrent_autograd, recurrent_bptt
 from rnnkit.bptt import input_projection
 from rnnkit.cells import Cell, make_cell
+from rnnkit.cells.base import engine_params
 from rnnkit.layers.init import check_init, init_layer, set_forget_bias
 from rnnkit.native import native_stack
 
@@ -110,6 +113,9 @@ class RecurrentStack(nn.Module):
         if forget_bias is not None and ("forget" not in self.cell.gate_names or not bias):
             raise ValueError(f"forget_bias: only for a cell with a forget gate and bias=True, "
                              f"got {self.cell!r}")
+        if weight_dropout and self.cell.weight_hh_shape(hidden_size) is None:
+            raise ValueError(f"weight_dropout: the cell {self.cell!r} has no recurrent weight "
+                             f"to drop")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional = bidirectional
@@ -117,45 +123,42 @@ class RecurrentStack(nn.Module):
         self.backend, self.init, self.forget_bias = backend, init, forget_bias
         self.num_directions = 2 if bidirectional else 1
         kw = {"device": device, "dtype": dtype}
-        G, H = self.cell.gates, hidden_size
-        self._param_names: list[list[str]] = []             # per layer-direction, torch order
+        H = hidden_size
+        # per layer-direction, in torch order: {name in the cell's param_shapes: full name}
+        self._param_names: list[dict[str, str]] = []
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else H * self.num_directions
             for direction in range(self.num_directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                shapes = {"weight_ih": (G * H, layer_input), "weight_hh": (G * H, H)}
-                if bias:
-                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
-                shapes.update(self.cell.extra_param_shapes(H))
-                names = []
-                for base, shape in shapes.items():
+                names = {}
+                for base, shape in self.cell.param_shapes(layer_input, H, bias).items():
                     self.register_parameter(base + suffix, nn.Parameter(torch.empty(shape, **kw)))
-                    names.append(base + suffix)
+                    names[base] = base + suffix
                 self._param_names.append(names)
         self.reset_parameters()
 
     # -- parameters ------------------------------------------------------------------------
 
     def _params(self, index: int, for_forward: bool = False):
-        """(weight_ih, weight_hh, bias_ih, bias_hh, extra) of layer-direction ``index``.
+        """(weight_ih, weight_hh, bias_ih, bias_hh, extra) of layer-direction ``index``
+        (None for each of the four the cell or layer does not have).
 
         ``for_forward`` with ``weight_dropout`` in training gives ``weight_hh`` with
         DropConnect applied (Wan et al. 2013; AWD-LSTM's weight drop): a fresh mask per
         forward call, the same for every time step; the parameter itself is never modified.
         """
-        p = [getattr(self, name) for name in self._param_names[index]]
+        p = {base: getattr(self, name) for base, name in self._param_names[index].items()}
         if for_forward and self.weight_dropout and self.training:
-            p[1] = F.dropout(p[1], self.weight_dropout, training=True)
-        if self.bias:
-            return p[0], p[1], p[2], p[3], tuple(p[4:])
-        return p[0], p[1], None, None, tuple(p[2:])
+            p["weight_hh"] = F.dropout(p["weight_hh"], self.weight_dropout, training=True)
+        return engine_params(p)
 
     def reset_parameters(self) -> None:
         """Initialise every parameter by ``self.init`` (and ``self.forget_bias``)."""
         for index in range(len(self._param_names)):
             w_ih, w_hh, b_ih, b_hh, extra = self._params(index)
             biases = [b for b in (b_ih, b_hh) if b is not None]
-            init_layer(self.init, self.hidden_size, w_ih, w_hh, biases, list(extra))
+            init_layer(self.init, self.hidden_size, w_ih, w_hh, biases, list(extra),
+                       weight_hh_uniform=self.cell.weight_hh_uniform)
             if self.forget_bias is not None:
                 set_forget_bias(self.forget_bias, self.hidden_size,
                                 self.cell.gate_names.index("forget"), b_ih, b_hh)
@@ -188,7 +191,7 @@ class RecurrentStack(nn.Module):
         """The state before the first step for ``batch_size`` sequences, in the format of
         ``hx``: (L*D, B, H), or a tuple of such for a cell with several states (LSTM:
         ``(h_0, c_0)``). The cell declares it (zeros for every built-in cell)."""
-        p = getattr(self, self._param_names[0][0])
+        p = getattr(self, self._param_names[0]["weight_ih"])
         per_layer = [self.cell.initial_state(batch_size, self.hidden_size, dtype=p.dtype,
                                              device=p.device)
                      for _ in range(self.num_layers * self.num_directions)]

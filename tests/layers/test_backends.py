@@ -7,6 +7,7 @@ import torch
 from torch.func import functional_call
 
 import rnnkit
+from rnnkit.cells import make_cell
 from conftest import (assert_same_results, each_nonstandard_variant, each_standard_variant,
                       each_variant, each_variant_backend, flat_tensors, forward_and_grads,
                       hx_leaves, make_layer, random_hx)
@@ -117,6 +118,11 @@ def test_detach_state_keeps_nested_structure():
 @each_variant_backend
 def test_weight_dropout_acts_only_in_training_and_never_changes_parameters(kind, options,
                                                                          backend):
+    if make_cell(kind, **options).weight_hh_shape(H) is None:     # nothing to drop: refused
+        with pytest.raises(ValueError, match=r"weight_dropout: the cell .* has no recurrent "
+                                             r"weight to drop"):
+            make_layer(kind, options, I, H, backend=backend, weight_dropout=0.5)
+        return
     layer = make_layer(kind, options, I, H, num_layers=2, backend=backend, weight_dropout=0.5)
     plain = make_layer(kind, options, I, H, num_layers=2, backend=backend)
     plain.load_state_dict(layer.state_dict())

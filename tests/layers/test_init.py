@@ -16,14 +16,26 @@ def _params(layer, prefix):
     return [(n, p.detach()) for n, p in layer.named_parameters() if n.startswith(prefix)]
 
 
+def _recurrent_blocks(w):
+    """The (H, H) recurrent matrix of each gate block of ``weight_hh``: its rows, or the
+    diagonal matrix of a diagonal recurrence's (H,) vector."""
+    return [b if b.dim() == 2 else torch.diag(b) for b in w.split(H)]
+
+
+def _weights_hh(layer):
+    """Every weight_hh of a 2-layer bidirectional stack: four, or none for a cell
+    without a recurrent weight."""
+    weights_hh = _params(layer, "weight_hh")
+    assert len(weights_hh) == (0 if layer.cell.weight_hh_shape(H) is None else 4)
+    return weights_hh
+
+
 @each_variant
 def test_orthogonal_init_makes_each_recurrent_block_orthogonal(kind, options):
     layer = make_layer(kind, options, I, H, init="orthogonal", **STACK)
-    weights_hh = _params(layer, "weight_hh")
-    assert len(weights_hh) == 4
     eye = torch.eye(H)
-    for name, w in weights_hh:
-        blocks = w.split(H)
+    for name, w in _weights_hh(layer):
+        blocks = _recurrent_blocks(w)
         assert len(blocks) == layer.cell.gates
         for block in blocks:
             torch.testing.assert_close(block @ block.t(), eye, atol=1e-5, rtol=0,
@@ -41,8 +53,8 @@ def test_orthogonal_init_makes_each_recurrent_block_orthogonal(kind, options):
 def test_identity_init_makes_recurrent_blocks_identity_and_biases_zero(kind, options):
     layer = make_layer(kind, options, I, H, init="identity", **STACK)
     eye = torch.eye(H)
-    for name, w in _params(layer, "weight_hh"):
-        for block in w.split(H):
+    for name, w in _weights_hh(layer):
+        for block in _recurrent_blocks(w):
             assert torch.equal(block, eye), name
     for name, w in _params(layer, "weight_ih"):                 # N(0, 0.001²)
         assert 0 < w.abs().max() < 0.01, name
@@ -74,10 +86,16 @@ def test_uniform_default_init_is_bounded_by_one_over_sqrt_hidden(kind, options):
         layer = make_layer(kind, options, I, H, init="uniform", **STACK)
     assert layer.init == "uniform"
     bound = 1.0 / math.sqrt(H)
+    scaled = []                                                 # every value, range -> [-1, 1]
     for name, p in layer.named_parameters():
-        assert p.abs().max() <= bound, name
-        assert p.abs().max() > 0.5 * bound, name                # spread over the range
+        low, high = (-bound, bound)
+        if name.startswith("weight_hh") and layer.cell.weight_hh_uniform is not None:
+            low, high = layer.cell.weight_hh_uniform             # the cell's own range
+        assert low <= p.min() and p.max() <= high, name
         assert p.unique().numel() == p.numel(), name             # not a constant
+        scaled.append((2 * p.detach().flatten() - low - high) / (high - low))
+    scaled = torch.cat(scaled)
+    assert scaled.min() < -0.9 and scaled.max() > 0.9           # spread over the ranges
 
 
 def test_irnn_starts_at_the_identity():
