@@ -4,6 +4,9 @@
     python benchmarks/memory.py reber      # embedded Reber grammar, LSTM vs tanh RNN
     python benchmarks/memory.py flow       # gradient flow at T=200, tanh RNN vs LSTM,
                                            # untrained and trained (LSTM: 8000 steps)
+    python benchmarks/memory.py indrnn     # IndRNN (2 layers, as the paper) at T=200, 1000
+
+Any table takes ``--cells`` (registered names), ``--lengths`` and ``--layers``.
 
 Budgets are fixed numbers of Adam steps (batch 50, 128 hidden units), stated in the
 output; figures go to ``benchmarks/results/memory_<name>.json`` and pictures to
@@ -26,15 +29,15 @@ from rnnkit.diagnostics import adding_batch, gradient_flow, plot_gradient_flow  
 from rnnkit.diagnostics.memory import MemoryModel, fit_memory_model  # noqa: E402
 
 
-def run_table(task: str, lengths, cells, steps: int) -> list[dict]:
+def run_table(task: str, lengths, cells, steps: int, layers: int = 1) -> list[dict]:
     rows = []
     for length in lengths:
         for cell in cells:
-            _, r = fit_memory_model(task, length, cell, steps=steps)
-            rows.append({**r.__dict__, "solved": r.solved})
-            print(f"{task:7s} T={length:<4d} {cell:5s} {r.metric} {r.value:.4f} (baseline "
-                  f"{r.baseline:.4f}) {'solved' if r.solved else '-'} [{steps} steps, "
-                  f"{r.seconds:.0f} s]", flush=True)
+            _, r = fit_memory_model(task, length, cell, steps=steps, layers=layers)
+            rows.append({**r.__dict__, "layers": layers, "solved": r.solved})
+            print(f"{task:7s} T={length:<4d} {cell:6s} {layers}x128 {r.metric} {r.value:.4f} "
+                  f"(baseline {r.baseline:.4f}) {'solved' if r.solved else '-'} [{steps} "
+                  f"steps, {r.seconds:.0f} s]", flush=True)
     return rows
 
 
@@ -67,17 +70,24 @@ def flow_figure(length: int, steps: int, lstm_steps: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", choices=["adding", "reber", "flow"])
+    parser.add_argument("name", choices=["adding", "reber", "flow", "indrnn"])
     parser.add_argument("--steps", type=int, default=0, help="override the step budget")
+    parser.add_argument("--cells", default="", help="comma-separated registered cells")
+    parser.add_argument("--lengths", default="", help="comma-separated sequence lengths")
+    parser.add_argument("--layers", type=int, default=0, help="recurrent layers")
     parser.add_argument("--lstm-steps", type=int, default=8000,
                         help="flow: the LSTM's training steps (default 8000)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    if args.name == "adding":
-        result = run_table("adding", [50, 100, 200], ["rnn", "lstm", "gru", "irnn"],
-                           args.steps or 2000)
-    elif args.name == "reber":
-        result = run_table("reber", [10], ["rnn", "lstm"], args.steps or 3000)
+    # name -> (task, lengths, cells, steps, layers)
+    tables = {"adding": ("adding", [50, 100, 200], ["rnn", "lstm", "gru", "irnn"], 2000, 1),
+              "reber": ("reber", [10], ["rnn", "lstm"], 3000, 1),
+              "indrnn": ("adding", [200, 1000], ["indrnn"], 8000, 2)}
+    if args.name in tables:
+        task, lengths, cells, steps, layers = tables[args.name]
+        result = run_table(task, [int(n) for n in args.lengths.split(",")] if args.lengths
+                           else lengths, args.cells.split(",") if args.cells else cells,
+                           args.steps or steps, args.layers or layers)
     else:
         result = flow_figure(200, args.steps or 2000, args.lstm_steps)
     minutes = (time.perf_counter() - started) / 60

@@ -203,12 +203,14 @@ def test_forget_bias_on_a_layer_without_forget_gate(cls):
 
 @pytest.mark.parametrize("kind", ["gru", "rnn", "gru_reset_before"])
 def test_forget_bias_rejected_by_generic_stack(kind):
-    with _raises(r"forget_bias: only for a cell with a forget gate and bias=True"):
+    with _raises(r"forget_bias: only for a cell with a forget gate whose biases reach it "
+                 r"\(and bias=True\)"):
         rnnkit.RecurrentStack(I, H, cell=kind, forget_bias=1.0)
 
 
 def test_forget_bias_on_lstm_without_bias():
-    with _raises(r"forget_bias: only for a cell with a forget gate and bias=True"):
+    with _raises(r"forget_bias: only for a cell with a forget gate whose biases reach it "
+                 r"\(and bias=True\)"):
         rnnkit.LSTM(I, H, bias=False, forget_bias=1.0)
 
 

@@ -52,6 +52,17 @@ class Cell(ABC):
     weight_hh_uniform: tuple[float, float] | None = None
     h_prev_in_product_only: bool = False    # h_{t-1} enters only through h_prev @ W.T (the
                                             # cells where recurrent dropout is exact)
+    biases_shift_gates: bool = True         # bias_ih/bias_hh add to the gates as they are
+                                            # (False where a normalisation cancels them,
+                                            # which makes forget_bias meaningless)
+    # extra parameters that start at a constant whatever the init scheme (a layer norm's
+    # gains at 1 and shifts at 0): {name: value}
+    extra_param_values: dict[str, float] = {}
+
+    def recurrent_weight_limit(self, length: int) -> float | None:
+        """The largest |weight_hh| entry the cell's paper allows for sequences of
+        ``length`` steps (a constraint a training loop may apply), or None."""
+        return None
 
     def for_mode(self, training: bool) -> "Cell":
         """The cell for one layer-direction's forward in ``training`` or evaluation mode:

@@ -20,7 +20,8 @@ Initialisation (``default_init = "uniform"``, ``weight_hh_uniform``): ``weight_h
 U(0, 1), the paper's setting when the sequence length is not known; the other parameters
 U(−1/√H, 1/√H) as PyTorch's. For a known length T the paper draws ``weight_hh`` from
 U(0, 2^(1/T)) and keeps ``|weight_hh| ≤ 2^(1/T)`` during training — a constraint the
-training loop applies (clamp ``weight_hh`` after each optimiser step), not the cell.
+training loop applies (clamp ``weight_hh`` after each optimiser step), not the cell, which
+declares it (``recurrent_weight_limit``; the memory tasks apply it).
 ``init="identity"`` and ``"orthogonal"`` set u = 1 (see :mod:`rnnkit.layers.init`).
 
 Backward, the forward read in reverse::
@@ -61,6 +62,9 @@ class IndRNNCell(Cell):
 
     def weight_hh_shape(self, hidden_size):
         return (hidden_size,)                               # u: one weight per unit
+
+    def recurrent_weight_limit(self, length):
+        return 2.0 ** (1.0 / length)                        # |u| ≤ 2^(1/T): growth ≤ 2 over T
 
     def step_forward(self, xw, state, weight_hh, bias_hh, *extra):
         (h_prev,) = state                                   # (n, H)

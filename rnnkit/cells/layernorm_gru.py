@@ -32,8 +32,8 @@ them is cancelled, the rest shifts the pattern that is normalised; ``bias=False`
 cell without them. (``bias_hh`` stays inside the recurrent pre-activation so that the
 engine's rule ``dL/dbias_hh = Σ dhw`` holds.)
 
-Initialisation: the paper starts the scales at 1 and the shifts at 0; the layer's schemes
-treat them as any other parameter ("uniform": U(−1/√H, 1/√H); "orthogonal", "identity": 0).
+Initialisation: the scales start at 1 and the shifts at 0, as in the paper, whatever the
+layer's scheme (``extra_param_values``); the scheme initialises the weights and biases.
 """
 
 from __future__ import annotations
@@ -78,6 +78,9 @@ class LayerNormGRUCell(Cell):
     gate_names = ("reset", "update", "candidate")
     num_states = 1
     fold_bias_hh = False    # bias_hh is normalised with h W.T, not with the input projection
+    biases_shift_gates = False      # normalised away per block
+    extra_param_values = {"ln_scale_ih": 1.0, "ln_shift_ih": 0.0, "ln_scale_hh": 1.0,
+                          "ln_shift_hh": 0.0}
 
     def extra_param_shapes(self, hidden_size):
         G, H = self.gates, hidden_size

@@ -31,8 +31,8 @@ normalised; ``bias=False`` gives the paper's cell exactly. The engine's rule
 
 Textbook names: U_k the rows of ``weight_ih`` for gate k, W_k those of ``weight_hh``.
 
-Initialisation: the paper starts the scales at 1 and the shifts at 0; the layer's schemes
-treat them as any other parameter ("uniform": U(−1/√H, 1/√H); "orthogonal", "identity": 0).
+Initialisation: the scales start at 1 and the shifts at 0, as in the paper, whatever the
+layer's scheme (``extra_param_values``); the scheme initialises the weights and biases.
 """
 
 from __future__ import annotations
@@ -84,6 +84,9 @@ class LayerNormLSTMCell(Cell):
     state_names = ("h", "c")
     fold_bias_hh = False    # bias_hh is normalised with h W.T, not with the input projection
     h_prev_in_product_only = True
+    biases_shift_gates = False      # normalised away per block: forget_bias would do nothing
+    extra_param_values = {"ln_scale_ih": 1.0, "ln_shift_ih": 0.0, "ln_scale_hh": 1.0,
+                          "ln_shift_hh": 0.0, "ln_scale_c": 1.0, "ln_shift_c": 0.0}
 
     def extra_param_shapes(self, hidden_size):
         G, H = self.gates, hidden_size

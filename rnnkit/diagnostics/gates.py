@@ -82,23 +82,37 @@ class MatrixStats:
 
 
 def recurrent_matrix_statistics(model: nn.Module) -> list[MatrixStats]:
-    """Spectral radius and largest singular value of each gate block of every ``weight_hh``."""
-    rows = []
+    """Spectral radius and largest singular value of each gate block of every ``weight_hh``.
+
+    A diagonal recurrent weight (IndRNN's u, a vector) is a diagonal matrix: both figures
+    are max |u|. Layers whose cell has no recurrent weight (minGRU, minLSTM) have nothing
+    to report; a model made only of such layers is an error saying so.
+    """
+    rows, weightless = [], []
     for prefix, module in model.named_modules():
         if not isinstance(module, RecurrentStack):
             continue
         cell = module.cell
         names = (cell.gate_names if len(cell.gate_names) == cell.gates
                  else tuple(f"block {k}" for k in range(cell.gates)))
+        if cell.weight_hh_shape(module.hidden_size) is None:
+            weightless.append(repr(cell))
+            continue
         for name, p in module.named_parameters():
             if not name.startswith("weight_hh"):
                 continue
             full = f"{prefix}.{name}" if prefix else name
             w = p.detach().double().cpu()
             for gate, block in zip(names, w.split(module.hidden_size)):
-                rows.append(MatrixStats(full, gate,
-                                        torch.linalg.eigvals(block).abs().max().item(),
-                                        torch.linalg.matrix_norm(block, ord=2).item()))
+                if block.dim() == 1:                        # diag(u): |eigenvalues| = |u|
+                    radius = norm = block.abs().max().item()
+                else:
+                    radius = torch.linalg.eigvals(block).abs().max().item()
+                    norm = torch.linalg.matrix_norm(block, ord=2).item()
+                rows.append(MatrixStats(full, gate, radius, norm))
+    if not rows and weightless:
+        raise ValueError(f"model: its recurrent layers ({', '.join(sorted(set(weightless)))}) "
+                         f"have no recurrent weight matrix to analyse")
     if not rows:
         raise ValueError(f"model: a {type(model).__name__} has no rnnkit recurrent layer")
     return rows

@@ -114,9 +114,9 @@ def reber_batch(batch: int, length: int, g: torch.Generator) -> tuple[Tensor, Te
 # -- the models -------------------------------------------------------------------------------
 
 class MemoryModel(nn.Module):
-    """rnnkit recurrent layer (+ embedding for symbol tasks) and a linear read-out."""
+    """rnnkit recurrent stack (+ embedding for symbol tasks) and a linear read-out."""
 
-    def __init__(self, task: str, cell: str, hidden: int):
+    def __init__(self, task: str, cell: str, hidden: int, layers: int = 1):
         super().__init__()
         self.task = task
         inputs = {"adding": 2, "copy": 10, "reber": len(REBER_SYMBOLS)}[task]
@@ -125,8 +125,9 @@ class MemoryModel(nn.Module):
         if self.embed is not None:
             nn.init.eye_(self.embed.weight)                  # one-hot inputs
             self.embed.weight.requires_grad_(False)
-        gated = "forget" in make_cell(cell).gate_names
-        self.rnn = RecurrentStack(inputs, hidden, cell=cell,
+        declared = make_cell(cell)
+        gated = "forget" in declared.gate_names and declared.biases_shift_gates
+        self.rnn = RecurrentStack(inputs, hidden, layers, cell=cell,
                                   forget_bias=1.0 if gated else None)   # Jozefowicz et al.
         self.out = nn.Linear(hidden, outputs)
 
@@ -182,22 +183,26 @@ class MemoryResult:
 
 
 def train_memory_task(task: str, length: int, cell: str, *, steps: int = 1000,
-                      batch: int = 50, hidden: int = 128, seed: int = 0,
+                      batch: int = 50, hidden: int = 128, layers: int = 1, seed: int = 0,
                       test_batches: int = 4) -> MemoryResult:
     """Train one model on one task for ``steps`` Adam steps; report the test figure."""
     return fit_memory_model(task, length, cell, steps=steps, batch=batch, hidden=hidden,
-                            seed=seed, test_batches=test_batches)[1]
+                            layers=layers, seed=seed, test_batches=test_batches)[1]
 
 
 def fit_memory_model(task: str, length: int, cell: str, *, steps: int = 1000,
-                     batch: int = 50, hidden: int = 128, seed: int = 0,
+                     batch: int = 50, hidden: int = 128, layers: int = 1, seed: int = 0,
                      test_batches: int = 4) -> tuple[MemoryModel, MemoryResult]:
-    """:func:`train_memory_task`, also returning the trained model."""
+    """:func:`train_memory_task`, also returning the trained model. Where the cell's paper
+    bounds its recurrent weight for sequences of this length
+    (``Cell.recurrent_weight_limit``: IndRNN's |u| ≤ 2^(1/T)), every step ends by clamping
+    ``weight_hh`` to it."""
     if task not in TASKS:
         raise ValueError(f"task: expected one of {list(TASKS)}, got {task!r}")
-    make_cell(cell)                                     # an unknown name lists the known
+    limit = make_cell(cell).recurrent_weight_limit(length)  # an unknown name lists the known
     torch.manual_seed(seed)
-    model = MemoryModel(task, cell, hidden)
+    model = MemoryModel(task, cell, hidden, layers)
+    recurrent = [p for name, p in model.rnn.named_parameters() if name.startswith("weight_hh")]
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=LEARNING_RATES.get(cell, DEFAULT_LR))
     train_g = torch.Generator().manual_seed(seed)
@@ -210,6 +215,10 @@ def fit_memory_model(task: str, length: int, cell: str, *, steps: int = 1000,
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        if limit is not None:
+            with torch.no_grad():
+                for p in recurrent:
+                    p.clamp_(-limit, limit)
     model.eval()
     with torch.no_grad():
         values = [_loss(model, _BATCH[task](batch * 4, length, test_g))[1]

@@ -110,9 +110,10 @@ class RecurrentStack(nn.Module):
         if backend == "native" and self.cell.native_mode is None:
             raise ValueError(f"backend: 'native' has no PyTorch kernel for the cell "
                              f"{self.cell!r}; use 'bptt', 'autograd' or 'auto'")
-        if forget_bias is not None and ("forget" not in self.cell.gate_names or not bias):
-            raise ValueError(f"forget_bias: only for a cell with a forget gate and bias=True, "
-                             f"got {self.cell!r}")
+        if forget_bias is not None and ("forget" not in self.cell.gate_names or not bias
+                                        or not self.cell.biases_shift_gates):
+            raise ValueError(f"forget_bias: only for a cell with a forget gate whose biases "
+                             f"reach it (and bias=True), got {self.cell!r}")
         if weight_dropout and self.cell.weight_hh_shape(hidden_size) is None:
             raise ValueError(f"weight_dropout: the cell {self.cell!r} has no recurrent weight "
                              f"to drop")
@@ -159,6 +160,9 @@ class RecurrentStack(nn.Module):
             biases = [b for b in (b_ih, b_hh) if b is not None]
             init_layer(self.init, self.hidden_size, w_ih, w_hh, biases, list(extra),
                        weight_hh_uniform=self.cell.weight_hh_uniform)
+            with torch.no_grad():
+                for base, value in self.cell.extra_param_values.items():   # LN gains = 1, …
+                    getattr(self, self._param_names[index][base]).fill_(value)
             if self.forget_bias is not None:
                 set_forget_bias(self.forget_bias, self.hidden_size,
                                 self.cell.gate_names.index("forget"), b_ih, b_hh)

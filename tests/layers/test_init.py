@@ -88,6 +88,10 @@ def test_uniform_default_init_is_bounded_by_one_over_sqrt_hidden(kind, options):
     bound = 1.0 / math.sqrt(H)
     scaled = []                                                 # every value, range -> [-1, 1]
     for name, p in layer.named_parameters():
+        constant = name.rsplit("_l", 1)[0]
+        if constant in layer.cell.extra_param_values:           # a declared constant start
+            assert torch.equal(p, torch.full_like(p, layer.cell.extra_param_values[constant]))
+            continue
         low, high = (-bound, bound)
         if name.startswith("weight_hh") and layer.cell.weight_hh_uniform is not None:
             low, high = layer.cell.weight_hh_uniform             # the cell's own range
@@ -96,6 +100,21 @@ def test_uniform_default_init_is_bounded_by_one_over_sqrt_hidden(kind, options):
         scaled.append((2 * p.detach().flatten() - low - high) / (high - low))
     scaled = torch.cat(scaled)
     assert scaled.min() < -0.9 and scaled.max() > 0.9           # spread over the ranges
+
+
+@pytest.mark.parametrize("init", ["uniform", "orthogonal", "identity"])
+@pytest.mark.parametrize("kind", ["layernorm_lstm", "layernorm_gru"])
+def test_layer_norm_gains_start_at_one_and_shifts_at_zero(kind, init):
+    layer = rnnkit.RecurrentStack(I, H, 2, cell=kind, init=init, bidirectional=True)
+    values = layer.cell.extra_param_values
+    assert values and set(values) == set(layer.cell.extra_param_shapes(H))
+    for name, p in layer.named_parameters():
+        base = name.rsplit("_l", 1)[0]
+        if base.startswith("ln_"):
+            assert torch.equal(p, torch.full_like(p, values[base])), name
+    with pytest.raises(ValueError, match="forget_bias: only for a cell with a forget gate "
+                                         "whose biases reach it"):
+        rnnkit.RecurrentStack(I, H, cell=kind, forget_bias=1.0)
 
 
 def test_irnn_starts_at_the_identity():
