@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     if args.max_minutes is not None and args.max_minutes != s["train"].max_minutes:
         s["train"] = dataclasses.replace(s["train"], max_minutes=args.max_minutes)
         run += f"_{args.max_minutes:g}min"
+    if args.threads:
+        run += f"_{args.threads}thread"
     out = Path(args.out or ROOT / "runs" / f"bench-{run[3:]}")
     if (out / "train_state.safetensors").exists():
         print(f"{out} holds a finished run; remove it to measure again")

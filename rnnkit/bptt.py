@@ -156,6 +156,7 @@ def unroll_backward(cell: Cell, dout: Tensor, dfinal: State, caches: list[tuple]
     finished: list[State] = []
     dxws: list[Tensor] = [None] * T
     dhws: list[Tensor] = [None] * T
+    kept: list[Tensor] = [None] * T                         # what the cell keeps, if anything
     for k, t in enumerate(order):
         if k % block == 0:
             ts = order[k:k + block]
@@ -165,9 +166,12 @@ def unroll_backward(cell: Cell, dout: Tensor, dfinal: State, caches: list[tuple]
         dh = dstate[0] + dout[start:start + n]              # output and next step both use h_t
         if observe is not None:
             observe(t, cell.full_state_grad((dh, *dstate[1:]), steps[t]))
-        dstate, dxws[t], dhws[t] = cell.step_backward((dh, *dstate[1:]), steps[t],
-                                                      weight_hh, *extra)
+        dstate, dxws[t], dhws[t], *rest = cell.step_backward((dh, *dstate[1:]), steps[t],
+                                                             weight_hh, *extra)
+        if rest:
+            kept[t] = rest[0]
     dxw = torch.cat(dxws)                                   # (N, G*H)
     dhw = dxw if all(a is b for a, b in zip(dxws, dhws)) else torch.cat(dhws)
-    dweight_hh, *dextra = cell.param_backward(dhw, caches, *extra)
+    extra_grads = {} if kept[0] is None else {"kept": torch.cat(kept)}
+    dweight_hh, *dextra = cell.param_backward(dhw, caches, *extra, **extra_grads)
     return dxw, dhw, _join(dstate, finished), dweight_hh, tuple(dextra)

@@ -176,9 +176,10 @@ def step_backward_and_autograd(cell, n: int = 3, hidden_size: int = 4):
         extra_d = tuple(e.detach() for e in extra)
         w_hh = None if weight_hh is None else weight_hh.detach()
         prepared = cell.prepare_backward(caches, *extra_d)
-        dstate_prev, dxw, dhw = cell.step_backward(tuple(d.clone() for d in dstate),
-                                                   prepared[0], w_hh, *extra_d)
-        dweight_hh, *dextra = cell.param_backward(dhw, caches, *extra_d)
+        dstate_prev, dxw, dhw, *rest = cell.step_backward(tuple(d.clone() for d in dstate),
+                                                          prepared[0], w_hh, *extra_d)
+        dweight_hh, *dextra = cell.param_backward(dhw, caches, *extra_d,
+                                                  **({"kept": rest[0]} if rest else {}))
     hand = [*dstate_prev, dxw, dweight_hh, None if bias_hh is None else dhw.sum(0), *dextra]
     return [hand[k] for k in kept], reference, [names[k] for k in kept]
 

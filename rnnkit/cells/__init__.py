@@ -3,9 +3,15 @@
 The registry (:mod:`rnnkit.cells.registry`) is the one list of cells; each cell has its
 own file:
 
-- :mod:`rnnkit.cells.elman` — Elman RNN (tanh, ReLU, sigmoid; IRNN)
-- :mod:`rnnkit.cells.lstm`  — LSTM, optional peepholes
-- :mod:`rnnkit.cells.gru`   — GRU, reset gate after (PyTorch) or before (Cho et al.)
+- :mod:`rnnkit.cells.elman`          — Elman RNN (tanh, ReLU, sigmoid; IRNN)
+- :mod:`rnnkit.cells.lstm`           — LSTM, optional peepholes
+- :mod:`rnnkit.cells.gru`            — GRU, reset gate after (PyTorch) or before (Cho et al.)
+- :mod:`rnnkit.cells.indrnn`         — IndRNN (Li et al. 2018), a diagonal recurrence
+- :mod:`rnnkit.cells.min_gru`, :mod:`rnnkit.cells.min_lstm` — minimal GRU/LSTM (Feng et al.
+  2024), gates of x_t alone
+- :mod:`rnnkit.cells.layernorm_lstm`, :mod:`rnnkit.cells.layernorm_gru` — layer-normalised
+  LSTM and GRU (Ba, Kiros & Hinton 2016)
+- :mod:`rnnkit.cells.dropout`        — zoneout and variational recurrent dropout, for any cell
 """
 
 from rnnkit.cells.base import Cell

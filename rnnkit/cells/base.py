@@ -120,7 +120,10 @@ class Cell(ABC):
     @abstractmethod
     def step_backward(self, dstate: State, cache: tuple, weight_hh: Tensor | None,
                       *extra: Tensor) -> tuple[State, Tensor, Tensor]:
-        """Gradient of one step: d(new state) -> (d(previous state), dxw, dhw).
+        """Gradient of one step: d(new state) -> (d(previous state), dxw, dhw), or with a
+        fourth element ``kept`` (n, K): per-step gradients the parameters need besides dhw
+        (a layer norm's gains see the gradient after the normalisation), which the engine
+        stacks in the caches' order and hands to :meth:`param_backward` as ``kept``.
 
         ``cache`` is that step's entry of :meth:`prepare_backward`'s result.
         """
@@ -141,12 +144,13 @@ class Cell(ABC):
         """
         return dstate
 
-    def param_backward(self, dhw: Tensor, caches: list[tuple],
-                       *extra: Tensor) -> tuple[Tensor | None, ...]:
+    def param_backward(self, dhw: Tensor, caches: list[tuple], *extra: Tensor,
+                       kept: Tensor | None = None) -> tuple[Tensor | None, ...]:
         """Gradients of weight_hh and the extra parameters for a whole sequence at once.
 
         ``dhw`` is (N, G*H) for all N packed (time, row) pairs; ``caches`` the per-step
-        caches in the same order. The default needs ``cache.h_prev``: one matrix
+        caches in the same order; ``kept`` (N, K) what :meth:`step_backward` kept, if it
+        keeps anything. The default needs ``cache.h_prev``: one matrix
         product over the stacked time axis, ``dweight_hh = dhw.T @ h_prev`` (G*H, H).
         A cell with no recurrent weight returns None in its place.
         """

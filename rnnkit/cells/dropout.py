@@ -103,13 +103,13 @@ class Zoneout(Wrapper):
 
     def step_backward(self, dstate, cache, weight_hh, *extra):
         dnew = tuple(ds * (1 - d) for ds, d in zip(dstate, cache.keep))   # ds̃ = (1 − d) ds
-        dprev, dxw, dhw = self.inner.step_backward(dnew, cache.inner, weight_hh, *extra)
+        dprev, dxw, dhw, *kept = self.inner.step_backward(dnew, cache.inner, weight_hh, *extra)
         dprev = tuple(torch.addcmul(dp, ds, d)                              # + d ⊙ ds
                       for dp, ds, d in zip(dprev, dstate, cache.keep))
-        return dprev, dxw, dhw
+        return (dprev, dxw, dhw, *kept)
 
-    def param_backward(self, dhw, caches, *extra):
-        return self.inner.param_backward(dhw, [c.inner for c in caches], *extra)
+    def param_backward(self, dhw, caches, *extra, **kept):
+        return self.inner.param_backward(dhw, [c.inner for c in caches], *extra, **kept)
 
     def full_state_grad(self, dstate: State, factors) -> State:
         return dstate           # the zoned state's gradient as the next step hands it
@@ -168,11 +168,13 @@ class RecurrentDropout(Wrapper):
         return [RecurrentDropoutFactors(f, c.mask) for f, c in zip(inner, caches)]
 
     def step_backward(self, dstate, cache, weight_hh, *extra):
-        dprev, dxw, dhw = self.inner.step_backward(dstate, cache.inner, weight_hh, *extra)
-        return (dprev[0] * cache.mask, *dprev[1:]), dxw, dhw         # dh_{t-1} = dh_in ⊙ m
+        dprev, dxw, dhw, *kept = self.inner.step_backward(dstate, cache.inner, weight_hh,
+                                                          *extra)
+        return ((dprev[0] * cache.mask, *dprev[1:]), dxw, dhw,     # dh_{t-1} = dh_in ⊙ m
+                *kept)
 
-    def param_backward(self, dhw, caches, *extra):
-        return self.inner.param_backward(dhw, [c.inner for c in caches], *extra)
+    def param_backward(self, dhw, caches, *extra, **kept):
+        return self.inner.param_backward(dhw, [c.inner for c in caches], *extra, **kept)
 
     def full_state_grad(self, dstate, factors):
         return self.inner.full_state_grad(dstate, factors.inner)

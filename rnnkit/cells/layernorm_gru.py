@@ -58,7 +58,6 @@ class LayerNormGRUCache(NamedTuple):
     rstd_x: Tensor      # (n, 3, 1) 1/sqrt(σ² + ε) of each block of xw
     h_hat: Tensor       # (n, 3H) N(hw)
     rstd_h: Tensor      # (n, 3, 1)
-    dnorm: Tensor       # (n, 6H) filled by step_backward: [dL/dax | dL/dah], see param_backward
 
 
 class LayerNormGRUFactors(NamedTuple):
@@ -67,7 +66,7 @@ class LayerNormGRUFactors(NamedTuple):
     F_x: Tensor         # (n, 3H) dL/dax = [dh, dh, dh] ⊙ F_x
     F_h: Tensor         # (n, 3H) dL/dah = [dh, dh, dh] ⊙ F_h
     z: Tensor           # (n, H) the direct path dh_{t-1} += z ⊙ dh
-    cache: LayerNormGRUCache    # the step's forward cache (normalised values, dnorm)
+    cache: LayerNormGRUCache    # the step's forward cache (normalised values)
 
 
 class LayerNormGRUCell(Cell):
@@ -90,7 +89,7 @@ class LayerNormGRUCell(Cell):
     def step_forward(self, xw, state, weight_hh, bias_hh, *extra):
         w_x, b_x, w_h, b_h = extra                          # γ_x, β_x, γ_h, β_h
         (h_prev,) = state                                   # (n, H)
-        n, H = h_prev.shape
+        H = h_prev.shape[1]
         x_hat, rstd_x, h_hat, rstd_h = normalize_products(xw, h_prev, weight_hh, bias_hh, 3)
         ax = torch.addcmul(b_x, x_hat, w_x)                 # γ_x ⊙ N(xw) + β_x   (n, 3H)
         ah = torch.addcmul(b_h, h_hat, w_h)                 # γ_h ⊙ N(hw) + β_h
@@ -99,8 +98,7 @@ class LayerNormGRUCell(Cell):
         ah_n = ah[:, 2 * H:]
         cand = (ax[:, 2 * H:] + r * ah_n).tanh()            # n = tanh(ax_n + r ⊙ ah_n)
         h = cand + z * (h_prev - cand)                      # (1 − z) n + z h_{t-1}
-        return (h,), LayerNormGRUCache(h_prev, rz, cand, ah_n, x_hat, rstd_x, h_hat, rstd_h,
-                                       xw.new_empty(n, 6 * H))
+        return (h,), LayerNormGRUCache(h_prev, rz, cand, ah_n, x_hat, rstd_x, h_hat, rstd_h)
 
     def prepare_backward(self, caches, *extra):
         """Per-step factors of the backward, for all steps at once (see step_backward)."""
@@ -124,15 +122,14 @@ class LayerNormGRUCell(Cell):
         dxw = normalize_backward(dax * w_x, cache.x_hat, cache.rstd_x)  # dL/dxw = N'ᵀ(dax ⊙ γ_x)
         dhw = normalize_backward(dah * w_h, cache.h_hat, cache.rstd_h)  # dL/dhw = N'ᵀ(dah ⊙ γ_h)
         dh_prev = torch.addmm(dh * factors.z, dhw, weight_hh)  # direct path z ⊙ dh, plus dhw W
-        torch.cat([dax, dah], 1, out=cache.dnorm)           # kept for param_backward
-        return (dh_prev,), dxw, dhw
+        return (dh_prev,), dxw, dhw, torch.cat([dax, dah], 1)   # kept for the gains (n, 6H)
 
-    def param_backward(self, dhw, caches, *extra):
+    def param_backward(self, dhw, caches, *extra, kept=None):
         """dweight_hh = dhwᵀ h_{t-1}, and the layer norms' gains and biases, each one sum over
-        the stacked time axis of what step_backward kept in ``cache.dnorm``: the engine hands
-        this method dhw alone, from which dL/dax and dL/dah cannot be recovered."""
+        the stacked time axis of ``kept``, the dL/dax and dL/dah that step_backward returned (they
+        cannot be recovered from dhw)."""
         (dweight_hh,) = super().param_backward(dhw, caches)
-        dax, dah = stacked(caches, "dnorm").chunk(2, 1)     # (N, 3H) each
+        dax, dah = kept.chunk(2, 1)                         # (N, 3H) each
         x_hat, h_hat = stacked(caches, "x_hat"), stacked(caches, "h_hat")
         return (dweight_hh,
                 (dax * x_hat).sum(0), dax.sum(0),           # dL/dγ_x = Σ dax ⊙ N(xw), dL/dβ_x

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from rnnkit.cells.base import Cell, per_step, stacked
 from rnnkit.cells.layernorm import normalize, normalize_backward, normalize_products
+from rnnkit.cells.lstm import gate_factors
 
 
 class LayerNormLSTMCache(NamedTuple):
@@ -61,7 +62,6 @@ class LayerNormLSTMCache(NamedTuple):
     c_hat: Tensor       # (n, H) N(c_t)
     rstd_c: Tensor      # (n, 1, 1)
     tanh_u: Tensor      # (n, H) tanh(u), u = γ_c ⊙ N(c_t) + β_c
-    dnorm: Tensor       # (n, 5H) filled by step_backward: [dL/da | dL/du], see param_backward
 
 
 class LayerNormLSTMFactors(NamedTuple):
@@ -71,7 +71,7 @@ class LayerNormLSTMFactors(NamedTuple):
     du_dh: Tensor       # (n, H) dL/du = dh ⊙ o ⊙ (1 − tanh²u)
     dchat_dh: Tensor    # (n, H) dL/dN(c) = dh ⊙ o ⊙ (1 − tanh²u) ⊙ γ_c
     f: Tensor           # (n, H) dc_{t-1} = dc ⊙ f
-    cache: LayerNormLSTMCache   # the step's forward cache (normalised values, dnorm)
+    cache: LayerNormLSTMCache   # the step's forward cache (normalised values)
 
 
 class LayerNormLSTMCell(Cell):
@@ -97,7 +97,7 @@ class LayerNormLSTMCell(Cell):
     def step_forward(self, xw, state, weight_hh, bias_hh, *extra):
         w_x, b_x, w_h, b_h, w_c, b_c = extra                # γ_x, β_x, γ_h, β_h, γ_c, β_c
         h_prev, c_prev = state                              # (n, H) each
-        n, H = c_prev.shape
+        H = c_prev.shape[1]
         x_hat, rstd_x, h_hat, rstd_h = normalize_products(xw, h_prev, weight_hh, bias_hh, 4)
         a = torch.addcmul(b_x + b_h, x_hat, w_x).addcmul_(h_hat, w_h)  # (n, 4H)
         sig = a.sigmoid()                                   # i, f, o in one call (g unused)
@@ -108,21 +108,15 @@ class LayerNormLSTMCell(Cell):
         tu = torch.addcmul(b_c, c_hat, w_c).tanh()          # tanh(u), u = γ_c ⊙ N(c_t) + β_c
         h = o * tu                                          # h_t = o ⊙ tanh(u)
         return (h, c), LayerNormLSTMCache(h_prev, c_prev, x_hat, rstd_x, h_hat, rstd_h, sig,
-                                          g, c, c_hat, rstd_c, tu, xw.new_empty(n, 5 * H))
+                                          g, c, c_hat, rstd_c, tu)
 
     def prepare_backward(self, caches, *extra):
         """Per-step factors of the backward, for all steps at once (see step_backward)."""
         w_c = extra[4]                                      # γ_c
         c_prev, sig, g, tu = (stacked(caches, k) for k in ("c_prev", "gates", "g", "tanh_u"))
         H = g.shape[1]
-        i, f, o = sig[:, :H], sig[:, H:2 * H], sig[:, 3 * H:]
-        # da = [dc, dc, dc, dh] ⊙ F with, per gate block,
-        # da_i = dc g σ'(i),  da_f = dc c_{t-1} σ'(f),  da_g = dc i (1 − g²),  da_o = dh tanh(u) σ'(o)
-        F = sig - sig * sig                                 # σ' = σ(1 − σ)    (N, 4H)
-        F[:, 2 * H:3 * H] = i * (1 - g * g)
-        F[:, :H] *= g
-        F[:, H:2 * H] *= c_prev
-        F[:, 3 * H:] *= tu
+        f, o = sig[:, H:2 * H], sig[:, 3 * H:]
+        F = gate_factors(sig, g, c_prev, tu)                # da = [dc, dc, dc, dh] ⊙ F
         du_dh = o * (1 - tu * tu)                           # du = dh ⊙ o ⊙ (1 − tanh²u)
         return [LayerNormLSTMFactors(*parts, cache) for parts, cache in
                 zip(per_step(caches, F, du_dh, du_dh * w_c, f), caches)]
@@ -140,17 +134,16 @@ class LayerNormLSTMCell(Cell):
         dhw = normalize_backward(da * w_h, cache.h_hat, cache.rstd_h)  # dL/dhw = N'ᵀ(da ⊙ γ_h)
         dh_prev = dhw @ weight_hh                           # dL/dh_{t-1} = dhw W
         dc_prev = dc * factors.f                            # dL/dc_{t-1} = dc ⊙ f
-        torch.cat([da, du], 1, out=cache.dnorm)             # kept for param_backward
-        return (dh_prev, dc_prev), dxw, dhw
+        kept = torch.cat([da, du], 1)                       # for the gains: (n, 5H)
+        return (dh_prev, dc_prev), dxw, dhw, kept
 
-    def param_backward(self, dhw, caches, *extra):
+    def param_backward(self, dhw, caches, *extra, kept=None):
         """dweight_hh = dhwᵀ h_{t-1}, and the layer norms' gains and biases, each one sum over
-        the stacked time axis of what step_backward kept in ``cache.dnorm``: the engine hands
-        this method dhw alone, from which dL/da and dL/du cannot be recovered."""
+        the stacked time axis of ``kept``, the dL/da and dL/du that step_backward returned (they
+        cannot be recovered from dhw)."""
         (dweight_hh,) = super().param_backward(dhw, caches)
         H = dhw.shape[1] // 4
-        dnorm = stacked(caches, "dnorm")                    # (N, 5H)
-        da, du = dnorm[:, :4 * H], dnorm[:, 4 * H:]
+        da, du = kept[:, :4 * H], kept[:, 4 * H:]           # (N, 4H), (N, H)
         x_hat, h_hat, c_hat = (stacked(caches, k) for k in ("x_hat", "h_hat", "c_hat"))
         dbias = da.sum(0)                                   # dL/dβ_x = dL/dβ_h = Σ da
         return (dweight_hh,

@@ -46,6 +46,22 @@ class LSTMFactors(NamedTuple):
     dc_prev_dc: Tensor  # (n, H) dc_{t-1} = dc ⊙ dc_prev_dc: f [+ peephole paths]
 
 
+def gate_factors(gates: Tensor, g: Tensor, c_prev: Tensor, tanh_out: Tensor) -> Tensor:
+    """F of ``dL/da = [dc, dc, dc, dh] ⊙ F`` for the gate pre-activations a (i, f, g, o),
+    from the gates (N, 4H) [σ(a_i), σ(a_f), ·, σ(a_o)], the candidate g, c_{t-1} and the
+    tanh that the output gate multiplies (tanh c_t; a layer-normalised cell's tanh u)::
+
+        da_i = dc g σ'(i),  da_f = dc c_{t-1} σ'(f),  da_g = dc i (1 − g²),  da_o = dh tanh σ'(o)
+    """
+    H = g.shape[1]
+    F = gates - gates * gates                               # σ' = σ(1 − σ)    (N, 4H)
+    F[:, 2 * H:3 * H] = gates[:, :H] * (1 - g * g)
+    F[:, :H] *= g
+    F[:, H:2 * H] *= c_prev
+    F[:, 3 * H:] *= tanh_out
+    return F
+
+
 class LSTMCell(Cell):
     """LSTM step on states ``(h, c)``; ``peephole=True`` adds the diagonal peepholes."""
 
@@ -92,14 +108,8 @@ class LSTMCell(Cell):
         """Per-step factors of the backward, for all steps at once (see step_backward)."""
         c_prev, sig, g, tc = (stacked(caches, k) for k in ("c_prev", "gates", "g", "tanh_c"))
         H = g.shape[1]
-        i, f, o = sig[:, :H], sig[:, H:2 * H], sig[:, 3 * H:]
-        # da = [dc, dc, dc, dh] ⊙ F with, per gate block,
-        # da_i = dc g σ'(i),  da_f = dc c_{t-1} σ'(f),  da_g = dc i (1 − g²),  da_o = dh tanh(c) σ'(o)
-        F = sig - sig * sig                                 # σ' = σ(1 − σ)    (N, 4H)
-        F[:, 2 * H:3 * H] = i * (1 - g * g)
-        F[:, :H] *= g
-        F[:, H:2 * H] *= c_prev
-        F[:, 3 * H:] *= tc
+        f, o = sig[:, H:2 * H], sig[:, 3 * H:]
+        F = gate_factors(sig, g, c_prev, tc)                # da = [dc, dc, dc, dh] ⊙ F
         dc_dh = o * (1 - tc * tc)                           # dc gains dh ⊙ o ⊙ (1 − tanh²c)
         dc_prev_dc = f                                      # dc_{t-1} = dc ⊙ f
         if self.peephole:

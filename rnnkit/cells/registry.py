@@ -17,6 +17,8 @@ Adding a cell: write ``rnnkit/cells/<name>.py`` and add one :func:`register` lin
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -128,6 +130,8 @@ def _user_cell_class(spec: str) -> type[Cell]:
     if not module_name or not class_name:
         raise ValueError(f"cell: expected 'package.module:Class' for a cell of your own, "
                          f"got {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())     # as `python -m` and uvicorn: the working folder
     try:
         module = importlib.import_module(module_name)
     except Exception as error:      # any failure of the user's module is their input error
