@@ -15,6 +15,7 @@ The files, one job each:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rnnkit.cli.parsing import Parser
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
+    except BrokenPipeError:             # `rnnkit generate … | head`: the reader has had enough
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # no second error while Python flushes stdout
+        return 0
     except (ValueError, OSError) as error:
         print(f"rnnkit: error: {error}", file=sys.stderr)
         return 2

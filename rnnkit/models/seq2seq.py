@@ -186,6 +186,20 @@ class Seq2Seq(nn.Module):
         logits = self.output(F.dropout(attn, self.config.dropout, self.training))
         return logits, weights, state, attn[-1]
 
+    @torch.no_grad()
+    def decode_step(self, tokens: Tensor, state, feed: Tensor | None, memory: Tensor,
+                    keys: Tensor, mask: Tensor):
+        """One decoder step for inference, through the decoder's ``step``: tokens (B,),
+        feed (B, H) or None -> logits (B, V), attention weights (1, B, S), the new state,
+        the attentional vector (B, H) (the next step's feed)."""
+        x = self.target_embedding(tokens)                                 # (B, E)
+        if self.config.input_feeding:
+            feed = x.new_zeros(x.shape[0], self.config.hidden_size) if feed is None else feed
+            x = torch.cat([x, feed], dim=-1)
+        s, state = self.decoder.step(x, state)                            # (B, H)
+        attn, weights = self._attend(s[None], keys, memory, mask)         # (1, B, H)
+        return self.output(attn[0]), weights, state, attn[0]
+
     def forward(self, source: Tensor, source_lengths: Tensor, target_inputs: Tensor) -> Tensor:
         """source (S, B), lengths (B,), target inputs (T, B) -> logits (T, B, V)."""
         memory, mask, state = self.encode(source, source_lengths)
@@ -224,14 +238,10 @@ class TranslationSearch:
         """tokens (k,) — the last token of each of k hypotheses — and their state ->
         log-probabilities (k, V) of the next token, new state."""
         state, feed, memory, keys, mask = search_state
-        m = self.model
-        x = m.target_embedding(tokens)[None]                               # (1, B, E)
-        if m.config.input_feeding:
-            x = torch.cat([x, feed], dim=-1)
-        s, state = m.decoder(x, state)                                     # (1, B, H)
-        attn, self.weights = m._attend(s, keys, memory, mask)
-        log_probs = torch.log_softmax(m.output(attn[0]), dim=-1)           # (B, V)
-        return log_probs, (state, attn, memory, keys, mask)
+        logits, self.weights, state, attn = self.model.decode_step(tokens, state, feed[0],
+                                                                   memory, keys, mask)
+        log_probs = torch.log_softmax(logits, dim=-1)                      # (B, V)
+        return log_probs, (state, attn[None], memory, keys, mask)
 
     def prime(self, tokens: Tensor, search_state):
         """tokens (T, 1) (the begin symbol) -> log-probabilities (1, V) after them, state."""
@@ -252,8 +262,8 @@ def greedy_translate(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: i
     feed, outputs, weights = None, [], []
     done = torch.zeros(B, dtype=torch.bool, device=source.device)
     for _ in range(max_len):
-        logits, w, state, feed = model.decode(tokens, memory, mask, state, feed, keys)
-        tokens = logits[-1].argmax(-1)[None]                              # (1, B)
+        logits, w, state, feed = model.decode_step(tokens[0], state, feed, memory, keys, mask)
+        tokens = logits.argmax(-1)[None]                                  # (1, B)
         outputs.append(tokens[0])
         weights.append(w)
         done |= tokens[0] == EOS_ID
