@@ -92,7 +92,8 @@ def main(argv=None) -> int:
         result = flow_figure(200, args.steps or 2000, args.lstm_steps)
     minutes = (time.perf_counter() - started) / 60
     print(f"{minutes:.1f} min on {torch.get_num_threads()} threads")
-    write_results(f"memory_{args.name}", {"result": result, "minutes": minutes})
+    name = f"memory_{args.name}" + (f"_{args.lengths.replace(',', '-')}" if args.lengths else "")
+    write_results(name, {"result": result, "minutes": minutes})
     return 0
 
 

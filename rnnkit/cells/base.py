@@ -59,6 +59,11 @@ class Cell(ABC):
     # gains at 1 and shifts at 0): {name: value}
     extra_param_values: dict[str, float] = {}
 
+    # the attributes above: what a wrapper (rnnkit.cells.dropout) copies from the cell it wraps
+    DECLARATIONS = ("name", "gates", "gate_names", "num_states", "fold_bias_hh", "default_init",
+                    "state_names", "weight_hh_uniform", "h_prev_in_product_only",
+                    "biases_shift_gates", "extra_param_values")
+
     def recurrent_weight_limit(self, length: int) -> float | None:
         """The largest |weight_hh| entry the cell's paper allows for sequences of
         ``length`` steps (a constraint a training loop may apply), or None."""

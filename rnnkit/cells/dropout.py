@@ -51,17 +51,21 @@ class Wrapper(Cell):
 
     def __init__(self, inner: Cell):
         self.inner = inner
-        for name in ("gates", "gate_names", "num_states", "fold_bias_hh", "default_init",
-                     "state_names", "weight_hh_uniform"):
+        for name in Cell.DECLARATIONS:
             setattr(self, name, getattr(inner, name))
         self.native_mode = None                 # PyTorch's kernels know no such noise
         self.training = False
 
     def for_mode(self, training: bool) -> Cell:
-        """A copy for one layer-direction's forward in ``training`` mode (fresh masks)."""
+        """A copy for one layer-direction's forward in ``training`` mode, the cells it
+        wraps too (fresh masks for each)."""
         cell = copy.copy(self)
+        cell.inner = self.inner.for_mode(training)
         cell.training = training
         return cell
+
+    def recurrent_weight_limit(self, length):
+        return self.inner.recurrent_weight_limit(length)
 
     def initial_state(self, batch, hidden_size, *, dtype=None, device=None):
         return self.inner.initial_state(batch, hidden_size, dtype=dtype, device=device)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +46,9 @@ OPTION_HELP: dict[str, str] = {
     "reset_before": "gru: reset gate before the recurrent product (Cho et al. 2014)",
     "zoneout": "any cell: each state unit keeps its previous value with this probability "
                "in training (Krueger et al. 2016)",
-    "recurrent_dropout": "elman and lstm cells: one dropout mask per sequence on h_{t-1} "
-                         "inside the recurrence (Gal & Ghahramani 2016)",
+    "recurrent_dropout": "one dropout mask per sequence on h_{t-1} inside the recurrence (Gal "
+                         "& Ghahramani 2016); cells whose h_{t-1} enters only their "
+                         "recurrent product: rnn*, irnn, lstm*, layernorm_lstm, indrnn",
 }
 # Options every cell takes: training-time noise added by a wrapper (rnnkit.cells.dropout).
 NOISE_OPTIONS: dict[str, float] = {"zoneout": 0.0, "recurrent_dropout": 0.0}
@@ -125,12 +128,34 @@ def all_options() -> dict[str, Any]:
     return defaults
 
 
+# Loading a model never runs code a file names: while a model's config.json or a run.json
+# is read (inside named_by_file()), a user cell's module must be imported already — by the
+# program that loads the model — unless the user says otherwise in this variable.
+TRUST_ENV = "RNNKIT_TRUST_CELLS"
+_NAMED_BY_FILE: ContextVar[str] = ContextVar("rnnkit_cells_named_by_file", default="")
+
+
+@contextmanager
+def named_by_file(path):
+    """Cells built inside are named by the file ``path`` (see :data:`TRUST_ENV`)."""
+    token = _NAMED_BY_FILE.set(str(path))
+    try:
+        yield
+    finally:
+        _NAMED_BY_FILE.reset(token)
+
+
 def _user_cell_class(spec: str) -> type[Cell]:
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
         raise ValueError(f"cell: expected 'package.module:Class' for a cell of your own, "
                          f"got {spec!r}")
-    if "" not in sys.path and os.getcwd() not in sys.path:
+    trusted = not _NAMED_BY_FILE.get() or os.environ.get(TRUST_ENV) == "1"
+    if not trusted and module_name not in sys.modules:
+        raise ValueError(f"cell {spec!r}: named by {_NAMED_BY_FILE.get()}, and rnnkit never "
+                         f"imports a module a model file names; import {module_name} in "
+                         f"your program first, or set {TRUST_ENV}=1 to let rnnkit import it")
+    if trusted and "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())     # as `python -m` and uvicorn: the working folder
     try:
         module = importlib.import_module(module_name)
@@ -167,9 +192,9 @@ def _plain_cell(name: str, options: dict[str, Any]) -> Cell:
         cls = _user_cell_class(name)
         try:
             return cls(**options)
-        except (TypeError, ValueError) as error:
+        except Exception as error:  # any failure of the user's constructor is their input
             raise ValueError(f"cell {name!r}: cannot build it with options {options} "
-                             f"({error})") from None
+                             f"({type(error).__name__}: {error})") from None
     entry = REGISTRY.get(name)
     if entry is None:
         raise ValueError(f"cell: unknown {name!r}; expected one of {cell_names()} or "
@@ -205,6 +230,8 @@ def options_from_legacy_fields(name: str, fields: Mapping[str, Any]) -> dict[str
     """rnnkit 0.1 model configs held cell options as fields of their own
     (``nonlinearity``, ``peephole``, ``reset_after``): the options of today's form that
     cell ``name`` takes and that differ from its defaults."""
+    if is_user_cell(name):
+        return {}                   # 0.1 had no cells of users' own
     given = {"nonlinearity": fields.get("nonlinearity", "tanh"),
              "peephole": fields.get("peephole", False),
              "reset_before": not fields.get("reset_after", True)}

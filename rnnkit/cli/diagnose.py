@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rnnkit.cells import cell_names
 from rnnkit.cli.parsing import device_and_json, model_command
 
 
@@ -144,11 +145,13 @@ def run_bench_memory(args) -> int:
         make_cell(cell)             # an unknown name lists the registered ones
     if args.steps < 1:
         raise ValueError(f"--steps: expected >= 1, got {args.steps}")
+    if args.layers < 1:
+        raise ValueError(f"--layers: expected >= 1, got {args.layers}")
     results = []
     for length in lengths:
         for cell in cells:
             r = train_memory_task(args.task, length, cell, steps=args.steps, seed=args.seed,
-                                  hidden=args.hidden)
+                                  hidden=args.hidden, layers=args.layers)
             results.append(r)
             if not args.json:
                 print(f"{r.task:7s} T={r.length:<4d} {r.cell:5s} {r.metric} {r.value:.4f} "
@@ -212,7 +215,9 @@ def _add_bench(commands) -> None:
     memory.add_argument("--task", default="adding", help="adding | copy | reber")
     memory.add_argument("--length", default="50,100,200", help="comma-separated lengths")
     memory.add_argument("--cells", default="rnn,lstm,gru,irnn",
-                        help="comma-separated: rnn (tanh), lstm, gru, irnn (ReLU, identity)")
+                        help="comma-separated registered cells: " + ", ".join(cell_names())
+                        + " (default rnn,lstm,gru,irnn)")
+    memory.add_argument("--layers", type=int, default=1, help="recurrent layers (1)")
     memory.add_argument("--steps", type=int, default=1000, help="Adam steps per model")
     memory.add_argument("--hidden", type=int, default=128, help="hidden units (128)")
     memory.add_argument("--seed", type=int, default=0, help="random seed")

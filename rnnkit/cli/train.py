@@ -66,6 +66,8 @@ def model_directory(args, spec, file: dict, log) -> str:
     """--out (or the config file's ``out``); else the task's default directory, numbered
     on when it holds a run already."""
     out = args.out or file.get("out")
+    if out is not None and not isinstance(out, str):
+        raise ValueError(f"out: expected a folder name in the config file, got {out!r}")
     if out:
         return out
     if not spec.default_out:

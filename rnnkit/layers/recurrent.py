@@ -43,7 +43,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from rnnkit.autograd import recurrent_autograd, recurrent_bptt
 from rnnkit.bptt import input_projection
-from rnnkit.cells import Cell, make_cell
+from rnnkit.cells import Cell, is_user_cell, make_cell
 from rnnkit.cells.base import engine_params
 from rnnkit.layers.init import check_init, init_layer, set_forget_bias
 from rnnkit.native import native_stack
@@ -171,8 +171,8 @@ class RecurrentStack(nn.Module):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        if self.cell_name is not None:      # rebuilt from the registry on load
-            del state["cell"]
+        if self.cell_name is not None and not is_user_cell(self.cell_name):
+            del state["cell"]               # rebuilt from the registry on load
         return state
 
     def __setstate__(self, state):

@@ -130,10 +130,10 @@ class LMConfig:
         ``peephole``, ``reset_after``) in today's form: those in ``cell_options``."""
         d = dict(d)
         legacy = {k: d.pop(k) for k in ("nonlinearity", "peephole", "reset_after") if k in d}
-        options = dict(d.get("cell_options", {}))
-        if legacy and isinstance(d.get("cell", "lstm"), str):
-            options.update(options_from_legacy_fields(d.get("cell", "lstm"), legacy))
-        d["cell_options"] = options
+        options = d.get("cell_options", {})
+        if legacy and isinstance(d.get("cell", "lstm"), str) and isinstance(options, dict):
+            options = {**options, **options_from_legacy_fields(d.get("cell", "lstm"), legacy)}
+        d["cell_options"] = options               # anything but a table: check_cell says so
         return d
 
 

@@ -77,6 +77,9 @@ class Seq2SeqConfig:
         if self.tie_embeddings and self.embedding_size != self.hidden_size:
             raise ValueError(f"tie_embeddings: needs embedding_size == hidden_size, got "
                              f"{self.embedding_size} and {self.hidden_size}")
+        if self.input_feeding and self.cell_options.get("recurrent_dropout"):
+            raise ValueError("recurrent_dropout: with input_feeding the decoder runs one step "
+                             "per call, so one mask per sequence cannot hold; use zoneout")
 
     def to_dict(self) -> dict:
         return asdict(self)

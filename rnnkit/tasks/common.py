@@ -145,3 +145,5 @@ def config_from_dict(cls, d: dict, where: str):
         return cls(**d)
     except TypeError as error:
         raise ValueError(f"{where}: not a valid model configuration ({error})") from None
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None

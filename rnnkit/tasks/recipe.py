@@ -20,6 +20,7 @@ was started with, so that ``resume`` needs nothing else.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from rnnkit import checkpoint
+from rnnkit.cells.registry import named_by_file
 from rnnkit.config import check_cell, field_default
 from rnnkit.tasks.common import config_from_dict, device_of
 from rnnkit.train import Trainer, TrainConfig
@@ -198,8 +200,9 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
         options = model_settings(spec, model_options)
         train_cfg = train_settings(spec, data_cfg, train_cfg)
     prepared = spec.prepare(data_cfg, options, out, resume=resume, log=log)
-    model_cfg = config_from_dict(spec.model_config, {**options, **prepared.sizes},
-                                 "model options")
+    with named_by_file(out / RUN) if resume else nullcontext():
+        model_cfg = config_from_dict(spec.model_config, {**options, **prepared.sizes},
+                                     str(out / RUN) if resume else "model options")
     if not resume:
         save_run(out, spec, data_cfg, model_cfg, train_cfg, prepared.files)
     log(prepared.report)
@@ -237,7 +240,9 @@ def load_model(spec: TaskSpec, directory: str | Path, config: dict, device: str 
     where = Path(directory) / checkpoint.CONFIG
     if not isinstance(config.get("model"), dict):
         raise ValueError(f"{where}: no valid model configuration")
-    model_cfg = config_from_dict(spec.model_config, _legacy(spec, config["model"]), str(where))
+    with named_by_file(where):
+        model_cfg = config_from_dict(spec.model_config, _legacy(spec, config["model"]),
+                                     str(where))
     for key, size in (sizes or {}).items():
         if getattr(model_cfg, key) != size:
             raise ValueError(f"{directory}: the model's vocabulary sizes do not match its "

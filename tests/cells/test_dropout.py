@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.cells import make_cell
+from rnnkit.cells import Cell, make_cell
 from rnnkit.check import check_cell
 
 T, B, I, H = 7, 3, 4, 5
@@ -19,15 +19,19 @@ def _lstm_step(x, h, c, w_ih, w_hh, b):
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def _zoneout_reference(layer, x, p, training):
+def _zoneout_reference(layer, x, p, training, recurrent_dropout=0.0):
     """Krueger et al.: s_t = d ⊙ s_{t-1} + (1 − d) ⊙ s̃_t, d ~ Bernoulli(p) per unit (h, then
-    c, at every step); the expectation p s_{t-1} + (1 − p) s̃_t in evaluation."""
+    c, at every step); the expectation p s_{t-1} + (1 − p) s̃_t in evaluation. With
+    ``recurrent_dropout`` the cell reads h_{t-1} ⊙ m, m drawn once, before the first step."""
     w_ih, w_hh = layer.weight_ih_l0, layer.weight_hh_l0
     b = layer.bias_ih_l0 + layer.bias_hh_l0
     h = c = x.new_zeros(B, H)
+    mask = torch.ones_like(h)
+    if training and recurrent_dropout:
+        mask = torch.bernoulli(torch.full_like(h, 1 - recurrent_dropout)) / (1 - recurrent_dropout)
     outs = []
     for t in range(T):
-        h_new, c_new = _lstm_step(x[t], h, c, w_ih, w_hh, b)
+        h_new, c_new = _lstm_step(x[t], h * mask, c, w_ih, w_hh, b)
         if training:
             d_h = torch.bernoulli(torch.full_like(h_new, p))
             d_c = torch.bernoulli(torch.full_like(c_new, p))
@@ -59,6 +63,48 @@ def test_zoneout_lstm_matches_the_paper_equations_and_gradients(training):
     if training:                                # some units kept, some updated
         kept = (results[0][0][1:] == results[0][0][:-1]).double().mean()
         assert 0.1 < kept < 0.5
+
+
+def test_zoneout_and_recurrent_dropout_together_match_the_equations():
+    """Both noises at once: the wrapped cell is in training mode too (its mask is drawn)."""
+    options = {"zoneout": 0.3, "recurrent_dropout": 0.5}
+    layer = rnnkit.RecurrentStack(I, H, cell="lstm", cell_options=options, backend="bptt",
+                                  dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    torch.manual_seed(5)
+    out, _ = layer(x)
+    torch.manual_seed(5)
+    ref, _, _ = _zoneout_reference(layer, x, 0.3, True, recurrent_dropout=0.5)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    torch.manual_seed(5)
+    ref_without_mask, _, _ = _zoneout_reference(layer, x, 0.3, True)
+    assert not torch.allclose(out, ref_without_mask)
+
+
+@pytest.mark.parametrize("name", sorted(rnnkit.cell_names()))
+@pytest.mark.parametrize("options", [{"zoneout": 0.1}, {"recurrent_dropout": 0.1}],
+                         ids=["zoneout", "recurrent_dropout"])
+def test_noise_keeps_every_declaration_of_the_cell(name, options):
+    plain = make_cell(name)
+    try:
+        noisy = make_cell(name, **options)
+    except ValueError:                          # a cell that refuses recurrent dropout
+        assert not plain.h_prev_in_product_only
+        return
+    for key in Cell.DECLARATIONS:
+        if key != "name":
+            assert getattr(noisy, key) == getattr(plain, key), key
+    assert noisy.weight_hh_shape(4) == plain.weight_hh_shape(4)
+    assert noisy.extra_param_shapes(4) == plain.extra_param_shapes(4)
+    assert noisy.recurrent_weight_limit(100) == plain.recurrent_weight_limit(100)
+
+
+def test_input_feeding_decoder_refuses_recurrent_dropout():
+    from rnnkit.models.seq2seq import Seq2SeqConfig
+
+    with pytest.raises(ValueError, match="recurrent_dropout: with input_feeding the decoder"):
+        Seq2SeqConfig(source_vocab_size=5, target_vocab_size=5, cell="lstm",
+                      cell_options={"recurrent_dropout": 0.2}, input_feeding=True)
 
 
 def test_recurrent_dropout_rnn_matches_the_paper_equations_and_gradients():

@@ -100,3 +100,36 @@ def test_no_code_outside_cells_branches_on_a_cell_name():
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_loading_never_imports_a_module_a_model_file_names(tmp_path, monkeypatch):
+    from rnnkit.cells.registry import TRUST_ENV, named_by_file
+
+    (tmp_path / "planted_cell_mod.py").write_text(
+        "raise RuntimeError('this module ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    with named_by_file(tmp_path / "config.json"), pytest.raises(
+            ValueError, match=rf"named by .*config.json, and rnnkit never imports a module a "
+                              rf"model file names; import planted_cell_mod in your program "
+                              rf"first, or set {TRUST_ENV}=1"):
+        make_cell("planted_cell_mod:Cell")
+    import examples.gated_cell  # noqa: F401  (imported by the program: allowed)
+    with named_by_file(tmp_path / "config.json"):
+        assert make_cell("examples.gated_cell:GatedCell").name == "gated"
+    monkeypatch.setenv(TRUST_ENV, "1")
+    with named_by_file(tmp_path / "config.json"), pytest.raises(
+            ValueError, match="cannot import 'planted_cell_mod' .RuntimeError: this module ran"):
+        make_cell("planted_cell_mod:Cell")
+
+
+def test_a_user_cell_whose_constructor_fails_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"cell 'examples.gated_cell:GatedCell': cannot build "
+                                         r"it with options \{'width': 3\} \(TypeError"):
+        make_cell("examples.gated_cell:GatedCell", width=3)
+
+
+def test_config_json_with_cell_options_not_a_table_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"cell_options: expected (dict|a table of options), got 5"):
+        LMConfig.from_dict({"vocab_size": 10, "cell": "gru", "reset_after": False,
+                            "cell_options": 5})

@@ -5,13 +5,15 @@ import torch
 
 import rnnkit
 from rnnkit.bptt import input_projection
+from rnnkit.cells.base import engine_params
 from rnnkit.diagnostics import gradient_flow, plot_gradient_flow
 
 
 def _explicit_state_grads(layer, x, weights):
     """dL/dh_t (and dL/dc_t) by autograd on a hand-written unroll with retained states."""
     cell = layer.cell
-    w_ih, w_hh, b_ih, b_hh, extra = layer._params(0)
+    params = {name[:-3]: p for name, p in layer.named_parameters() if name.endswith("_l0")}
+    w_ih, w_hh, b_ih, b_hh, extra = engine_params(params)
     T, B, _ = x.shape
     xw = input_projection(cell, x.reshape(T * B, -1), w_ih, b_ih, b_hh).view(T, B, -1)
     state = tuple(torch.zeros(B, layer.hidden_size, dtype=x.dtype) for _ in range(cell.num_states))

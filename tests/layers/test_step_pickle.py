@@ -100,3 +100,12 @@ def test_every_registered_cell_pickles_as_a_stack(kind, options):
     x = torch.randn(T, B, I)
     torch.testing.assert_close(loaded(x)[0], layer(x)[0], rtol=0, atol=0)
     assert type(loaded.cell) is type(layer.cell)
+
+
+def test_a_stack_of_a_user_cell_by_path_pickles_and_copies():
+    import copy
+
+    layer = rnnkit.RecurrentStack(I, H, cell="examples.gated_cell:GatedCell")
+    x = torch.randn(T, B, I)
+    for clone in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        torch.testing.assert_close(clone(x)[0], layer(x)[0], rtol=0, atol=0)
