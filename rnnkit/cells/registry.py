@@ -152,9 +152,9 @@ def _user_cell_class(spec: str) -> type[Cell]:
                          f"got {spec!r}")
     trusted = not _NAMED_BY_FILE.get() or os.environ.get(TRUST_ENV) == "1"
     if not trusted and module_name not in sys.modules:
-        raise ValueError(f"cell {spec!r}: named by {_NAMED_BY_FILE.get()}, and rnnkit never "
-                         f"imports a module a model file names; import {module_name} in "
-                         f"your program first, or set {TRUST_ENV}=1 to let rnnkit import it")
+        raise ValueError(f"cell {spec!r}: rnnkit never imports a module that a model file "
+                         f"names; import {module_name} in your program first, or set "
+                         f"{TRUST_ENV}=1 to let rnnkit import it")
     if trusted and "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())     # as `python -m` and uvicorn: the working folder
     try:
