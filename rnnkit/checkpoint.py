@@ -17,12 +17,14 @@ file's metadata and restored on load.
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes, save_file
 from torch import Tensor
 
 import rnnkit
@@ -49,7 +51,26 @@ def save_tensors(path: str | Path, tensors: dict[str, Tensor], meta: dict | None
             seen[key] = name
         unique[name] = t.to("cpu").contiguous().clone()
     header = {"meta": meta or {}, "aliases": aliases}
-    atomic_write(path, lambda tmp: save_file(unique, tmp, metadata={_META_KEY: json.dumps(header)}))
+    metadata = {_META_KEY: json.dumps(header)}
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(unique, tmp, metadata=metadata)
+        except SafetensorError as error:         # its I/O errors, e.g. a full disk
+            raise _os_error(error) from None
+
+    size = sum(t.numel() * t.element_size() for t in unique.values()) + len(metadata[_META_KEY])
+    atomic_write(path, write, size=size + 1024 * (len(unique) + 1))
+
+
+def _os_error(error: SafetensorError) -> OSError:
+    """safetensors reports an I/O error as text ("IoError(Os { code: 28, kind: StorageFull,
+    … })"): the OSError it stands for, so that it is reported like any other."""
+    text = str(error)
+    found = re.search(r"code: (\d+)", text)
+    code = int(found.group(1)) if found else (errno.ENOSPC if "StorageFull" in text
+                                               or "No space left" in text else errno.EIO)
+    return OSError(code, text)
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict]:
@@ -58,15 +79,32 @@ def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint file")
     try:
-        tensors = load_file(str(path), device="cpu")
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            header = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
+        # Read into memory, not memory-mapped: no tensor returned keeps the file mapped, so
+        # a file replaced later (the next train state) frees its disk space at once.
+        data = path.read_bytes()
+        tensors = load_bytes(data)
+        header = json.loads(_metadata(data).get(_META_KEY, "{}"))
     except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: corrupted or truncated checkpoint ({error})") from None
+    del data
+    if not isinstance(header, dict) or not isinstance(header.get("aliases", {}), dict) or \
+            not isinstance(header.get("meta", {}), dict):
+        raise ValueError(f"{path}: not an rnnkit checkpoint (its {_META_KEY!r} metadata is "
+                         f"not the expected JSON object)")
     for name, target in header.get("aliases", {}).items():
+        if target not in tensors:
+            raise ValueError(f"{path}: corrupted checkpoint ({name!r} is an alias of "
+                             f"{target!r}, which the file does not hold)")
         tensors[name] = tensors[target]
     return tensors, header.get("meta", {})
+
+
+def _metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors file's header (8-byte length, then JSON)."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length].decode("utf-8"))
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, config: dict) -> None:

@@ -4,7 +4,9 @@ Every file rnnkit writes goes through :func:`atomic_write`: the new content is w
 temporary file in the target's own directory (so the rename stays on one file system),
 flushed to disk, then renamed over the target with ``os.replace``. A crash, an exception or
 Ctrl-C at any point leaves either the old file or the new one — never a half-written one —
-and the temporary file is removed. The new file gets ordinary permissions
+and the temporary file is removed. A failed write (a full disk, no permission) is a
+:class:`WriteError` (an ``OSError``) whose message names the file and, for a full disk, the
+bytes being written and the bytes free. The new file gets ordinary permissions
 (``0o666 & ~umask``), like any file a program creates, not the 0600 of ``tempfile``.
 
 :func:`read_json` is the one JSON reader: every failure is a ``ValueError`` that names the
@@ -15,34 +17,98 @@ This module depends on nothing else in rnnkit, so every layer can use it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+class WriteError(OSError):
+    """A file could not be written: the message names it (and, when the disk is full, the
+    space needed and the space free); ``errno`` is the cause's (``errno.ENOSPC``, …)."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.errno = code
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object],
+                 size: int | None = None) -> None:
     """Call ``write(tmp)`` to produce the file at the path ``tmp``, then rename it to ``path``.
 
     ``tmp`` is a fresh, empty file next to ``path`` (missing parent folders are created).
     If ``write`` or anything after it fails — including ``KeyboardInterrupt`` — ``tmp`` is
-    removed, ``path`` keeps its old content, and the exception propagates.
+    removed and ``path`` keeps its old content. An ``OSError`` (a full disk, no permission,
+    …) becomes a :class:`WriteError` naming ``path``; on a full disk it also says how much
+    was being written (``size`` bytes when the caller knows it) and how much is free.
+    Other exceptions propagate as they are.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    # Created by us with mode 0o666, so the kernel applies the umask: ordinary permissions,
-    # without touching the process-wide umask. O_EXCL: never reuse someone else's file.
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    written = None                            # bytes in tmp when writing failed
     try:
-        write(str(tmp))
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created by us with mode 0o666, so the kernel applies the umask: ordinary
+        # permissions, without touching the process-wide umask. O_EXCL: never reuse
+        # someone else's file.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        try:
+            write(str(tmp))
+            _fsync(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            written = _size(tmp)
+            tmp.unlink(missing_ok=True)
+            raise
+    except WriteError:
         raise
+    except OSError as error:
+        raise _write_error(path, error, size if size is not None else written) from None
     _fsync_directory(path.parent)
+
+
+def _size(file: Path) -> int | None:
+    try:
+        return file.stat().st_size
+    except OSError:
+        return None
+
+
+def _write_error(path: Path, error: OSError, size: int | None) -> WriteError:
+    """The clear form of ``error``, raised while writing ``path``."""
+    reason = error.strerror or str(error)
+    if error.errno in _FULL:
+        reason = os.strerror(error.errno)
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            free = None
+        needed = (f"about {format_bytes(size)} to write" if size else "more space")
+        have = f", {format_bytes(free)} free" if free is not None else ""
+        return WriteError(f"{path}: cannot be written ({reason}: needs {needed}{have}); "
+                          f"free some space and run again — the previous {path.name}, if "
+                          f"any, is unchanged", error.errno)
+    return WriteError(f"{path}: cannot be written ({reason}); the previous {path.name}, "
+                      f"if any, is unchanged", error.errno)
+
+
+def format_bytes(n: int) -> str:
+    """``1536`` → "1.5 KB" (powers of 1024)."""
+    value = float(n)
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} bytes"
 
 
 def _fsync(file: Path) -> None:
@@ -67,10 +133,12 @@ def _fsync_directory(directory: Path) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write ``text`` as UTF-8, exactly as given (no newline translation)."""
+    data = text.encode("utf-8")
+
     def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-    atomic_write(path, write)
+        with open(tmp, "wb") as f:
+            f.write(data)
+    atomic_write(path, write, size=len(data))
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

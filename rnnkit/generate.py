@@ -162,7 +162,8 @@ def sample_tokens(model, prime_ids: Sequence[int], *, max_tokens: int,
         max_tokens: int >= 0, the most ids to yield.
         temperature, top_k, top_p: as in :func:`filter_logits`.
         greedy: take the argmax of the model's distribution (the first on ties) instead of
-            sampling; the filter options are then checked but change nothing.
+            sampling; the sampling options (temperature, top_k, top_p) must then be left at
+            their defaults — given with ``greedy`` they are refused, not ignored.
         stop_ids: ids that end generation; the stop id itself is yielded.
         seed: seeds a fresh CPU ``torch.Generator`` (same seed, same tokens).
         generator: a ``torch.Generator`` to draw from instead; neither given: torch's global
@@ -174,6 +175,13 @@ def sample_tokens(model, prime_ids: Sequence[int], *, max_tokens: int,
     prime_ids = _check_prime(prime_ids)
     _check_count("max_tokens", max_tokens, 0)
     check_sampling_options(temperature, top_k, top_p)
+    if greedy:
+        given = [f"{name}={value!r}" for name, value, unset in
+                 (("temperature", temperature, 1.0), ("top_k", top_k, None),
+                  ("top_p", top_p, None)) if value != unset]
+        if given:
+            raise ValueError(f"greedy: takes the likeliest token; {', '.join(given)} is for "
+                             f"sampling only (drop one of them)")
     if seed is not None and generator is not None:
         raise ValueError("seed: give seed or generator, not both")
     if seed is not None:

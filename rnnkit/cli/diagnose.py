@@ -104,6 +104,9 @@ def run_activations(args) -> int:
     from rnnkit.diagnostics.activations import MAX_CHARS, write_activation_page
     from rnnkit.tasks.lm import load_lm
 
+    if args.max_chars < 0:
+        raise ValueError(f"--max-chars: expected an int >= 1 (0: the default {MAX_CHARS}), "
+                         f"got {args.max_chars}")
     model, tokenizer, _ = load_lm(args.model)
     text = "\n".join(iter_lines(args.text)) + "\n"
     shown = write_activation_page(model, tokenizer, text, args.out, unit=args.unit,

@@ -181,9 +181,14 @@ def read_config(path: str | None, options: list[Option], command: str) -> dict:
         return {}
     try:
         with open(path, "rb") as f:
-            config = tomllib.load(f)
+            raw = f.read()
+        text = raw.decode("utf-8").removeprefix("\ufeff")     # a BOM is accepted, as in data
+        config = tomllib.loads(text)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such config file") from None
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ValueError(f"{path}: line {line}: not UTF-8 text (byte {error.start})") from None
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path}: not valid TOML ({error})") from None
     by_name = {o.key: o for o in options} | {o.alias: o for o in options}

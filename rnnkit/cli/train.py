@@ -67,7 +67,7 @@ def model_directory(args, spec, file: dict, log) -> str:
     on when it holds a run already."""
     out = args.out or file.get("out")
     if out is not None and not isinstance(out, str):
-        raise ValueError(f"out: expected a folder name in the config file, got {out!r}")
+        raise ValueError(f"{args.config}: out: expected a folder name, got {out!r}")
     if out:
         return out
     if not spec.default_out:
@@ -79,6 +79,41 @@ def model_directory(args, spec, file: dict, log) -> str:
     return out
 
 
+def _flagged(options, cls, values: dict):
+    """``cls(**values)``, an error about a field named by its flag too ("--sample")."""
+    try:
+        return cls(**values)
+    except ValueError as error:
+        text = str(error)
+        for o in options:
+            if text.startswith(f"{o.key}:"):
+                raise ValueError(f"{o.flag} ({o.key}){text[len(o.key):]}") from None
+        raise
+
+
+def _check_resume(args, options, file: dict) -> None:
+    """``--resume`` continues a run with the settings it was started with: an option of its
+    data, model or training (other than the training budget) given now, on the command line
+    or in the --config file, is refused."""
+    from rnnkit.tasks import recipe
+
+    def may_change(o) -> bool:
+        field = recipe.TRAIN_FIELDS.get(o.key) if o.group == "train" else None
+        return o.group == "run" or (field is not None and field.metadata.get("resume"))
+
+    refused = [o.flag for o in options
+               if getattr(args, o.key) is not None and not may_change(o)]
+    in_file = [o.key for o in options if o.key in file and not may_change(o)]
+    in_file += ["cell_options"] if "cell_options" in file else []
+    if in_file:
+        refused.append(f"{', '.join(in_file)} (in {args.config})")
+    if refused:
+        allowed = [o.flag for o in options if may_change(o)]
+        raise ValueError(f"--resume: continues the run with the settings it was started "
+                         f"with; {', '.join(refused)} cannot change (a resume may change "
+                         f"only {', '.join(allowed)})")
+
+
 def run_train(args) -> int:
     from rnnkit.tasks import recipe
 
@@ -86,14 +121,19 @@ def run_train(args) -> int:
     file = read_config(args.config, options, f"train {spec.command}")
     groups = settings(args, options, file)
     out = model_directory(args, spec, file, log)
-    run_options = asdict(spec.run_options(**groups["run"])) if spec.run_options else {}
+    run_options = asdict(_flagged(options, spec.run_options, groups["run"])) \
+        if spec.run_options else {}
     common = dict(device=args.device or file.get("device") or "cpu", log=log, **run_options)
     if args.resume:
+        _check_resume(args, options, file)
         budget = {k: v for k, v in groups["train"].items()
                   if recipe.TRAIN_FIELDS[k].metadata.get("resume")}
         summary = recipe.train(spec, None, None, None, out, resume=True,
                                train_overrides=budget, **common)
     else:
+        check_heads = getattr(spec.model_config, "check_head_options", None)
+        if check_heads is not None:                 # before the data is read
+            check_heads({**spec.model_defaults, **groups["model"]})
         summary = recipe.train(spec, spec.data_config(**groups["data"]), groups["model"],
                                groups["train"], out, **common)
     if args.json:

@@ -101,6 +101,21 @@ def run_score(args) -> int:
     return 0
 
 
+def _check_decoding(args) -> None:
+    """The sampling options only when sampling: not with --greedy or --beam; and not both
+    --greedy and --beam."""
+    if args.greedy and args.beam:
+        raise ValueError("--greedy: not with --beam (beam search of width 1 is greedy)")
+    mode = "--greedy" if args.greedy else "--beam" if args.beam else None
+    if mode is None:
+        return
+    for flag, value in (("--temperature", args.temperature), ("--top-k", args.top_k),
+                        ("--top-p", args.top_p)):
+        if value is not None:
+            raise ValueError(f"{flag}: a sampling option, not used with {mode} (drop one "
+                             f"of them)")
+
+
 def run_generate(args) -> int:
     from rnnkit.tasks import conditioned_lm, lm
 
@@ -108,9 +123,11 @@ def run_generate(args) -> int:
         raise ValueError(f"--length: expected >= 0, got {args.length}")
     if args.beam < 0:
         raise ValueError(f"--beam: expected >= 0, got {args.beam}")
+    _check_decoding(args)
     stream = None if args.json else (lambda piece: print(piece, end="", flush=True))
+    temperature = 1.0 if args.temperature is None else args.temperature
     options = dict(max_tokens=args.length, on_text=stream, beam=args.beam, device=args.device,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   temperature=temperature, top_k=args.top_k, top_p=args.top_p,
                    greedy=args.greedy, seed=args.seed)
     conditioned = _task_of(args.model)[0] == conditioned_lm.TASK
     if conditioned and args.condition is None:
@@ -170,9 +187,10 @@ def _add_generate(commands) -> None:
                         "Generate text, streamed as it is produced.", run_generate)
     gen.add_argument("--prime", default="", help="prompt text (default: start of a line)")
     gen.add_argument("--length", type=int, default=200, help="tokens to generate (200)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="> 0 (default 1)")
-    gen.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
-    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1]")
+    gen.add_argument("--temperature", type=float, default=None,
+                     help="sampling: > 0 (default 1)")
+    gen.add_argument("--top-k", type=int, default=None, help="sampling: among the k likeliest")
+    gen.add_argument("--top-p", type=float, default=None, help="sampling: nucleus, in (0, 1]")
     gen.add_argument("--greedy", action="store_true", help="always the likeliest token")
     gen.add_argument("--beam", type=int, default=0,
                      help="beam search of this width instead of sampling (0: off)")

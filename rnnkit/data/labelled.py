@@ -141,16 +141,19 @@ def read_tagged(path: str | os.PathLike, *, column: str = "upos",
 
     Raises:
         ValueError naming the file and line: a CoNLL-U line without 10 columns, an ID that
-        is not an integer (or range/decimal), an empty word, a missing tag; no sentences.
+        is not an integer (or range/decimal), a word ID repeated within a sentence, an
+        empty word, a missing tag; no sentences.
     """
     if column not in TAG_COLUMNS:
         raise ValueError(f"column: expected one of {list(TAG_COLUMNS)}, got {column!r}")
     fmt = tagged_format(path)
     sentences: list[TaggedSentence] = []
     current = TaggedSentence()
+    ids: dict[int, int] = {}                # the sentence's word IDs so far -> their line
 
     def close():
         nonlocal current
+        ids.clear()
         if current.words:
             sentences.append(current)
         elif current.lines and fmt == "conllu":
@@ -179,6 +182,10 @@ def read_tagged(path: str | os.PathLike, *, column: str = "upos",
                 continue
             if not word_id.isdigit():
                 raise ValueError(f"{_where(path, n)}: ID {word_id!r} is not an integer")
+            if int(word_id) in ids:
+                raise ValueError(f"{_where(path, n)}: ID {word_id} again in the sentence "
+                                 f"(first on line {ids[int(word_id)]})")
+            ids[int(word_id)] = n
             word, tag = cols[1], cols[TAG_COLUMNS[column]]
             tag = None if tag == "_" else tag                   # CoNLL-U's "no value"
         else:

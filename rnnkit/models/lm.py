@@ -92,11 +92,26 @@ class LMConfig:
                            "a number in [0, 1)"))
         check_fields(self, checks)
         check_cell(self)
+        self.check_head_options(vars(self))
         if self.tie_weights and self.softmax == "adaptive":
             raise ValueError("tie_weights: not available with softmax='adaptive'")
         if self.tie_weights and self.embedding_size not in (0, self.hidden_size):
             raise ValueError(f"tie_weights: needs embedding_size == hidden_size, got "
                              f"{self.embedding_size} and {self.hidden_size}")
+
+    @staticmethod
+    def check_head_options(options) -> None:
+        """An option of a head not chosen is refused: ``num_classes`` only for the class
+        softmax, ``adaptive_cutoffs`` only for the adaptive one. ``options``: LMConfig
+        fields by name (those absent at their defaults), so that the command line can check
+        them before any data is read."""
+        softmax = options.get("softmax", "full")
+        if options.get("num_classes") and softmax != "class":
+            raise ValueError(f"num_classes: only for softmax='class' (--classes needs --softmax "
+                             f"class), got softmax={softmax!r}")
+        if options.get("adaptive_cutoffs") and softmax != "adaptive":
+            raise ValueError(f"adaptive_cutoffs: only for softmax='adaptive' (--cutoffs needs "
+                             f"--softmax adaptive), got softmax={softmax!r}")
 
     @property
     def embed_dim(self) -> int:

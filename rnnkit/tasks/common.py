@@ -33,6 +33,10 @@ class SplitSource:
         for the task's own fields), then that the examples come from somewhere."""
         check_fields(self, [("valid_fraction", lambda c: 0 < c.valid_fraction < 1,
                              "a number in (0, 1)"), *checks])
+        if self.data and (self.train or self.valid):
+            raise ValueError(f"data: give --data or --train/--valid, not both (--data "
+                             f"{self.data!r} with --{'train' if self.train else 'valid'} "
+                             f"{self.train or self.valid!r})")
         if not self.data and not (self.train and self.valid):
             raise ValueError(f"data: expected a folder or file of {what}, or both train and "
                              f"valid files")
@@ -147,3 +151,27 @@ def config_from_dict(cls, d: dict, where: str):
         raise ValueError(f"{where}: not a valid model configuration ({error})") from None
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
+
+
+PATH_FIELDS = ("data", "train", "valid")
+
+
+def absolute_paths(cfg) -> dict:
+    """A data config as a dict with its path fields (``data``, ``train``, ``valid``, or the
+    config class's ``path_fields``) made absolute, so that a run resumes from any working
+    directory. An empty field stays empty; a field that names no file but whose
+    comma-separated parts do (a translator's ``SRC_FILE,TGT_FILE``) has each part made
+    absolute."""
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    for name in getattr(cfg, "path_fields", PATH_FIELDS):
+        value = d.get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        if "," in value and not os.path.exists(value):
+            d[name] = ",".join(os.path.abspath(p.strip()) if p.strip() else p
+                               for p in value.split(","))
+        else:
+            d[name] = os.path.abspath(value)
+    return d

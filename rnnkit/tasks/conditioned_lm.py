@@ -36,6 +36,7 @@ from rnnkit.tasks import recipe
 from rnnkit.tasks.classifier import label_ids, sorted_labels
 from rnnkit.tasks.common import SplitSource, labelled_splits, pad, split_sources
 from rnnkit.train import TrainConfig
+from rnnkit.train.metrics import perplexity
 
 TASK = "conditioned_lm"
 
@@ -107,7 +108,7 @@ class ConditionedLMTask:
                 t, n = conditioned_nll(self.model, batch, self.device)
                 total += float(t)
                 count += n
-        return {"loss": total / count, "ppl": math.exp(total / count)}
+        return {"loss": total / count, "ppl": perplexity(total / count)}
 
     def describe(self, m: dict) -> str:
         return f"loss {m['loss']:.4f}, ppl {m['ppl']:.2f}"

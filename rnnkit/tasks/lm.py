@@ -37,6 +37,7 @@ from rnnkit.models.lm import LanguageModel, LMConfig
 from rnnkit.tasks import recipe
 from rnnkit.tasks.common import device_of
 from rnnkit.train import TrainConfig
+from rnnkit.train.metrics import perplexity
 
 TASK = "lm"
 LEVELS = ("char", "word", "bpe")
@@ -153,7 +154,7 @@ def _metrics(tokenizer, total: float, count: int, ids: list[int], words: int) ->
     tokens to words (``words`` counts one line end per line).
     """
     loss = total / count
-    m = {"loss": loss, "ppl": math.exp(loss), "tokens": count,
+    m = {"loss": loss, "ppl": perplexity(loss), "tokens": count,
          "unk_rate": sum(1 for i in ids if i == tokenizer.unk_id) / len(ids)}
     if tokenizer.level == "char":
         m["bpc"] = loss / math.log(2)
@@ -162,7 +163,7 @@ def _metrics(tokenizer, total: float, count: int, ids: list[int], words: int) ->
         m["policy"] = ("<eos> closes every line and is predicted as a token; <unk> is "
                        "predicted as a token")
     if tokenizer.level == "bpe":
-        m["word_ppl"] = math.exp(loss * len(ids) / words)
+        m["word_ppl"] = perplexity(loss * len(ids) / words)
     return m
 
 
@@ -212,7 +213,7 @@ class LMTask:
     def evaluate(self, split: str) -> dict:
         total, count = _stream_nll(self.model, self.valid_tokens, self.cfg.eval_batch_size,
                                    self.cfg.bptt, self.device)
-        return {"loss": total / count, "ppl": math.exp(total / count)}
+        return {"loss": total / count, "ppl": perplexity(total / count)}
 
     def describe(self, metrics: dict) -> str:
         return describe_metrics(metrics)
@@ -358,7 +359,7 @@ def score_lines(directory: str | Path, path: str | Path, *, batch_size: int = 32
                 total = nll[:, b][mask[:, b]].sum().item()
                 n = int(lengths[b])
                 rows.append({"line": k + 1, "logprob": -total, "log10prob": -total / math.log(10),
-                             "tokens": n, "ppl": math.exp(total / n), "text": texts[k]})
+                             "tokens": n, "ppl": perplexity(total / n), "text": texts[k]})
                 k += 1
     return rows
 

@@ -4,21 +4,32 @@ A task module declares what is its own in a :class:`TaskSpec` (its data and mode
 its defaults, how it reads its data and builds its vocabularies — ``prepare`` — its model,
 its metrics and output formats); :func:`train` does the rest, the same way for all:
 
-1. a new run refuses a directory that holds a model; a resumed one reads ``run.json``;
+1. the directory's lock is taken (:class:`rnnkit.runlock.RunLock`) and held to the end, so
+   that one process at a time trains in it; a new run refuses a directory that holds a
+   model (a start stopped before its first checkpoint is replaced); a resumed one reads
+   ``run.json`` (a finished run trains nothing); temporary files a killed write left are
+   removed;
 2. the settings: the task's defaults, then what was given (the Python API and the CLI both
    come through here, so they share every default);
 3. ``prepare``: read the splits, build (or, on resume, load) the vocabularies, encode;
 4. the model config, then the run's files — vocabularies, then ``run.json`` — written once
-   every input has been read and checked, so that a refused start leaves nothing behind;
+   every input has been read and checked; a refused start leaves the directory as it
+   found it (what it added removed, a folder it made too);
 5. seed, model, the training loop (:class:`rnnkit.train.Trainer`), then the best weights
    reloaded and measured on the validation split, and the task's ``finish``.
 
 A run directory holds ``run.json`` = {"task", "data", "model", "train"}: the settings a run
-was started with, so that ``resume`` needs nothing else.
+was started with (data paths absolute), so that ``resume`` needs nothing else, from any
+working directory.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
+import shutil
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -30,7 +41,8 @@ import torch
 from rnnkit import checkpoint
 from rnnkit.cells.registry import named_by_file
 from rnnkit.config import check_cell, field_default
-from rnnkit.tasks.common import config_from_dict, device_of
+from rnnkit.runlock import RunLock
+from rnnkit.tasks.common import absolute_paths, config_from_dict, device_of
 from rnnkit.train import Trainer, TrainConfig
 
 RUN = "run.json"
@@ -128,25 +140,49 @@ def model_settings(spec: TaskSpec, given: Mapping | None) -> dict:
 
 # -- run files ------------------------------------------------------------------------------
 
-def check_new_run(out: Path) -> None:
-    """Refuse to start a run in a directory that holds a model or a run already."""
+def check_new_run(out: Path, log=print) -> None:
+    """Refuse to start a run in a directory that holds a model or a run already — except a
+    run stopped before its first checkpoint (run.json and vocabularies, but no train state
+    and no weights): that unfinished start is replaced, and said so."""
     taken = [n for n in (checkpoint.TRAIN_STATE, checkpoint.WEIGHTS, checkpoint.CONFIG, RUN,
                          "tokenizer.json") if (out / n).exists()]
-    if taken:
+    if taken and not unfinished_start(out):
         raise ValueError(f"{out}: holds a model or run already ({', '.join(taken)}); use "
                          f"--resume to continue it, or choose another --out")
+    if taken:
+        log(f"{out}: replacing an unfinished start (a run stopped before its first "
+            f"checkpoint: {', '.join(taken)})")
+
+
+def unfinished_start(out: Path) -> bool:
+    """Whether ``out`` holds a run that was stopped before its first checkpoint: no train
+    state, no weights, no config.json (only run.json and vocabulary files, if anything)."""
+    return not any((out / n).exists() for n in (checkpoint.TRAIN_STATE, checkpoint.WEIGHTS,
+                                                checkpoint.CONFIG))
+
+
+def check_resumable(out: Path) -> None:
+    """Refuse at once a ``--resume`` with nothing to resume, saying what to do instead."""
+    if not (out / RUN).is_file():
+        raise ValueError(f"{out}: no run to resume (no {RUN}); start a new run without "
+                         f"--resume")
+    if unfinished_start(out):
+        raise ValueError(f"{out}: the run was stopped before its first checkpoint, so it "
+                         f"has no checkpoint to resume yet; start it again without --resume "
+                         f"(same --out) to restart it in place")
 
 
 def save_run(out: Path, spec: TaskSpec, data_cfg, model_cfg, train_cfg: TrainConfig,
              files: dict) -> None:
-    """Start a run's directory: its vocabularies and lists (``files``), then ``run.json``."""
+    """Start a run's directory: its vocabularies and lists (``files``), then ``run.json``
+    (with the data config's paths made absolute, so the run resumes from anywhere)."""
     out.mkdir(parents=True, exist_ok=True)
     for name, thing in files.items():
         if name.endswith(".json"):
             checkpoint.write_json(out / name, thing)
         else:
             thing.save(out / name)
-    checkpoint.write_json(out / RUN, {"task": spec.name, "data": asdict(data_cfg),
+    checkpoint.write_json(out / RUN, {"task": spec.name, "data": absolute_paths(data_cfg),
                                       "model": model_cfg.to_dict(),
                                       "train": asdict(train_cfg)})
 
@@ -189,22 +225,56 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
         run_options: the options of the task's ``finish`` (a language model's sample).
 
     Returns:
-        the loop's summary plus "valid" metrics of the best model.
+        the loop's summary plus "valid" metrics of the best model; resuming a run whose
+        budget is used up trains nothing and returns {"reason": "finished", "step", …}.
+
+    The directory's lock (:class:`rnnkit.runlock.RunLock`) is held throughout: a second
+    training or resume of the same directory is refused at once, naming the holder.
     """
     out, dev = Path(out), device_of(device)
-    if resume:
-        data_cfg, options, train_cfg = read_run(out, spec, train_overrides)
-    else:
-        check_new_run(out)
-        data_cfg = spec.data_config() if data_cfg is None else data_cfg
-        options = model_settings(spec, model_options)
-        train_cfg = train_settings(spec, data_cfg, train_cfg)
-    prepared = spec.prepare(data_cfg, options, out, resume=resume, log=log)
-    with named_by_file(out / RUN) if resume else nullcontext():
-        model_cfg = config_from_dict(spec.model_config, {**options, **prepared.sizes},
-                                     str(out / RUN) if resume else "model options")
-    if not resume:
-        save_run(out, spec, data_cfg, model_cfg, train_cfg, prepared.files)
+    if resume and not out.is_dir():
+        raise ValueError(f"{out}: no such run directory to resume")
+    before = _snapshot(out)
+    try:
+        with RunLock(out):
+            return _train_locked(spec, data_cfg, model_options, train_cfg, out, dev, before,
+                                 resume=resume, train_overrides=train_overrides, log=log,
+                                 **run_options)
+    finally:
+        if before.get("absent"):
+            _remove_empty(out, before["absent"])      # a refused start leaves no folder
+
+
+def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, before: dict, *,
+                  resume: bool, train_overrides, log, **run_options) -> dict:
+    """:func:`train`'s work, done while the directory's lock is held."""
+    try:
+        if resume:
+            check_resumable(out)
+            data_cfg, options, train_cfg = read_run(out, spec, train_overrides)
+            _remove_stale_temporaries(out, log)
+            done = finished(out, train_cfg)
+            if done is not None:
+                log(f"{out}: the run is finished ({done['why']}); nothing to train. To train "
+                    f"on, resume with a larger --epochs, --max-steps or --max-minutes")
+                return {key: value for key, value in done.items() if key != "why"}
+        else:
+            check_new_run(out, log)
+            _remove_stale_temporaries(out, log)
+            data_cfg = spec.data_config() if data_cfg is None else data_cfg
+            options = model_settings(spec, model_options)
+            train_cfg = train_settings(spec, data_cfg, train_cfg)
+        prepared = spec.prepare(data_cfg, options, out, resume=resume, log=log)
+        with named_by_file(out / RUN) if resume else nullcontext():
+            model_cfg = config_from_dict(spec.model_config, {**options, **prepared.sizes},
+                                         str(out / RUN) if resume else "model options")
+        if not resume:
+            save_run(out, spec, data_cfg, model_cfg, train_cfg, prepared.files)
+    except BaseException:
+        if not resume:
+            _restore(out, before)
+        raise
+    before.pop("absent", None)                        # the run exists now: keep its folder
     log(prepared.report)
     torch.manual_seed(train_cfg.seed)
     model = spec.model(model_cfg, **prepared.model_kwargs).to(dev)
@@ -216,6 +286,90 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
     if spec.finish is not None and summary["reason"] != "interrupted":
         spec.finish(task, summary, train_cfg, log, **run_options)
     return summary
+
+
+# -- the run directory's state ---------------------------------------------------------------
+
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")     # rnnkit.files.atomic_write's names
+
+
+def _snapshot(out: Path) -> dict:
+    """What ``out`` holds before a start: {"names": its entries} or {"absent": the first
+    missing folder of its path}."""
+    if out.is_dir():
+        return {"names": set(os.listdir(out))}
+    missing = out
+    while not missing.parent.exists() and missing.parent != missing:
+        missing = missing.parent
+    return {"absent": missing, "names": set()}
+
+
+def _restore(out: Path, before: dict) -> None:
+    """Undo a refused start: remove what it added to ``out`` (the lock file goes with the
+    lock, and a folder that was not there with it: see :func:`train`)."""
+    if not out.is_dir():
+        return
+    for name in set(os.listdir(out)) - before["names"]:
+        path = out / name
+        if name == ".lock":
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _remove_empty(out: Path, top: Path) -> None:
+    """Remove ``out`` and its parents up to ``top`` where they are empty."""
+    path = out
+    while True:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        if path == top or path.parent == path:
+            return
+        path = path.parent
+
+
+def _remove_stale_temporaries(out: Path, log) -> None:
+    """Remove the temporary files a killed write left in the run directory (the lock is
+    held, so no write of this run is in flight)."""
+    if not out.is_dir():
+        return
+    stale = [Path(folder) / name for folder, _, names in os.walk(out) for name in names
+             if _TEMPORARY.match(name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log(f"{out}: removed {len(stale)} temporary file(s) left by an interrupted write")
+
+
+def finished(out: Path, train_cfg: TrainConfig) -> dict | None:
+    """If the train state in ``out`` has used up ``train_cfg``'s budget (the loop's stop
+    rules: epochs, max_steps, max_minutes), a summary of the finished run with "why";
+    else None (also when the train state cannot be read: the loop then says why)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(out / checkpoint.TRAIN_STATE), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(checkpoint._META_KEY, "{}"))["meta"]
+        step, epoch = int(meta["step"]), int(meta["epoch"])
+        elapsed = float(meta.get("elapsed") or 0.0)
+    except Exception:                 # noqa: BLE001 — unreadable: let the loop report it
+        return None
+    if epoch >= train_cfg.epochs:
+        why = f"{epoch} epochs done, --epochs {train_cfg.epochs}"
+    elif train_cfg.max_steps and step >= train_cfg.max_steps:
+        why = f"step {step} of --max-steps {train_cfg.max_steps}"
+    elif train_cfg.max_minutes and elapsed >= train_cfg.max_minutes * 60:
+        why = f"{elapsed / 60:.1f} minutes of --max-minutes {train_cfg.max_minutes}"
+    else:
+        return None
+    best = meta.get("best")
+    return {"reason": "finished", "why": why, "step": step, "epoch": epoch,
+            "best_valid_objective": math.inf if best is None else best,
+            "minutes": elapsed / 60, "units": meta.get("units", 0)}
 
 
 def fit(task, train_cfg: TrainConfig, out: Path, config: dict, *, resume: bool, log) -> dict:

@@ -24,7 +24,6 @@ stops a hypothesis at ``2 × source length + 10`` tokens (reported when it happe
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from rnnkit.models.seq2seq import (BOS_ID, EOS_ID, PAD_ID, Seq2Seq, Seq2SeqConfi
 from rnnkit.tasks import recipe
 from rnnkit.tasks.common import device_of, find_split_file, pad
 from rnnkit.train import TrainConfig
+from rnnkit.train.metrics import perplexity
 
 TASK = "translator"
 
@@ -159,7 +159,7 @@ class TranslationTask:
     def evaluate(self, split: str) -> dict:
         total, count = teacher_forced_nll(self.model, self.valid_src, self.valid_tgt,
                                           self.device)
-        return {"loss": total / count, "ppl": math.exp(total / count)}
+        return {"loss": total / count, "ppl": perplexity(total / count)}
 
     def describe(self, m: dict) -> str:
         return describe_metrics(m)
@@ -360,7 +360,7 @@ def evaluate_file(directory: str | Path, source: str, target: str | None = None,
     total, count = teacher_forced_nll(model, src, tgt, device_of(device))
     hyps = translate_ids(model, src, tgt_tok, beam=beam, length_penalty=length_penalty,
                          log=log)
-    m = {"loss": total / count, "ppl": math.exp(total / count), "sentences": len(pairs),
+    m = {"loss": total / count, "ppl": perplexity(total / count), "sentences": len(pairs),
          "beam": beam, **bleu_chrf(hyps, [p.target for p in pairs])}
     m["file"] = str(source)
     return m

@@ -6,13 +6,16 @@ training (counted across resumes), or when Ctrl-C asks it to: the step in flight
 the train state is saved and the summary's reason is "interrupted" (a second Ctrl-C stops
 at once). A step limit or time limit validates once more before saving. A loss or gradient
 norm that is not finite raises :class:`TrainingStopped` before the weights change, and the
-files on disk stay as the last save left them.
+files on disk stay as the last save left them; so does a validation loss that is not finite
+or whose perplexity overflows (inf), before those weights are saved. A start removes the
+temporary files a killed write left in the run directory.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 import signal
 import time
 from pathlib import Path
@@ -29,7 +32,9 @@ from rnnkit.train.task import Task
 
 
 class TrainingStopped(ValueError):
-    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+    """Training cannot go on (the loss became NaN, the validation loss exploded past what a
+    float's perplexity holds); the files on disk stay as the last save left them, and the
+    message says whether there is a saved model at all."""
 
 
 class Trainer:
@@ -97,7 +102,7 @@ class Trainer:
         if not torch.isfinite(loss):
             raise TrainingStopped(
                 f"step {self.step + 1}: the training loss is {loss.item()}; stopped. "
-                f"The last good checkpoint in {self.out} is kept; try a lower --lr or --clip")
+                f"{self._kept()}; try a lower --lr or --clip")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         value = loss.item()
@@ -106,10 +111,17 @@ class Trainer:
         if not torch.isfinite(norm):
             raise TrainingStopped(
                 f"step {self.step + 1}: the gradient norm is {norm.item()}; stopped before "
-                f"updating. The last good checkpoint in {self.out} is kept; try a lower --lr "
-                f"or --clip")
+                f"updating. {self._kept()}; try a lower --lr or --clip")
         self.optimizer.step()
         return value, units
+
+    def _kept(self) -> str:
+        """What a stopped run leaves: its last good checkpoint, or plainly nothing yet."""
+        saved = (self.out / checkpoint.TRAIN_STATE, self.out / checkpoint.WEIGHTS)
+        if any(path.is_file() for path in saved):
+            return f"The last good checkpoint in {self.out} is kept"
+        return (f"No model was saved yet in {self.out} (the run stopped before its first "
+                f"checkpoint), so there is nothing to resume or use")
 
     def _count(self, loss: float, units: int, bar) -> None:
         """Count a step done; every ``log_every`` steps write a training line."""
@@ -165,6 +177,12 @@ class Trainer:
         best yet; at an epoch end the schedule sees the objective too."""
         metrics = self.task.evaluate("valid")
         self._record({"split": "valid", **metrics, "lr": self.schedule.lr})
+        ppl = metrics.get("ppl", 0.0)
+        if not math.isfinite(metrics["loss"]) or (isinstance(ppl, float) and math.isinf(ppl)):
+            raise TrainingStopped(
+                f"step {self.step}: the validation loss is {metrics['loss']:.4g} "
+                f"(perplexity {ppl:.4g}): the model has exploded; stopped before saving it. "
+                f"{self._kept()}; try a lower --lr or --clip")
         objective = metrics.get("objective", metrics["loss"])
         improved = objective < self.best
         if improved:
@@ -184,6 +202,7 @@ class Trainer:
     def _begin(self, resume: bool) -> None:
         """Continue from the train state in ``out``, or start afresh from the seed."""
         self.out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(self.out)
         self._started = self.clock()
         if resume:
             self._restore(load_train_state(self.out / checkpoint.TRAIN_STATE, self.task,
@@ -221,3 +240,14 @@ class Trainer:
     def _elapsed(self) -> float:
         """Training seconds of the run, this process's and those before it."""
         return self.elapsed + (self.clock() - self._started)
+
+
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{16}\.tmp")     # atomic_write's temporary names
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove the temporary files a killed write left in ``out`` (the run's own files only:
+    the run owns its directory while it trains)."""
+    for path in out.glob(".*.tmp"):
+        if _TEMPORARY.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)

@@ -12,15 +12,28 @@ each number but the step and epoch is also the scalar ``<split>/<name>`` at its 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import shutil
 from pathlib import Path
 
 from rnnkit import checkpoint
+from rnnkit.files import WriteError, format_bytes
 from rnnkit.plotting import new_figure, save_figure
 
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
+
+
+def perplexity(loss: float) -> float:
+    """``exp(loss)`` (the perplexity of a mean loss in nats), ``math.inf`` where that
+    overflows a float (a loss past about 709.78 nats, or an infinite loss) and ``nan`` for
+    a NaN loss: never an ``OverflowError``. Text shows the infinite value as "inf"."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
 
 
 class MetricsLog:
@@ -66,8 +79,17 @@ class MetricsLog:
     def record(self, entry: dict) -> None:
         """Append a line: ``{"step", "epoch", "split": "train" | "valid", name: number, …}``."""
         self.history.append(entry)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                raise WriteError(f"{self.path}: cannot be written (No space left on device: "
+                                 f"{format_bytes(shutil.disk_usage(self.out).free)} free); "
+                                 f"free some space and resume with --resume",
+                                 error.errno) from None
+            raise WriteError(f"{self.path}: cannot be written ({error.strerror or error})",
+                             error.errno) from None
         if self._writer is not None:
             for key, value in entry.items():
                 if key not in ("step", "epoch", "split") and isinstance(value, (int, float)):

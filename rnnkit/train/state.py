@@ -28,6 +28,7 @@ from torch import Tensor
 from rnnkit import checkpoint
 
 _OWN = ("optimizer", "batches", "python_random")     # meta written here; the rest: counters
+_COUNTERS = ("step", "epoch", "elapsed", "units", "best", "plateau_best")   # the loop's
 
 
 def save_train_state(path: Path, task, optimizer: torch.optim.Optimizer,
@@ -52,6 +53,12 @@ def load_train_state(path: Path, task, optimizer: torch.optim.Optimizer) -> dict
     if not path.is_file():
         raise ValueError(f"{path.parent}: nothing to resume (no {path.name})")
     tensors, meta = checkpoint.load_tensors(path)
+    missing = [name for name in (*_OWN, *_COUNTERS) if name not in meta]
+    if missing or "rng.torch" not in tensors:
+        what = ", ".join(missing + ([] if "rng.torch" in tensors else ["tensor rng.torch"]))
+        raise ValueError(f"{path}: not a complete train state (its metadata lacks {what}); "
+                         f"it cannot be resumed — start a new run, or resume from an intact "
+                         f"{path.name}")
     # Fresh copies: a tensor read from the file lies at its offset in the file, one computed
     # in an unbroken run where the allocator puts it (64-byte aligned); matrix products
     # (MKL) round differently at other alignments, so a carried state or optimiser moment
@@ -62,16 +69,20 @@ def load_train_state(path: Path, task, optimizer: torch.optim.Optimizer) -> dict
     except RuntimeError as error:
         raise ValueError(f"{path}: does not fit the model being trained "
                          f"({str(error).splitlines()[0]})") from None
-    _optimizer_from_data(optimizer, tensors, meta["optimizer"])
-    if hasattr(task, "load_carry"):
-        task.load_carry(_unprefixed("carry.", tensors))
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[f"rng.cuda.{k}"] for k in range(torch.cuda.device_count())
-                   if f"rng.cuda.{k}" in tensors]
-    if cuda_states:
-        torch.cuda.set_rng_state_all(cuda_states)
-    random.setstate(_tuplify(meta["python_random"]))
-    task.batches.load_state_dict(meta["batches"])
+    try:
+        _optimizer_from_data(optimizer, tensors, meta["optimizer"])
+        if hasattr(task, "load_carry"):
+            task.load_carry(_unprefixed("carry.", tensors))
+        torch.set_rng_state(tensors["rng.torch"])
+        cuda_states = [tensors[f"rng.cuda.{k}"] for k in range(torch.cuda.device_count())
+                       if f"rng.cuda.{k}" in tensors]
+        if cuda_states:
+            torch.cuda.set_rng_state_all(cuda_states)
+        random.setstate(_tuplify(meta["python_random"]))
+        task.batches.load_state_dict(meta["batches"])
+    except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as error:
+        raise ValueError(f"{path}: damaged train state ({type(error).__name__}: {error}); "
+                         f"it cannot be resumed") from None
     return {name: math.inf if value is None else value
             for name, value in meta.items() if name not in _OWN}
 

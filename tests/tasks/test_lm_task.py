@@ -85,7 +85,8 @@ def test_generate_is_reproducible_and_streams(corpus, tmp_path):
 @pytest.mark.parametrize("softmax", ["class", "adaptive"])
 def test_factorised_softmax_trains(corpus, tmp_path, softmax):
     data = lm.LMDataConfig(data=str(corpus), level="word", batch_size=4, bptt=8)
-    options = {**MODEL, "softmax": softmax, "num_classes": 3, "adaptive_cutoffs": (4, 8)}
+    head = {"class": {"num_classes": 3}, "adaptive": {"adaptive_cutoffs": (4, 8)}}[softmax]
+    options = {**MODEL, "softmax": softmax, **head}     # another head's option is refused
     summary = lm.train_lm(data, options, TrainConfig(epochs=1, lr=0.01, optimizer="adam",
                                                      progress=False), tmp_path / softmax,
                           log=lambda *_: None)

@@ -1,0 +1,97 @@
+"""One training process per run directory: an OS file lock on ``DIR/.lock``.
+
+:class:`RunLock` takes an exclusive, non-blocking ``fcntl.flock`` on ``DIR/.lock`` and
+writes the holder's PID and host into the file, for the message a second process gets.
+The operating system drops a flock when its process ends in any way (exit, exception,
+``kill -9``), so a lock file left behind by a dead process is never obeyed: the next run
+simply takes the lock and writes its own PID. A clean release removes the file.
+
+Readers of a model (``eval``, ``generate``, …) take no lock.
+
+This module depends on nothing else in rnnkit.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:                       # Windows: no flock; runs are not locked there
+    fcntl = None
+
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """``with RunLock(directory):`` holds the directory's lock (creating the directory if
+    needed) or raises ``ValueError`` naming the directory and the process holding it."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if fcntl is None:
+            return
+        while True:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as error:
+                raise ValueError(f"{self.directory}: cannot be used as a run directory "
+                                 f"({error.strerror or error})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise ValueError(f"{self.directory}: a run directory in use — "
+                                 f"{holder(self.path)} is training in it; wait for it to end "
+                                 f"(or stop it), or choose another --out") from None
+            # The file may have been removed (a holder's release) between our open and our
+            # lock: then our lock is on a file nobody else will open; try again.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)     # while still holding it (see acquire)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def holder(path: Path) -> str:
+    """Who holds the lock at ``path``, from what the holder wrote: "process PID 123 on host"."""
+    import time
+
+    for _ in range(20):                   # the holder writes just after taking the lock
+        try:
+            words = path.read_text(encoding="utf-8", errors="replace").split()
+        except OSError:
+            words = []
+        if words:
+            pid = words[0]
+            return f"process PID {pid}" + (f" on {words[1]}" if len(words) > 1 else "")
+        time.sleep(0.01)
+    return "another process (PID unknown)"

@@ -1,0 +1,229 @@
+"""Options that contradict each other, or that the chosen cell, head, mode or task does not
+use, are refused before any work starts (issue 10, item 6), and the last input clean-ups
+(item 7); then the malformed-input table: every bad input exits 2 with one
+``rnnkit: error:`` line naming the input, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import expect_cli_error, run_cli
+from tiny_data import tiny_files, write_lines
+
+from rnnkit.data.labelled import read_tagged
+from rnnkit.generate import sample_tokens
+from rnnkit.models.lm import LMConfig
+from rnnkit.tasks.classifier import ClassifierDataConfig
+
+TEXT = ["the cat sat on the mat", "the dog sat on the log"] * 20
+CONLLU_ROW = "{}\t{}\t{}\tNOUN\t_\t_\t0\tdep\t_\t_"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Tiny files of every task, a trained character LM ``M`` (a resumable run), and
+    malformed files: a CoNLL-U with a repeated ID, a config of invalid UTF-8."""
+    root = tmp_path_factory.mktemp("contradictions")
+    files = tiny_files(root)
+    text = write_lines(root / "corpus.txt", TEXT)
+    model = root / "model"
+    code = _main(["train", "lm", "--data", text, "--out", model, "--level", "char",
+                  "--hidden", "8", "--layers", "1", "--batch-size", "4", "--bptt", "8",
+                  "--max-steps", "2", "--sample", "0", "--no-progress"])
+    assert code == 0
+    folder = root / "split"
+    folder.mkdir()
+    write_lines(folder / "train.tsv", Path(files["labelled"]).read_text().splitlines())
+    write_lines(folder / "valid.tsv", Path(files["labelled"]).read_text().splitlines())
+    dup = write_lines(root / "dup.conllu", ["# sent_id = 1", CONLLU_ROW.format(1, "a", "a"),
+                                            CONLLU_ROW.format(2, "cat", "cat"),
+                                            CONLLU_ROW.format(2, "dog", "dog"), ""])
+    bad_config = root / "latin.toml"
+    bad_config.write_bytes(b'level = "char"\nhidden = 8 # caf\xe9\n')
+    out_five = root / "out5.toml"
+    out_five.write_text(f'data = "{text}"\nout = 5\n', encoding="utf-8")
+    return {"T": text, "M": str(model), "D": str(folder), "L": files["labelled"],
+            "C": dup, "B": str(bad_config), "O5": str(out_five), "R": str(root),
+            "G": files["tagged"]}
+
+
+def _main(args) -> int:
+    from rnnkit.cli import main
+
+    return main([str(a) for a in args])
+
+
+def _args(template: str, world: dict) -> list[str]:
+    return [part.format(**world) for part in template.split()]
+
+
+# -- item 6: contradictions --------------------------------------------------------------
+
+def test_cell_options_of_another_cell_are_refused(world, tmp_path, capsys):
+    expect_cli_error(["train", "lm", "--data", world["T"], "--out", tmp_path / "a",
+                      "--cell", "gru", "--peephole"], capsys, "'gru'", "peephole")
+    expect_cli_error(["train", "lm", "--data", world["T"], "--out", tmp_path / "b",
+                      "--cell", "lstm", "--nonlinearity", "relu"], capsys, "'lstm'",
+                     "nonlinearity")
+
+
+def test_head_options_only_for_their_head(world, tmp_path, capsys):
+    expect_cli_error(["train", "lm", "--data", world["T"], "--out", tmp_path / "a",
+                      "--softmax", "full", "--cutoffs", "10,20"], capsys, "--cutoffs",
+                     "--softmax")
+    expect_cli_error(["train", "lm", "--data", world["T"], "--out", tmp_path / "b",
+                      "--softmax", "adaptive", "--classes", "3"], capsys, "--classes",
+                     "--softmax")
+    code, out, err = run_cli(["train", "lm", "--data", world["T"], "--out", tmp_path / "c",
+                              "--cutoffs", "4"], capsys)       # refused before the data is read
+    assert code == 2 and "--cutoffs" in err and "vocabulary" not in out
+    with pytest.raises(ValueError, match="adaptive_cutoffs.*softmax='full'"):
+        LMConfig(vocab_size=50, softmax="full", adaptive_cutoffs=(10, 20))
+    with pytest.raises(ValueError, match="num_classes.*softmax='adaptive'"):
+        LMConfig(vocab_size=50, softmax="adaptive", adaptive_cutoffs=(10,), num_classes=4)
+    LMConfig(vocab_size=50, softmax="class", num_classes=4)           # their own heads
+    LMConfig(vocab_size=50, softmax="adaptive", adaptive_cutoffs=(10, 20))
+
+
+def test_sampling_options_only_when_sampling(world, capsys):
+    m = world["M"]
+    for mode, flag in [(["--greedy"], ["--temperature", "0.5"]), (["--beam", "3"],
+                       ["--top-p", "0.5"]), (["--beam", "3"], ["--top-k", "5"]),
+                       (["--greedy"], ["--top-k", "5"])]:
+        expect_cli_error(["generate", m, "--length", "3", *mode, *flag], capsys, mode[0],
+                         flag[0])
+    expect_cli_error(["generate", m, "--greedy", "--beam", "2"], capsys, "--greedy", "--beam")
+    with pytest.raises(ValueError, match="greedy.*temperature=0.5"):
+        sample_tokens(object(), [1], max_tokens=3, greedy=True, temperature=0.5)
+    with pytest.raises(ValueError, match="greedy.*top_p=0.5"):
+        sample_tokens(object(), [1], max_tokens=3, greedy=True, top_p=0.5)
+    code, _, _ = run_cli(["generate", m, "--length", "3", "--greedy", "--json"], capsys)
+    assert code == 0
+    code, text, _ = run_cli(["generate", m, "--length", "3", "--temperature", "0.5",
+                             "--top-k", "3", "--seed", "1", "--json"], capsys)
+    assert code == 0 and "text" in json.loads(text)
+
+
+def test_data_folder_and_split_files_are_exclusive(world, tmp_path, capsys):
+    expect_cli_error(["train", "classifier", "--data", world["D"], "--train", world["L"],
+                      "--valid", world["L"], "--out", tmp_path / "c"], capsys, "--data",
+                     "--train")
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+    with pytest.raises(ValueError, match="not both"):
+        ClassifierDataConfig(data=world["D"], valid=world["L"])
+
+
+def test_resume_refuses_settings_it_cannot_change(world, capsys):
+    before = Path(world["M"], "run.json").read_bytes()
+    err = expect_cli_error(["train", "lm", "--resume", "--out", world["M"], "--hidden", "999"],
+                           capsys, "--resume", "--hidden", "--epochs", "--max-steps")
+    assert "--lr" not in err.split("only")[1]
+    expect_cli_error(["train", "lm", "--resume", "--out", world["M"], "--data", world["T"],
+                      "--lr", "0.1"], capsys, "--data", "--lr")
+    config = Path(world["R"], "resume.toml")
+    config.write_text('hidden = 999\nepochs = 3\n', encoding="utf-8")
+    expect_cli_error(["train", "lm", "--resume", "--out", world["M"], "--config", config],
+                     capsys, "hidden_size", str(config))
+    assert Path(world["M"], "run.json").read_bytes() == before
+
+
+def test_activations_max_chars_and_sample_are_checked_first(world, tmp_path, capsys):
+    page = tmp_path / "page.html"
+    expect_cli_error(["activations", world["M"], "--text", world["T"], "--out", page,
+                      "--max-chars", "-1"], capsys, "--max-chars", "-1")
+    assert not page.exists()
+    out = tmp_path / "s"
+    expect_cli_error(["train", "lm", "--data", world["T"], "--out", out, "--sample", "-1"],
+                     capsys, "--sample")
+    assert not out.exists() or not any(out.iterdir())
+
+
+# -- item 7: clean-ups ------------------------------------------------------------------
+
+def test_toml_config_with_bom_is_accepted(world, tmp_path, capsys):
+    config = tmp_path / "bom.toml"
+    config.write_bytes("\ufeff".encode() + f'data = "{world["T"]}"\nlevel = "char"\n'
+                       'hidden = 6\nlayers = 1\nmax_steps = 1\nbatch_size = 4\nbptt = 8\n'
+                       .encode())
+    out = tmp_path / "m"
+    code, _, err = run_cli(["train", "lm", "--config", config, "--out", out, "--sample", "0",
+                            "--no-progress"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["model"]["hidden_size"] == 6
+
+
+def test_config_of_invalid_utf8_names_the_file(world, tmp_path, capsys):
+    expect_cli_error(["train", "lm", "--config", world["B"], "--out", tmp_path / "x"], capsys,
+                     world["B"], "line 2", "UTF-8")
+
+
+def test_conllu_repeated_id_names_file_and_line(world):
+    with pytest.raises(ValueError, match=r"dup\.conllu, line 4: ID 2 again.*line 3"):
+        read_tagged(world["C"])
+    ok = write_lines(Path(world["R"]) / "two.conllu",
+                     [CONLLU_ROW.format(1, "a", "a"), CONLLU_ROW.format(2, "b", "b"), "",
+                      CONLLU_ROW.format(1, "c", "c"), CONLLU_ROW.format(2, "d", "d"), ""])
+    sentences, fmt = read_tagged(ok)                 # IDs restart with every sentence
+    assert fmt == "conllu" and [s.words for s in sentences] == [["a", "b"], ["c", "d"]]
+
+
+# -- the malformed-input table -------------------------------------------------------------
+# (id, arguments with {placeholders} of the world fixture and {X}: a fresh directory,
+#  fragments the one error line must hold: the input it names)
+
+TABLE = [
+    ("gru-peephole", "train lm --data {T} --out {X} --cell gru --peephole", ["peephole"]),
+    ("lstm-nonlinearity", "train lm --data {T} --out {X} --cell lstm --nonlinearity relu",
+     ["nonlinearity"]),
+    ("full-cutoffs", "train lm --data {T} --out {X} --softmax full --cutoffs 10,20",
+     ["--cutoffs", "--softmax"]),
+    ("full-classes", "train lm --data {T} --out {X} --classes 4", ["--classes", "--softmax"]),
+    ("class-cutoffs", "train lm --data {T} --out {X} --softmax class --cutoffs 10",
+     ["--cutoffs", "--softmax"]),
+    ("greedy-temperature", "generate {M} --greedy --temperature 0.5",
+     ["--greedy", "--temperature"]),
+    ("beam-top-p", "generate {M} --beam 3 --top-p 0.5", ["--beam", "--top-p"]),
+    ("beam-top-k", "generate {M} --beam 3 --top-k 5", ["--beam", "--top-k"]),
+    ("greedy-top-k", "generate {M} --greedy --top-k 5", ["--greedy", "--top-k"]),
+    ("greedy-beam", "generate {M} --greedy --beam 2", ["--greedy", "--beam"]),
+    ("data-and-train-valid", "train classifier --data {D} --train {L} --valid {L} --out {X}",
+     ["--data", "--train"]),
+    ("data-and-valid", "train classifier --data {D} --valid {L} --out {X}",
+     ["--data", "--valid"]),
+    ("resume-hidden", "train lm --resume --out {M} --hidden 999", ["--resume", "--hidden"]),
+    ("resume-data", "train lm --resume --out {M} --data {T}", ["--resume", "--data"]),
+    ("resume-cell-option", "train lm --resume --out {M} --peephole",
+     ["--resume", "--peephole"]),
+    ("max-chars-negative", "activations {M} --text {T} --out {X}/p.html --max-chars -1",
+     ["--max-chars"]),
+    ("sample-negative", "train lm --data {T} --out {X} --sample -1", ["--sample"]),
+    ("config-invalid-utf8", "train lm --config {B} --out {X}", ["{B}"]),
+    ("config-out-number", "train lm --config {O5}", ["{O5}", "out"]),
+    ("resume-config-file", "train lm --resume --out {M} --config {O5}", ["--resume", "{O5}"]),
+    ("config-missing", "train lm --config {R}/nothing.toml --out {X}", ["nothing.toml"]),
+    ("conllu-repeated-id", "train tagger --data {C} --valid-fraction 0.5 --out {X}",
+     ["dup.conllu", "line 4"]),
+    ("hidden-zero", "train lm --data {T} --out {X} --hidden 0", ["hidden_size"]),
+    ("dropout-one", "train lm --data {T} --out {X} --dropout 1", ["dropout"]),
+    ("data-missing", "train lm --data {R}/none.txt --out {X}", ["none.txt"]),
+    ("generate-length", "generate {M} --length -1", ["--length"]),
+    ("generate-beam", "generate {M} --beam -1", ["--beam"]),
+    ("generate-temperature", "generate {M} --temperature 0", ["temperature"]),
+    ("generate-top-p", "generate {M} --top-p 2", ["top_p"]),
+    ("generate-condition", "generate {M} --condition x", ["--condition"]),
+    ("eval-beam", "eval {M} --data {T} --beam 0", ["--beam"]),
+    ("model-missing", "generate {R}/no-model", ["no-model"]),
+    ("lm-with-classifier-data-option", "train lm --data {T} --out {X} --train {L}",
+     ["--train"]),
+]
+
+
+@pytest.mark.parametrize(("template", "fragments"), [(t, f) for _, t, f in TABLE],
+                         ids=[name for name, _, _ in TABLE])
+def test_malformed_input_table(world, tmp_path, capsys, template, fragments):
+    places = {**world, "X": str(tmp_path / "out")}
+    expect_cli_error(_args(template, places), capsys,
+                     *(f.format(**places) for f in fragments))
