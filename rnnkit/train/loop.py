@@ -121,7 +121,8 @@ class Trainer:
         if any(path.is_file() for path in saved):
             return f"The last good checkpoint in {self.out} is kept"
         return (f"No model was saved yet in {self.out} (the run stopped before its first "
-                f"checkpoint), so there is nothing to resume or use")
+                f"checkpoint), so there is nothing to resume or use; start it again without "
+                f"--resume (same --out) to restart it in place")
 
     def _count(self, loss: float, units: int, bar) -> None:
         """Count a step done; every ``log_every`` steps write a training line."""
