@@ -79,6 +79,24 @@ def backend_field():
 
 # -- checks ---------------------------------------------------------------------------------
 
+#: Bounds of a model config's dimensions, checked by every model config (``__post_init__``)
+#: so that a config from the API, the command line or a model directory's config.json is
+#: refused before anything is allocated: a size (hidden, embedding, condition units) at most
+#: MAX_SIZE, a number of recurrent layers at most MAX_LAYERS, a vocabulary (or number of
+#: classes, tags, labels) at most MAX_VOCAB; a loaded model at most MAX_PARAMETERS parameters.
+MAX_SIZE = 65_536
+MAX_LAYERS = 64
+MAX_VOCAB = 10_000_000
+MAX_PARAMETERS = 2_000_000_000
+
+
+def bounded(name: str, low: int, high: int):
+    """A :func:`check_fields` entry: field ``name`` is an int in ``[low, high]`` (the
+    message says "NAME: expected an int >= LOW and at most HIGH, got VALUE")."""
+    what = "a positive int" if low == 1 else f"an int >= {low}"
+    return (name, lambda c: low <= getattr(c, name) <= high, f"{what} and at most {high}")
+
+
 def check_types(config) -> None:
     """Raise ``ValueError`` for a dataclass field whose value is not of its declared type
     (bool, int, float, str, tuple) — values may come from TOML or JSON files."""

@@ -45,9 +45,59 @@ def world(tmp_path_factory):
     bad_config.write_bytes(b'level = "char"\nhidden = 8 # caf\xe9\n')
     out_five = root / "out5.toml"
     out_five.write_text(f'data = "{text}"\nout = 5\n', encoding="utf-8")
+    bad = _malformed_files(root, model)
     return {"T": text, "M": str(model), "D": str(folder), "L": files["labelled"],
             "C": dup, "B": str(bad_config), "O5": str(out_five), "R": str(root),
-            "G": files["tagged"]}
+            "G": files["tagged"], "S": files["source"], "P": str(root / "pairs"), **bad}
+
+
+class _Trap:
+    """Unpickled, it creates the file ``path``: proof that a weights file was unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _malformed_files(root: Path, model: Path) -> dict[str, str]:
+    """Tiny broken inputs of every kind for the table (no training)."""
+    import pickle
+    import shutil
+
+    def put(name, data) -> str:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        return str(path)
+
+    (root / "nofolder").mkdir()                              # a folder without train file
+    (root / "nodir").mkdir()                                 # a model dir without config.json
+    put("badjson/config.json", "{not json")
+    pickled = root / "pickled"
+    shutil.copytree(model, pickled)
+    for weights in pickled.glob("*.safetensors"):           # a pickle that, if ever
+        weights.write_bytes(pickle.dumps(_Trap(root / "UNPICKLED")))   # loaded, leaves a file
+    put("uneven/train.de", "a b\nc d\ne f\n")
+    put("uneven/train.en", "A B\nC D\n")
+    for split in ("train", "valid"):                         # a good translator folder
+        for lang in ("de", "en"):
+            put(f"pairs/{split}.{lang}", "a b\nc d\ne f\n" * 4)
+    return {
+        "E": put("empty.txt", b""), "U": put("latin1.txt", b"caf\xe9 au lait\n" * 5),
+        "NT": put("notab.tsv", "0\tgood line\nno tab here\n"),
+        "LO": put("labelonly.tsv", "0\tgood line\n1\t\n"),
+        "CC": put("cols.conllu", "1\ta\ta\tNOUN\n\n"),
+        "UE": str(root / "uneven"), "NF": str(root / "nofolder"), "ND": str(root / "nodir"),
+        "BJ": str(root / "badjson"), "PK": str(pickled),
+        "NTOML": put("not.toml", "this is = = not toml [\n"),
+        "UKEY": put("unknown.toml", 'hidden = 8\nno_such_key = 1\n'),
+        "WTYPE": put("wrongtype.toml", 'hidden = "big"\n'),
+        "LTAB": put("listtable.toml", 'hidden = 8\ncell_options = [1, 2]\n'),
+        "LINT": put("listint.toml", 'hidden = [8, 9]\n'),
+        "EU": put("empty.tsv", b""), "EC": put("empty.conllu", b""),
+    }
 
 
 def _main(args) -> int:
@@ -173,6 +223,9 @@ def test_conllu_repeated_id_names_file_and_line(world):
 # -- the malformed-input table -------------------------------------------------------------
 # (id, arguments with {placeholders} of the world fixture and {X}: a fresh directory,
 #  fragments the one error line must hold: the input it names)
+# 102 cases (issue 10, "Must show"): contradictions, bad data files of every task, bad
+# option values, bad TOML files, use commands on bad model directories and values. The
+# broken files are made by _malformed_files; only the world's one tiny LM is trained.
 
 TABLE = [
     ("gru-peephole", "train lm --data {T} --out {X} --cell gru --peephole", ["peephole"]),
@@ -218,6 +271,95 @@ TABLE = [
     ("model-missing", "generate {R}/no-model", ["no-model"]),
     ("lm-with-classifier-data-option", "train lm --data {T} --out {X} --train {L}",
      ["--train"]),
+    # bad data files, every task
+    ("lm-empty-file", "train lm --data {E} --out {X}", ["empty.txt"]),
+    ("lm-not-utf8", "train lm --data {U} --out {X}", ["latin1.txt"]),
+    ("lm-data-folder-without-train", "train lm --data {NF} --out {X}", ["nofolder"]),
+    ("lm-valid-fraction-text", "train lm --data {T} --valid-fraction {R}/nothing.txt --out {X}",
+     ["--valid-fraction", "nothing.txt"]),
+    ("lm-valid-fraction-one", "train lm --data {T} --valid-fraction 1 --out {X}",
+     ["valid_fraction"]),
+    ("classifier-missing", "train classifier --data {R}/none.tsv --out {X}", ["none.tsv"]),
+    ("classifier-folder-without-train", "train classifier --data {NF} --out {X}",
+     ["nofolder"]),
+    ("classifier-empty", "train classifier --data {EU} --out {X}", ["empty.tsv"]),
+    ("classifier-not-utf8", "train classifier --data {U} --out {X}", ["latin1.txt"]),
+    ("classifier-line-without-tab", "train classifier --data {NT} --out {X}",
+     ["notab.tsv", "line 2"]),
+    ("classifier-label-only", "train classifier --data {LO} --out {X}",
+     ["labelonly.tsv", "line 2"]),
+    ("classifier-valid-missing",
+     "train classifier --train {L} --valid {R}/nothing.tsv --out {X}", ["nothing.tsv"]),
+    ("tagger-missing", "train tagger --data {R}/none.conllu --out {X}", ["none.conllu"]),
+    ("tagger-empty", "train tagger --data {EC} --out {X}", ["empty.conllu"]),
+    ("tagger-not-utf8", "train tagger --data {U} --out {X}", ["latin1.txt"]),
+    ("tagger-conllu-columns", "train tagger --data {CC} --out {X}", ["cols.conllu", "line 1"]),
+    ("tagger-folder-without-train", "train tagger --data {NF} --out {X}", ["nofolder"]),
+    ("translator-missing", "train translator --data {R}/none --out {X}", ["none"]),
+    ("translator-uneven-pair", "train translator --data {UE} --out {X}", ["uneven"]),
+    ("translator-folder-without-train", "train translator --data {NF} --out {X}",
+     ["nofolder"]),
+    ("conditioned-missing", "train conditioned-lm --data {R}/none.tsv --out {X}",
+     ["none.tsv"]),
+    ("conditioned-empty", "train conditioned-lm --data {EU} --out {X}", ["empty.tsv"]),
+    ("conditioned-line-without-tab", "train conditioned-lm --data {NT} --out {X}",
+     ["notab.tsv", "line 2"]),
+    # bad option values
+    ("layers-zero", "train lm --data {T} --out {X} --layers 0", ["layers"]),
+    ("hidden-negative", "train lm --data {T} --out {X} --hidden -3", ["hidden"]),
+    ("batch-size-zero", "train lm --data {T} --out {X} --batch-size -1", ["batch"]),
+    ("bptt-zero", "train lm --data {T} --out {X} --bptt -5", ["bptt"]),
+    ("lr-not-a-number", "train lm --data {T} --out {X} --lr fast", ["--lr", "fast"]),
+    ("hidden-not-a-number", "train lm --data {T} --out {X} --hidden many", ["--hidden"]),
+    ("dropout-above-one", "train classifier --data {L} --out {X} --dropout 1.5", ["dropout"]),
+    ("level-unknown", "train lm --data {T} --out {X} --level syllable", ["syllable"]),
+    ("softmax-unknown", "train lm --data {T} --out {X} --softmax huge", ["huge"]),
+    ("pooling-unknown", "train classifier --data {L} --out {X} --pooling median", ["median"]),
+    ("attention-unknown", "train translator --data {P} --out {X} --attention psychic",
+     ["psychic"]),
+    ("optimizer-unknown", "train lm --data {T} --out {X} --optimizer magic", ["magic"]),
+    ("backend-unknown", "train lm --data {T} --out {X} --backend quantum", ["quantum"]),
+    ("init-unknown", "train lm --data {T} --out {X} --init random-ish", ["random-ish"]),
+    ("cell-unknown", "train lm --data {T} --out {X} --cell nosuchcell", ["nosuchcell"]),
+    ("cell-user-path-missing", "train lm --data {T} --out {X} --cell {R}/nocell.py:Cell",
+     ["nocell.py"]),
+    ("tagger-hidden-zero", "train tagger --data {G} --out {X} --hidden 0", ["hidden"]),
+    ("translator-batch-zero", "train translator --data {P} --out {X} --batch-size -1",
+     ["batch"]),
+    # bad TOML config files
+    ("config-not-toml", "train lm --config {NTOML} --out {X}", ["not.toml"]),
+    ("config-unknown-key", "train lm --config {UKEY} --out {X}", ["unknown.toml", "no_such_key"]),
+    ("config-wrong-type", "train lm --config {WTYPE} --out {X}", ["wrongtype.toml", "hidden"]),
+    ("config-list-for-table", "train lm --config {LTAB} --out {X}",
+     ["listtable.toml", "cell_options"]),
+    ("config-list-for-int", "train lm --config {LINT} --out {X}", ["listint.toml", "hidden"]),
+    # use commands on bad model directories and values
+    ("eval-model-missing", "eval {R}/no-model --data {T}", ["no-model"]),
+    ("eval-no-config", "eval {ND} --data {T}", ["nodir"]),
+    ("eval-config-not-json", "eval {BJ} --data {T}", ["badjson"]),
+    ("eval-pickled-weights", "eval {PK} --data {T}", ["pickled"]),
+    ("generate-pickled-weights", "generate {PK} --length 3", ["pickled"]),
+    ("translate-lm-model", "translate {M} {S}", ["{M}"]),
+    ("predict-lm-model", "predict {M} {L}", ["{M}"]),
+    ("score-missing-file", "score {M} {R}/nothing.txt", ["nothing.txt"]),
+    ("score-no-config", "score {ND} {T}", ["nodir"]),
+    ("eval-data-missing", "eval {M} --data {R}/nothing.txt", ["nothing.txt"]),
+    ("generate-length-text", "generate {M} --length ten", ["--length"]),
+    ("generate-top-k-negative", "generate {M} --top-k -2", ["top"]),
+    ("generate-top-p-zero", "generate {M} --top-p 0", ["top"]),
+    ("generate-temperature-negative", "generate {M} --temperature -1", ["temperature"]),
+    ("generate-temperature-nan", "generate {M} --temperature nan", ["temperature"]),
+    ("dropout-nan", "train lm --data {T} --out {X} --dropout nan", ["dropout"]),
+    ("lr-negative", "train lm --data {T} --out {X} --lr -1", ["lr"]),
+    ("epochs-zero", "train lm --data {T} --out {X} --epochs 0", ["epochs"]),
+    ("cell-module-missing", "train lm --data {T} --out {X} --cell nopkg.nomod:Cell",
+     ["nopkg"]),
+    ("translate-missing-file", "translate {M} {R}/nothing.de", ["nothing.de"]),
+    ("translate-model-missing", "translate {R}/no-model {S}", ["no-model"]),
+    ("activations-text-missing", "activations {M} --text {R}/nothing.txt --out {X}/p.html",
+     ["nothing.txt"]),
+    ("tagger-hidden-negative", "train tagger --data {G} --valid-fraction 0.5 "
+     "--out {X} --hidden -1", ["hidden"]),
 ]
 
 
@@ -227,3 +369,25 @@ def test_malformed_input_table(world, tmp_path, capsys, template, fragments):
     places = {**world, "X": str(tmp_path / "out")}
     expect_cli_error(_args(template, places), capsys,
                      *(f.format(**places) for f in fragments))
+    assert not Path(world["R"], "UNPICKLED").exists()      # a pickle is never loaded
+
+
+# -- eval --json is strict JSON ------------------------------------------------------------
+
+def test_eval_json_writes_infinite_figures_as_strings(world, capsys, monkeypatch):
+    import dataclasses
+
+    from rnnkit.cli.use import strict_json
+    from rnnkit.tasks import TASKS
+
+    figures = {"loss": 812.5, "perplexity": float("inf"), "low": float("-inf"),
+               "odd": [float("nan"), 1.5]}
+    spec = TASKS["lm"]
+    patched = dataclasses.replace(spec, evaluate=lambda *a, **k: dict(figures))
+    monkeypatch.setitem(TASKS, "lm", patched)
+    code, out, err = run_cli(["eval", world["M"], "--data", world["T"], "--json"], capsys)
+    assert code == 0, err
+    assert "Infinity" not in out and "NaN" not in out
+    parsed = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict {c}"))
+    assert parsed == {"loss": 812.5, "perplexity": "inf", "low": "-inf", "odd": ["nan", 1.5]}
+    assert json.loads(strict_json({"a": (1.0, float("inf"))})) == {"a": [1.0, "inf"]}

@@ -195,6 +195,9 @@ def read_config(path: str | None, options: list[Option], command: str) -> dict:
     unknown = sorted(set(config) - set(by_name) - {"cell_options", *RUN_KEYS})
     if unknown:
         raise ValueError(f"{path}: unknown option(s) {unknown}; see 'rnnkit {command} --help'")
+    if "cell_options" in config and not isinstance(config["cell_options"], dict):
+        raise ValueError(f"{path}: cell_options: expected a table of options, got "
+                         f"{config['cell_options']!r}")
     values = {}
     for name, value in config.items():
         option = by_name.get(name)
@@ -202,9 +205,28 @@ def read_config(path: str | None, options: list[Option], command: str) -> dict:
             values[name] = value
             continue
         value = option.from_alias(value) if name == option.alias else value
+        _check_type(path, name, option.kind, value)
         values[option.key] = tuple(value) if option.kind == "ints" and \
             isinstance(value, list) else value
     return values
+
+
+_TOML_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,),
+               "ints": (int, list, str)}
+_TOML_NAMES = {"bool": "bool", "int": "int", "float": "float", "str": "str",
+               "ints": "a list of ints"}
+
+
+def _check_type(path, name: str, kind: str, value) -> None:
+    """A config file's value of the option's type, else an error naming the file and key."""
+    types = _TOML_TYPES.get(kind)
+    if types is None:
+        return
+    ok = isinstance(value, types) and not (kind != "bool" and isinstance(value, bool))
+    if ok and kind == "ints" and isinstance(value, list):
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not ok:
+        raise ValueError(f"{path}: {name}: expected {_TOML_NAMES[kind]}, got {value!r}")
 
 
 def settings(args, options: list[Option], file: dict) -> dict[str, dict]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -12,6 +13,22 @@ from rnnkit.cli.parsing import device_and_json, model_command
 
 def _stderr(text: str) -> None:
     print(text, file=sys.stderr)
+
+
+def strict_json(thing, **kwargs) -> str:
+    """``json.dumps`` of ``thing`` as strict JSON: a number that is not finite (an overflowed
+    perplexity, say) is written as the string "inf", "-inf" or "nan", never as the
+    non-standard ``Infinity``/``NaN`` that ``json.dumps`` writes."""
+    def finite(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [finite(v) for v in x]
+        return x
+
+    return json.dumps(finite(thing), allow_nan=False, **kwargs)
 
 
 def _task_of(directory: str):
@@ -36,7 +53,7 @@ def run_eval(args) -> int:
         raise ValueError(f"--beam: expected >= 1, got {args.beam}")
     m = spec.evaluate(args.model, args.data, reference=args.reference, beam=args.beam,
                       batch_size=args.batch_size, device=args.device, log=_stderr)
-    print(json.dumps(m, indent=2) if args.json else "\n".join(spec.report(m, args.data)))
+    print(strict_json(m, indent=2) if args.json else "\n".join(spec.report(m, args.data)))
     return 0
 
 
@@ -92,7 +109,7 @@ def run_score(args) -> int:
 
     rows = score_lines(args.model, args.file, device=args.device)
     if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        print(strict_json(rows, indent=2, ensure_ascii=False))
         return 0
     print("line\tlogprob\tlog10prob\ttokens\tppl\ttext")
     for r in rows:
@@ -162,13 +179,16 @@ def add_commands(commands) -> None:
                     "(without it, --data must be a TSV of source<TAB>target pairs)")
     ev.add_argument("--beam", type=int, default=5, help="translator: beam width (5; 1 greedy)")
     ev.add_argument("--batch-size", type=int, default=10, help="lm: parallel streams (10)")
-    device_and_json(ev, "print the figures as JSON")
+    device_and_json(ev, "print the figures as strict JSON (a figure that is not "
+                    "finite, such as an overflowed perplexity, is the string \"inf\", "
+                    "\"-inf\" or \"nan\")")
 
     sc = model_command(commands, "score", "log-probability of every line of a file",
                        "Score each line of FILE on its own: natural-log and log10 "
                        "probability, token count and perplexity, as TSV.", run_score)
     sc.add_argument("file", metavar="FILE", help="UTF-8 text file, one sentence per line")
-    device_and_json(sc, "JSON instead of TSV")
+    device_and_json(sc, "strict JSON instead of TSV (a figure that is not finite is "
+                    "the string \"inf\", \"-inf\" or \"nan\")")
 
     pr = model_command(
         commands, "predict", "label lines (classifier) or tag sentences (tagger)",

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.config import (backend_field, cell_field, cell_options_field, check_cell,
+from rnnkit.config import (MAX_LAYERS, MAX_SIZE, MAX_VOCAB, bounded, backend_field, cell_field, cell_options_field, check_cell,
                            check_fields, derived, option)
 from rnnkit.layers import length_mask
 from rnnkit.models.encoder import RecurrentEncoder
@@ -52,11 +52,11 @@ class ClassifierConfig:
     def __post_init__(self):
         check_cell(self)
         check_fields(self, [
-            ("vocab_size", lambda c: c.vocab_size >= 3, "an int >= 3"),
-            ("num_classes", lambda c: c.num_classes >= 2, "an int >= 2"),
-            ("embedding_size", lambda c: c.embedding_size >= 1, "a positive int"),
-            ("hidden_size", lambda c: c.hidden_size >= 1, "a positive int"),
-            ("num_layers", lambda c: c.num_layers >= 1, "a positive int"),
+            bounded("vocab_size", 3, MAX_VOCAB),
+            bounded("num_classes", 2, MAX_VOCAB),
+            bounded("embedding_size", 1, MAX_SIZE),
+            bounded("hidden_size", 1, MAX_SIZE),
+            bounded("num_layers", 1, MAX_LAYERS),
             ("pooling", lambda c: c.pooling in POOLINGS, f"one of {list(POOLINGS)}"),
             ("dropout", lambda c: 0 <= c.dropout < 1, "a number in [0, 1)"),
             ("embedding_dropout", lambda c: 0 <= c.embedding_dropout < 1, "a number in [0, 1)"),

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.cells.registry import options_from_legacy_fields
-from rnnkit.config import (backend_field, cell_field, cell_options_field, check_cell,
+from rnnkit.config import (MAX_LAYERS, MAX_SIZE, MAX_VOCAB, bounded, backend_field, cell_field, cell_options_field, check_cell,
                            check_fields, derived, option)
 from rnnkit.layers import INIT_SCHEMES, RecurrentStack, detach_state, with_hidden
 from rnnkit.models.softmax import HEADS, AdaptiveSoftmax, ClassSoftmax, FullSoftmax, frequency_classes
@@ -73,12 +73,12 @@ class LMConfig:
 
     def __post_init__(self):
         checks = [
-            ("vocab_size", lambda c: c.vocab_size >= 2, "an int >= 2"),
-            ("hidden_size", lambda c: c.hidden_size >= 1, "a positive int"),
-            ("embedding_size", lambda c: c.embedding_size >= 0, "an int >= 0"),
-            ("num_layers", lambda c: c.num_layers >= 1, "a positive int"),
+            bounded("vocab_size", 2, MAX_VOCAB),
+            bounded("hidden_size", 1, MAX_SIZE),
+            bounded("embedding_size", 0, MAX_SIZE),
+            bounded("num_layers", 1, MAX_LAYERS),
             ("softmax", lambda c: c.softmax in HEADS, f"one of {list(HEADS)}"),
-            ("num_classes", lambda c: c.num_classes >= 0, "an int >= 0"),
+            bounded("num_classes", 0, MAX_VOCAB),
             ("condition", lambda c: c.condition in CONDITIONS, f"one of {list(CONDITIONS)}"),
             ("condition_mode", lambda c: c.condition_mode in CONDITION_MODES,
              f"one of {list(CONDITION_MODES)}"),
@@ -86,6 +86,8 @@ class LMConfig:
              "an int >= 1 for condition='label'"),
             ("condition_size", lambda c: c.condition_size >= (c.condition == "vector"),
              "an int >= 1 for condition='vector' (else >= 0)"),
+            bounded("condition_size", 0, MAX_SIZE),
+            bounded("num_conditions", 0, MAX_VOCAB),
         ]
         for name in ("dropout", "embedding_dropout", "weight_dropout"):
             checks.append((name, lambda c, name=name: 0 <= getattr(c, name) < 1,

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.config import (backend_field, cell_field, cell_options_field, check_cell,
+from rnnkit.config import (MAX_LAYERS, MAX_SIZE, MAX_VOCAB, bounded, backend_field, cell_field, cell_options_field, check_cell,
                            check_fields, derived, option)
 from rnnkit.layers import length_mask, with_hidden
 from rnnkit.special import LINE_END_ID, PAD_ID
@@ -65,12 +65,12 @@ class Seq2SeqConfig:
     def __post_init__(self):
         check_cell(self)
         check_fields(self, [
-            ("source_vocab_size", lambda c: c.source_vocab_size >= 3, "an int >= 3"),
-            ("target_vocab_size", lambda c: c.target_vocab_size >= 3, "an int >= 3"),
-            ("embedding_size", lambda c: c.embedding_size >= 1, "a positive int"),
-            ("hidden_size", lambda c: c.hidden_size >= 1, "a positive int"),
-            ("encoder_layers", lambda c: c.encoder_layers >= 1, "a positive int"),
-            ("decoder_layers", lambda c: c.decoder_layers >= 1, "a positive int"),
+            bounded("source_vocab_size", 3, MAX_VOCAB),
+            bounded("target_vocab_size", 3, MAX_VOCAB),
+            bounded("embedding_size", 1, MAX_SIZE),
+            bounded("hidden_size", 1, MAX_SIZE),
+            bounded("encoder_layers", 1, MAX_LAYERS),
+            bounded("decoder_layers", 1, MAX_LAYERS),
             ("attention", lambda c: c.attention in ATTENTIONS, f"one of {list(ATTENTIONS)}"),
             ("dropout", lambda c: 0 <= c.dropout < 1, "a number in [0, 1)"),
         ])

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.config import (backend_field, cell_field, cell_options_field, check_cell,
+from rnnkit.config import (MAX_LAYERS, MAX_SIZE, MAX_VOCAB, bounded, backend_field, cell_field, cell_options_field, check_cell,
                            check_fields, derived, option)
 from rnnkit.models.encoder import RecurrentEncoder, embedding, recurrent_layer
 
@@ -49,14 +49,14 @@ class TaggerConfig:
     def __post_init__(self):
         check_cell(self)
         check_fields(self, [
-            ("vocab_size", lambda c: c.vocab_size >= 3, "an int >= 3"),
-            ("num_tags", lambda c: c.num_tags >= 1, "an int >= 1"),
-            ("char_vocab_size", lambda c: c.char_vocab_size >= 0, "an int >= 0"),
-            ("embedding_size", lambda c: c.embedding_size >= 1, "a positive int"),
-            ("hidden_size", lambda c: c.hidden_size >= 1, "a positive int"),
-            ("num_layers", lambda c: c.num_layers >= 1, "a positive int"),
-            ("char_embedding_size", lambda c: c.char_embedding_size >= 1, "a positive int"),
-            ("char_hidden_size", lambda c: c.char_hidden_size >= 0, "an int >= 0"),
+            bounded("vocab_size", 3, MAX_VOCAB),
+            bounded("num_tags", 1, MAX_VOCAB),
+            bounded("char_vocab_size", 0, MAX_VOCAB),
+            bounded("embedding_size", 1, MAX_SIZE),
+            bounded("hidden_size", 1, MAX_SIZE),
+            bounded("num_layers", 1, MAX_LAYERS),
+            bounded("char_embedding_size", 1, MAX_SIZE),
+            bounded("char_hidden_size", 0, MAX_SIZE),
             ("dropout", lambda c: 0 <= c.dropout < 1, "a number in [0, 1)"),
             ("word_dropout", lambda c: 0 <= c.word_dropout < 1, "a number in [0, 1)"),
             ("embedding_init", lambda c: c.embedding_init >= 0, "a number >= 0"),

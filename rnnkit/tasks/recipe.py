@@ -401,6 +401,41 @@ def load_model(spec: TaskSpec, directory: str | Path, config: dict, device: str 
         if getattr(model_cfg, key) != size:
             raise ValueError(f"{directory}: the model's vocabulary sizes do not match its "
                              f"tokenizers ({key} {getattr(model_cfg, key)}, tokenizer {size})")
+    # The tensors config.json implies, found on the meta device (nothing is allocated) and
+    # matched with the header of the weights file before the model is built for real.
+    from rnnkit.config import MAX_PARAMETERS
+    try:
+        with torch.device("meta"):
+            implied = {k: tuple(v.shape) for k, v in
+                       spec.model(model_cfg, **model_kwargs).state_dict().items()}
+    except (NotImplementedError, RuntimeError):     # a custom cell that needs real tensors
+        implied = None                              # (its sizes are bounded by the config)
+    implied_count = sum(math.prod(shape) for shape in (implied or {}).values())
+    if implied_count > MAX_PARAMETERS:
+        raise ValueError(f"{where}: the model would have {implied_count:,} parameters, more "
+                         f"than the {MAX_PARAMETERS:,} rnnkit loads")
+    weights = Path(directory) / checkpoint.WEIGHTS
+    stored = None
+    try:
+        if implied is None:
+            raise LookupError
+        from safetensors import safe_open
+        with safe_open(str(weights), "pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            header = json.loads((f.metadata() or {}).get(checkpoint._META_KEY, "{}"))
+        for name, target in dict(header.get("aliases", {})).items():
+            stored[name] = stored[target]
+    except Exception:       # unreadable or not rnnkit's: load_weights says what is wrong
+        stored = None
+    if stored is not None and stored != implied:
+        stored_count = sum(math.prod(shape) for shape in stored.values())
+        first = next(k for k in list(implied) + list(stored) if implied.get(k) != stored.get(k))
+        raise ValueError(
+            f"{weights}: the weights do not match the model in {where}: tensor {first!r} is "
+            f"{'absent' if first not in stored else f'shape {list(stored[first])}'} in the "
+            f"file but {'absent' if first not in implied else f'shape {list(implied[first])}'}"
+            f" for the configuration ({stored_count:,} parameters in the file, "
+            f"{implied_count:,} implied by the configuration)")
     model = spec.model(model_cfg, **model_kwargs)
     checkpoint.load_weights(directory, model)
     return model.to(device_of(device)).eval()
