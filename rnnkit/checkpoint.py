@@ -5,7 +5,7 @@ A model directory holds::
     config.json           what the model is: {"rnnkit": version, "task": ..., "model": {...}, ...}
     model.safetensors     the weights selected on validation (the model users load)
     tokenizer.json …      the task's vocabulary / tokenizer files (JSON)
-    train_state.safetensors   everything needed to continue training exactly (see train.py)
+    train_state.safetensors   everything needed to continue training exactly (see train/state.py)
     metrics.jsonl, curves.png
 
 Every file is written with :func:`rnnkit.files.atomic_write` (re-exported here with
