@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -53,7 +54,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object],
     Other exceptions propagate as they are.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")   # see TEMPORARY
     written = None                            # bytes in tmp when writing failed
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +75,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object],
     except OSError as error:
         raise _write_error(path, error, size if size is not None else written) from None
     _fsync_directory(path.parent)
+
+
+# The names atomic_write gives its temporary files: ".NAME.<16 hex digits>.tmp".
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{16}\.tmp")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files a killed :func:`atomic_write` left anywhere under
+    ``folder`` (only names it makes; call it while no write there is in flight, e.g. holding
+    the run directory's lock). Returns the paths removed."""
+    stale = [Path(root) / name for root, _, names in os.walk(folder) for name in names
+             if TEMPORARY.fullmatch(name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _size(file: Path) -> int | None:

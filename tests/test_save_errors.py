@@ -226,14 +226,15 @@ def test_real_full_tmpfs(tmp_path):
         subprocess.run(["umount", str(mount)], capture_output=True)
 
 
-def test_stale_temporaries_of_a_killed_write_are_removed_at_the_next_start(tmp_path):
-    toy = _trained_toy(tmp_path)
-    toy.fit(toy.ToyTask(), tmp_path, toy.config(epochs=1))
+def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path):
+    """The run's start does this while holding its lock (tests/test_run_directory.py)."""
+    from rnnkit.files import remove_stale_temporaries
+
     stale = tmp_path / ".train_state.safetensors.0123456789abcdef.tmp"
     stale.write_bytes(b"half")
     other = tmp_path / ".mine.tmp"               # not a name atomic_write makes: kept
     other.write_bytes(b"x")
-    toy.fit(toy.ToyTask(), tmp_path, toy.config(epochs=2), resume=True)
+    assert remove_stale_temporaries(tmp_path) == [stale]
     assert not stale.exists() and other.exists()
 
 

@@ -37,12 +37,12 @@ from rnnkit.cells.base import Cell, State
 class ZoneoutCache(NamedTuple):
     h_prev: Tensor          # (n, H) the state before the step (for param_backward's order)
     inner: tuple            # the wrapped cell's cache
-    keep: tuple             # per state, (n, H): d_t (training) or p (evaluation)
+    keep: tuple             # per state: d_t (n, H) in training; the number p in evaluation
 
 
 class ZoneoutFactors(NamedTuple):
     inner: tuple            # the wrapped cell's factors
-    keep: tuple             # per state, (n, H)
+    keep: tuple             # per state, as in the cache
 
 
 class Wrapper(Cell):
@@ -96,7 +96,7 @@ class Zoneout(Wrapper):
         if self.training:
             keep = tuple(torch.bernoulli(torch.full_like(s, self.p)) for s in new)  # d_t
         else:
-            keep = tuple(torch.full_like(s, self.p) for s in new)
+            keep = (self.p,) * len(new)                     # no tensor per step to draw or fill
         zoned = tuple(torch.lerp(s_new, s_prev, d)           # d s_{t-1} + (1 − d) s̃_t
                       for s_new, s_prev, d in zip(new, state, keep))
         return zoned, ZoneoutCache(state[0], inner_cache, keep)
@@ -108,7 +108,7 @@ class Zoneout(Wrapper):
     def step_backward(self, dstate, cache, weight_hh, *extra):
         dnew = tuple(ds * (1 - d) for ds, d in zip(dstate, cache.keep))   # ds̃ = (1 − d) ds
         dprev, dxw, dhw, *kept = self.inner.step_backward(dnew, cache.inner, weight_hh, *extra)
-        dprev = tuple(torch.addcmul(dp, ds, d)                              # + d ⊙ ds
+        dprev = tuple(dp + d * ds                                           # + d ⊙ ds
                       for dp, ds, d in zip(dprev, dstate, cache.keep))
         return (dprev, dxw, dhw, *kept)
 
@@ -125,12 +125,12 @@ class Zoneout(Wrapper):
 class RecurrentDropoutCache(NamedTuple):
     h_prev: Tensor          # (n, H) the masked h_{t-1} the cell read
     inner: tuple
-    mask: Tensor            # (n, H) m, or None-like ones in evaluation
+    mask: Tensor | None     # (n, H) m; None in evaluation (h_{t-1} read as it is)
 
 
 class RecurrentDropoutFactors(NamedTuple):
     inner: tuple
-    mask: Tensor
+    mask: Tensor | None
 
 
 class RecurrentDropout(Wrapper):
@@ -160,7 +160,7 @@ class RecurrentDropout(Wrapper):
     def step_forward(self, xw, state, weight_hh, bias_hh, *extra):
         if not self.training or self.p == 0:
             new, inner_cache = self.inner.step_forward(xw, state, weight_hh, bias_hh, *extra)
-            return new, RecurrentDropoutCache(state[0], inner_cache, torch.ones_like(state[0]))
+            return new, RecurrentDropoutCache(state[0], inner_cache, None)
         mask = self._mask_rows(state[0])
         h_in = state[0] * mask                                       # h_{t-1} ⊙ m
         new, inner_cache = self.inner.step_forward(xw, (h_in, *state[1:]), weight_hh, bias_hh,
@@ -174,8 +174,8 @@ class RecurrentDropout(Wrapper):
     def step_backward(self, dstate, cache, weight_hh, *extra):
         dprev, dxw, dhw, *kept = self.inner.step_backward(dstate, cache.inner, weight_hh,
                                                           *extra)
-        return ((dprev[0] * cache.mask, *dprev[1:]), dxw, dhw,     # dh_{t-1} = dh_in ⊙ m
-                *kept)
+        dh_prev = dprev[0] if cache.mask is None else dprev[0] * cache.mask   # dh_in ⊙ m
+        return ((dh_prev, *dprev[1:]), dxw, dhw, *kept)
 
     def param_backward(self, dhw, caches, *extra, **kept):
         return self.inner.param_backward(dhw, [c.inner for c in caches], *extra, **kept)

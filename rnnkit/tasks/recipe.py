@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
@@ -39,6 +38,7 @@ from types import SimpleNamespace
 import torch
 
 from rnnkit import checkpoint
+from rnnkit.files import remove_stale_temporaries
 from rnnkit.cells.registry import named_by_file
 from rnnkit.config import check_cell, field_default
 from rnnkit.runlock import RunLock
@@ -290,7 +290,6 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
 
 # -- the run directory's state ---------------------------------------------------------------
 
-_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")     # rnnkit.files.atomic_write's names
 
 
 def _snapshot(out: Path) -> dict:
@@ -335,12 +334,7 @@ def _remove_empty(out: Path, top: Path) -> None:
 def _remove_stale_temporaries(out: Path, log) -> None:
     """Remove the temporary files a killed write left in the run directory (the lock is
     held, so no write of this run is in flight)."""
-    if not out.is_dir():
-        return
-    stale = [Path(folder) / name for folder, _, names in os.walk(out) for name in names
-             if _TEMPORARY.match(name)]
-    for path in stale:
-        path.unlink(missing_ok=True)
+    stale = remove_stale_temporaries(out) if out.is_dir() else []
     if stale:
         log(f"{out}: removed {len(stale)} temporary file(s) left by an interrupted write")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import signal
 import time
 from pathlib import Path
@@ -203,7 +202,6 @@ class Trainer:
     def _begin(self, resume: bool) -> None:
         """Continue from the train state in ``out``, or start afresh from the seed."""
         self.out.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(self.out)
         self._started = self.clock()
         if resume:
             self._restore(load_train_state(self.out / checkpoint.TRAIN_STATE, self.task,
@@ -241,14 +239,3 @@ class Trainer:
     def _elapsed(self) -> float:
         """Training seconds of the run, this process's and those before it."""
         return self.elapsed + (self.clock() - self._started)
-
-
-_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{16}\.tmp")     # atomic_write's temporary names
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    """Remove the temporary files a killed write left in ``out`` (the run's own files only:
-    the run owns its directory while it trains)."""
-    for path in out.glob(".*.tmp"):
-        if _TEMPORARY.fullmatch(path.name) and path.is_file():
-            path.unlink(missing_ok=True)
