@@ -89,6 +89,19 @@ MAX_LAYERS = 64
 MAX_VOCAB = 10_000_000
 MAX_PARAMETERS = 2_000_000_000
 
+#: Bounds of what one input may make a model allocate at inference (rnnkit.tasks.common):
+#: a classifier's line, a tagger's sentence and a translator's source are read whole, so one
+#: longer than MAX_INPUT_CHARS characters or MAX_INPUT_TOKENS tokens (a tagger word longer
+#: than MAX_WORD_CHARS characters) is refused naming its file and line; a language model's
+#: ``score`` has no length limit — it reads a long line in windows, carrying the state. One
+#: forward pass reads at most BATCH_TOKENS tokens (sequences x the longest of them) and
+#: computes at most BATCH_LOGITS output scores (tokens x vocabulary).
+MAX_INPUT_CHARS = 200_000
+MAX_INPUT_TOKENS = 20_000
+MAX_WORD_CHARS = 1_000
+BATCH_TOKENS = 32_768
+BATCH_LOGITS = 1 << 25
+
 
 def bounded(name: str, low: int, high: int):
     """A :func:`check_fields` entry: field ``name`` is an int in ``[low, high]`` (the

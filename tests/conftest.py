@@ -338,3 +338,25 @@ def train_losses(out) -> list[tuple[int, float]]:
 def snapshot(folder) -> dict:
     """Every file under ``folder`` by relative path: its bytes (to prove nothing changed)."""
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+#: The address space a memory test's command line may use: enough for the tiny models of
+#: the tests, far below what an unbounded read of their long inputs would take.
+MEMORY_LIMIT = 3 * 1024 ** 3
+
+
+def cli_under_memory_limit(*args, limit: int = MEMORY_LIMIT):
+    """``python -m rnnkit ARGS`` in a subprocess under an address-space limit (one thread),
+    so that a regression fails instead of exhausting the machine; the CompletedProcess."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "rnnkit", *map(str, args)],
+                          capture_output=True, text=True, preexec_fn=limited, env=env,
+                          timeout=300)

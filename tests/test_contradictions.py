@@ -210,6 +210,24 @@ def test_config_of_invalid_utf8_names_the_file(world, tmp_path, capsys):
                      world["B"], "line 2", "UTF-8")
 
 
+@pytest.mark.parametrize(("task", "option", "flag"), [
+    ("lm", "--hidden 0", "--hidden (hidden_size)"),
+    ("lm", "--softmax full --cutoffs 10,20", "--cutoffs"),
+    ("classifier", "--layers 0", "--layers (num_layers)"),
+    ("tagger", "--dropout 1", "--dropout (dropout)"),
+    ("translator", "--batch-size 0", "--batch-size (batch_size)"),
+    ("conditioned-lm", "--lr -1", "--lr (lr)"),
+])
+def test_every_option_is_checked_before_the_data_is_read(world, tmp_path, capsys, task,
+                                                         option, flag):
+    """A bad model, data or training option is refused naming its flag before the data
+    is looked at (the data named here does not exist) and before --out is made."""
+    out = tmp_path / "out"
+    err = expect_cli_error(["train", task, "--data", str(tmp_path / "absent"), "--out",
+                            str(out), *option.split()], capsys, flag)
+    assert "absent" not in err and not out.exists()
+
+
 def test_conllu_repeated_id_names_file_and_line(world):
     with pytest.raises(ValueError, match=r"dup\.conllu, line 4: ID 2 again.*line 3"):
         read_tagged(world["C"])
@@ -358,6 +376,8 @@ TABLE = [
     ("translate-model-missing", "translate {R}/no-model {S}", ["no-model"]),
     ("activations-text-missing", "activations {M} --text {R}/nothing.txt --out {X}/p.html",
      ["nothing.txt"]),
+    ("abbreviated-flag", "train lm --data {T} --out {X} --valid {T}", ["--valid"]),
+    ("abbreviated-model-flag", "train lm --data {T} --out {X} --hid 8", ["--hid"]),
     ("tagger-hidden-negative", "train tagger --data {G} --valid-fraction 0.5 "
      "--out {X} --hidden -1", ["hidden"]),
 ]

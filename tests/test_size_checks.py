@@ -6,10 +6,6 @@ address-space limit, so a regression fails instead of exhausting the machine."""
 from __future__ import annotations
 
 import json
-import os
-import resource
-import subprocess
-import sys
 
 import pytest
 
@@ -17,20 +13,8 @@ from rnnkit.config import MAX_LAYERS, MAX_SIZE, MAX_VOCAB
 from rnnkit.models.classifier import ClassifierConfig
 from rnnkit.models.lm import LMConfig
 from rnnkit.tasks import lm
+from conftest import cli_under_memory_limit
 from tiny_data import tiny_files
-
-LIMIT = 3 * 1024 ** 3
-
-
-def _limited():
-    resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
-
-
-def _cli(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "rnnkit", *args], capture_output=True,
-                          text=True, preexec_fn=_limited, env=env, timeout=300)
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -58,7 +42,7 @@ def _edited(trained, tmp_path, **fields):
 
 def test_the_tiny_model_evaluates_under_the_limit(trained):
     out, text = trained
-    result = _cli("eval", str(out), "--data", text)
+    result = cli_under_memory_limit("eval", str(out), "--data", text)
     assert result.returncode == 0, result.stderr
 
 
@@ -67,7 +51,7 @@ def test_the_tiny_model_evaluates_under_the_limit(trained):
 def test_a_huge_dimension_in_config_json_is_refused_before_allocating(
         trained, tmp_path, field, value, bound):
     model = _edited(trained, tmp_path, **{field: value})
-    result = _cli("eval", str(model), "--data", trained[1])
+    result = cli_under_memory_limit("eval", str(model), "--data", trained[1])
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert f"{field}: expected a positive int and at most {bound}, got {value}" in result.stderr
@@ -76,7 +60,7 @@ def test_a_huge_dimension_in_config_json_is_refused_before_allocating(
 
 def test_a_config_that_does_not_fit_the_weights_names_the_tensor(trained, tmp_path):
     model = _edited(trained, tmp_path, hidden_size=48)
-    result = _cli("eval", str(model), "--data", trained[1])
+    result = cli_under_memory_limit("eval", str(model), "--data", trained[1])
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "model.safetensors" in result.stderr and "tensor '" in result.stderr
@@ -115,5 +99,5 @@ def test_tied_weights_pass_the_header_check(tmp_path):
     lm.train_lm(lm.LMDataConfig(data=files["text"], level="char"),
                 {"hidden_size": 16, "num_layers": 1, "tie_weights": True}, {"max_steps": 1},
                 out, log=lambda *_: None)
-    result = _cli("eval", str(out), "--data", files["text"])
+    result = cli_under_memory_limit("eval", str(out), "--data", files["text"])
     assert result.returncode == 0, result.stderr

@@ -11,7 +11,13 @@ class UsageError(ValueError):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one ``rnnkit: error: …`` line and exit code 2."""
+    """An ArgumentParser whose errors are one ``rnnkit: error: …`` line and exit code 2,
+    and which takes a flag only spelled out (no abbreviations: ``--valid`` is not
+    ``--valid-fraction``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise UsageError(f"{message} (see '{self.prog} --help')")

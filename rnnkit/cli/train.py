@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -79,16 +80,30 @@ def model_directory(args, spec, file: dict, log) -> str:
     return out
 
 
-def _flagged(options, cls, values: dict):
-    """``cls(**values)``, an error about a field named by its flag too ("--sample")."""
+@contextmanager
+def _flags_named(options):
+    """An error about an option's field (``"batch_size: expected …"``, also after
+    ``"model options: "``) names its flag too: ``"--batch-size (batch_size): expected …"``."""
     try:
-        return cls(**values)
+        yield
     except ValueError as error:
-        text = str(error)
+        text = str(error).removeprefix("model options: ")
         for o in options:
             if text.startswith(f"{o.key}:"):
                 raise ValueError(f"{o.flag} ({o.key}){text[len(o.key):]}") from None
         raise
+
+
+def _checked(spec, options, groups: dict):
+    """The data config of a new run, its model options and training settings checked too,
+    before anything is read or written; an error names the flag."""
+    from rnnkit.tasks import recipe
+
+    with _flags_named(options):
+        data_cfg = spec.data_config(**groups["data"])
+        recipe.model_settings(spec, groups["model"])
+        recipe.train_settings(spec, data_cfg, groups["train"])
+    return data_cfg
 
 
 def _check_resume(args, options, file: dict) -> None:
@@ -120,22 +135,21 @@ def run_train(args) -> int:
     spec, options, log = args.spec, args.options, _log_to(args)
     file = read_config(args.config, options, f"train {spec.command}")
     groups = settings(args, options, file)
-    out = model_directory(args, spec, file, log)
-    run_options = asdict(_flagged(options, spec.run_options, groups["run"])) \
-        if spec.run_options else {}
-    common = dict(device=args.device or file.get("device") or "cpu", log=log, **run_options)
+    with _flags_named(options):
+        run_options = asdict(spec.run_options(**groups["run"])) if spec.run_options else {}
     if args.resume:
         _check_resume(args, options, file)
+    else:
+        data_cfg = _checked(spec, options, groups)
+    out = model_directory(args, spec, file, log)
+    common = dict(device=args.device or file.get("device") or "cpu", log=log, **run_options)
+    if args.resume:
         budget = {k: v for k, v in groups["train"].items()
                   if recipe.TRAIN_FIELDS[k].metadata.get("resume")}
         summary = recipe.train(spec, None, None, None, out, resume=True,
                                train_overrides=budget, **common)
     else:
-        check_heads = getattr(spec.model_config, "check_head_options", None)
-        if check_heads is not None:                 # before the data is read
-            check_heads({**spec.model_defaults, **groups["model"]})
-        summary = recipe.train(spec, spec.data_config(**groups["data"]), groups["model"],
-                               groups["train"], out, **common)
+        summary = recipe.train(spec, data_cfg, groups["model"], groups["train"], out, **common)
     if args.json:
         print(json.dumps(summary, indent=2))
     return 130 if summary["reason"] == "interrupted" else 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 from rnnkit.cli.parsing import device_and_json, model_command
@@ -84,7 +85,7 @@ def run_translate(args) -> int:
     if args.attention and not 1 <= args.sentence <= len(lines):
         raise ValueError(f"--sentence: expected a line number in 1..{len(lines)}, "
                          f"got {args.sentence}")
-    out = translate_lines(args.model, lines, beam=args.beam,
+    out = translate_lines(args.model, lines, beam=args.beam, path=args.file,
                           length_penalty=args.length_penalty, device=args.device, log=_stderr)
     if args.out:
         from rnnkit.checkpoint import atomic_write
@@ -105,11 +106,17 @@ def run_translate(args) -> int:
 
 
 def run_score(args) -> int:
-    from rnnkit.tasks.lm import score_lines
+    """Print each line's score as it is computed (TSV, or one strict JSON array)."""
+    from rnnkit.tasks.lm import iter_scores
 
-    rows = score_lines(args.model, args.file, device=args.device)
+    rows = iter_scores(args.model, args.file, device=args.device)
     if args.json:
-        print(strict_json(rows, indent=2, ensure_ascii=False))
+        opened = False
+        for r in rows:
+            print(",\n" if opened else "[\n", end="")
+            print(textwrap.indent(strict_json(r, indent=2, ensure_ascii=False), "  "), end="")
+            opened = True
+        print("\n]")
         return 0
     print("line\tlogprob\tlog10prob\ttokens\tppl\ttext")
     for r in rows:

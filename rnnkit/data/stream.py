@@ -393,6 +393,21 @@ class ExampleBatches:
         self.batch_index = int(d["batch_index"])
 
 
+def collate_lines(lines: Sequence[Tensor], end_id: int, pad_id: int
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """Lines of ids, each ending with ``end_id`` -> (inputs (T, B), targets (T, B), lengths
+    (B,)) as :class:`SentenceBatches` describes them."""
+    lengths = torch.tensor([len(line) for line in lines], dtype=torch.long)       # (B,)
+    T, B = int(lengths.max()), len(lines)
+    inputs = torch.full((T, B), pad_id, dtype=torch.long)
+    targets = torch.full((T, B), pad_id, dtype=torch.long)
+    for b, line in enumerate(lines):
+        targets[:len(line), b] = line
+        inputs[0, b] = end_id
+        inputs[1:len(line), b] = line[:-1]
+    return inputs, targets, lengths
+
+
 class SentenceBatches:
     """Padded batches of whole lines, for models whose state resets at every line.
 
@@ -446,16 +461,7 @@ class SentenceBatches:
         return line
 
     def _collate(self, picked: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-        lines = [self._line(k) for k in picked]
-        lengths = torch.tensor([len(line) for line in lines], dtype=torch.long)   # (B,)
-        T, B = int(lengths.max()), len(lines)
-        inputs = torch.full((T, B), self.pad_id, dtype=torch.long)
-        targets = torch.full((T, B), self.pad_id, dtype=torch.long)
-        for b, line in enumerate(lines):
-            targets[:len(line), b] = line
-            inputs[0, b] = self.end_id
-            inputs[1:len(line), b] = line[:-1]
-        return inputs, targets, lengths
+        return collate_lines([self._line(k) for k in picked], self.end_id, self.pad_id)
 
     def next_batch(self) -> tuple[Tensor, Tensor, Tensor] | None:
         """The next ``(inputs (T, B), targets (T, B), lengths (B,))``, or None at epoch end."""

@@ -254,24 +254,26 @@ class TranslationSearch:
 
 
 @torch.no_grad()
-def greedy_translate(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: int
-                     ) -> tuple[list[list[int]], Tensor]:
+def greedy_translate(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: int, *,
+                     weights: bool = True) -> tuple[list[list[int]], Tensor | None]:
     """Batched greedy decoding: source (S, B), lengths (B,) -> token ids per sentence
-    (without ``<eos>``) and the attention weights (T, B, S)."""
+    (without ``<eos>``) and the attention weights (T, B, S) (None with ``weights=False``,
+    which keeps nothing per step but the tokens)."""
     memory, mask, state = model.encode(source, lengths)
     keys = model.attention.keys(memory)
     B = source.shape[1]
     tokens = torch.full((1, B), BOS_ID, dtype=torch.long, device=source.device)
-    feed, outputs, weights = None, [], []
+    feed, outputs, kept = None, [], []
     done = torch.zeros(B, dtype=torch.bool, device=source.device)
     for _ in range(max_len):
         logits, w, state, feed = model.decode_step(tokens[0], state, feed, memory, keys, mask)
         tokens = logits.argmax(-1)[None]                                  # (1, B)
         outputs.append(tokens[0])
-        weights.append(w)
+        if weights:
+            kept.append(w)
         done |= tokens[0] == EOS_ID
         if bool(done.all()):
             break
     ids = torch.stack(outputs, 1).tolist()                                # (B, T)
     result = [row[:row.index(EOS_ID)] if EOS_ID in row else row for row in ids]
-    return result, torch.cat(weights)
+    return result, torch.cat(kept) if weights else None

@@ -12,7 +12,8 @@ The Python API behind ``rnnkit train classifier``, ``rnnkit eval`` and ``rnnkit 
 Files are ``label<TAB>text`` (see :mod:`rnnkit.data.labelled`); text is split at
 whitespace (``lowercase`` optional); words of the training split with at least
 ``min_count`` occurrences form the vocabulary, the rest are ``<unk>``. Sentences are never
-truncated. The labels are those of the training split: a validation, evaluation or prediction
+truncated; a line longer than ``rnnkit.config.MAX_INPUT_CHARS`` characters or
+``MAX_INPUT_TOKENS`` tokens is refused naming its file and line. The labels are those of the training split: a validation, evaluation or prediction
 label outside them is an error naming its file and line. The model kept is the one with the
 best validation accuracy (ties: lower loss).
 """
@@ -33,7 +34,7 @@ from rnnkit.data.stream import ExampleBatches
 from rnnkit.models.classifier import ClassifierConfig, SequenceClassifier
 from rnnkit.tasks import recipe
 from rnnkit.tasks.common import (SplitSource, device_of, error_objective, labelled_splits,
-                                 pad, split_sources)
+                                 encode_bounded, length_batches, pad, split_sources)
 from rnnkit.train import TrainConfig
 
 TASK = "classifier"
@@ -162,21 +163,23 @@ def class_probabilities(model: SequenceClassifier, sequences: list[list[int]], d
     """Id lists -> class probabilities (N, C), float64 (so that the loss of a confident
     mistake stays finite), in input order."""
     model.eval()
-    order = sorted(range(len(sequences)), key=lambda k: len(sequences[k]))
     out = torch.empty(len(sequences), model.config.num_classes, dtype=torch.float64)
-    for k in range(0, len(order), batch_size):
-        chunk = order[k:k + batch_size]
+    for chunk in length_batches([len(s) for s in sequences], batch_size):
         tokens, lengths = pad([sequences[i] for i in chunk])
         out[chunk] = torch.softmax(model(tokens.to(device), lengths).double(), -1).cpu()
     return out
 
 
-def _encode(tokenizer, examples, lowercase: bool) -> list[list[int]]:
-    """Examples -> token ids: words (split at whitespace) or byte-level BPE subwords."""
-    texts = [_text(e.text, lowercase) for e in examples]
-    if tokenizer.level == "bpe":
-        return [ids[:-1] for ids in tokenizer.encode_lines(texts)]       # no line end
-    return [tokenizer.encode_words(t.split()) for t in texts]
+def _encode(tokenizer, examples, lowercase: bool, path) -> list[list[int]]:
+    """Examples of file ``path`` -> token ids: words (split at whitespace) or byte-level BPE
+    subwords; a line too long to read whole is refused (:func:`encode_bounded`)."""
+    def encode(texts):
+        if tokenizer.level == "bpe":
+            return [ids[:-1] for ids in tokenizer.encode_lines(texts)]   # no line end
+        return [tokenizer.encode_words(t.split()) for t in texts]
+
+    return encode_bounded([_text(e.text, lowercase) for e in examples], encode,
+                          lambda k: f"{path}, line {examples[k].line}", "a classifier")
 
 
 def prepare(cfg: ClassifierDataConfig, options: dict, out: Path, *, resume: bool,
@@ -196,8 +199,8 @@ def prepare(cfg: ClassifierDataConfig, options: dict, out: Path, *, resume: bool
         if len(labels) < 2:
             raise ValueError(f"{train_path}: the training data has one label ({labels}); a "
                              f"classifier needs at least two")
-    train_set = (_encode(tokenizer, train, cfg.lowercase), label_ids(train, labels, train_path))
-    valid_set = (_encode(tokenizer, valid, cfg.lowercase), label_ids(valid, labels, valid_path))
+    train_set = (_encode(tokenizer, train, cfg.lowercase, train_path), label_ids(train, labels, train_path))
+    valid_set = (_encode(tokenizer, valid, cfg.lowercase, valid_path), label_ids(valid, labels, valid_path))
     return recipe.Prepared(
         sizes={"vocab_size": tokenizer.vocab_size, "num_classes": len(labels)},
         files={"": tokenizer, "labels.json": {"labels": labels}},
@@ -238,7 +241,7 @@ def evaluate_file(directory: str | Path, path: str | Path, *,
     model, tokenizer, config = load_classifier(directory, device)
     examples = read_labelled(path)
     gold = label_ids(examples, config["labels"], str(path))
-    probs = class_probabilities(model, _encode(tokenizer, examples, config["lowercase"]),
+    probs = class_probabilities(model, _encode(tokenizer, examples, config["lowercase"], path),
                                 device_of(device))
     m = evaluation(probs, gold)
     del m["objective"]
@@ -253,7 +256,7 @@ def predict_file(directory: str | Path, path: str | Path, *,
     examples = read_labelled(path, require_label=False)
     given = [e for e in examples if e.label]
     label_ids(given, config["labels"], str(path))
-    probs = class_probabilities(model, _encode(tokenizer, examples, config["lowercase"]),
+    probs = class_probabilities(model, _encode(tokenizer, examples, config["lowercase"], path),
                                 device_of(device))
     labels = config["labels"]
     return [{"line": e.line, "label": labels[int(p.argmax())],

@@ -1,17 +1,19 @@
-"""What the tasks share: the device, padding, how a task finds its split files, and the
-selection of a classifier or tagger. The training recipe itself is :mod:`rnnkit.tasks.recipe`.
+"""What the tasks share: the device, padding and bounded inference batches, how a task finds
+its split files, and the selection of a classifier or tagger. The training recipe itself is :mod:`rnnkit.tasks.recipe`.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from rnnkit.config import check_fields, option
+from rnnkit.config import (BATCH_LOGITS, BATCH_TOKENS, MAX_INPUT_CHARS, MAX_INPUT_TOKENS, check_fields,
+                           option)
 
 SPLIT_WORDS = {"train": ("train",), "valid": ("valid", "val", "dev"), "test": ("test",)}
 
@@ -73,6 +75,46 @@ def pad(sequences: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
     for b, s in enumerate(sequences):
         out[:len(s), b] = torch.as_tensor(s, dtype=torch.long)
     return out, lengths
+
+
+def length_batches(lengths: Sequence[int], batch_size: int,
+                   max_tokens: int = BATCH_TOKENS) -> Iterator[list[int]]:
+    """Indices of sequences of these lengths, shortest first, in batches of at most
+    ``batch_size`` sequences and ``max_tokens`` padded tokens (sequences x the longest);
+    a sequence longer than ``max_tokens`` is a batch of its own."""
+    order = sorted(range(len(lengths)), key=lambda k: lengths[k])
+    batch: list[int] = []
+    for k in order:
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * lengths[k] > max_tokens):
+            yield batch
+            batch = []
+        batch.append(k)
+    if batch:
+        yield batch
+
+
+def logits_tokens(vocab_size: int) -> int:
+    """Tokens per forward pass whose output scores (tokens x ``vocab_size``) stay within
+    BATCH_LOGITS (and at most BATCH_TOKENS)."""
+    return max(1, min(BATCH_TOKENS, BATCH_LOGITS // vocab_size))
+
+
+def encode_bounded(texts: Sequence[str], encode: Callable[[Sequence[str]], list[list[int]]],
+                   where: Callable[[int], str], reader: str) -> list[list[int]]:
+    """``encode(texts)`` (one id list per text) of texts that a model reads whole, refusing
+    (``ValueError`` at ``where(k)``, naming ``reader``) a text longer than MAX_INPUT_CHARS
+    characters before anything is tokenized, or than MAX_INPUT_TOKENS tokens after."""
+    for k, text in enumerate(texts):
+        if len(text) > MAX_INPUT_CHARS:
+            raise ValueError(f"{where(k)}: {len(text):,} characters; {reader} reads a line "
+                             f"whole, at most {MAX_INPUT_CHARS:,} characters "
+                             f"({MAX_INPUT_TOKENS:,} tokens): split the line")
+    ids = encode(texts)
+    for k, row in enumerate(ids):
+        if len(row) > MAX_INPUT_TOKENS:
+            raise ValueError(f"{where(k)}: {len(row):,} tokens; {reader} reads a line whole, "
+                             f"at most {MAX_INPUT_TOKENS:,} tokens: split the line")
+    return ids
 
 
 def split_of(name: str) -> str | None:

@@ -22,6 +22,7 @@ character are nats per character / ln 2.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,10 +33,11 @@ from rnnkit.config import check_fields, option
 from rnnkit.data import (SentenceBatches, StreamBatches, TokenArray, TokenLines, build_tokenizer,
                          encode_to_cache, find_splits, iter_lines, load_tokenizer, open_cache)
 from rnnkit.data.pycorpus import write_python_corpus
+from rnnkit.data.stream import collate_lines
 from rnnkit.layers import detach_state, length_mask
 from rnnkit.models.lm import LanguageModel, LMConfig
 from rnnkit.tasks import recipe
-from rnnkit.tasks.common import device_of
+from rnnkit.tasks.common import device_of, length_batches, logits_tokens
 from rnnkit.train import TrainConfig
 from rnnkit.train.metrics import perplexity
 
@@ -333,35 +335,83 @@ def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 
     return m
 
 
+_SCORE_GROUP_CHARS = 1 << 20      # characters of the lines read and scored at a time
+
+
 def score_lines(directory: str | Path, path: str | Path, *, batch_size: int = 32,
                 device: str | None = "cpu") -> list[dict]:
     """Log-probability of every line of a file, each line on its own (state reset).
 
     Each line is scored from the line-end token as its context; its tokens include the
     closing line end. Returns one dict per line: line (1-based), logprob (natural log),
-    log10prob, tokens, ppl, text.
+    log10prob, tokens, ppl, text. :func:`iter_scores` gives them one at a time.
+    """
+    return list(iter_scores(directory, path, batch_size=batch_size, device=device))
+
+
+def iter_scores(directory: str | Path, path: str | Path, *, batch_size: int = 32,
+                device: str | None = "cpu") -> Iterator[dict]:
+    """:func:`score_lines`, a line at a time, in memory bounded by the longest line: the
+    file is read a group of lines at a time, batches hold at most
+    ``rnnkit.config.BATCH_TOKENS`` tokens and ``BATCH_LOGITS`` output scores, and a line
+    longer than that is read in windows carrying the state (the same score as read whole).
     """
     model, tokenizer, _ = load_lm(directory, device)
-    texts = list(iter_lines(path))
-    if not texts:
-        raise ValueError(f"{path}: no lines to score")
-    lines = [tokenizer.encode_line(t) for t in texts]
-    batches = SentenceBatches(lines, batch_size, end_id=tokenizer.line_end_id,
-                              pad_id=tokenizer.pad_id, shuffle=False)
-    rows, k = [], 0
+    window = logits_tokens(model.config.vocab_size)
+    end_id, pad_id = tokenizer.line_end_id, tokenizer.pad_id
+    k = 0
     with torch.no_grad():
-        while (batch := batches.next_batch()) is not None:
-            inputs, targets, lengths = batch
-            hidden, _ = model(inputs.to(model.embedding.weight.device), None, lengths=lengths)
-            nll = model.nll(hidden, targets.to(hidden.device)).double().cpu()
-            mask = length_mask(lengths, targets.shape[0])
-            for b in range(targets.shape[1]):
-                total = nll[:, b][mask[:, b]].sum().item()
-                n = int(lengths[b])
-                rows.append({"line": k + 1, "logprob": -total, "log10prob": -total / math.log(10),
-                             "tokens": n, "ppl": perplexity(total / n), "text": texts[k]})
+        for texts in _groups(iter_lines(path), _SCORE_GROUP_CHARS):
+            lines = [torch.tensor(tokenizer.encode_line(t), dtype=torch.long) for t in texts]
+            totals = [0.0] * len(lines)
+            for chunk in length_batches([len(line) for line in lines], batch_size, window):
+                if len(chunk) == 1:
+                    totals[chunk[0]] = _line_nll(model, lines[chunk[0]], end_id, window)
+                    continue
+                inputs, targets, lengths = collate_lines([lines[i] for i in chunk], end_id,
+                                                         pad_id)
+                nll, _ = _nll(model, inputs, targets, lengths)
+                mask = length_mask(lengths, targets.shape[0])
+                for b, i in enumerate(chunk):
+                    totals[i] = nll[:, b][mask[:, b]].sum().item()
+            for text, line, total in zip(texts, lines, totals):
                 k += 1
-    return rows
+                n = len(line)
+                yield {"line": k, "logprob": -total, "log10prob": -total / math.log(10),
+                       "tokens": n, "ppl": perplexity(total / n), "text": text}
+    if k == 0:
+        raise ValueError(f"{path}: no lines to score")
+
+
+def _groups(lines: Iterable[str], max_chars: int) -> Iterator[list[str]]:
+    """Consecutive lines in lists of about ``max_chars`` characters (a longer line alone)."""
+    group, size = [], 0
+    for line in lines:
+        if group and size + len(line) > max_chars:
+            yield group
+            group, size = [], 0
+        group.append(line)
+        size += len(line)
+    if group:
+        yield group
+
+
+def _nll(model, inputs, targets, lengths=None, state=None):
+    """(T, B) NLL in float64 on the CPU of a batch of lines (and the state after it)."""
+    device = model.embedding.weight.device
+    hidden, state = model(inputs.to(device), state, lengths=lengths)
+    return model.nll(hidden, targets.to(device)).double().cpu(), state
+
+
+def _line_nll(model, line: torch.Tensor, end_id: int, window: int) -> float:
+    """Total NLL (nats) of one line of ids (ending with ``end_id``), read ``window`` tokens
+    at a time with the state carried over."""
+    inputs, targets, _ = collate_lines([line], end_id, end_id)
+    total, state = 0.0, None
+    for t in range(0, len(line), window):
+        nll, state = _nll(model, inputs[t:t + window], targets[t:t + window], state=state)
+        total += nll.sum().item()
+    return total
 
 
 class _RunningText:

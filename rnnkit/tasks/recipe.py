@@ -40,7 +40,7 @@ import torch
 from rnnkit import checkpoint
 from rnnkit.files import remove_stale_temporaries
 from rnnkit.cells.registry import named_by_file
-from rnnkit.config import check_cell, field_default
+from rnnkit.config import MAX_VOCAB, check_cell, declared, field_default
 from rnnkit.runlock import RunLock
 from rnnkit.tasks.common import absolute_paths, config_from_dict, device_of
 from rnnkit.train import Trainer, TrainConfig
@@ -128,13 +128,18 @@ def train_settings(spec: TaskSpec, data_cfg, train) -> TrainConfig:
 
 
 def model_settings(spec: TaskSpec, given: Mapping | None) -> dict:
-    """The model options of a new run: the task's defaults, then what was given; the cell
-    is checked at once (before any data is read)."""
+    """The model options of a new run: the task's defaults, then what was given — checked
+    at once, before any data is read: the model config is built with stand-ins for the
+    sizes the data sets (each the largest allowed, so that no check of a given option fails
+    for want of the data), and every error it raises is the given options' own."""
     options = {**spec.model_defaults, **(given or {})}
     cell = {f.name: field_default(f) for f in fields(spec.model_config)
             if f.name in ("cell", "cell_options")}
     cell.update({k: options[k] for k in cell if k in options})
     check_cell(SimpleNamespace(**cell))
+    stand_ins = {f.name: MAX_VOCAB for f in fields(spec.model_config)
+                 if declared(f, "derived") and f.type in (int, "int")}
+    config_from_dict(spec.model_config, {**options, **stand_ins}, "model options")
     return options
 
 

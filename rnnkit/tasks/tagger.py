@@ -15,7 +15,10 @@ word form of the training split; a word "unseen in training" is one outside it. 
 character vocabulary is every character of the training words. The tag set is every tag of
 the training and validation splits (a rare tag seen only in validation does not stop
 training, though the model cannot learn it); a tag outside it in a file given to ``eval`` is
-an error naming the file and line. Sentences are never truncated. The model kept is the one with the best validation accuracy (ties: lower loss).
+an error naming the file and line. Sentences are never truncated; one of more than
+``rnnkit.config.MAX_INPUT_TOKENS`` words, or with a word of more than ``MAX_WORD_CHARS``
+characters, is refused naming its file and line. The model kept is the one with the best
+validation accuracy (ties: lower loss).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnkit import checkpoint
-from rnnkit.config import option
+from rnnkit.config import MAX_INPUT_TOKENS, MAX_WORD_CHARS, option
 from rnnkit.data import load_tokenizer
 from rnnkit.data.labelled import TAG_COLUMNS, format_tagged, read_tagged, write_tagged
 from rnnkit.data.stream import ExampleBatches
@@ -37,7 +40,7 @@ from rnnkit.models.encoder import UNK_ID
 from rnnkit.models.tagger import Tagger, TaggerConfig
 from rnnkit.tasks import recipe
 from rnnkit.tasks.common import (SplitSource, device_of, error_objective, labelled_splits,
-                                 pad, split_sources)
+                                 length_batches, pad, split_sources)
 from rnnkit.train import TrainConfig
 
 TASK = "tagger"
@@ -69,10 +72,13 @@ class Encoded:
 
 
 def encode_sentences(sentences, word_tok, tags: list[str] | None, path: str) -> Encoded:
-    """Tagged sentences -> ids; a tag the model does not know is an error naming the line."""
+    """Tagged sentences -> ids; a tag the model does not know is an error naming the line, as
+    is a sentence of more than MAX_INPUT_TOKENS words or a word of more than MAX_WORD_CHARS
+    characters (a tagger reads a sentence whole)."""
     index = None if tags is None else {t: k for k, t in enumerate(tags)}
     words, tag_ids = [], []
     for s in sentences:
+        _check_bounds(s, path)
         words.append(word_tok.encode_words(s.words))
         if index is not None:
             row = []
@@ -84,6 +90,18 @@ def encode_sentences(sentences, word_tok, tags: list[str] | None, path: str) -> 
                 row.append(index[tag])
             tag_ids.append(row)
     return Encoded(words, tag_ids if index is not None else None, [s.words for s in sentences])
+
+
+def _check_bounds(s, path: str) -> None:
+    if len(s.words) > MAX_INPUT_TOKENS:
+        raise ValueError(f"{path}, line {s.line}: a sentence of {len(s.words):,} words; a "
+                         f"tagger reads a sentence whole, at most {MAX_INPUT_TOKENS:,} words: "
+                         f"split it")
+    for k, word in enumerate(s.words):
+        if len(word) > MAX_WORD_CHARS:
+            raise ValueError(f"{path}, line {s.line + s.word_lines[k]}: a word of "
+                             f"{len(word):,} characters; a tagger reads words of at most "
+                             f"{MAX_WORD_CHARS:,} characters")
 
 
 def collate(batch_words, batch_tags, batch_forms, char_tok: CharTokenizer | None):
@@ -136,9 +154,7 @@ def predict_tags(model: Tagger, data: Encoded, char_tok, device, batch_size: int
     model.eval()
     out: list[list[int]] = [[] for _ in data.words]
     nll, count = 0.0, 0
-    order = sorted(range(len(data.words)), key=lambda k: len(data.words[k]))
-    for k in range(0, len(order), batch_size):
-        chunk = order[k:k + batch_size]
+    for chunk in length_batches([len(w) for w in data.words], batch_size):
         tags = None if data.tags is None else [data.tags[i] for i in chunk]
         words, lengths, gold, chars, char_lengths, index = collate(
             [data.words[i] for i in chunk], tags, [data.forms[i] for i in chunk], char_tok)

@@ -39,7 +39,8 @@ from rnnkit.data.stream import ExampleBatches
 from rnnkit.models.seq2seq import (BOS_ID, EOS_ID, PAD_ID, Seq2Seq, Seq2SeqConfig,
                                    TranslationSearch, greedy_translate)
 from rnnkit.tasks import recipe
-from rnnkit.tasks.common import device_of, find_split_file, pad
+from rnnkit.tasks.common import (device_of, encode_bounded, find_split_file, length_batches,
+                                 logits_tokens, pad)
 from rnnkit.train import TrainConfig
 from rnnkit.train.metrics import perplexity
 
@@ -122,9 +123,10 @@ def read_split(cfg: TranslationDataConfig, split: str) -> list[SentencePair] | N
     return None if files is None else read_parallel(*files)
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Sentences -> ids ending with ``<eos>``."""
-    return tokenizer.encode_lines(texts)
+def _encode(tokenizer, texts: list[str], where) -> list[list[int]]:
+    """Sentences -> ids ending with ``<eos>``; one too long to read whole is refused at
+    ``where(k)`` (:func:`encode_bounded`)."""
+    return encode_bounded(texts, tokenizer.encode_lines, where, "a translator")
 
 
 class TranslationTask:
@@ -179,9 +181,8 @@ def teacher_forced_nll(model: Seq2Seq, sources, targets, device, batch_size: int
     """Total NLL (nats) and count of target tokens (``<eos>`` included), teacher forced."""
     model.eval()
     total, count = 0.0, 0
-    order = sorted(range(len(sources)), key=lambda k: len(sources[k]))   # little padding
-    for k in range(0, len(order), batch_size):
-        chunk = order[k:k + batch_size]
+    lengths = [max(len(s), len(t)) for s, t in zip(sources, targets)]
+    for chunk in length_batches(lengths, batch_size, logits_tokens(model.output.out_features)):
         src, src_len, tgt_in, tgt_out = collate_pairs([sources[i] for i in chunk],
                                                       [targets[i] for i in chunk])
         logits = model(src.to(device), src_len, tgt_in.to(device))
@@ -201,9 +202,14 @@ def describe_metrics(m: dict) -> str:
 
 # -- training -----------------------------------------------------------------------------
 
-def _paired_ids(pairs, src_tok, tgt_tok, max_length: int = 0, log=None, name=""):
-    src = _encode(src_tok, [p.source for p in pairs])
-    tgt = _encode(tgt_tok, [p.target for p in pairs])
+def _paired_ids(pairs, src_tok, tgt_tok, name: str, max_length: int = 0, log=None):
+    """The pairs of file(s) ``name`` as (source ids, target ids); with ``max_length``, the
+    pairs longer than that on either side are skipped and counted."""
+    def where(k):
+        return f"{name}, line {pairs[k].line}"
+
+    src = _encode(src_tok, [p.source for p in pairs], where)
+    tgt = _encode(tgt_tok, [p.target for p in pairs], where)
     if max_length:
         keep = [k for k in range(len(src)) if len(src[k]) <= max_length
                 and len(tgt[k]) <= max_length]
@@ -215,6 +221,10 @@ def _paired_ids(pairs, src_tok, tgt_tok, max_length: int = 0, log=None, name="")
                              f"tokens on one side; raise --max-length (0 keeps all)")
         src, tgt = [src[k] for k in keep], [tgt[k] for k in keep]
     return src, tgt
+
+
+def _files(cfg: TranslationDataConfig, split: str) -> str:
+    return ", ".join(p for p in find_pair_files(cfg, split) if p)
 
 
 def _build_tokenizer(cfg: TranslationDataConfig, texts: list[str], vocab_size: int):
@@ -234,9 +244,9 @@ def prepare(cfg: TranslationDataConfig, options: dict, out: Path, *, resume: boo
         log(f"building {cfg.level} vocabularies from {len(train):,} training pairs")
         src_tok = _build_tokenizer(cfg, [p.source for p in train], cfg.source_vocab_size)
         tgt_tok = _build_tokenizer(cfg, [p.target for p in train], cfg.target_vocab_size)
-    train_name = ", ".join(p for p in find_pair_files(cfg, "train") if p)
-    train_ids = _paired_ids(train, src_tok, tgt_tok, cfg.max_length, log, train_name)
-    valid_ids = _paired_ids(valid, src_tok, tgt_tok)
+    train_ids = _paired_ids(train, src_tok, tgt_tok, _files(cfg, "train"), cfg.max_length,
+                            log)
+    valid_ids = _paired_ids(valid, src_tok, tgt_tok, _files(cfg, "valid"))
     references = [p.target for p in valid]
     return recipe.Prepared(
         sizes={"source_vocab_size": src_tok.vocab_size, "target_vocab_size": tgt_tok.vocab_size},
@@ -303,13 +313,11 @@ def translate_ids(model: Seq2Seq, sources: list[list[int]], tgt_tok, *, beam: in
     out: list[list[int]] = []
     capped = 0
     if beam == 1:
-        order = sorted(range(len(sources)), key=lambda k: len(sources[k]))
         results: dict[int, list[int]] = {}
-        for k in range(0, len(order), batch_size):
-            chunk = order[k:k + batch_size]
+        for chunk in length_batches([len(s) for s in sources], batch_size):
             src, lengths = pad([sources[i] for i in chunk], PAD_ID)
             limit = max_output_length(int(lengths.max()))
-            ids, _ = greedy_translate(model, src.to(device), lengths, limit)
+            ids, _ = greedy_translate(model, src.to(device), lengths, limit, weights=False)
             for i, row in zip(chunk, ids):                  # each sentence its own limit
                 own = max_output_length(len(sources[i]))
                 results[i] = row[:own]
@@ -331,10 +339,11 @@ def translate_ids(model: Seq2Seq, sources: list[list[int]], tgt_tok, *, beam: in
 
 def translate_lines(directory: str | Path, lines: list[str], *, beam: int = 5,
                     length_penalty: float = 1.0, device: str | None = "cpu",
-                    log=None) -> list[str]:
-    """Translate sentences with a trained model."""
+                    log=None, path: str = "") -> list[str]:
+    """Translate sentences with a trained model; ``lines[k]`` is line k+1 of file ``path``
+    (named when a sentence is too long to translate)."""
     model, src_tok, tgt_tok, _ = load_translator(directory, device)
-    sources = _encode(src_tok, lines)
+    sources = _encode(src_tok, lines, lambda k: f"{path or 'sentence'}, line {k + 1}")
     return translate_ids(model, sources, tgt_tok, beam=beam, length_penalty=length_penalty,
                          log=log)
 
@@ -355,8 +364,8 @@ def evaluate_file(directory: str | Path, source: str, target: str | None = None,
     """Loss/perplexity (teacher forced) and BLEU/chrF of the translations of a test set."""
     model, src_tok, tgt_tok, _ = load_translator(directory, device)
     pairs = read_parallel(source, target)
-    src = _encode(src_tok, [p.source for p in pairs])
-    tgt = _encode(tgt_tok, [p.target for p in pairs])
+    src, tgt = _paired_ids(pairs, src_tok, tgt_tok, ", ".join(p for p in (source, target)
+                                                               if p))
     total, count = teacher_forced_nll(model, src, tgt, device_of(device))
     hyps = translate_ids(model, src, tgt_tok, beam=beam, length_penalty=length_penalty,
                          log=log)
@@ -381,7 +390,7 @@ def plot_attention(directory: str | Path, sentence: str, path: str | Path, *,
     from rnnkit.plotting import new_figure, save_figure
 
     model, src_tok, tgt_tok, _ = load_translator(directory, device)
-    ids = _encode(src_tok, [sentence])[0]
+    ids = _encode(src_tok, [sentence], lambda k: "the sentence")[0]
     out, weights = greedy_translate(model, torch.tensor(ids)[:, None].to(device_of(device)),
                                     torch.tensor([len(ids)]), max_output_length(len(ids)))
     out_ids = out[0]
