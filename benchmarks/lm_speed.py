@@ -7,8 +7,10 @@
 2. ``softmax``: rnnkit with class-factorised and adaptive softmax against full softmax on
    a synthetic Zipf corpus of 33,278 word types (WikiText-2's vocabulary size).
 3. ``generate``: tokens/s sampling one stream from a 2 x 650 word model (10k words), rnnkit's
-   generator against the PyTorch example's loop (one model call per token, re-entering
-   the module, ``exp`` of the scaled output and ``torch.multinomial``).
+   generator (float, and its int8 copy from :func:`rnnkit.quantize.quantize_lm`) against
+   the PyTorch example's loop (one model call per token, re-entering the module, ``exp`` of
+   the scaled output and ``torch.multinomial``); and the perplexity a trained PTB word model
+   loses to int8 on the validation split (``--int8-model``, ``--int8-data``).
 
     python benchmarks/lm_speed.py [train] [softmax] [generate]   # default: all three
 
@@ -33,6 +35,7 @@ from _common import write_results  # noqa: E402
 from rnnkit.generate import sample_tokens  # noqa: E402
 from rnnkit.layers import detach_state  # noqa: E402
 from rnnkit.models.lm import LanguageModel, LMConfig  # noqa: E402
+from rnnkit.quantize import quantize_lm  # noqa: E402
 
 
 class ExampleRNNModel(nn.Module):
@@ -170,20 +173,46 @@ def bench_generate(tokens: int, rounds: int) -> dict:
                 input.fill_(word_idx)
         return tokens
 
-    def rnnkit_loop():
-        n = 0
-        for _ in sample_tokens(ours, [0], max_tokens=tokens, seed=0):
-            n += 1
-        return n
+    int8, described = quantize_lm(ours)
 
-    rates = _race({"pytorch_example": example_loop, "rnnkit": rnnkit_loop}, rounds, chunk=1)
-    return {**rates, "ratio": rates["rnnkit"] / rates["pytorch_example"], "tokens": tokens}
+    def loop_of(model):
+        def loop():
+            n = 0
+            for _ in sample_tokens(model, [0], max_tokens=tokens, seed=0):
+                n += 1
+            return n
+        return loop
+
+    rates = _race({"pytorch_example": example_loop, "rnnkit": loop_of(ours),
+                   "rnnkit_int8": loop_of(int8)}, rounds, chunk=1)
+    base = rates["pytorch_example"]
+    return {**rates, "ratio": rates["rnnkit"] / base, "int8_ratio": rates["rnnkit_int8"] / base,
+            "int8": described, "tokens": tokens}
+
+
+def bench_int8_quality(model_dir: Path, data: Path) -> dict | None:
+    """The perplexity a trained model loses to int8, on a validation file (None when the
+    model or the data is absent)."""
+    if not (model_dir / "model.safetensors").is_file() or not data.is_file():
+        print(f"int8 quality: skipped ({model_dir} or {data} is missing)")
+        return None
+    from rnnkit.tasks import lm
+
+    m = lm.evaluate_file(model_dir, data, int8=True)
+    return {"model": str(model_dir), "data": str(data), "float_ppl": m["int8"]["float"]["ppl"],
+            "int8_ppl": m["ppl"], "change": m["int8"]["ppl_change"],
+            "quantised": m["int8"]["quantised"]}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("which", nargs="*", help="train | softmax | generate (default: all)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per peer")
+    parser.add_argument("--int8-model", type=Path, default=ROOT / "runs" / "bench-ptb_1thread",
+                        help="generate: a trained word model whose int8 perplexity cost is "
+                        "measured (made by benchmarks/lm_quality.py)")
+    parser.add_argument("--int8-data", type=Path, default=ROOT.parent / "shared" / "data" /
+                        "ptb" / "ptb.valid.txt", help="its validation file")
     args = parser.parse_args(argv)
     args.which = args.which or ["train", "softmax", "generate"]
     unknown = set(args.which) - {"train", "softmax", "generate"}
@@ -203,8 +232,14 @@ def main(argv=None) -> int:
               f"({r['adaptive_vs_full']:.1f}x) tok/s")
     if "generate" in args.which:
         r = results["generate"] = bench_generate(200, args.rounds)
-        print(f"generate 2x650, V=10k, one stream: rnnkit {r['rnnkit']:.0f} tok/s, PyTorch "
-              f"example {r['pytorch_example']:.0f} tok/s, ratio {r['ratio']:.2f}x")
+        print(f"generate 2x650, V=10k, one stream: rnnkit {r['rnnkit']:.0f} tok/s, int8 "
+              f"{r['rnnkit_int8']:.0f} tok/s, PyTorch example {r['pytorch_example']:.0f} "
+              f"tok/s; ratios {r['ratio']:.2f}x and {r['int8_ratio']:.2f}x (int8; target "
+              f"5x: {'met' if r['int8_ratio'] >= 5 else 'not met'})")
+        q = results["int8_quality"] = bench_int8_quality(args.int8_model, args.int8_data)
+        if q:
+            print(f"int8 perplexity cost ({q['model']}, {Path(q['data']).name}): "
+                  f"{q['float_ppl']:.2f} -> {q['int8_ppl']:.2f} ({100 * q['change']:+.2f}%)")
     write_results("lm_speed", results)
     return 0
 

@@ -52,8 +52,11 @@ def run_eval(args) -> int:
                          + _elsewhere(spec))
     if args.beam < 1:
         raise ValueError(f"--beam: expected >= 1, got {args.beam}")
+    if args.int8 and task not in ("lm",):
+        raise ValueError(f"--int8: for language models; {args.model} is a {task!r} model")
     m = spec.evaluate(args.model, args.data, reference=args.reference, beam=args.beam,
-                      batch_size=args.batch_size, device=args.device, log=_stderr)
+                      batch_size=args.batch_size, device=args.device, log=_stderr,
+                      int8=args.int8)
     print(strict_json(m, indent=2) if args.json else "\n".join(spec.report(m, args.data)))
     return 0
 
@@ -109,7 +112,8 @@ def run_score(args) -> int:
     """Print each line's score as it is computed (TSV, or one strict JSON array)."""
     from rnnkit.tasks.lm import iter_scores
 
-    rows = iter_scores(args.model, args.file, device=args.device)
+    rows = iter_scores(args.model, args.file, device=args.device, int8=args.int8,
+                       log=_stderr)
     if args.json:
         opened = False
         for r in rows:
@@ -152,7 +156,7 @@ def run_generate(args) -> int:
     temperature = 1.0 if args.temperature is None else args.temperature
     options = dict(max_tokens=args.length, on_text=stream, beam=args.beam, device=args.device,
                    temperature=temperature, top_k=args.top_k, top_p=args.top_p,
-                   greedy=args.greedy, seed=args.seed)
+                   greedy=args.greedy, seed=args.seed, int8=args.int8, log=_stderr)
     conditioned = _task_of(args.model)[0] == conditioned_lm.TASK
     if conditioned and args.condition is None:
         raise ValueError(f"--condition: {args.model} is a conditioned model; give a label or "
@@ -171,6 +175,10 @@ def run_generate(args) -> int:
     return 0
 
 
+INT8_HELP = ("int8 dynamic quantisation (PyTorch's, CPU): the output layer, and the "
+             "recurrent layers of LSTM and GRU models; prints what was quantised")
+
+
 def add_commands(commands) -> None:
     """The parsers of eval, score, generate, predict and translate."""
     ev = model_command(
@@ -186,6 +194,8 @@ def add_commands(commands) -> None:
                     "(without it, --data must be a TSV of source<TAB>target pairs)")
     ev.add_argument("--beam", type=int, default=5, help="translator: beam width (5; 1 greedy)")
     ev.add_argument("--batch-size", type=int, default=10, help="lm: parallel streams (10)")
+    ev.add_argument("--int8", action="store_true", help="lm: evaluate the int8 model and "
+                    "print the float model's perplexity beside it (" + INT8_HELP + ")")
     device_and_json(ev, "print the figures as strict JSON (a figure that is not "
                     "finite, such as an overflowed perplexity, is the string \"inf\", "
                     "\"-inf\" or \"nan\")")
@@ -194,6 +204,7 @@ def add_commands(commands) -> None:
                        "Score each line of FILE on its own: natural-log and log10 "
                        "probability, token count and perplexity, as TSV.", run_score)
     sc.add_argument("file", metavar="FILE", help="UTF-8 text file, one sentence per line")
+    sc.add_argument("--int8", action="store_true", help=INT8_HELP)
     device_and_json(sc, "strict JSON instead of TSV (a figure that is not finite is "
                     "the string \"inf\", \"-inf\" or \"nan\")")
 
@@ -224,6 +235,7 @@ def _add_generate(commands) -> None:
     gen.add_argument("--stop", action="append", help="stop at this string (repeatable)")
     gen.add_argument("--seed", type=int, default=None, help="random seed")
     gen.add_argument("--condition", help="conditioned model: a label, or numbers '0.5,1,…'")
+    gen.add_argument("--int8", action="store_true", help=INT8_HELP)
     device_and_json(gen, "print prompt and text as JSON")
 
 

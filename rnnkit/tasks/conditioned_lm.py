@@ -206,13 +206,19 @@ def parse_condition(text: str, config: dict):
 
 def generate(directory: str | Path, condition: str, prime: str = "", *,
              max_tokens: int = 60, stop=("\n",), on_text=None, beam: int = 0,
-             device: str | None = "cpu", **sampling) -> str:
+             device: str | None = "cpu", int8: bool = False, log=None, **sampling) -> str:
     """A sentence for ``condition`` (a label, or numbers "0.1,2,…"), continuing ``prime``;
-    stops at the end of the line by default. ``sampling`` and ``beam`` as in
+    stops at the end of the line by default. ``sampling``, ``beam`` and ``int8`` as in
     :func:`rnnkit.tasks.lm.generate`."""
     from rnnkit.tasks.lm import generate_from
 
     model, tokenizer, config = load_conditioned_lm(directory, device)
+    if int8:
+        from rnnkit.quantize import quantize_lm
+
+        model, described = quantize_lm(model)
+        if log is not None:
+            log(described)
     conditioned = model.conditioned_on(parse_condition(condition, config))
     return generate_from(conditioned, tokenizer, prime, max_tokens=max_tokens, stop=stop,
                          on_text=on_text, beam=beam, **sampling)

@@ -308,18 +308,32 @@ def train_lm(data_cfg: LMDataConfig | None, model_options: dict | None,
 
 # -- using a trained model ----------------------------------------------------------------
 
-def load_lm(directory: str | Path, device: str | None = "cpu"):
-    """(model in eval mode, tokenizer, config) of a language-model directory."""
+def load_lm(directory: str | Path, device: str | None = "cpu", *, int8: bool = False,
+            log=None):
+    """(model in eval mode, tokenizer, config) of a language-model directory; with
+    ``int8``, the model's dynamic int8 copy (:func:`rnnkit.quantize.quantize_lm`, CPU),
+    what was quantised said to ``log``."""
     config = checkpoint.read_config(directory, TASK)
     tokenizer = load_tokenizer(directory)
     model = recipe.load_model(SPEC, directory, config, device,
                               {"vocab_size": tokenizer.vocab_size}, counts=tokenizer.counts)
+    if int8:
+        from rnnkit.quantize import quantize_lm
+
+        model, described = quantize_lm(model)
+        if log is not None:
+            log(described)
     return model, tokenizer, config
 
 
 def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 10,
-                  bptt: int = 0, device: str | None = "cpu") -> dict:
-    """Perplexity of a model on a text file (per token, and per the level's natural unit)."""
+                  bptt: int = 0, device: str | None = "cpu", int8: bool = False) -> dict:
+    """Perplexity of a model on a text file (per token, and per the level's natural unit).
+
+    With ``int8`` the figures are the int8 model's (:func:`rnnkit.quantize.quantize_lm`),
+    and ``m["int8"]`` holds what was quantised and the float model's loss and perplexity on
+    the same text, ``m["int8"]["ppl_change"]`` the relative change (int8 / float - 1).
+    """
     model, tokenizer, config = load_lm(directory, device)
     bptt = bptt or config.get("data", {}).get("bptt", 35)
     ids, words = [], 0
@@ -331,6 +345,15 @@ def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 
     tokens = TokenArray.from_ids(ids, tokenizer.vocab_size)
     total, count = _stream_nll(model, tokens, batch_size, bptt, device_of(device))
     m = _metrics(tokenizer, total, count, ids, words)
+    if int8:
+        from rnnkit.quantize import quantize_lm
+
+        quantized, described = quantize_lm(model)
+        total8, _ = _stream_nll(quantized, tokens, batch_size, bptt, device_of(device))
+        float_figures = {"loss": m["loss"], "ppl": m["ppl"]}
+        m = _metrics(tokenizer, total8, count, ids, words)
+        m["int8"] = {"quantised": described, "float": float_figures,
+                     "ppl_change": m["ppl"] / float_figures["ppl"] - 1}
     m["file"] = str(path)
     return m
 
@@ -339,24 +362,26 @@ _SCORE_GROUP_CHARS = 1 << 20      # characters of the lines read and scored at a
 
 
 def score_lines(directory: str | Path, path: str | Path, *, batch_size: int = 32,
-                device: str | None = "cpu") -> list[dict]:
+                device: str | None = "cpu", int8: bool = False) -> list[dict]:
     """Log-probability of every line of a file, each line on its own (state reset).
 
     Each line is scored from the line-end token as its context; its tokens include the
     closing line end. Returns one dict per line: line (1-based), logprob (natural log),
-    log10prob, tokens, ppl, text. :func:`iter_scores` gives them one at a time.
+    log10prob, tokens, ppl, text. :func:`iter_scores` gives them one at a time; ``int8``
+    scores with the model's int8 copy (:func:`load_lm`).
     """
-    return list(iter_scores(directory, path, batch_size=batch_size, device=device))
+    return list(iter_scores(directory, path, batch_size=batch_size, device=device,
+                            int8=int8))
 
 
 def iter_scores(directory: str | Path, path: str | Path, *, batch_size: int = 32,
-                device: str | None = "cpu") -> Iterator[dict]:
+                device: str | None = "cpu", int8: bool = False, log=None) -> Iterator[dict]:
     """:func:`score_lines`, a line at a time, in memory bounded by the longest line: the
     file is read a group of lines at a time, batches hold at most
     ``rnnkit.config.BATCH_TOKENS`` tokens and ``BATCH_LOGITS`` output scores, and a line
     longer than that is read in windows carrying the state (the same score as read whole).
     """
-    model, tokenizer, _ = load_lm(directory, device)
+    model, tokenizer, _ = load_lm(directory, device, int8=int8, log=log)
     window = logits_tokens(model.config.vocab_size)
     end_id, pad_id = tokenizer.line_end_id, tokenizer.pad_id
     k = 0
@@ -436,14 +461,15 @@ def _generate_with(model, tokenizer, prime: str | None, *, max_tokens: int, on_t
 
 def generate(directory: str | Path, prime: str = "", *, max_tokens: int = 200,
              on_text=None, stop=(), beam: int = 0, device: str | None = "cpu",
-             **sampling) -> str:
+             int8: bool = False, log=None, **sampling) -> str:
     """Continue ``prime`` with a trained model; returns the text.
 
     ``sampling``: temperature, top_k, top_p, greedy, seed; pieces stream to ``on_text`` as
     they are produced. ``beam`` > 0 runs beam search of that width instead (length-
     normalised; a word or subword hypothesis ends at ``<eos>``) and returns the best.
+    ``int8``: generate with the model's int8 copy (:func:`load_lm`).
     """
-    model, tokenizer, _ = load_lm(directory, device)
+    model, tokenizer, _ = load_lm(directory, device, int8=int8, log=log)
     return generate_from(model, tokenizer, prime, max_tokens=max_tokens, on_text=on_text,
                          stop=stop, beam=beam, **sampling)
 
@@ -469,14 +495,20 @@ def generate_from(model, tokenizer, prime: str = "", *, max_tokens: int = 200, o
 
 # -- the declaration ------------------------------------------------------------------------
 
-def _evaluate(directory, path, *, device: str = "cpu", batch_size: int = 10, **_) -> dict:
-    return evaluate_file(directory, path, batch_size=batch_size, device=device)
+def _evaluate(directory, path, *, device: str = "cpu", batch_size: int = 10,
+              int8: bool = False, **_) -> dict:
+    return evaluate_file(directory, path, batch_size=batch_size, device=device, int8=int8)
 
 
 def evaluation_report(m: dict, path) -> list[str]:
     """``rnnkit eval``'s lines for the figures of :func:`evaluate_file`."""
-    return [f"{path}: {describe_metrics(m)}; {m['tokens']:,} tokens predicted",
-            f"policy: {m['policy']}"]
+    lines = [f"{path}: {describe_metrics(m)}; {m['tokens']:,} tokens predicted",
+             f"policy: {m['policy']}"]
+    if "int8" in m:
+        q = m["int8"]
+        lines.append(f"{q['quantised']}; float model: ppl {q['float']['ppl']:.3f}, "
+                     f"int8 changes it by {100 * q['ppl_change']:+.2f}%")
+    return lines
 
 
 SPEC = recipe.TaskSpec(
