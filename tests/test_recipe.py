@@ -32,8 +32,10 @@ def data(tmp_path_factory):
 
 
 def _files(out) -> tuple[dict, dict]:
-    return (json.loads((out / "run.json").read_text()),
-            json.loads((out / "config.json").read_text()))
+    """run.json (less the command line, which only the CLI records) and config.json."""
+    run = json.loads((out / "run.json").read_text())
+    run.pop("command", None)
+    return run, json.loads((out / "config.json").read_text())
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -49,6 +51,8 @@ def test_python_api_and_command_line_start_the_same_run(task, data, tmp_path, ca
                             "--out", tmp_path / "cli", *extra, "--json"], capsys)
     assert code == 0, err
     assert _files(tmp_path / "api") == _files(tmp_path / "cli")
+    recorded = json.loads((tmp_path / "cli" / "run.json").read_text())["command"]
+    assert recorded.startswith(f"rnnkit train {spec.command} ")
     run, _ = _files(tmp_path / "cli")
     defaults = {**spec.train_defaults}
     for key, table in spec.defaults_by:

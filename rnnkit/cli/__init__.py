@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``rnnkit ARGV``; returns the exit code."""
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return args.run(args)
     except BrokenPipeError:             # `rnnkit generate … | head`: the reader has had enough
         devnull = os.open(os.devnull, os.O_WRONLY)

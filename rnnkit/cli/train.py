@@ -4,6 +4,7 @@ made of the task's declarations (see :mod:`rnnkit.cli.options`), run by the one 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -143,13 +144,15 @@ def run_train(args) -> int:
         data_cfg = _checked(spec, options, groups)
     out = model_directory(args, spec, file, log)
     common = dict(device=args.device or file.get("device") or "cpu", log=log, **run_options)
+    command = shlex.join(["rnnkit", *args.argv])
     if args.resume:
         budget = {k: v for k, v in groups["train"].items()
                   if recipe.TRAIN_FIELDS[k].metadata.get("resume")}
         summary = recipe.train(spec, None, None, None, out, resume=True,
                                train_overrides=budget, **common)
     else:
-        summary = recipe.train(spec, data_cfg, groups["model"], groups["train"], out, **common)
+        summary = recipe.train(spec, data_cfg, groups["model"], groups["train"], out,
+                               command=command, **common)
     if args.json:
         print(json.dumps(summary, indent=2))
     return 130 if summary["reason"] == "interrupted" else 0

@@ -129,6 +129,13 @@ def run_score(args) -> int:
     return 0
 
 
+def run_card(args) -> int:
+    from rnnkit.card import write_card
+
+    _stderr(f"wrote {write_card(args.model)}")
+    return 0
+
+
 def _check_decoding(args) -> None:
     """The sampling options only when sampling: not with --greedy or --beam; and not both
     --greedy and --beam."""
@@ -218,6 +225,12 @@ def add_commands(commands) -> None:
     device_and_json(pr, "classifier: JSON instead of TSV")
     _add_generate(commands)
     _add_translate(commands)
+    model_command(commands, "card", "write a model directory's model card (README.md)",
+                  "Write DIR/README.md: a Hugging Face-style model card (YAML front matter "
+                  "with library_name rnnkit, tags, datasets and the validation figures of the "
+                  "model kept; the architecture, the training command, how to use it). "
+                  "Training writes it when a run ends; this writes it for older "
+                  "directories.", run_card)
 
 
 def _add_generate(commands) -> None:

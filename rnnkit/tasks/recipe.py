@@ -39,6 +39,7 @@ import torch
 
 from rnnkit import checkpoint
 from rnnkit.files import remove_stale_temporaries
+from rnnkit.card import write_card
 from rnnkit.cells.registry import named_by_file
 from rnnkit.config import MAX_VOCAB, check_cell, declared, field_default
 from rnnkit.runlock import RunLock
@@ -178,9 +179,10 @@ def check_resumable(out: Path) -> None:
 
 
 def save_run(out: Path, spec: TaskSpec, data_cfg, model_cfg, train_cfg: TrainConfig,
-             files: dict) -> None:
+             files: dict, command: str | None = None) -> None:
     """Start a run's directory: its vocabularies and lists (``files``), then ``run.json``
-    (with the data config's paths made absolute, so the run resumes from anywhere)."""
+    (with the data config's paths made absolute, so the run resumes from anywhere, and the
+    ``command`` that started it, if given)."""
     out.mkdir(parents=True, exist_ok=True)
     for name, thing in files.items():
         if name.endswith(".json"):
@@ -189,7 +191,8 @@ def save_run(out: Path, spec: TaskSpec, data_cfg, model_cfg, train_cfg: TrainCon
             thing.save(out / name)
     checkpoint.write_json(out / RUN, {"task": spec.name, "data": absolute_paths(data_cfg),
                                       "model": model_cfg.to_dict(),
-                                      "train": asdict(train_cfg)})
+                                      "train": asdict(train_cfg),
+                                      **({"command": command} if command else {})})
 
 
 def read_run(out: Path, spec: TaskSpec, train_overrides: dict | None = None):
@@ -217,7 +220,8 @@ def _legacy(spec: TaskSpec, model: dict) -> dict:
 
 def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
           out: str | Path, *, resume: bool = False, train_overrides: dict | None = None,
-          device: str | None = "cpu", log=print, **run_options) -> dict:
+          device: str | None = "cpu", log=print, command: str | None = None,
+          **run_options) -> dict:
     """Train a model of task ``spec`` into the directory ``out``.
 
     Args:
@@ -228,6 +232,8 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
             was started with (the three above are not used); ``train_overrides`` may
             change fields such as epochs, max_steps, max_minutes.
         run_options: the options of the task's ``finish`` (a language model's sample).
+        command: the command line that started the run, kept in run.json for the model
+            card (``README.md``, :mod:`rnnkit.card`) written when the run ends.
 
     Returns:
         the loop's summary plus "valid" metrics of the best model; resuming a run whose
@@ -242,16 +248,19 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
     before = _snapshot(out)
     try:
         with RunLock(out):
-            return _train_locked(spec, data_cfg, model_options, train_cfg, out, dev, before,
-                                 resume=resume, train_overrides=train_overrides, log=log,
-                                 **run_options)
+            summary = _train_locked(spec, data_cfg, model_options, train_cfg, out, dev,
+                                    before, resume=resume, train_overrides=train_overrides,
+                                    log=log, command=command, **run_options)
+            if (out / checkpoint.WEIGHTS).is_file():
+                write_card(out)
+            return summary
     finally:
         if before.get("absent"):
             _remove_empty(out, before["absent"])      # a refused start leaves no folder
 
 
 def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, before: dict, *,
-                  resume: bool, train_overrides, log, **run_options) -> dict:
+                  resume: bool, train_overrides, log, command, **run_options) -> dict:
     """:func:`train`'s work, done while the directory's lock is held."""
     try:
         if resume:
@@ -274,7 +283,7 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
             model_cfg = config_from_dict(spec.model_config, {**options, **prepared.sizes},
                                          str(out / RUN) if resume else "model options")
         if not resume:
-            save_run(out, spec, data_cfg, model_cfg, train_cfg, prepared.files)
+            save_run(out, spec, data_cfg, model_cfg, train_cfg, prepared.files, command)
     except BaseException:
         if not resume:
             _restore(out, before)
