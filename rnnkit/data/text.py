@@ -18,13 +18,15 @@ split streams its lines, as often as needed (a BPE tokenizer reads the training 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 
 _SNIFF_BYTES = 8192            # a NUL byte this early means the file is binary (git's rule)
 _BOM = "\ufeff"
-_SPLIT_KEYWORDS = {"train": ("train",), "valid": ("valid", "dev"), "test": ("test",)}
+#: The words that name a split in a file name, for every task (see :func:`split_words_of`).
+SPLIT_WORDS = {"train": ("train",), "valid": ("valid", "val", "dev"), "test": ("test",)}
 
 
 def _open_binary(path: str | os.PathLike):
@@ -167,11 +169,20 @@ def split_by_lines(path: str | os.PathLike, valid_fraction: float = 0.1
     return CorpusSplit(path, 0, n - n_valid), CorpusSplit(path, n - n_valid, None)
 
 
+def split_words_of(name: str) -> list[tuple[str, str]]:
+    """The (split, word) pairs a file name names: a name names a split when one of its words
+    (cut at ".", "-", "_") is one of the split's :data:`SPLIT_WORDS`, or the name begins
+    with it — ``ptb.train.txt``, ``en_ewt-ud-dev.conllu``, ``val.de``,
+    ``test_2016_flickr.en`` (not ``interval.txt``)."""
+    lower = name.lower()
+    words = re.split(r"[._-]", lower)
+    return [(kind, word) for kind, names in SPLIT_WORDS.items() for word in names
+            if word in words or lower.startswith(word)]
+
+
 def _split_kind(name: str) -> tuple[str, str] | None:
     """``("train", "ptb.{}.txt")`` for ``"ptb.train.txt"``; None if the name names no split."""
-    lower = name.lower()
-    found = [(kind, word) for kind, words in _SPLIT_KEYWORDS.items()
-             for word in words if word in lower]
+    found = split_words_of(name)
     if not found:
         return None
     if len({kind for kind, _ in found}) > 1:
@@ -179,7 +190,10 @@ def _split_kind(name: str) -> tuple[str, str] | None:
         raise ValueError(f"{name}: file name matches more than one split ({kinds}); "
                          "rename it or pass a single file")
     kind, word = found[0]
-    return kind, lower.replace(word, "{}", 1)
+    lower = name.lower()
+    whole = re.search(rf"(?:^|(?<=[._-])){re.escape(word)}(?=[._-]|$)", lower)
+    at = whole.start() if whole else 0                  # else the name begins with it
+    return kind, lower[:at] + "{}" + lower[at + len(word):]
 
 
 def _group_split_files(folder: str) -> dict[str, dict[str, list[str]]]:
@@ -232,9 +246,10 @@ def find_splits(path: str | os.PathLike, valid_fraction: float = 0.1, *,
     Args:
         path: one text file — train is its first ``1 - valid_fraction`` of lines, valid the
             rest, no test (see :func:`split_by_lines`) — or a folder of split files. In a
-            folder a file is the train split if its name contains "train" (any case), valid
-            if it contains "valid" or "dev", test if "test" (``ptb.train.txt``, ``train.txt``,
-            ``wiki.valid.tokens``); hidden files are ignored. Files belong to one corpus when
+            folder a file is the train split if a word of its name is "train" (any case),
+            valid if "valid", "val" or "dev", test if "test" (``ptb.train.txt``,
+            ``train.txt``, ``wiki.valid.tokens``; see :func:`split_words_of`); hidden files
+            are ignored. Files belong to one corpus when
             their names agree outside the split word (``ptb.{}.txt``). If several corpora
             have a train file, the one with the shortest name pattern is chosen
             (``ptb.train.txt`` over ``ptb.char.train.txt``) and the others are listed in

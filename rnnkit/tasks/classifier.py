@@ -33,8 +33,8 @@ from rnnkit.data.labelled import read_labelled
 from rnnkit.data.stream import ExampleBatches
 from rnnkit.models.classifier import ClassifierConfig, SequenceClassifier
 from rnnkit.tasks import recipe
-from rnnkit.tasks.common import (SplitSource, device_of, error_objective, labelled_splits,
-                                 encode_bounded, length_batches, pad, split_sources)
+from rnnkit.tasks.common import (SplitSource, device_of, encode_bounded, error_objective,
+                                 labelled_splits, length_batches, pad, split_sources)
 from rnnkit.train import TrainConfig
 
 TASK = "classifier"

@@ -5,17 +5,16 @@ its split files, and the selection of a classifier or tagger. The training recip
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from rnnkit.config import (BATCH_LOGITS, BATCH_TOKENS, MAX_INPUT_CHARS, MAX_INPUT_TOKENS, check_fields,
-                           option)
+from rnnkit.config import (BATCH_LOGITS, BATCH_TOKENS, MAX_INPUT_CHARS, MAX_INPUT_TOKENS,
+                           check_fields, option)
+from rnnkit.data.text import split_words_of
 
-SPLIT_WORDS = {"train": ("train",), "valid": ("valid", "val", "dev"), "test": ("test",)}
 
 
 @dataclass(frozen=True)
@@ -119,15 +118,9 @@ def encode_bounded(texts: Sequence[str], encode: Callable[[Sequence[str]], list[
 
 def split_of(name: str) -> str | None:
     """The split a file name names: "train", "valid" (valid, val, dev) or "test"; None if
-    none. A name names a split when one of its words (cut at ".", "-", "_") is the split's
-    word, or the name begins with it: ``train.tsv``, ``en_ewt-ud-dev.conllu``, ``val.de``,
-    ``test_2016_flickr.en``."""
-    lower = name.lower()
-    words = re.split(r"[._-]", lower)
-    for split, names in SPLIT_WORDS.items():
-        if any(n in words or lower.startswith(n) for n in names):
-            return split
-    return None
+    none (see :func:`rnnkit.data.text.split_words_of`)."""
+    found = split_words_of(name)
+    return found[0][0] if found else None
 
 
 def find_split_file(folder: str, split: str, ending: str = "") -> str | None:

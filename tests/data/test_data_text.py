@@ -5,7 +5,7 @@ import os
 import pytest
 
 from rnnkit.data.text import (CorpusSplit, check_text_file, count_lines, find_splits,
-                              iter_lines, iter_split_lines)
+                              iter_lines, iter_split_lines, split_words_of)
 
 SHARED = "/work/shared/data"
 
@@ -144,6 +144,18 @@ def test_folder_case_insensitive_and_dev(tmp_path):
     assert (os.path.basename(c.train.path), os.path.basename(c.valid.path)) == (
         "TRAIN.txt", "Dev.txt")
     assert c.test is None
+
+
+def test_folder_split_words_are_those_of_every_task(tmp_path):
+    """"val" names the valid split, as for the other tasks; a split word inside another
+    word does not (interval.txt is no valid split)."""
+    d = folder(tmp_path, ["corpus.train.txt", "corpus.val.txt", "interval.txt"])
+    c = find_splits(d)
+    assert os.path.basename(c.valid.path) == "corpus.val.txt"
+    from rnnkit.tasks.common import split_of
+    for name in ("corpus.train.txt", "corpus.val.txt", "interval.txt", "en_ewt-ud-dev.conllu"):
+        found = split_words_of(name)
+        assert split_of(name) == (found[0][0] if found else None)
 
 
 def test_folder_wikitext_token_names(tmp_path):
