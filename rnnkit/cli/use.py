@@ -52,11 +52,16 @@ def run_eval(args) -> int:
                          + _elsewhere(spec))
     if args.beam < 1:
         raise ValueError(f"--beam: expected >= 1, got {args.beam}")
-    if args.int8 and task not in ("lm",):
-        raise ValueError(f"--int8: for language models; {args.model} is a {task!r} model")
+    for flag, given in (("--int8", args.int8), ("--dynamic", args.dynamic)):
+        if given and task != "lm":
+            raise ValueError(f"{flag}: for language models; {args.model} is a {task!r} model")
+    if args.dynamic is not None and not args.dynamic > 0:
+        raise ValueError(f"--dynamic: expected a learning rate > 0, got {args.dynamic}")
+    if args.dynamic and args.int8:
+        raise ValueError("--dynamic: not with --int8 (an int8 model is not trained)")
     m = spec.evaluate(args.model, args.data, reference=args.reference, beam=args.beam,
                       batch_size=args.batch_size, device=args.device, log=_stderr,
-                      int8=args.int8)
+                      int8=args.int8, dynamic=args.dynamic or 0.0)
     print(strict_json(m, indent=2) if args.json else "\n".join(spec.report(m, args.data)))
     return 0
 
@@ -201,6 +206,10 @@ def add_commands(commands) -> None:
                     "(without it, --data must be a TSV of source<TAB>target pairs)")
     ev.add_argument("--beam", type=int, default=5, help="translator: beam width (5; 1 greedy)")
     ev.add_argument("--batch-size", type=int, default=10, help="lm: parallel streams (10)")
+    ev.add_argument("--dynamic", type=float, metavar="LR", help="lm: dynamic evaluation — "
+                    "a copy of the model takes one SGD step of this rate after each window "
+                    "it has scored (files untouched; --batch-size 1 adapts to the text in "
+                    "order)")
     ev.add_argument("--int8", action="store_true", help="lm: evaluate the int8 model and "
                     "print the float model's perplexity beside it (" + INT8_HELP + ")")
     device_and_json(ev, "print the figures as strict JSON (a figure that is not "

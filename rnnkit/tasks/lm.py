@@ -149,6 +149,32 @@ def _stream_nll(model: LanguageModel, tokens, batch_size: int, bptt: int, device
     return total, count
 
 
+def _dynamic_nll(model: LanguageModel, tokens, batch_size: int, bptt: int, device,
+                 lr: float) -> tuple[float, int]:
+    """:func:`_stream_nll` with dynamic evaluation (Mikolov 2010; Krause et al. 2018): a copy
+    of the model is scored on each window, then takes one SGD step of rate ``lr`` on that
+    window's mean loss — every token is predicted before the model learns from it. Dropout
+    stays off; the model given (and its files) are untouched."""
+    import copy
+
+    model = copy.deepcopy(model).eval()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    batch_size = max(1, min(batch_size, len(tokens) // 2))
+    stream = StreamBatches(tokens, batch_size, bptt)
+    state, total, count = None, 0.0, 0
+    while (window := stream.next_window()) is not None:
+        inputs, targets = (t.to(device) for t in window)
+        hidden, state = model(inputs, state)
+        nll = model.nll(hidden, targets)
+        total += nll.detach().double().sum().item()
+        count += targets.numel()
+        optimizer.zero_grad(set_to_none=True)
+        nll.mean().backward()
+        optimizer.step()
+        state = detach_state(state)
+    return total, count
+
+
 def _metrics(tokenizer, total: float, count: int, ids: list[int], words: int) -> dict:
     """Figures for an evaluated text: ``total`` nats over ``count`` predicted tokens.
 
@@ -327,13 +353,20 @@ def load_lm(directory: str | Path, device: str | None = "cpu", *, int8: bool = F
 
 
 def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 10,
-                  bptt: int = 0, device: str | None = "cpu", int8: bool = False) -> dict:
+                  bptt: int = 0, device: str | None = "cpu", int8: bool = False,
+                  dynamic: float = 0.0) -> dict:
     """Perplexity of a model on a text file (per token, and per the level's natural unit).
 
     With ``int8`` the figures are the int8 model's (:func:`rnnkit.quantize.quantize_lm`),
     and ``m["int8"]`` holds what was quantised and the float model's loss and perplexity on
     the same text, ``m["int8"]["ppl_change"]`` the relative change (int8 / float - 1).
+    With ``dynamic`` > 0 the figures are those of dynamic evaluation at that learning rate
+    (:func:`_dynamic_nll`; ``m["dynamic"]`` says how), the files on disk untouched.
     """
+    if dynamic < 0 or not math.isfinite(dynamic):
+        raise ValueError(f"dynamic: expected a learning rate >= 0, got {dynamic}")
+    if dynamic and int8:
+        raise ValueError("dynamic: not with int8 (an int8 model is not trained)")
     model, tokenizer, config = load_lm(directory, device)
     bptt = bptt or config.get("data", {}).get("bptt", 35)
     ids, words = [], 0
@@ -343,8 +376,15 @@ def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 
     if len(ids) < 2:
         raise ValueError(f"{path}: too little text to evaluate ({len(ids)} tokens)")
     tokens = TokenArray.from_ids(ids, tokenizer.vocab_size)
-    total, count = _stream_nll(model, tokens, batch_size, bptt, device_of(device))
+    if dynamic:
+        total, count = _dynamic_nll(model, tokens, batch_size, bptt, device_of(device),
+                                    dynamic)
+    else:
+        total, count = _stream_nll(model, tokens, batch_size, bptt, device_of(device))
     m = _metrics(tokenizer, total, count, ids, words)
+    if dynamic:
+        m["dynamic"] = {"lr": dynamic, "window": bptt,
+                        "streams": max(1, min(batch_size, len(ids) // 2))}
     if int8:
         from rnnkit.quantize import quantize_lm
 
@@ -496,14 +536,19 @@ def generate_from(model, tokenizer, prime: str = "", *, max_tokens: int = 200, o
 # -- the declaration ------------------------------------------------------------------------
 
 def _evaluate(directory, path, *, device: str = "cpu", batch_size: int = 10,
-              int8: bool = False, **_) -> dict:
-    return evaluate_file(directory, path, batch_size=batch_size, device=device, int8=int8)
+              int8: bool = False, dynamic: float = 0.0, **_) -> dict:
+    return evaluate_file(directory, path, batch_size=batch_size, device=device, int8=int8,
+                         dynamic=dynamic)
 
 
 def evaluation_report(m: dict, path) -> list[str]:
     """``rnnkit eval``'s lines for the figures of :func:`evaluate_file`."""
     lines = [f"{path}: {describe_metrics(m)}; {m['tokens']:,} tokens predicted",
              f"policy: {m['policy']}"]
+    if "dynamic" in m:
+        d = m["dynamic"]
+        lines.append(f"dynamic evaluation: one SGD step of rate {d['lr']:g} after each window "
+                     f"of {d['window']} tokens x {d['streams']} streams (files untouched)")
     if "int8" in m:
         q = m["int8"]
         lines.append(f"{q['quantised']}; float model: ppl {q['float']['ppl']:.3f}, "
