@@ -134,6 +134,46 @@ def run_score(args) -> int:
     return 0
 
 
+def run_rescore(args) -> int:
+    from rnnkit.checkpoint import atomic_write
+    from rnnkit.tasks import rescore
+
+    rescore.check_weights(args.lm_weight, args.rnn_weight)
+    if args.tune and args.context == "carry":
+        raise ValueError("--tune: searches the weights on scores from a fresh state; use it "
+                         "with --context reset")
+    lm_weight, rnn_weight = args.lm_weight, args.rnn_weight
+    if args.tune:
+        dev, ref = args.tune
+        tuned = rescore.tune(rescore.score_nbest(args.model, rescore.read_nbest(
+            dev, args.format), device=args.device), rescore.read_references(ref), ref)
+        lm_weight, rnn_weight = tuned["lm_weight"], tuned["rnn_weight"]
+        _stderr(f"tuned on {dev}: --lm-weight {lm_weight:g} --rnn-weight {rnn_weight:g} "
+                f"(WER {100 * tuned['wer']:.2f}%)")
+    lists = rescore.score_nbest(args.model, rescore.read_nbest(args.nbest, args.format),
+                                context=args.context, lm_weight=lm_weight,
+                                rnn_weight=rnn_weight, device=args.device)
+    best = rescore.one_best(lists, lm_weight, rnn_weight)
+    if args.reference:
+        refs = rescore.read_references(args.reference)
+        first = [(n.id, n.hypotheses[0].text) for n in lists]
+        was, now = (rescore.word_error_rate(b, refs, args.reference) for b in (first, best))
+        _stderr(f"WER against {args.reference}: {100 * was:.2f}% for the lists' first "
+                f"hypotheses, {100 * now:.2f}% rescored")
+    for path, lines in ((args.out, rescore.rescored_lines(lists, lm_weight, rnn_weight)),
+                        (args.one_best, [f"{key} {text}" for key, text in best])):
+        if path:
+            atomic_write(path, lambda tmp, lines=lines: Path(tmp).write_text(
+                "".join(line + "\n" for line in lines), encoding="utf-8"))
+            _stderr(f"wrote {path}")
+    if args.json:
+        print(json.dumps([{"id": key, "text": text} for key, text in best], indent=2,
+                         ensure_ascii=False))
+    elif not args.one_best:
+        print("\n".join(f"{key} {text}" for key, text in best))
+    return 0
+
+
 def run_card(args) -> int:
     from rnnkit.card import write_card
 
@@ -234,6 +274,7 @@ def add_commands(commands) -> None:
     device_and_json(pr, "classifier: JSON instead of TSV")
     _add_generate(commands)
     _add_translate(commands)
+    _add_rescore(commands)
     model_command(commands, "card", "write a model directory's model card (README.md)",
                   "Write DIR/README.md: a Hugging Face-style model card (YAML front matter "
                   "with library_name rnnkit, tags, datasets and the validation figures of the "
@@ -275,3 +316,35 @@ def _add_translate(commands) -> None:
                     help="also draw the attention matrix of one sentence (see --sentence)")
     tr.add_argument("--sentence", type=int, default=1, help="line of FILE to draw (1)")
     device_and_json(tr, "print JSON")
+
+
+def _add_rescore(commands) -> None:
+    from rnnkit.tasks.rescore import CONTEXTS, FORMATS
+
+    rs = model_command(
+        commands, "rescore", "rescore n-best lists with a language model",
+        "Score every hypothesis of NBEST with the language model DIR, combine with the "
+        "list's own scores (combined = score + lm-weight x (rnn-weight x rnnkit + (1 - "
+        "rnn-weight) x lm_score), all log10) and print each utterance's new 1-best as 'ID "
+        "text'. Formats: the RNNLM toolkit's '-nbest' lines 'ID words', TSV "
+        "'ID<TAB>score<TAB>lm_score<TAB>hypothesis', Kaldi's 'UTTID-N words'.", run_rescore,
+        model_help="language model directory")
+    rs.add_argument("nbest", metavar="NBEST", help="n-best file")
+    rs.add_argument("--format", choices=FORMATS, default="auto", help="NBEST's format (auto)")
+    rs.add_argument("--context", choices=CONTEXTS, default="reset",
+                    help="reset: each hypothesis from a fresh state; carry: from the state "
+                    "after the previous utterance's new 1-best")
+    rs.add_argument("--lm-weight", type=float, default=1.0,
+                    help="weight of the language-model score against the list's score (1)")
+    rs.add_argument("--rnn-weight", type=float, default=1.0,
+                    help="share of rnnkit's log-probability in the language-model score, "
+                    "the rest the list's lm_score (1: rnnkit's alone)")
+    rs.add_argument("--tune", nargs=2, metavar=("DEV", "REF"),
+                    help="search --lm-weight and --rnn-weight for the least WER on the n-best "
+                    "file DEV against references REF ('ID text' lines), then use them")
+    rs.add_argument("--reference", metavar="REF",
+                    help="references of NBEST ('ID text'): print the WER before and after")
+    rs.add_argument("--out", metavar="FILE", help="write the rescored lists (TSV: ID, rank, "
+                    "combined, rnnkit, score, lm_score, hypothesis; best first)")
+    rs.add_argument("--one-best", metavar="FILE", help="write the 1-best here, not stdout")
+    device_and_json(rs, "print the 1-best as JSON")
