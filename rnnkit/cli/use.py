@@ -52,16 +52,21 @@ def run_eval(args) -> int:
                          + _elsewhere(spec))
     if args.beam < 1:
         raise ValueError(f"--beam: expected >= 1, got {args.beam}")
-    for flag, given in (("--int8", args.int8), ("--dynamic", args.dynamic)):
+    for flag, given in (("--int8", args.int8), ("--dynamic", args.dynamic),
+                        ("--ngram", args.ngram)):
         if given and task != "lm":
             raise ValueError(f"{flag}: for language models; {args.model} is a {task!r} model")
+    _check_ngram(args)
+    if args.ngram and (args.dynamic or args.int8):
+        raise ValueError("--ngram: not with --dynamic or --int8")
     if args.dynamic is not None and not args.dynamic > 0:
         raise ValueError(f"--dynamic: expected a learning rate > 0, got {args.dynamic}")
     if args.dynamic and args.int8:
         raise ValueError("--dynamic: not with --int8 (an int8 model is not trained)")
     m = spec.evaluate(args.model, args.data, reference=args.reference, beam=args.beam,
                       batch_size=args.batch_size, device=args.device, log=_stderr,
-                      int8=args.int8, dynamic=args.dynamic or 0.0)
+                      int8=args.int8, dynamic=args.dynamic or 0.0, ngram=args.ngram,
+                      ngram_weight=args.ngram_weight if args.ngram_weight is not None else 0.5)
     print(strict_json(m, indent=2) if args.json else "\n".join(spec.report(m, args.data)))
     return 0
 
@@ -113,12 +118,31 @@ def run_translate(args) -> int:
     return 0
 
 
+def _check_ngram(args) -> None:
+    if args.ngram_weight is not None and not args.ngram:
+        raise ValueError("--ngram-weight: only with --ngram FILE")
+    if args.ngram_weight is not None and not 0 <= args.ngram_weight <= 1:
+        raise ValueError(f"--ngram-weight: expected a number in [0, 1], got "
+                         f"{args.ngram_weight}")
+
+
+def _add_ngram(parser) -> None:
+    parser.add_argument("--ngram", metavar="FILE", help="lm: interpolate each token's "
+                        "probability with an n-gram model (ARPA or KenLM binary; word-level "
+                        "models; needs the kenlm module)")
+    parser.add_argument("--ngram-weight", type=float, metavar="λ",
+                        help="the n-gram's share of each token's probability, in [0, 1] "
+                        "(0.5)")
+
+
 def run_score(args) -> int:
     """Print each line's score as it is computed (TSV, or one strict JSON array)."""
     from rnnkit.tasks.lm import iter_scores
 
+    _check_ngram(args)
+    weight = args.ngram_weight if args.ngram_weight is not None else 0.5
     rows = iter_scores(args.model, args.file, device=args.device, int8=args.int8,
-                       log=_stderr)
+                       log=_stderr, ngram=args.ngram, ngram_weight=weight)
     if args.json:
         opened = False
         for r in rows:
@@ -246,6 +270,7 @@ def add_commands(commands) -> None:
                     "(without it, --data must be a TSV of source<TAB>target pairs)")
     ev.add_argument("--beam", type=int, default=5, help="translator: beam width (5; 1 greedy)")
     ev.add_argument("--batch-size", type=int, default=10, help="lm: parallel streams (10)")
+    _add_ngram(ev)
     ev.add_argument("--dynamic", type=float, metavar="LR", help="lm: dynamic evaluation — "
                     "a copy of the model takes one SGD step of this rate after each window "
                     "it has scored (files untouched; --batch-size 1 adapts to the text in "
@@ -261,6 +286,7 @@ def add_commands(commands) -> None:
                        "probability, token count and perplexity, as TSV.", run_score)
     sc.add_argument("file", metavar="FILE", help="UTF-8 text file, one sentence per line")
     sc.add_argument("--int8", action="store_true", help=INT8_HELP)
+    _add_ngram(sc)
     device_and_json(sc, "strict JSON instead of TSV (a figure that is not finite is "
                     "the string \"inf\", \"-inf\" or \"nan\")")
 

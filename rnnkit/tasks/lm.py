@@ -149,6 +149,20 @@ def _stream_nll(model: LanguageModel, tokens, batch_size: int, bptt: int, device
     return total, count
 
 
+def _stream_token_nll(model: LanguageModel, tokens, bptt: int, device) -> torch.Tensor:
+    """NLL (nats, float64) of every predicted token of an id array in order, read as one
+    stream (state carried): (len(tokens) - 1,), token k+1 given tokens 0..k."""
+    model.eval()
+    stream = StreamBatches(tokens, 1, bptt)
+    state, out = None, []
+    with torch.no_grad():
+        while (window := stream.next_window()) is not None:
+            inputs, targets = (t.to(device) for t in window)
+            hidden, state = model(inputs, state)
+            out.append(model.nll(hidden, targets).double().cpu().reshape(-1))
+    return torch.cat(out)
+
+
 def _dynamic_nll(model: LanguageModel, tokens, batch_size: int, bptt: int, device,
                  lr: float) -> tuple[float, int]:
     """:func:`_stream_nll` with dynamic evaluation (Mikolov 2010; Krause et al. 2018): a copy
@@ -354,7 +368,8 @@ def load_lm(directory: str | Path, device: str | None = "cpu", *, int8: bool = F
 
 def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 10,
                   bptt: int = 0, device: str | None = "cpu", int8: bool = False,
-                  dynamic: float = 0.0) -> dict:
+                  dynamic: float = 0.0, ngram: str | Path | None = None,
+                  ngram_weight: float = 0.5) -> dict:
     """Perplexity of a model on a text file (per token, and per the level's natural unit).
 
     With ``int8`` the figures are the int8 model's (:func:`rnnkit.quantize.quantize_lm`),
@@ -362,7 +377,13 @@ def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 
     the same text, ``m["int8"]["ppl_change"]`` the relative change (int8 / float - 1).
     With ``dynamic`` > 0 the figures are those of dynamic evaluation at that learning rate
     (:func:`_dynamic_nll`; ``m["dynamic"]`` says how), the files on disk untouched.
+    With ``ngram`` (an ARPA or KenLM file) the figures are those of the per-token linear
+    interpolation with it, ``ngram_weight`` the n-gram's share (:mod:`rnnkit.ngram`), the text
+    read as one stream; ``m["ngram"]`` holds each model's perplexity alone on the same
+    tokens and the vocabulary policy.
     """
+    if ngram is not None and (dynamic or int8):
+        raise ValueError("--ngram: not with --dynamic or --int8")
     if dynamic < 0 or not math.isfinite(dynamic):
         raise ValueError(f"dynamic: expected a learning rate >= 0, got {dynamic}")
     if dynamic and int8:
@@ -376,6 +397,9 @@ def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 
     if len(ids) < 2:
         raise ValueError(f"{path}: too little text to evaluate ({len(ids)} tokens)")
     tokens = TokenArray.from_ids(ids, tokenizer.vocab_size)
+    if ngram is not None:
+        return _interpolated_eval(model, tokenizer, path, ids, words, tokens, bptt,
+                                  device_of(device), ngram, ngram_weight)
     if dynamic:
         total, count = _dynamic_nll(model, tokens, batch_size, bptt, device_of(device),
                                     dynamic)
@@ -398,50 +422,86 @@ def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 
     return m
 
 
+def _interpolated_eval(model, tokenizer, path, ids, words, tokens, bptt, device, ngram,
+                       weight) -> dict:
+    """:func:`evaluate_file` interpolated with an n-gram model (see there)."""
+    from rnnkit.ngram import NGram, check_weight, interpolate
+
+    check_weight(weight)
+    ngram = NGram(ngram, tokenizer)
+    ngram_log10 = torch.tensor([p for line in iter_lines(path) for p in ngram.line_log10(line)],
+                               dtype=torch.float64)
+    rnn = -_stream_token_nll(model, tokens, bptt, device)
+    ngram_log10 = ngram_log10[1:]                     # the stream predicts tokens 1..N-1
+    if len(ngram_log10) != len(rnn):
+        raise ValueError(f"{path}: the n-gram scored {len(ngram_log10)} tokens, rnnkit "
+                         f"{len(rnn)}")
+    total = -float(interpolate(rnn, ngram_log10, weight).sum())
+    m = _metrics(tokenizer, total, len(rnn), ids, words)
+    m["ngram"] = {"file": ngram.path, "weight": weight, "policy": ngram.policy(),
+                  "rnnkit_ppl": perplexity(-float(rnn.sum()) / len(rnn)),
+                  "ngram_ppl": perplexity(-float(ngram_log10.sum()) * math.log(10) / len(rnn))}
+    m["file"] = str(path)
+    return m
+
+
 _SCORE_GROUP_CHARS = 1 << 20      # characters of the lines read and scored at a time
 
 
 def score_lines(directory: str | Path, path: str | Path, *, batch_size: int = 32,
-                device: str | None = "cpu", int8: bool = False) -> list[dict]:
+                device: str | None = "cpu", int8: bool = False,
+                ngram: str | Path | None = None, ngram_weight: float = 0.5) -> list[dict]:
     """Log-probability of every line of a file, each line on its own (state reset).
 
     Each line is scored from the line-end token as its context; its tokens include the
     closing line end. Returns one dict per line: line (1-based), logprob (natural log),
     log10prob, tokens, ppl, text. :func:`iter_scores` gives them one at a time; ``int8``
-    scores with the model's int8 copy (:func:`load_lm`).
+    scores with the model's int8 copy (:func:`load_lm`); ``ngram`` interpolates with an
+    n-gram model (:func:`iter_scores`).
     """
     return list(iter_scores(directory, path, batch_size=batch_size, device=device,
-                            int8=int8))
+                            int8=int8, ngram=ngram, ngram_weight=ngram_weight))
 
 
 def iter_scores(directory: str | Path, path: str | Path, *, batch_size: int = 32,
-                device: str | None = "cpu", int8: bool = False, log=None) -> Iterator[dict]:
+                device: str | None = "cpu", int8: bool = False, log=None,
+                ngram: str | Path | None = None, ngram_weight: float = 0.5) -> Iterator[dict]:
     """:func:`score_lines`, a line at a time, in memory bounded by the longest line: the
     file is read a group of lines at a time, batches hold at most
     ``rnnkit.config.BATCH_TOKENS`` tokens and ``BATCH_LOGITS`` output scores, and a line
     longer than that is read in windows carrying the state (the same score as read whole).
+    With ``ngram`` each token's probability is interpolated with the n-gram model's
+    (:mod:`rnnkit.ngram`; ``ngram_weight`` its share), the policy said to ``log``.
     """
     model, tokenizer, _ = load_lm(directory, device, int8=int8, log=log)
+    if ngram is not None:
+        from rnnkit.ngram import NGram, check_weight, interpolate
+
+        check_weight(ngram_weight)
+        ngram = NGram(ngram, tokenizer)
+        if log is not None:
+            log(ngram.policy())
     window = logits_tokens(model.config.vocab_size)
     end_id, pad_id = tokenizer.line_end_id, tokenizer.pad_id
     k = 0
     with torch.no_grad():
         for texts in _groups(iter_lines(path), _SCORE_GROUP_CHARS):
             lines = [torch.tensor(tokenizer.encode_line(t), dtype=torch.long) for t in texts]
-            totals = [0.0] * len(lines)
+            token_nll: list[torch.Tensor] = [torch.empty(0)] * len(lines)
             for chunk in length_batches([len(line) for line in lines], batch_size, window):
                 if len(chunk) == 1:
-                    totals[chunk[0]] = _line_nll(model, lines[chunk[0]], end_id, window)
+                    token_nll[chunk[0]] = _line_nll(model, lines[chunk[0]], end_id, window)
                     continue
                 inputs, targets, lengths = collate_lines([lines[i] for i in chunk], end_id,
                                                          pad_id)
                 nll, _ = _nll(model, inputs, targets, lengths)
-                mask = length_mask(lengths, targets.shape[0])
                 for b, i in enumerate(chunk):
-                    totals[i] = nll[:, b][mask[:, b]].sum().item()
-            for text, line, total in zip(texts, lines, totals):
+                    token_nll[i] = nll[:int(lengths[b]), b]
+            for text, line, nll in zip(texts, lines, token_nll):
+                if ngram is not None:
+                    nll = -interpolate(-nll, torch.tensor(ngram.line_log10(text)), ngram_weight)
                 k += 1
-                n = len(line)
+                total, n = float(nll.sum()), len(line)
                 yield {"line": k, "logprob": -total, "log10prob": -total / math.log(10),
                        "tokens": n, "ppl": perplexity(total / n), "text": text}
     if k == 0:
@@ -468,15 +528,15 @@ def _nll(model, inputs, targets, lengths=None, state=None):
     return model.nll(hidden, targets.to(device)).double().cpu(), state
 
 
-def _line_nll(model, line: torch.Tensor, end_id: int, window: int) -> float:
-    """Total NLL (nats) of one line of ids (ending with ``end_id``), read ``window`` tokens
-    at a time with the state carried over."""
+def _line_nll(model, line: torch.Tensor, end_id: int, window: int) -> torch.Tensor:
+    """NLL (nats, float64) of each token of one line of ids (ending with ``end_id``), read
+    ``window`` tokens at a time with the state carried over: (len(line),)."""
     inputs, targets, _ = collate_lines([line], end_id, end_id)
-    total, state = 0.0, None
+    out, state = [], None
     for t in range(0, len(line), window):
         nll, state = _nll(model, inputs[t:t + window], targets[t:t + window], state=state)
-        total += nll.sum().item()
-    return total
+        out.append(nll.reshape(-1))
+    return torch.cat(out)
 
 
 class _RunningText:
@@ -536,15 +596,21 @@ def generate_from(model, tokenizer, prime: str = "", *, max_tokens: int = 200, o
 # -- the declaration ------------------------------------------------------------------------
 
 def _evaluate(directory, path, *, device: str = "cpu", batch_size: int = 10,
-              int8: bool = False, dynamic: float = 0.0, **_) -> dict:
+              int8: bool = False, dynamic: float = 0.0, ngram=None, ngram_weight: float = 0.5,
+              **_) -> dict:
     return evaluate_file(directory, path, batch_size=batch_size, device=device, int8=int8,
-                         dynamic=dynamic)
+                         dynamic=dynamic, ngram=ngram, ngram_weight=ngram_weight)
 
 
 def evaluation_report(m: dict, path) -> list[str]:
     """``rnnkit eval``'s lines for the figures of :func:`evaluate_file`."""
     lines = [f"{path}: {describe_metrics(m)}; {m['tokens']:,} tokens predicted",
              f"policy: {m['policy']}"]
+    if "ngram" in m:
+        g = m["ngram"]
+        lines += [g["policy"], f"interpolated with weight {g['weight']:g} on the n-gram: "
+                  f"rnnkit alone ppl {g['rnnkit_ppl']:.3f}, n-gram alone ppl "
+                  f"{g['ngram_ppl']:.3f}, together ppl {m['ppl']:.3f}"]
     if "dynamic" in m:
         d = m["dynamic"]
         lines.append(f"dynamic evaluation: one SGD step of rate {d['lr']:g} after each window "
