@@ -33,6 +33,7 @@ from rnnkit.data.labelled import read_labelled
 from rnnkit.data.stream import ExampleBatches
 from rnnkit.models.classifier import ClassifierConfig, SequenceClassifier
 from rnnkit.tasks import recipe
+from rnnkit.tasks.pretrained import init_encoder
 from rnnkit.tasks.common import (SplitSource, device_of, encode_bounded, error_objective,
                                  labelled_splits, length_batches, pad, split_sources)
 from rnnkit.train import TrainConfig
@@ -308,4 +309,6 @@ SPEC = recipe.TaskSpec(
     train_defaults={"optimizer": "adam", "lr": 1e-3, "clip": 5.0, "lr_decay": 1.0,
                     "epochs": 10},
     evaluate=_evaluate, report=evaluation_report, predict=prediction_text,
-    use="rnnkit predict")
+    use="rnnkit predict",
+    init_from=lambda model, prepared, directory, log: init_encoder(
+        model.encoder, prepared.files[""], directory, log))

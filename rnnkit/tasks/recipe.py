@@ -43,6 +43,7 @@ from rnnkit.card import write_card
 from rnnkit.cells.registry import named_by_file
 from rnnkit.config import MAX_VOCAB, check_cell, declared, field_default
 from rnnkit.runlock import RunLock
+from rnnkit.tasks.pretrained import check_language_model
 from rnnkit.tasks.common import absolute_paths, config_from_dict, device_of
 from rnnkit.train import Trainer, TrainConfig
 
@@ -93,6 +94,7 @@ class TaskSpec:
     report: Callable | None = None
     predict: Callable | None = None
     use: str = ""               # the command that uses a trained model
+    init_from: Callable | None = None   # (model, Prepared, LM directory, log): --init-from
 
     @property
     def command(self) -> str:
@@ -125,7 +127,20 @@ def train_settings(spec: TaskSpec, data_cfg, train) -> TrainConfig:
     unknown = sorted(set(given) - set(TRAIN_FIELDS))
     if unknown:
         raise ValueError(f"train options: unknown {unknown}")
-    return TrainConfig(**{**train_defaults(spec, data_cfg), **given})
+    cfg = TrainConfig(**{**train_defaults(spec, data_cfg), **given})
+    if cfg.init_from:
+        if spec.init_from is None:
+            takers = " and ".join(n for n, s in _tasks().items() if s.init_from is not None)
+            raise ValueError(f"init_from: a {spec.name} model does not start from a language "
+                             f"model ({takers} do)")
+        check_language_model(cfg.init_from)
+    return cfg
+
+
+def _tasks() -> dict:
+    from rnnkit.tasks import TASKS
+
+    return TASKS
 
 
 def model_settings(spec: TaskSpec, given: Mapping | None) -> dict:
@@ -282,16 +297,18 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
         with named_by_file(out / RUN) if resume else nullcontext():
             model_cfg = config_from_dict(spec.model_config, {**options, **prepared.sizes},
                                          str(out / RUN) if resume else "model options")
+        log(prepared.report)
+        torch.manual_seed(train_cfg.seed)
+        model = spec.model(model_cfg, **prepared.model_kwargs).to(dev)
         if not resume:
+            if train_cfg.init_from:
+                spec.init_from(model, prepared, train_cfg.init_from, log)
             save_run(out, spec, data_cfg, model_cfg, train_cfg, prepared.files, command)
     except BaseException:
         if not resume:
             _restore(out, before)
         raise
     before.pop("absent", None)                        # the run exists now: keep its folder
-    log(prepared.report)
-    torch.manual_seed(train_cfg.seed)
-    model = spec.model(model_cfg, **prepared.model_kwargs).to(dev)
     log(f"model: {spec.describe_model(model_cfg)}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, on {dev}")
     task = prepared.make_task(model, train_cfg.seed, dev)

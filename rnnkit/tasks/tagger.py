@@ -39,6 +39,7 @@ from rnnkit.data.tokenizers import CharTokenizer, build_char_tokenizer, word_tok
 from rnnkit.models.encoder import UNK_ID
 from rnnkit.models.tagger import Tagger, TaggerConfig
 from rnnkit.tasks import recipe
+from rnnkit.tasks.pretrained import init_encoder
 from rnnkit.tasks.common import (SplitSource, device_of, error_objective, labelled_splits,
                                  length_batches, pad, split_sources)
 from rnnkit.train import TrainConfig
@@ -328,4 +329,6 @@ SPEC = recipe.TaskSpec(
     train_defaults={"optimizer": "adam", "lr": 2e-3, "clip": 5.0, "lr_decay": 2.0,
                     "epochs": 20},
     evaluate=_evaluate, report=evaluation_report, predict=_predict,
-    use="rnnkit predict")
+    use="rnnkit predict",
+    init_from=lambda model, prepared, directory, log: init_encoder(
+        model.encoder, prepared.files["words"], directory, log))

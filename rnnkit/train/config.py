@@ -35,6 +35,9 @@ class TrainConfig:
     tensorboard: bool = option(False, "also log to TensorBoard in OUT/tensorboard",
                                resume=True)
 
+    init_from: str = option("", "classifier, tagger: start the embedding and recurrent "
+                            "layers from this trained word-level language model")
+
     def __post_init__(self):
         checks = [("epochs", lambda c: c.epochs >= 1, "an int >= 1"),
                   ("max_steps", lambda c: c.max_steps >= 0, "an int >= 0"),
