@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import secrets
@@ -196,3 +197,21 @@ def _json_type(obj) -> str:
     names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
              type(None): "null"}
     return names.get(type(obj), type(obj).__name__)
+
+
+def finite_json(thing):
+    """``thing`` with every float that is not finite (an overflowed perplexity, say) as the
+    string "inf", "-inf" or "nan", in dicts, lists and tuples at any depth."""
+    if isinstance(thing, float) and not math.isfinite(thing):
+        return "nan" if math.isnan(thing) else ("inf" if thing > 0 else "-inf")
+    if isinstance(thing, dict):
+        return {k: finite_json(v) for k, v in thing.items()}
+    if isinstance(thing, (list, tuple)):
+        return [finite_json(v) for v in thing]
+    return thing
+
+
+def strict_json(thing, **kwargs) -> str:
+    """``json.dumps`` of ``thing`` as strict JSON (:func:`finite_json`): never the
+    non-standard ``Infinity``/``NaN`` that ``json.dumps`` writes."""
+    return json.dumps(finite_json(thing), allow_nan=False, **kwargs)

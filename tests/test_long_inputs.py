@@ -16,32 +16,17 @@ from rnnkit.config import MAX_INPUT_CHARS
 from rnnkit.models.seq2seq import greedy_translate
 from rnnkit.tasks import classifier, common, lm, tagger, translator
 from conftest import cli_under_memory_limit
-from tiny_data import WORDS, tiny_files
+from tiny_data import WORDS, tiny_files, tiny_models
 
 LONG_CHARS = 20_000_000     # before the windows, scoring this line took about 6 GB
-
-
-def _quiet(*_):
-    pass
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("long")
     f = tiny_files(root, n=24, seed=5)
-    out = {k: root / k for k in ("lm", "classifier", "tagger", "translator")}
-    steps = {"max_steps": 1}
-    lm.train_lm(lm.LMDataConfig(data=f["text"], level="word"),
-                {"hidden_size": 16, "num_layers": 1}, steps, out["lm"], log=_quiet)
-    classifier.train_classifier(
-        classifier.ClassifierDataConfig(train=f["labelled"], valid=f["labelled"]),
-        {"hidden_size": 8}, steps, out["classifier"], log=_quiet)
-    tagger.train_tagger(tagger.TaggerDataConfig(train=f["tagged"], valid=f["tagged"]),
-                        {"hidden_size": 8}, steps, out["tagger"], log=_quiet)
-    pairs = f"{f['source']},{f['target']}"
-    translator.train_translator(
-        translator.TranslationDataConfig(train=pairs, valid=pairs, level="word", min_count=1),
-        {"hidden_size": 8}, steps, out["translator"], log=_quiet)
+    out = tiny_models(root, f)
+    out["lm"] = out["wordlm"]
     rng = random.Random(0)
     text = " ".join(rng.choice(WORDS) for _ in range(LONG_CHARS // 3))[:LONG_CHARS]
     long = root / "long.txt"
@@ -121,8 +106,8 @@ def test_the_classifier_names_the_line_too_long(models, tmp_path, monkeypatch, l
     path = tmp_path / "in.tsv"
     path.write_text("0\tthe cat\n1\tthe cat sat on a mat\n", encoding="utf-8")
     monkeypatch.setattr(common, limit_name, limit)
-    with pytest.raises(ValueError, match=rf"in.tsv, line 2: \d+ (characters|tokens); a "
-                                         rf"classifier reads a line whole"):
+    with pytest.raises(ValueError, match=r"in.tsv, line 2: \d+ (characters|tokens); a "
+                                         r"classifier reads a line whole"):
         classifier.predict_file(out["classifier"], path)
 
 

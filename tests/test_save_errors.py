@@ -3,7 +3,6 @@ disk, the space needed and free), the previous file intact, no temporary file le
 loaded checkpoint does not keep its file mapped."""
 
 import errno
-import json
 import os
 import shutil
 import subprocess

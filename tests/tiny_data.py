@@ -29,3 +29,37 @@ def tiny_files(root: Path, n: int = 12, seed: int = 0) -> dict[str, str]:
         "source": write_lines(root / "pairs.de", lines),
         "target": write_lines(root / "pairs.en", [line.upper() for line in lines]),
     }
+
+
+def _quiet(*_):
+    pass
+
+
+def tiny_models(root: Path, files: dict[str, str]) -> dict[str, Path]:
+    """Tiny models of every task trained on ``files`` (one optimiser step each, seconds):
+    {"charlm" (char LSTM, 2 layers), "wordlm" (word GRU), "classifier", "tagger",
+    "translator", "clm" (conditioned): model directory under ``root``}."""
+    from rnnkit.tasks import classifier, conditioned_lm, lm, tagger, translator
+
+    out = {k: root / k for k in ("charlm", "wordlm", "classifier", "tagger", "translator",
+                                 "clm")}
+    steps = {"max_steps": 1}
+    lm.train_lm(lm.LMDataConfig(data=files["text"], level="char"),
+                {"hidden_size": 16, "num_layers": 2}, steps, out["charlm"], log=_quiet)
+    lm.train_lm(lm.LMDataConfig(data=files["text"], level="word"),
+                {"hidden_size": 16, "num_layers": 1, "cell": "gru"}, steps, out["wordlm"],
+                log=_quiet)
+    classifier.train_classifier(
+        classifier.ClassifierDataConfig(train=files["labelled"], valid=files["labelled"]),
+        {"hidden_size": 8}, steps, out["classifier"], log=_quiet)
+    tagger.train_tagger(tagger.TaggerDataConfig(train=files["tagged"], valid=files["tagged"]),
+                        {"hidden_size": 8}, steps, out["tagger"], log=_quiet)
+    pairs = f"{files['source']},{files['target']}"
+    translator.train_translator(
+        translator.TranslationDataConfig(train=pairs, valid=pairs, level="word", min_count=1),
+        {"hidden_size": 8}, steps, out["translator"], log=_quiet)
+    conditioned_lm.train_conditioned_lm(
+        conditioned_lm.ConditionedLMDataConfig(train=files["labelled"],
+                                               valid=files["labelled"]),
+        {"hidden_size": 8}, steps, out["clm"], log=_quiet)
+    return out

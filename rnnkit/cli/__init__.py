@@ -10,6 +10,7 @@ The files, one job each:
     train.py     ``rnnkit train TASK`` for every task of :mod:`rnnkit.tasks`
     use.py       eval, predict, score, generate, translate: using a trained model
     diagnose.py  check, diagnose, activations, bench: looking inside
+    serve.py     serve: the HTTP JSON API and the web playground
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rnnkit.cli.parsing import Parser
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (the task options read the registries now)."""
-    from rnnkit.cli import diagnose, train, use
+    from rnnkit.cli import diagnose, serve, train, use
 
     parser = Parser(prog="rnnkit", description="Recurrent neural networks: cells with "
                     "hand-derived BPTT, language models, classifiers, taggers, translators, "
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_commands(commands)
     use.add_commands(commands)
     diagnose.add_commands(commands)
+    serve.add_commands(commands)
     return parser
 
 

@@ -4,32 +4,16 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import textwrap
 from pathlib import Path
 
 from rnnkit.cli.parsing import device_and_json, model_command
+from rnnkit.files import strict_json
 
 
 def _stderr(text: str) -> None:
     print(text, file=sys.stderr)
-
-
-def strict_json(thing, **kwargs) -> str:
-    """``json.dumps`` of ``thing`` as strict JSON: a number that is not finite (an overflowed
-    perplexity, say) is written as the string "inf", "-inf" or "nan", never as the
-    non-standard ``Infinity``/``NaN`` that ``json.dumps`` writes."""
-    def finite(x):
-        if isinstance(x, float) and not math.isfinite(x):
-            return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-        if isinstance(x, dict):
-            return {k: finite(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [finite(v) for v in x]
-        return x
-
-    return json.dumps(finite(thing), allow_nan=False, **kwargs)
 
 
 def _task_of(directory: str):

@@ -102,7 +102,7 @@ def feature_correlations(text: str, acts: Tensor, top: int = 3) -> dict[str, lis
     return result
 
 
-def _colour(value: float, scale: float) -> str:
+def colour(value: float, scale: float) -> str:
     """Blue for negative, white for 0, red for positive."""
     v = max(-1.0, min(1.0, value / scale)) if scale > 0 else 0.0
     fade = int(round(255 * (1 - abs(v))))
@@ -120,7 +120,7 @@ def activation_html(text: str, values: Tensor, *, title: str,
     spans = []
     for ch, v in zip(text, values.tolist()):
         shown = "↵\n" if ch == "\n" else html.escape(ch)
-        spans.append(f'<span style="background:{_colour(v, scale)}" '
+        spans.append(f'<span style="background:{colour(v, scale)}" '
                      f'title="{v:.3f}">{shown}</span>')
     table = ""
     if correlations:
@@ -149,20 +149,28 @@ hover a character for its value.</p>
 """
 
 
-def write_activation_page(model, tokenizer, text: str, path, *, unit: int, layer: int = -1,
-                          kind: str = "hidden", max_chars: int = MAX_CHARS) -> dict:
-    """Compute, rank and draw: writes the page to ``path``; returns what it showed."""
+def activation_input(tokenizer, text: str, max_chars: int = MAX_CHARS
+                     ) -> tuple[str, list[int], str]:
+    """(the text shown, its ids, a note) for an activation view: a character model only
+    (else ValueError naming the model's level), the text cut at ``max_chars`` (and the
+    note says so), at least one character."""
     if tokenizer.level != "char":
-        raise ValueError(f"model: activation pictures need a character model, this one "
-                         f"is {tokenizer.level}-level")
+        raise ValueError(f"model: activation views need a character model, this one is "
+                         f"{tokenizer.level}-level")
     note = ""
     if len(text) > max_chars:
-        note = (f"The text has {len(text):,} characters; the page shows the first "
+        note = (f"The text has {len(text):,} characters; the view shows the first "
                 f"{max_chars:,} (the limit).")
         text = text[:max_chars]
     if not text:
         raise ValueError("text: expected at least one character")
-    ids = tokenizer.encode(text, unknown_policy="unk")
+    return text, tokenizer.encode(text, unknown_policy="unk"), note
+
+
+def write_activation_page(model, tokenizer, text: str, path, *, unit: int, layer: int = -1,
+                          kind: str = "hidden", max_chars: int = MAX_CHARS) -> dict:
+    """Compute, rank and draw: writes the page to ``path``; returns what it showed."""
+    text, ids, note = activation_input(tokenizer, text, max_chars)
     acts = activations(model, ids, layer=layer, kind=kind)
     if not 0 <= unit < acts.shape[1]:
         raise ValueError(f"unit: expected 0..{acts.shape[1] - 1} ({acts.shape[1]} units), "
@@ -178,4 +186,4 @@ def write_activation_page(model, tokenizer, text: str, path, *, unit: int, layer
 
 
 __all__ = ["activations", "text_features", "feature_correlations", "activation_html",
-           "write_activation_page", "MAX_CHARS", "KINDS"]
+           "activation_input", "write_activation_page", "colour", "MAX_CHARS", "KINDS"]

@@ -475,37 +475,53 @@ def iter_scores(directory: str | Path, path: str | Path, *, batch_size: int = 32
     """
     model, tokenizer, _ = load_lm(directory, device, int8=int8, log=log)
     if ngram is not None:
-        from rnnkit.ngram import NGram, check_weight, interpolate
+        from rnnkit.ngram import NGram, check_weight
 
         check_weight(ngram_weight)
         ngram = NGram(ngram, tokenizer)
         if log is not None:
             log(ngram.policy())
-    window = logits_tokens(model.config.vocab_size)
-    end_id, pad_id = tokenizer.line_end_id, tokenizer.pad_id
     k = 0
-    with torch.no_grad():
-        for texts in _groups(iter_lines(path), _SCORE_GROUP_CHARS):
-            lines = [torch.tensor(tokenizer.encode_line(t), dtype=torch.long) for t in texts]
-            token_nll: list[torch.Tensor] = [torch.empty(0)] * len(lines)
-            for chunk in length_batches([len(line) for line in lines], batch_size, window):
-                if len(chunk) == 1:
-                    token_nll[chunk[0]] = _line_nll(model, lines[chunk[0]], end_id, window)
-                    continue
-                inputs, targets, lengths = collate_lines([lines[i] for i in chunk], end_id,
-                                                         pad_id)
-                nll, _ = _nll(model, inputs, targets, lengths)
-                for b, i in enumerate(chunk):
-                    token_nll[i] = nll[:int(lengths[b]), b]
-            for text, line, nll in zip(texts, lines, token_nll):
-                if ngram is not None:
-                    nll = -interpolate(-nll, torch.tensor(ngram.line_log10(text)), ngram_weight)
-                k += 1
-                total, n = float(nll.sum()), len(line)
-                yield {"line": k, "logprob": -total, "log10prob": -total / math.log(10),
-                       "tokens": n, "ppl": perplexity(total / n), "text": text}
+    for texts in _groups(iter_lines(path), _SCORE_GROUP_CHARS):
+        rows = score_texts(model, tokenizer, texts, batch_size=batch_size, ngram=ngram,
+                           ngram_weight=ngram_weight, first_line=k + 1)
+        k += len(rows)
+        yield from rows
     if k == 0:
         raise ValueError(f"{path}: no lines to score")
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, texts: list[str], *, batch_size: int = 32, ngram=None,
+                ngram_weight: float = 0.5, first_line: int = 1) -> list[dict]:
+    """The rows of :func:`score_lines` for lines in memory on a loaded model (each line on
+    its own): lines by length in batches of at most BATCH_TOKENS tokens and BATCH_LOGITS
+    scores, a longer line read in windows carrying the state. ``ngram``: a loaded
+    :class:`rnnkit.ngram.NGram` to interpolate with; rows are numbered from ``first_line``.
+    """
+    window = logits_tokens(model.config.vocab_size)
+    end_id, pad_id = tokenizer.line_end_id, tokenizer.pad_id
+    lines = [torch.tensor(tokenizer.encode_line(t), dtype=torch.long) for t in texts]
+    token_nll: list[torch.Tensor] = [torch.empty(0)] * len(lines)
+    for chunk in length_batches([len(line) for line in lines], batch_size, window):
+        if len(chunk) == 1:
+            token_nll[chunk[0]] = _line_nll(model, lines[chunk[0]], end_id, window)
+            continue
+        inputs, targets, lengths = collate_lines([lines[i] for i in chunk], end_id, pad_id)
+        nll, _ = _nll(model, inputs, targets, lengths)
+        for b, i in enumerate(chunk):
+            token_nll[i] = nll[:int(lengths[b]), b]
+    rows = []
+    for k, (text, line, nll) in enumerate(zip(texts, lines, token_nll)):
+        if ngram is not None:
+            from rnnkit.ngram import interpolate
+
+            nll = -interpolate(-nll, torch.tensor(ngram.line_log10(text)), ngram_weight)
+        total, n = float(nll.sum()), len(line)
+        rows.append({"line": first_line + k, "logprob": -total,
+                     "log10prob": -total / math.log(10), "tokens": n,
+                     "ppl": perplexity(total / n), "text": text})
+    return rows
 
 
 def _groups(lines: Iterable[str], max_chars: int) -> Iterator[list[str]]:

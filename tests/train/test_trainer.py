@@ -11,7 +11,6 @@ that the schedule and the model selection meet known values.
 import json
 import random
 import signal
-from dataclasses import replace
 
 import pytest
 import torch
