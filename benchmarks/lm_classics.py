@@ -40,11 +40,22 @@ RATES = (0.3, 0.5, 1.0, 2.0)
 
 
 def build_arpa(lmplz: str, order: int, folder: Path) -> Path:
-    """A modified Kneser-Ney model of PTB train by KenLM's lmplz (PTB's own <unk> kept)."""
+    """A modified Kneser-Ney model of PTB train by KenLM's lmplz. PTB writes rare words as
+    the word ``<unk>``, which lmplz refuses in a corpus: it is counted under a stand-in name,
+    and the ARPA file's own (never seen) ``<unk>`` entry is replaced by the stand-in's, so
+    that the n-gram's ``<unk>`` carries PTB's ``<unk>`` counts, as rnnkit's does."""
+    stand_in = "<ptb-unk>"
+    text = (PTB / "ptb.train.txt").read_text().replace("<unk>", stand_in)
+    done = subprocess.run([lmplz, "-o", str(order), "--discount_fallback", "-S", "20%"],
+                          input=text.encode(), capture_output=True, check=True)
+    lines = done.stdout.decode().splitlines()
+    own = [k for k, line in enumerate(lines) if line.split("\t")[1:2] == ["<unk>"]]
+    del lines[own[0]]
+    lines = [line.replace(stand_in, "<unk>") for line in lines]
+    lines = [f"ngram 1={int(line.split('=')[1]) - 1}" if line.startswith("ngram 1=") else line
+             for line in lines]
     arpa = folder / f"ptb.{order}gram.arpa"
-    with open(PTB / "ptb.train.txt", "rb") as text, open(arpa, "wb") as out:
-        subprocess.run([lmplz, "-o", str(order), "--discount_fallback", "-S", "20%"],
-                       stdin=text, stdout=out, stderr=subprocess.DEVNULL, check=True)
+    arpa.write_text("\n".join(lines) + "\n")
     return arpa
 
 
