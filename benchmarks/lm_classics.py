@@ -8,9 +8,10 @@ n-best rescoring, with a trained rnnkit model and a KenLM n-gram built by a real
 2. ``dynamic``: test perplexity with dynamic evaluation, its rate chosen on validation
    (one stream, ``--batch-size 1``), and without.
 3. ``nbest``: n-best lists made from PTB sentences — the true sentence among distorted ones
-   (a substituted word, a deleted word, two words swapped), each with the n-gram's score as
-   the list's own score — and the 1-best accuracy and WER of the n-gram alone, rnnkit alone
-   and the two combined (weights tuned on lists made from the validation split).
+   (a substituted word, a deleted word, two words swapped), each with a simulated
+   recogniser's score (minus its edits, plus noise) and the n-gram's score — and the 1-best
+   accuracy and WER of the recogniser alone, with the n-gram, with rnnkit and with both
+   (weights tuned on lists made from the validation split).
 
     python benchmarks/lm_classics.py [ngram] [dynamic] [nbest] --model runs/bench-ptb_1thread
 
@@ -94,9 +95,12 @@ def _distorted(words: list[str], vocab: list[str], rng: random.Random) -> list[s
     return w
 
 
-def make_nbest(split: str, n: int, size: int, arpa: Path, folder: Path, seed: int):
-    """An n-best TSV of ``n`` sentences of ``split`` (``size`` hypotheses each, the true one
-    among them, each scored by the n-gram) and its references."""
+def make_nbest(split: str, n: int, size: int, arpa: Path, folder: Path, seed: int,
+               noise: float):
+    """An n-best TSV of ``n`` sentences of ``split`` (``size`` distinct hypotheses each, the
+    true one among them) and its references. A hypothesis' own score plays a recogniser's:
+    minus its number of edits, plus Gaussian noise of deviation ``noise`` (log10 units);
+    its lm_score is the n-gram's log10 probability."""
     import kenlm
 
     model = kenlm.Model(str(arpa))
@@ -106,12 +110,13 @@ def make_nbest(split: str, n: int, size: int, arpa: Path, folder: Path, seed: in
     rng = random.Random(seed)
     rows, refs = [], []
     for k, words in enumerate(sentences):
-        hyps = {" ".join(words)}
+        hyps = {" ".join(words): 0}
         while len(hyps) < size:
-            hyps.add(" ".join(_distorted(words, vocab, rng)))
-        hyps = sorted(hyps)
-        rng.shuffle(hyps)
-        rows += [f"s{k}\t{model.score(h, bos=True, eos=True):.4f}\t\t{h}" for h in hyps]
+            hyps.setdefault(" ".join(_distorted(words, vocab, rng)), 1)
+        order = sorted(hyps)
+        rng.shuffle(order)
+        rows += [f"s{k}\t{-hyps[h] + rng.gauss(0, noise):.4f}\t"
+                 f"{model.score(h, bos=True, eos=True):.4f}\t{h}" for h in order]
         refs.append(f"s{k} {' '.join(words)}")
     nbest, ref = folder / f"{split}.nbest.tsv", folder / f"{split}.ref.txt"
     nbest.write_text("\n".join(rows) + "\n")
@@ -122,21 +127,27 @@ def make_nbest(split: str, n: int, size: int, arpa: Path, folder: Path, seed: in
 def _figures(lists, refs, lm_weight, rnn_weight, path) -> dict:
     best = rescore.one_best(lists, lm_weight, rnn_weight)
     exact = sum(refs[key] == text for key, text in best) / len(best)
-    return {"one_best_accuracy": exact, "wer": rescore.word_error_rate(best, refs, path)}
+    return {"lm_weight": lm_weight, "rnn_weight": rnn_weight, "one_best_accuracy": exact,
+            "wer": rescore.word_error_rate(best, refs, path)}
 
 
-def bench_nbest(model: Path, arpa: Path, folder: Path, n: int, size: int) -> dict:
-    dev, dev_ref = make_nbest("valid", n, size, arpa, folder, seed=1)
-    test, test_ref = make_nbest("test", n, size, arpa, folder, seed=2)
-    tuned = rescore.tune(rescore.score_nbest(model, rescore.read_nbest(dev)),
-                         rescore.read_references(dev_ref), dev_ref)
+def bench_nbest(model: Path, arpa: Path, folder: Path, n: int, size: int,
+                noise: float) -> dict:
+    """The recogniser's score alone, with the n-gram, with rnnkit, with both: each one's
+    weights chosen on lists made from the validation split."""
+    dev, dev_ref = make_nbest("valid", n, size, arpa, folder, 1, noise)
+    test, test_ref = make_nbest("test", n, size, arpa, folder, 2, noise)
+    dev_lists = rescore.score_nbest(model, rescore.read_nbest(dev))
+    dev_refs = rescore.read_references(dev_ref)
     lists = rescore.score_nbest(model, rescore.read_nbest(test))
     refs = rescore.read_references(test_ref)
-    return {"sentences": n, "hypotheses": size, "tuned": tuned,
-            "ngram_alone": _figures(lists, refs, 0.0, 1.0, test_ref),
-            "rnnkit_alone": _figures(lists, refs, 1e6, 1.0, test_ref),
-            "combined": _figures(lists, refs, tuned["lm_weight"], tuned["rnn_weight"],
-                                 test_ref)}
+    out = {"sentences": n, "hypotheses": size, "noise": noise,
+           "recogniser_alone": _figures(lists, refs, 0.0, 1.0, test_ref)}
+    for name, grid in (("with_ngram", (0.0,)), ("with_rnnkit", (1.0,)),
+                       ("with_both", rescore.RNN_WEIGHTS)):
+        tuned = rescore.tune(dev_lists, dev_refs, dev_ref, rnn_weights=grid)
+        out[name] = _figures(lists, refs, tuned["lm_weight"], tuned["rnn_weight"], test_ref)
+    return out
 
 
 def main(argv=None) -> int:
@@ -148,6 +159,8 @@ def main(argv=None) -> int:
     parser.add_argument("--order", type=int, default=5)
     parser.add_argument("--sentences", type=int, default=300)
     parser.add_argument("--hypotheses", type=int, default=10)
+    parser.add_argument("--noise", type=float, default=1.0,
+                        help="deviation of the simulated recogniser's score noise (log10)")
     args = parser.parse_args(argv)
     which = args.which or ["ngram", "dynamic", "nbest"]
     out = ROOT / "benchmarks" / "results" / "lm_classics.json"
@@ -169,11 +182,12 @@ def main(argv=None) -> int:
                   f"(rate {r['rate']} on valid) {r['test']['dynamic']:.2f}")
         if "nbest" in which:
             r = results["nbest"] = bench_nbest(args.model, arpa, Path(tmp), args.sentences,
-                                               args.hypotheses)
-            for name in ("ngram_alone", "rnnkit_alone", "combined"):
+                                               args.hypotheses, args.noise)
+            for name in ("recogniser_alone", "with_ngram", "with_rnnkit", "with_both"):
                 f = r[name]
                 print(f"n-best ({r['sentences']} x {r['hypotheses']}) {name}: 1-best "
-                      f"{100 * f['one_best_accuracy']:.1f}%, WER {100 * f['wer']:.2f}%")
+                      f"{100 * f['one_best_accuracy']:.1f}%, WER {100 * f['wer']:.2f}% "
+                      f"(--lm-weight {f['lm_weight']:g} --rnn-weight {f['rnn_weight']:g})")
     write_results("lm_classics", results)
     return 0
 

@@ -255,12 +255,13 @@ LM_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
 RNN_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def tune(lists: list[NBest], references: dict[str, str], path) -> dict:
+def tune(lists: list[NBest], references: dict[str, str], path,
+         rnn_weights: tuple[float, ...] = RNN_WEIGHTS) -> dict:
     """The weights of least WER on a scored development set, searched over the grid
-    LM_WEIGHTS x RNN_WEIGHTS (ties: the first found); {lm_weight, rnn_weight, wer}."""
+    LM_WEIGHTS x ``rnn_weights`` (ties: the first found); {lm_weight, rnn_weight, wer}."""
     best = None
     for lm_weight in LM_WEIGHTS:
-        for rnn_weight in RNN_WEIGHTS:
+        for rnn_weight in rnn_weights:
             wer = word_error_rate(one_best(lists, lm_weight, rnn_weight), references, path)
             if best is None or wer < best["wer"]:
                 best = {"lm_weight": lm_weight, "rnn_weight": rnn_weight, "wer": wer}
