@@ -9,7 +9,9 @@
 3. ``generate``: tokens/s sampling one stream from a 2 x 650 word model (10k words), rnnkit's
    generator (float, and its int8 copy from :func:`rnnkit.quantize.quantize_lm`) against
    the PyTorch example's loop (one model call per token, re-entering the module, ``exp`` of
-   the scaled output and ``torch.multinomial``); and the perplexity a trained PTB word model
+   the scaled output and ``torch.multinomial``) and against onnxruntime running the model's
+   exported step graph (float, and int8 by onnxruntime's dynamic quantisation); and the
+   perplexity a trained PTB word model
    loses to int8 on the validation split (``--int8-model``, ``--int8-data``).
 
     python benchmarks/lm_speed.py [train] [softmax] [generate]   # default: all three
@@ -23,6 +25,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -183,11 +186,54 @@ def bench_generate(tokens: int, rounds: int) -> dict:
             return n
         return loop
 
-    rates = _race({"pytorch_example": example_loop, "rnnkit": loop_of(ours),
-                   "rnnkit_int8": loop_of(int8)}, rounds, chunk=1)
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_fp32, onnx_int8 = _onnx_step_sessions(ours, Path(folder))
+        rates = _race({"pytorch_example": example_loop, "rnnkit": loop_of(ours),
+                       "rnnkit_int8": loop_of(int8),
+                       "onnxruntime": _onnx_loop(onnx_fp32, tokens, V),
+                       "onnxruntime_int8": _onnx_loop(onnx_int8, tokens, V)}, rounds, chunk=1)
     base = rates["pytorch_example"]
     return {**rates, "ratio": rates["rnnkit"] / base, "int8_ratio": rates["rnnkit_int8"] / base,
-            "int8": described, "tokens": tokens}
+            "onnx_ratio": rates["onnxruntime"] / base,
+            "onnx_int8_ratio": rates["onnxruntime_int8"] / base, "int8": described,
+            "tokens": tokens}
+
+
+def _onnx_step_sessions(model, folder: Path):
+    """onnxruntime sessions of the model's exported step graph (``rnnkit export``), float
+    and int8 (onnxruntime's dynamic quantisation of its matrix products), one thread."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from rnnkit.export import export_graphs
+
+    export_graphs("lm", model, folder, "onnx")
+    quantize_dynamic(str(folder / "step.onnx"), str(folder / "step.int8.onnx"),
+                     weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return [ort.InferenceSession(str(folder / name), options,
+                                 providers=["CPUExecutionProvider"])
+            for name in ("step.onnx", "step.int8.onnx")]
+
+
+def _onnx_loop(session, tokens: int, V: int):
+    """Sampling one stream with the step graph: numpy only between the calls."""
+    import numpy as np
+
+    names = [i.name for i in session.get_inputs()]
+    shapes = [i.shape for i in session.get_inputs()]
+
+    def loop():
+        rng = np.random.default_rng(0)
+        states = [np.zeros((1, 1, shape[2]), np.float32) for shape in shapes[1:]]
+        token = np.zeros(1, np.int64)
+        for _ in range(tokens):
+            log_probs, *states = session.run(None, dict(zip(names, [token, *states])))
+            p = np.exp(log_probs[0].astype(np.float64))
+            token = np.array([rng.choice(V, p=p / p.sum())], np.int64)
+        return tokens
+    return loop
 
 
 def bench_int8_quality(model_dir: Path, data: Path) -> dict | None:
@@ -235,7 +281,9 @@ def main(argv=None) -> int:
         print(f"generate 2x650, V=10k, one stream: rnnkit {r['rnnkit']:.0f} tok/s, int8 "
               f"{r['rnnkit_int8']:.0f} tok/s, PyTorch example {r['pytorch_example']:.0f} "
               f"tok/s; ratios {r['ratio']:.2f}x and {r['int8_ratio']:.2f}x (int8; target "
-              f"5x: {'met' if r['int8_ratio'] >= 5 else 'not met'})")
+              f"5x: {'met' if r['int8_ratio'] >= 5 else 'not met'}); onnxruntime "
+              f"{r['onnxruntime']:.0f} tok/s ({r['onnx_ratio']:.2f}x), int8 "
+              f"{r['onnxruntime_int8']:.0f} tok/s ({r['onnx_int8_ratio']:.2f}x)")
         q = results["int8_quality"] = bench_int8_quality(args.int8_model, args.int8_data)
         if q:
             print(f"int8 perplexity cost ({q['model']}, {Path(q['data']).name}): "

@@ -109,12 +109,30 @@ def test_bad_generation_options(trained, capsys, options, fragment):
     _expect_error(["generate", str(out), *options], capsys, fragment)
 
 
-def test_every_command_has_help():
-    for args in (["--help"], ["train", "lm", "--help"], ["eval", "--help"],
-                 ["score", "--help"], ["generate", "--help"], ["check", "--help"]):
-        result = subprocess.run([sys.executable, "-m", "rnnkit", *args], capture_output=True,
-                                text=True)
-        assert result.returncode == 0 and "usage:" in result.stdout, args
+def _commands(parser, prefix=()):
+    """Every command path of the parser: ("train", "lm"), ("export",), …"""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*prefix, name)) or ()
+                yield (*prefix, name)
+
+
+def test_every_command_has_help(capsys):
+    from rnnkit.cli import build_parser, main
+
+    commands = set(_commands(build_parser()))
+    assert {("export",), ("serve",), ("rescore",), ("card",), ("train", "lm")} <= commands
+    result = subprocess.run([sys.executable, "-m", "rnnkit", "--help"], capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and "usage:" in result.stdout
+    for command in sorted(commands):
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        assert done.value.code == 0, command
+        assert "usage:" in capsys.readouterr().out, command
 
 
 def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path):

@@ -10,6 +10,7 @@ The files, one job each:
     train.py     ``rnnkit train TASK`` for every task of :mod:`rnnkit.tasks`
     use.py       eval, predict, score, generate, translate: using a trained model
     diagnose.py  check, diagnose, activations, bench: looking inside
+    export.py    export: a trained model as ONNX or torch.export graphs
     serve.py     serve: the HTTP JSON API and the web playground
 """
 
@@ -24,7 +25,7 @@ from rnnkit.cli.parsing import Parser
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (the task options read the registries now)."""
-    from rnnkit.cli import diagnose, serve, train, use
+    from rnnkit.cli import diagnose, export, serve, train, use
 
     parser = Parser(prog="rnnkit", description="Recurrent neural networks: cells with "
                     "hand-derived BPTT, language models, classifiers, taggers, translators, "
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_commands(commands)
     use.add_commands(commands)
     diagnose.add_commands(commands)
+    export.add_commands(commands)
     serve.add_commands(commands)
     return parser
 

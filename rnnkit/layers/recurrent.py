@@ -153,6 +153,12 @@ class RecurrentStack(nn.Module):
             p["weight_hh"] = F.dropout(p["weight_hh"], self.weight_dropout, training=True)
         return engine_params(p)
 
+    def layer_params(self, index: int):
+        """(weight_ih, weight_hh, bias_ih, bias_hh, extra) of layer-direction ``index``
+        (``layer * D + direction``; None for each of the four the cell or layer does not
+        have): the parameters themselves, as a step in eval mode reads them."""
+        return self._params(index)
+
     def reset_parameters(self) -> None:
         """Initialise every parameter by ``self.init`` (and ``self.forget_bias``)."""
         for index in range(len(self._param_names)):
