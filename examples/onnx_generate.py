@@ -26,6 +26,48 @@ import onnxruntime as ort
 PAD_ID, UNK_ID, LINE_END_ID = 0, 1, 2
 
 
+class ExportError(ValueError):
+    """A folder that is not an rnnkit language-model export: the message names the file."""
+
+
+def read_export(folder: str) -> dict:
+    """``export.json`` of an rnnkit export of a language model, checked: the format, the
+    task, and that the step and sequence graphs and the tokenizer are there."""
+    path = os.path.join(folder, "export.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except OSError as error:
+        raise ExportError(f"{path}: cannot be read ({error.strerror}); expected the folder "
+                          f"'rnnkit export DIR --format onnx --out OUT' wrote") from None
+    except ValueError as error:
+        raise ExportError(f"{path}: not JSON ({error})") from None
+    if not isinstance(meta, dict) or meta.get("format") != "rnnkit.export":
+        raise ExportError(f"{path}: not an rnnkit export (no \"format\": \"rnnkit.export\")")
+    if meta.get("task") != "lm" or meta.get("export_format") != "onnx":
+        raise ExportError(f"{path}: a {meta.get('task')!r} model in {meta.get('export_format')!r} "
+                          f"format; this example runs ONNX language models")
+    for name in ("step", "sequence"):
+        graph = meta.get("graphs", {}).get(name, {}).get("file")
+        if not graph or not os.path.isfile(os.path.join(folder, graph)):
+            raise ExportError(f"{path}: the {name!r} graph's file is missing")
+    if not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        raise ExportError(f"{os.path.join(folder, 'tokenizer.json')}: missing")
+    return meta
+
+
+def session(folder: str, meta: dict, name: str) -> ort.InferenceSession:
+    """An onnxruntime session of graph ``name`` (one thread), or ExportError naming it."""
+    path = os.path.join(folder, meta["graphs"][name]["file"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    try:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as error:                   # onnxruntime's own errors have no base class
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExportError(f"{path}: not an ONNX graph onnxruntime can run ({first})") from None
+
+
 class Vocabulary:
     """rnnkit's char, word or byte-level BPE tokenizer, read from ``tokenizer.json``."""
 
@@ -61,7 +103,7 @@ class Vocabulary:
                     if w not in self.lookup:
                         unknown.append(w)
         if unknown:
-            raise SystemExit(f"onnx_generate: not in the vocabulary: {unknown}")
+            raise ExportError(f"--prime: not in the vocabulary: {unknown}")
         return ids
 
     def decode(self, ids: list[int]) -> str:
@@ -85,15 +127,8 @@ def greedy_ids(folder: str, prime_ids: list[int], length: int) -> list[int]:
     """The ``length`` likeliest-next ids after the prompt: the sequence graph reads the
     prompt (T, 1) from the first state (zeros, or a cell's ``initial_value``), then the
     step graph one token (1,) at a time."""
-    with open(os.path.join(folder, "export.json"), encoding="utf-8") as f:
-        meta = json.load(f)
-    graphs = meta["graphs"]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    sequence = ort.InferenceSession(os.path.join(folder, graphs["sequence"]["file"]), options,
-                                    providers=["CPUExecutionProvider"])
-    step = ort.InferenceSession(os.path.join(folder, graphs["step"]["file"]), options,
-                                providers=["CPUExecutionProvider"])
+    meta = read_export(folder)
+    sequence, step = session(folder, meta, "sequence"), session(folder, meta, "step")
     names = [s["name"] for s in meta["states"]]
     states = [np.zeros([1 if d == "B" else d for d in s["shape"]], dtype=np.float32)
               + np.asarray(s.get("initial_value", 0.0), dtype=np.float32)   # zeros, mostly
@@ -117,10 +152,11 @@ def greedy_ids(folder: str, prime_ids: list[int], length: int) -> list[int]:
 
 def generate(folder: str, prime: str, length: int) -> str:
     """The greedy continuation of ``prime`` (without it), as ``rnnkit generate --greedy``."""
+    read_export(folder)
     vocab = Vocabulary(folder)
     prime_ids = vocab.encode(prime or "\n")
     if not prime_ids:
-        raise SystemExit("onnx_generate: the prompt encodes to no token")
+        raise ExportError("--prime: the prompt encodes to no token")
     ids = greedy_ids(folder, prime_ids, length)
     return vocab.decode(prime_ids + ids)[len(vocab.decode(prime_ids)):]
 
@@ -131,7 +167,13 @@ def main() -> None:
     parser.add_argument("--prime", default="", help="prompt text (default: start of a line)")
     parser.add_argument("--length", type=int, default=200, help="tokens to generate")
     args = parser.parse_args()
-    text = generate(args.folder, args.prime, args.length)
+    if args.length < 0:
+        parser.error(f"--length: expected >= 0, got {args.length}")
+    try:
+        text = generate(args.folder, args.prime, args.length)
+    except ExportError as error:
+        print(f"onnx_generate: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     sys.stdout.write(args.prime + text + "\n")
 
 

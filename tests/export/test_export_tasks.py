@@ -204,6 +204,27 @@ def test_onnx_generate_example_writes_rnnkit_generates_text(trained, capsys, lev
     assert len(expected) > len(prime) + 1
 
 
+def test_onnx_generate_example_refuses_what_is_not_an_export(trained, tmp_path):
+    """A folder that is not an export, an export of another task, an ONNX file that is not
+    a graph: one line naming the file, exit 2."""
+    models, exported, _ = trained
+    fake = tmp_path / "fake"
+    shutil.copytree(exported["lm_char"], fake)
+    (fake / "step.onnx").write_bytes(b"not a graph")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "export.json").write_text('{"format": "something else"}')
+    for folder, fragment in ((models["lm_char"], "export.json: cannot be read"),
+                             (other, "not an rnnkit export"),
+                             (fake, "step.onnx: not an ONNX graph onnxruntime can run")):
+        done = subprocess.run([sys.executable, str(ROOT / "examples" / "onnx_generate.py"),
+                               str(folder), "--length", "3"], capture_output=True, text=True,
+                              cwd=ROOT, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("onnx_generate: error: ") and fragment in done.stderr
+        assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+
+
 def test_torch_export_format_runs_at_other_sizes(trained, tmp_path):
     """The .pt2 programs, written with --force into a folder that is not empty."""
     models, _, _ = trained
