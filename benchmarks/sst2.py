@@ -4,6 +4,7 @@ macro-F1 per seed and for the ensemble that averages their class probabilities.
 
     python benchmarks/sst2.py                    # 5 seeds, 2 threads (~2 min a seed, 1 thread)
     python benchmarks/sst2.py --seeds 1 --threads 1 --out runs/sst2-quick
+    python benchmarks/sst2.py --init-from runs/sst-lm --name sst2_init --out runs/sst2-init
 
 Configuration (chosen on dev only): BiLSTM 1x150, 300-d word embeddings initialised
 U(-0.25, 0.25) (``--embedding-init``, the classifier's default; PyTorch's N(0, 1) is moved too
@@ -41,6 +42,10 @@ def main() -> int:
                         help="U(-x, x) word-embedding init; 0: PyTorch's N(0, 1)")
     parser.add_argument("--word-dropout", type=float, default=0.0,
                         help="replace training words by <unk> with this probability")
+    parser.add_argument("--init-from", default="",
+                        help="start the embedding and the forward LSTM from this word-level "
+                        "language model (embedding 300, LSTM 1x150; see issue 13)")
+    parser.add_argument("--name", default="sst2", help="results file name (sst2)")
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found")
@@ -68,7 +73,8 @@ def main() -> int:
             shutil.rmtree(out)
         train = TrainConfig(epochs=args.epochs, optimizer="adam", lr=1e-3, clip=5.0,
                             lr_decay=1.0, weight_decay=0.0, seed=seed, eval_every=109,
-                            log_every=50, progress=sys.stderr.isatty())
+                            log_every=50, progress=sys.stderr.isatty(),
+                            init_from=args.init_from)
         started = time.perf_counter()
         c.train_classifier(data, model, train, out, log=lambda *a: None)
         wall = time.perf_counter() - started
@@ -111,8 +117,8 @@ def main() -> int:
                "model": model, "train": {"epochs": args.epochs, "optimizer": "adam", "lr": 1e-3,
                                          "batch_size": 32, "clip": 5.0, "eval_every": 109},
                "runs": runs, "single": single, "ensemble": ensemble,
-               "train_wall_s_total": round(total, 1)}
-    write_results("sst2", results)
+               "train_wall_s_total": round(total, 1), "init_from": args.init_from}
+    write_results(args.name, results)
     return 0
 
 
