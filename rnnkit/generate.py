@@ -21,6 +21,7 @@ the GNMT penalty; 0 gives the raw sum).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from numbers import Integral, Real
 
@@ -68,7 +69,10 @@ def filter_logits(log_probs: Tensor, temperature: float = 1.0, top_k: int | None
     if log_probs.dim() != 2:
         raise ValueError(f"log_probs: expected a 2-D tensor (B, V), got shape "
                          f"{tuple(log_probs.shape)}")
-    scores = log_probs / temperature                                   # (B, V)
+    top = log_probs.max(dim=-1, keepdim=True).values
+    temperature = max(temperature, torch.finfo(log_probs.dtype).tiny)   # not 0 in float32
+    scores = (log_probs - top) / temperature      # (B, V); the best stays 0 at any temperature
+    scores = scores.nan_to_num(nan=-math.inf)     # a row of -inf: -inf - -inf
     if top_k is not None and top_k < scores.shape[1]:
         scores = _keep_top_k(scores, top_k)
     scores = torch.log_softmax(scores, dim=-1)

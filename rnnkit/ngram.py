@@ -20,6 +20,9 @@ from torch import Tensor
 
 _LN10 = math.log(10)
 
+#: The n-gram's share of each token's probability when ``--ngram-weight`` is not given.
+DEFAULT_WEIGHT = 0.5
+
 
 @contextlib.contextmanager
 def _quiet_stderr():

@@ -61,7 +61,7 @@ def test_the_cli_reports_it_and_refuses_bad_rates(trained, capsys):
                                  "--batch-size", "1"], capsys)
     assert code == 0, err
     assert "dynamic evaluation: one SGD step of rate 0.5" in stdout
-    for bad in ("-1", "0", "nan"):
+    for bad in ("-1", "nan", "inf"):
         expect_cli_error(["eval", str(out), "--data", repeated, "--dynamic", bad], capsys,
                          "--dynamic")
     expect_cli_error(["eval", str(out), "--data", repeated, "--dynamic", "1", "--int8"],

@@ -427,3 +427,18 @@ def test_invalid_generation_arguments_name_the_argument():
         with pytest.raises(ValueError, match="^" + message):
             call()
     assert model.calls == []
+
+
+@pytest.mark.parametrize("temperature", [1e-320, 1e-40, 1e-6])
+def test_a_vanishing_temperature_samples_the_likeliest_token(temperature):
+    """Dividing by a temperature below float32's range must not make NaN probabilities:
+    the distribution becomes the argmax (ties share it)."""
+    from rnnkit.generate import filter_logits
+
+    log_probs = torch.log_softmax(torch.randn(4, 50, generator=torch.Generator().manual_seed(3)),
+                                  -1)
+    kept = filter_logits(log_probs, temperature=temperature).exp()
+    assert torch.isfinite(kept).all()
+    torch.testing.assert_close(kept.sum(-1), torch.ones(4))
+    assert (kept.argmax(-1) == log_probs.argmax(-1)).all()
+    assert (kept.max(-1).values > 0.999).all()

@@ -114,17 +114,44 @@ def test_tune_picks_weights_that_fix_the_list(model, tmp_path, capsys):
     (["u1\tnan\t\tthe cat"], ["line 1", "not finite"]),
     (["u1 the cat", "u2 a dog", "u1 the mat"], ["line 3", "'u1' again", "line 1"]),
     (["u1"], ["line 1", "empty hypothesis"]),
-    (["u1-1 the cat", "u1-x the dog"], ["line 2", "Kaldi"]),
+    (["u1-1 the cat", "u1-x the dog", "--format", "kaldi"], ["line 2", "Kaldi"]),
 ])
 def test_malformed_lists_name_file_and_line(model, tmp_path, capsys, lines, fragments):
-    path = write_lines(tmp_path / "bad.txt", lines)
-    expect_cli_error(["rescore", model, path], capsys, "bad.txt", *fragments)
+    options = lines[lines.index("--format"):] if "--format" in lines else []
+    path = write_lines(tmp_path / "bad.txt", lines[:len(lines) - len(options)])
+    expect_cli_error(["rescore", model, path, *options], capsys, "bad.txt", *fragments)
+
+
+def test_auto_format_keeps_rnnlm_keys_that_look_like_kaldi(tmp_path):
+    """RNNLM lists whose IDs end in -digits: the repeated key says which format it is."""
+    path = write_lines(tmp_path / "nb.txt", ["sent-1 the cat", "sent-1 a cat", "sent-2 a dog",
+                                             "sent-2 the dog"])
+    assert [(n.id, len(n.hypotheses)) for n in rescore.read_nbest(path)] == [
+        ("sent-1", 2), ("sent-2", 2)]
+
+
+def test_rescoring_reads_in_bounded_batches_with_the_same_scores(model, tmp_path,
+                                                                 monkeypatch):
+    """The hypotheses go through score_texts' bounded batches: squeezed to windows of 3
+    tokens, every score (reset and carry) is unchanged."""
+    from rnnkit.tasks import common
+
+    path = write_lines(tmp_path / "nb.txt", [f"u{k} the cat sat on a mat" for k in (1, 1)] +
+                       ["u2 a dog ran on the log", "u2 the dog"])
+    wide = [rescore.score_nbest(model, rescore.read_nbest(path), context=c)
+            for c in ("reset", "carry")]
+    vocab = lm.load_lm(model)[0].config.vocab_size
+    monkeypatch.setattr(common, "BATCH_LOGITS", 3 * vocab)
+    for lists, context in zip(wide, ("reset", "carry")):
+        narrow = rescore.score_nbest(model, rescore.read_nbest(path), context=context)
+        assert [h.rnn for n in narrow for h in n.hypotheses] == pytest.approx(
+            [h.rnn for n in lists for h in n.hypotheses], rel=1e-5)
 
 
 def test_bad_weights_and_options_are_refused(model, tmp_path, capsys):
     path = write_lines(tmp_path / "nb.txt", ["u1 the cat"])
-    expect_cli_error(["rescore", model, path, "--rnn-weight", "1.5"], capsys, "rnn_weight")
-    expect_cli_error(["rescore", model, path, "--lm-weight", "-1"], capsys, "lm_weight")
+    expect_cli_error(["rescore", model, path, "--rnn-weight", "1.5"], capsys, "--rnn-weight")
+    expect_cli_error(["rescore", model, path, "--lm-weight", "-1"], capsys, "--lm-weight")
     expect_cli_error(["rescore", model, path, "--context", "carry", "--tune", path, path],
                      capsys, "--tune", "--context reset")
     expect_cli_error(["rescore", model, path, "--reference", write_lines(

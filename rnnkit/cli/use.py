@@ -40,17 +40,10 @@ def run_eval(args) -> int:
                         ("--ngram", args.ngram)):
         if given and task != "lm":
             raise ValueError(f"{flag}: for language models; {args.model} is a {task!r} model")
-    _check_ngram(args)
-    if args.ngram and (args.dynamic or args.int8):
-        raise ValueError("--ngram: not with --dynamic or --int8")
-    if args.dynamic is not None and not args.dynamic > 0:
-        raise ValueError(f"--dynamic: expected a learning rate > 0, got {args.dynamic}")
-    if args.dynamic and args.int8:
-        raise ValueError("--dynamic: not with --int8 (an int8 model is not trained)")
     m = spec.evaluate(args.model, args.data, reference=args.reference, beam=args.beam,
                       batch_size=args.batch_size, device=args.device, log=_stderr,
                       int8=args.int8, dynamic=args.dynamic or 0.0, ngram=args.ngram,
-                      ngram_weight=args.ngram_weight if args.ngram_weight is not None else 0.5)
+                      ngram_weight=_ngram_weight(args))
     print(strict_json(m, indent=2) if args.json else "\n".join(spec.report(m, args.data)))
     return 0
 
@@ -102,31 +95,32 @@ def run_translate(args) -> int:
     return 0
 
 
-def _check_ngram(args) -> None:
+def _ngram_weight(args) -> float:
+    """--ngram-weight (only with --ngram), or the default share."""
+    from rnnkit.ngram import DEFAULT_WEIGHT
+
     if args.ngram_weight is not None and not args.ngram:
         raise ValueError("--ngram-weight: only with --ngram FILE")
-    if args.ngram_weight is not None and not 0 <= args.ngram_weight <= 1:
-        raise ValueError(f"--ngram-weight: expected a number in [0, 1], got "
-                         f"{args.ngram_weight}")
+    return DEFAULT_WEIGHT if args.ngram_weight is None else args.ngram_weight
 
 
 def _add_ngram(parser) -> None:
+    from rnnkit.ngram import DEFAULT_WEIGHT
+
     parser.add_argument("--ngram", metavar="FILE", help="lm: interpolate each token's "
                         "probability with an n-gram model (ARPA or KenLM binary; word-level "
-                        "models; needs the kenlm module)")
+                        "models; needs the kenlm module; eval reads the text as one stream)")
     parser.add_argument("--ngram-weight", type=float, metavar="λ",
-                        help="the n-gram's share of each token's probability, in [0, 1] "
-                        "(0.5)")
+                        help=f"the n-gram's share of each token's probability, in [0, 1] "
+                        f"({DEFAULT_WEIGHT})")
 
 
 def run_score(args) -> int:
     """Print each line's score as it is computed (TSV, or one strict JSON array)."""
     from rnnkit.tasks.lm import iter_scores
 
-    _check_ngram(args)
-    weight = args.ngram_weight if args.ngram_weight is not None else 0.5
     rows = iter_scores(args.model, args.file, device=args.device, int8=args.int8,
-                       log=_stderr, ngram=args.ngram, ngram_weight=weight)
+                       log=_stderr, ngram=args.ngram, ngram_weight=_ngram_weight(args))
     if args.json:
         opened = False
         for r in rows:

@@ -36,6 +36,7 @@ from rnnkit.data.pycorpus import write_python_corpus
 from rnnkit.data.stream import collate_lines
 from rnnkit.layers import detach_state, length_mask
 from rnnkit.models.lm import LanguageModel, LMConfig
+from rnnkit.ngram import DEFAULT_WEIGHT
 from rnnkit.tasks import recipe
 from rnnkit.tasks.common import device_of, length_batches, logits_tokens
 from rnnkit.train import TrainConfig
@@ -369,7 +370,7 @@ def load_lm(directory: str | Path, device: str | None = "cpu", *, int8: bool = F
 def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 10,
                   bptt: int = 0, device: str | None = "cpu", int8: bool = False,
                   dynamic: float = 0.0, ngram: str | Path | None = None,
-                  ngram_weight: float = 0.5) -> dict:
+                  ngram_weight: float = DEFAULT_WEIGHT) -> dict:
     """Perplexity of a model on a text file (per token, and per the level's natural unit).
 
     With ``int8`` the figures are the int8 model's (:func:`rnnkit.quantize.quantize_lm`),
@@ -384,10 +385,10 @@ def evaluate_file(directory: str | Path, path: str | Path, *, batch_size: int = 
     """
     if ngram is not None and (dynamic or int8):
         raise ValueError("--ngram: not with --dynamic or --int8")
-    if dynamic < 0 or not math.isfinite(dynamic):
-        raise ValueError(f"dynamic: expected a learning rate >= 0, got {dynamic}")
+    if not (dynamic >= 0 and math.isfinite(dynamic)):
+        raise ValueError(f"--dynamic: expected a learning rate >= 0 (0: static), got {dynamic}")
     if dynamic and int8:
-        raise ValueError("dynamic: not with int8 (an int8 model is not trained)")
+        raise ValueError("--dynamic: not with --int8 (an int8 model is not trained)")
     model, tokenizer, config = load_lm(directory, device)
     bptt = bptt or config.get("data", {}).get("bptt", 35)
     ids, words = [], 0
@@ -450,7 +451,8 @@ _SCORE_GROUP_CHARS = 1 << 20      # characters of the lines read and scored at a
 
 def score_lines(directory: str | Path, path: str | Path, *, batch_size: int = 32,
                 device: str | None = "cpu", int8: bool = False,
-                ngram: str | Path | None = None, ngram_weight: float = 0.5) -> list[dict]:
+                ngram: str | Path | None = None,
+                ngram_weight: float = DEFAULT_WEIGHT) -> list[dict]:
     """Log-probability of every line of a file, each line on its own (state reset).
 
     Each line is scored from the line-end token as its context; its tokens include the
@@ -465,7 +467,8 @@ def score_lines(directory: str | Path, path: str | Path, *, batch_size: int = 32
 
 def iter_scores(directory: str | Path, path: str | Path, *, batch_size: int = 32,
                 device: str | None = "cpu", int8: bool = False, log=None,
-                ngram: str | Path | None = None, ngram_weight: float = 0.5) -> Iterator[dict]:
+                ngram: str | Path | None = None,
+                ngram_weight: float = DEFAULT_WEIGHT) -> Iterator[dict]:
     """:func:`score_lines`, a line at a time, in memory bounded by the longest line: the
     file is read a group of lines at a time, batches hold at most
     ``rnnkit.config.BATCH_TOKENS`` tokens and ``BATCH_LOGITS`` output scores, and a line
@@ -493,11 +496,13 @@ def iter_scores(directory: str | Path, path: str | Path, *, batch_size: int = 32
 
 @torch.no_grad()
 def score_texts(model, tokenizer, texts: list[str], *, batch_size: int = 32, ngram=None,
-                ngram_weight: float = 0.5, first_line: int = 1) -> list[dict]:
+                ngram_weight: float = DEFAULT_WEIGHT, first_line: int = 1,
+                state=None) -> list[dict]:
     """The rows of :func:`score_lines` for lines in memory on a loaded model (each line on
     its own): lines by length in batches of at most BATCH_TOKENS tokens and BATCH_LOGITS
     scores, a longer line read in windows carrying the state. ``ngram``: a loaded
-    :class:`rnnkit.ngram.NGram` to interpolate with; rows are numbered from ``first_line``.
+    :class:`rnnkit.ngram.NGram` to interpolate with; rows are numbered from ``first_line``;
+    ``state`` (a batch of one, as ``model`` returns it; None: fresh) starts every line.
     """
     window = logits_tokens(model.config.vocab_size)
     end_id, pad_id = tokenizer.line_end_id, tokenizer.pad_id
@@ -505,10 +510,11 @@ def score_texts(model, tokenizer, texts: list[str], *, batch_size: int = 32, ngr
     token_nll: list[torch.Tensor] = [torch.empty(0)] * len(lines)
     for chunk in length_batches([len(line) for line in lines], batch_size, window):
         if len(chunk) == 1:
-            token_nll[chunk[0]] = _line_nll(model, lines[chunk[0]], end_id, window)
+            token_nll[chunk[0]], _ = line_nll(model, lines[chunk[0]], end_id, window, state)
             continue
         inputs, targets, lengths = collate_lines([lines[i] for i in chunk], end_id, pad_id)
-        nll, _ = _nll(model, inputs, targets, lengths)
+        start = None if state is None else expand_state(state, len(chunk))
+        nll, _ = _nll(model, inputs, targets, lengths, start)
         for b, i in enumerate(chunk):
             token_nll[i] = nll[:int(lengths[b]), b]
     rows = []
@@ -516,12 +522,20 @@ def score_texts(model, tokenizer, texts: list[str], *, batch_size: int = 32, ngr
         if ngram is not None:
             from rnnkit.ngram import interpolate
 
-            nll = -interpolate(-nll, torch.tensor(ngram.line_log10(text)), ngram_weight)
+            nll = -interpolate(-nll, torch.tensor(ngram.line_log10(text), dtype=torch.float64),
+                               ngram_weight)
         total, n = float(nll.sum()), len(line)
         rows.append({"line": first_line + k, "logprob": -total,
                      "log10prob": -total / math.log(10), "tokens": n,
                      "ppl": perplexity(total / n), "text": text})
     return rows
+
+
+def expand_state(state, batch: int):
+    """A language model's state of one stream repeated for ``batch`` streams (every tensor's
+    batch is its dim 1)."""
+    return tuple(expand_state(s, batch) if isinstance(s, tuple)
+                 else s.expand(s.shape[0], batch, *s.shape[2:]).contiguous() for s in state)
 
 
 def _groups(lines: Iterable[str], max_chars: int) -> Iterator[list[str]]:
@@ -544,15 +558,16 @@ def _nll(model, inputs, targets, lengths=None, state=None):
     return model.nll(hidden, targets.to(device)).double().cpu(), state
 
 
-def _line_nll(model, line: torch.Tensor, end_id: int, window: int) -> torch.Tensor:
+def line_nll(model, line: torch.Tensor, end_id: int, window: int, state=None):
     """NLL (nats, float64) of each token of one line of ids (ending with ``end_id``), read
-    ``window`` tokens at a time with the state carried over: (len(line),)."""
+    ``window`` tokens at a time with the state carried over from ``state`` (None: fresh):
+    (len(line),), and the state after the line (whose ``<eos>`` is the next input)."""
     inputs, targets, _ = collate_lines([line], end_id, end_id)
-    out, state = [], None
+    out = []
     for t in range(0, len(line), window):
         nll, state = _nll(model, inputs[t:t + window], targets[t:t + window], state=state)
         out.append(nll.reshape(-1))
-    return torch.cat(out)
+    return torch.cat(out), state
 
 
 class _RunningText:
@@ -612,8 +627,8 @@ def generate_from(model, tokenizer, prime: str = "", *, max_tokens: int = 200, o
 # -- the declaration ------------------------------------------------------------------------
 
 def _evaluate(directory, path, *, device: str = "cpu", batch_size: int = 10,
-              int8: bool = False, dynamic: float = 0.0, ngram=None, ngram_weight: float = 0.5,
-              **_) -> dict:
+              int8: bool = False, dynamic: float = 0.0, ngram=None,
+              ngram_weight: float = DEFAULT_WEIGHT, **_) -> dict:
     return evaluate_file(directory, path, batch_size=batch_size, device=device, int8=int8,
                          dynamic=dynamic, ngram=ngram, ngram_weight=ngram_weight)
 
@@ -624,8 +639,9 @@ def evaluation_report(m: dict, path) -> list[str]:
              f"policy: {m['policy']}"]
     if "ngram" in m:
         g = m["ngram"]
-        lines += [g["policy"], f"interpolated with weight {g['weight']:g} on the n-gram: "
-                  f"rnnkit alone ppl {g['rnnkit_ppl']:.3f}, n-gram alone ppl "
+        lines += [g["policy"], f"interpolated with weight {g['weight']:g} on the n-gram, "
+                  f"the text read as one stream: rnnkit alone ppl {g['rnnkit_ppl']:.3f}, "
+                  f"n-gram alone ppl "
                   f"{g['ngram_ppl']:.3f}, together ppl {m['ppl']:.3f}"]
     if "dynamic" in m:
         d = m["dynamic"]

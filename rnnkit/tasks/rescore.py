@@ -15,7 +15,9 @@ Formats (``read_nbest``; "auto" tells them apart by the first line):
 - ``tsv`` — ``ID<TAB>score<TAB>lm_score<TAB>hypothesis``: the recogniser's (acoustic or
   translation) score and its language-model score, both log10 probabilities (the RNNLM
   toolkit's and SRILM's unit); ``lm_score`` may be empty.
-- ``kaldi`` — Kaldi's n-best text: ``UTTID-N word word …`` (N the rank), no scores.
+- ``kaldi`` — Kaldi's n-best text: ``UTTID-N word word …`` (N the rank, counting from 1 in
+  each utterance), no scores. A file whose keys all look so but repeat (``sent-1`` on two
+  lines) is the RNNLM toolkit's; ``--format`` settles any doubt.
 
 Scores (all log10): rnnkit's ``rnn`` is the hypothesis' log-probability, its closing
 ``<eos>`` included (unknown words are ``<unk>``, predicted as a token). The language-model
@@ -37,12 +39,9 @@ from pathlib import Path
 import torch
 
 from rnnkit.data.text import iter_lines
-from rnnkit.data.stream import collate_lines
-from rnnkit.layers import length_mask
 
 FORMATS = ("auto", "rnnlm", "tsv", "kaldi")
 CONTEXTS = ("reset", "carry")
-_LOG10 = math.log(10)
 
 
 @dataclass
@@ -74,12 +73,27 @@ def _number(text: str, path, n: int, what: str) -> float:
     return value
 
 
-def _format_of(first: str) -> str:
-    if "\t" in first:
-        return "tsv"
-    key = first.split(maxsplit=1)[0]
+def _kaldi_key(key: str) -> tuple[str, int] | None:
+    """("utt", 3) for Kaldi's "utt-3"; None for a key of another form."""
     stem, _, rank = key.rpartition("-")
-    return "kaldi" if stem and rank.isdigit() else "rnnlm"
+    return (stem, int(rank)) if stem and rank.isdigit() else None
+
+
+def _format_of(rows: list[str]) -> str:
+    """The format of a file's non-empty lines: "tsv" if the first has a tab; "kaldi" if
+    every key is ``UTTID-N`` with each utterance's ranks counting 1, 2, …; else "rnnlm"
+    (whose hypotheses of one utterance share one key — ``sent-1`` twice is RNNLM's)."""
+    if "\t" in rows[0]:
+        return "tsv"
+    keys = [_kaldi_key(raw.split(maxsplit=1)[0]) for raw in rows]
+    if any(k is None for k in keys):
+        return "rnnlm"
+    expected: dict[str, int] = {}
+    for stem, rank in keys:
+        if rank != expected.get(stem, 1):
+            return "rnnlm"
+        expected[stem] = rank + 1
+    return "kaldi"
 
 
 def read_nbest(path: str | os.PathLike, fmt: str = "auto") -> list[NBest]:
@@ -90,14 +104,15 @@ def read_nbest(path: str | os.PathLike, fmt: str = "auto") -> list[NBest]:
     utterance ID that appears again after other IDs, an empty file.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"format: expected one of {list(FORMATS)}, got {fmt!r}")
+        raise ValueError(f"--format: expected one of {list(FORMATS)}, got {fmt!r}")
+    rows = [(n, raw) for n, raw in enumerate(iter_lines(path), start=1) if raw.strip()]
+    if not rows:
+        raise ValueError(f"{path}: no hypotheses")
+    if fmt == "auto":
+        fmt = _format_of([raw for _, raw in rows])
     lists: list[NBest] = []
     seen: dict[str, int] = {}
-    for n, raw in enumerate(iter_lines(path), start=1):
-        if not raw.strip():
-            continue
-        if fmt == "auto":
-            fmt = _format_of(raw)
+    for n, raw in rows:
         if fmt == "tsv":
             cols = raw.split("\t")
             if len(cols) != 4:
@@ -110,10 +125,9 @@ def read_nbest(path: str | os.PathLike, fmt: str = "auto") -> list[NBest]:
             parts = raw.split(maxsplit=1)
             key, text = parts[0], parts[1].strip() if len(parts) == 2 else ""
             if fmt == "kaldi":
-                stem, _, rank = key.rpartition("-")
-                if not stem or not rank.isdigit():
+                if _kaldi_key(key) is None:
                     raise ValueError(f"{path}, line {n}: key {key!r} is not Kaldi's UTTID-N")
-                key = stem
+                key = _kaldi_key(key)[0]
             score, lm_score = 0.0, None
         if not key:
             raise ValueError(f"{path}, line {n}: no utterance ID")
@@ -126,67 +140,44 @@ def read_nbest(path: str | os.PathLike, fmt: str = "auto") -> list[NBest]:
             seen[key] = n
             lists.append(NBest(key))
         lists[-1].hypotheses.append(Hypothesis(text, n, score, lm_score))
-    if not lists:
-        raise ValueError(f"{path}: no hypotheses")
     return lists
-
-
-def _columns(state, index: list[int]):
-    """The streams ``index`` of a language model's state (each tensor's batch is dim 1)."""
-    return tuple(_columns(s, index) if isinstance(s, tuple) else s[:, index] for s in state)
-
-
-def _expand(state, batch: int):
-    return tuple(_expand(s, batch) if isinstance(s, tuple) else s.expand(-1, batch, -1)
-                 .contiguous() for s in state)
-
-
-@torch.no_grad()
-def _score_list(model, tokenizer, texts: list[str], state):
-    """log10 probabilities of ``texts`` from ``state`` (None: fresh), and each one's final
-    state (a batch in the same order)."""
-    lines = [torch.tensor(tokenizer.encode_line(t), dtype=torch.long) for t in texts]
-    end = tokenizer.line_end_id
-    inputs, targets, lengths = collate_lines(lines, end, tokenizer.pad_id)
-    device = model.embedding.weight.device
-    if state is not None:
-        state = _expand(state, len(texts))
-    hidden, final = model(inputs.to(device), state, lengths=lengths)
-    nll = model.nll(hidden, targets.to(device)).double().cpu()
-    mask = length_mask(lengths, targets.shape[0])
-    totals = (nll * mask).sum(0)
-    return [-float(t) / _LOG10 for t in totals], final
 
 
 def score_nbest(directory: str | Path, lists: list[NBest], *, context: str = "reset",
                 lm_weight: float = 1.0, rnn_weight: float = 1.0,
                 device: str | None = "cpu") -> list[NBest]:
     """``lists`` with each hypothesis' ``rnn`` (log10 probability under the model in
-    ``directory``). With ``context="carry"`` the state after each utterance's new 1-best (by
-    ``lm_weight`` and ``rnn_weight``) starts the next utterance."""
-    from rnnkit.tasks.lm import load_lm
+    ``directory``), scored as ``rnnkit score`` scores lines (:func:`rnnkit.tasks.lm.
+    score_texts`: batches bounded in tokens and output scores, long hypotheses in windows).
+    With ``context="carry"`` the state after each utterance's new 1-best (by ``lm_weight``
+    and ``rnn_weight``) starts the next utterance's hypotheses."""
+    from rnnkit.tasks.common import logits_tokens
+    from rnnkit.tasks.lm import line_nll, load_lm, score_texts
 
     if context not in CONTEXTS:
-        raise ValueError(f"context: expected one of {list(CONTEXTS)}, got {context!r}")
+        raise ValueError(f"--context: expected one of {list(CONTEXTS)}, got {context!r}")
     model, tokenizer, _ = load_lm(directory, device)
+    window = logits_tokens(model.config.vocab_size)
     out, state = [], None
     for nbest in lists:
-        rnn, final = _score_list(model, tokenizer, [h.text for h in nbest.hypotheses],
-                                 state if context == "carry" else None)
-        scored = NBest(nbest.id, [replace(h, rnn=r) for h, r in zip(nbest.hypotheses, rnn)])
+        rows = score_texts(model, tokenizer, [h.text for h in nbest.hypotheses], state=state)
+        scored = NBest(nbest.id, [replace(h, rnn=r["log10prob"])
+                                  for h, r in zip(nbest.hypotheses, rows)])
         out.append(scored)
-        if context == "carry":
-            best = best_index(scored, lm_weight, rnn_weight)
-            state = _columns(final, [best])
+        if context == "carry":                   # the state after the new 1-best, in windows
+            best = scored.hypotheses[best_index(scored, lm_weight, rnn_weight)].text
+            line = torch.tensor(tokenizer.encode_line(best), dtype=torch.long)
+            with torch.no_grad():
+                _, state = line_nll(model, line, tokenizer.line_end_id, window, state)
     return out
 
 
 def check_weights(lm_weight: float, rnn_weight: float) -> None:
-    """``lm_weight`` a finite number >= 0, ``rnn_weight`` in [0, 1]."""
+    """``lm_weight`` a finite number >= 0, ``rnn_weight`` in [0, 1] (errors name the flags)."""
     if not (math.isfinite(lm_weight) and lm_weight >= 0):
-        raise ValueError(f"lm_weight: expected a number >= 0, got {lm_weight}")
+        raise ValueError(f"--lm-weight: expected a number >= 0, got {lm_weight}")
     if not 0 <= rnn_weight <= 1:
-        raise ValueError(f"rnn_weight: expected a number in [0, 1], got {rnn_weight}")
+        raise ValueError(f"--rnn-weight: expected a number in [0, 1], got {rnn_weight}")
 
 
 def combined(h: Hypothesis, lm_weight: float, rnn_weight: float) -> float:
