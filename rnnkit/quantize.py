@@ -63,10 +63,11 @@ class Int8Recurrent(nn.Module):
         self.lstm = twin_cls is nn.LSTM
         self.num_layers, self.hidden_size = stack.num_layers, stack.hidden_size
         self.twin = _quantize_dynamic(twin, {twin_cls})
-        self._zero = stack.initial_state
 
     def initial_state(self, batch_size: int):
-        return self._zero(batch_size)
+        """Zeros, as the float stack's: ``(h, c)`` (L, B, H) each for the LSTM, h for the GRU."""
+        zeros = torch.zeros(self.num_layers, batch_size, self.hidden_size)
+        return (zeros, zeros.clone()) if self.lstm else zeros
 
     def _hx(self, state, batch: int):
         if state is None:

@@ -171,13 +171,13 @@ def split_by_lines(path: str | os.PathLike, valid_fraction: float = 0.1
 
 def split_words_of(name: str) -> list[tuple[str, str]]:
     """The (split, word) pairs a file name names: a name names a split when one of its words
-    (cut at ".", "-", "_") is one of the split's :data:`SPLIT_WORDS`, or the name begins
-    with it — ``ptb.train.txt``, ``en_ewt-ud-dev.conllu``, ``val.de``,
-    ``test_2016_flickr.en`` (not ``interval.txt``)."""
-    lower = name.lower()
-    words = re.split(r"[._-]", lower)
+    (cut at ".", "-", "_") is one of the split's :data:`SPLIT_WORDS`, or is one followed by
+    digits — ``ptb.train.txt``, ``en_ewt-ud-dev.conllu``, ``val.de``,
+    ``test_2016_flickr.en``, ``train2016.txt`` (not ``interval.txt``, ``values.txt`` or
+    ``testament.train.txt``'s first word)."""
+    words = re.split(r"[._-]", name.lower())
     return [(kind, word) for kind, names in SPLIT_WORDS.items() for word in names
-            if word in words or lower.startswith(word)]
+            if any(re.fullmatch(rf"{word}\d*", w) for w in words)]
 
 
 def _split_kind(name: str) -> tuple[str, str] | None:
@@ -191,8 +191,8 @@ def _split_kind(name: str) -> tuple[str, str] | None:
                          "rename it or pass a single file")
     kind, word = found[0]
     lower = name.lower()
-    whole = re.search(rf"(?:^|(?<=[._-])){re.escape(word)}(?=[._-]|$)", lower)
-    at = whole.start() if whole else 0                  # else the name begins with it
+    whole = re.search(rf"(?:^|(?<=[._-])){re.escape(word)}(?=\d*(?:[._-]|$))", lower)
+    at = whole.start()
     return kind, lower[:at] + "{}" + lower[at + len(word):]
 
 

@@ -55,6 +55,11 @@ log = logging.getLogger("rnnkit.serve")
 STATIC = resources.files("rnnkit.serve") / "static"
 
 
+#: Requests computing at once cannot exceed the worker threads of anyio's default pool
+#: (``anyio.to_thread``), which runs them.
+WORKER_THREADS = 40
+
+
 @dataclass(frozen=True)
 class ServeLimits:
     """What one request may ask of the server (each one an option of ``rnnkit serve``)."""
@@ -66,9 +71,13 @@ class ServeLimits:
     max_texts: int = option(256, "most lines or sentences in one request")
     max_top: int = option(50, "most entries of a next-token distribution")
     max_beam: int = option(16, "widest beam search")
+    max_stops: int = option(16, "most stop strings of a generation")
+    max_stop_chars: int = option(256, "longest stop string, in characters")
 
     def __post_init__(self):
-        check_fields(self, [bounded("max_concurrent", 1, 1024), bounded("max_queue", 0, 65536),
+        check_fields(self, [bounded("max_concurrent", 1, WORKER_THREADS),
+                            bounded("max_queue", 0, 65536),
+                            bounded("max_stops", 0, 1000), bounded("max_stop_chars", 1, 65536),
                             bounded("max_body_bytes", 1024, 1 << 30),
                             bounded("max_tokens", 1, 1_000_000),
                             bounded("max_texts", 1, 1_000_000), bounded("max_top", 0, 1000),
@@ -182,6 +191,8 @@ def parse_request(body: bytes, schema: type[BaseModel]) -> BaseModel:
         data = json.loads(body, parse_constant=_no_constant)
     except ValueError as error:                   # JSONDecodeError, UnicodeDecodeError, NaN
         raise ApiError(400, f"body: not valid JSON ({error})") from None
+    except RecursionError:
+        raise ApiError(400, "body: JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"body: expected a JSON object, got {type(data).__name__}")
     try:                                          # "\ud800": escaped, yet not text
@@ -260,6 +271,7 @@ class _Body:
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
+        self.state = app.state                # the models and limits, as on the app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -548,9 +560,10 @@ def _generation_options(body: GenerateRequest, limits: ServeLimits) -> dict:
         raise ApiError(400, f"top: expected 0..{limits.max_top}, got {body.top}")
     if not 0 <= body.beam <= limits.max_beam:
         raise ApiError(400, f"beam: expected 0..{limits.max_beam} (0: sample), got {body.beam}")
-    if len(body.stop) > 16 or any(not s or len(s) > 256 for s in body.stop):
-        raise ApiError(400, "stop: expected at most 16 non-empty strings of at most 256 "
-                       "characters")
+    if len(body.stop) > limits.max_stops or any(not s or len(s) > limits.max_stop_chars
+                                                for s in body.stop):
+        raise ApiError(400, f"stop: expected at most {limits.max_stops} non-empty strings of "
+                       f"at most {limits.max_stop_chars} characters")
     if body.seed is not None and not 0 <= body.seed < 2 ** 63:
         raise ApiError(400, f"seed: expected an int in 0..2**63-1, got {body.seed}")
     sampling = {k: getattr(body, k) for k in ("temperature", "top_k", "top_p", "seed")

@@ -306,7 +306,8 @@ def generate_events(entry: ServedModel, emit: Callable[[dict], None], *, prime: 
     def on_text(piece: str) -> None:
         emit({"event": "text", "text": piece})
 
-    if beam:
+    if beam:                   # the prompt checked as sampling checks it; a search runs to
+        _Watching(tokenizer, lambda *_: None).encode(prime or "\n")     # its end
         return generate_from(model, tokenizer, prime, max_tokens=max_tokens, stop=stop,
                              beam=beam, on_text=on_text)
     recording = _Recording(model)

@@ -49,8 +49,12 @@ def address_of(sock: socket.socket) -> str:
 def _server(app, sock: socket.socket, log_level: str):
     import uvicorn
 
+    limits = getattr(getattr(app, "state", None), "limits", None)
+    # connections beyond the requests it may hold are refused by uvicorn before any body
+    # is read (with room for /health and /models)
+    concurrency = None if limits is None else limits.max_concurrent + limits.max_queue + 16
     config = uvicorn.Config(app, log_level=log_level, lifespan="off",
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, limit_concurrency=concurrency)
     return uvicorn.Server(config)
 
 

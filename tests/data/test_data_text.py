@@ -149,10 +149,13 @@ def test_folder_case_insensitive_and_dev(tmp_path):
 def test_folder_split_words_are_those_of_every_task(tmp_path):
     """"val" names the valid split, as for the other tasks; a split word inside another
     word does not (interval.txt is no valid split)."""
-    d = folder(tmp_path, ["corpus.train.txt", "corpus.val.txt", "interval.txt"])
+    d = folder(tmp_path, ["corpus.train.txt", "corpus.val.txt", "interval.txt", "values.txt",
+                          "testament.txt"])
     c = find_splits(d)
     assert os.path.basename(c.valid.path) == "corpus.val.txt"
     from rnnkit.tasks.common import split_of
+    assert split_words_of("values.txt") == [] and split_words_of("testament.txt") == []
+    assert split_words_of("train2016.txt") == [("train", "train")]
     for name in ("corpus.train.txt", "corpus.val.txt", "interval.txt", "en_ewt-ud-dev.conllu"):
         found = split_words_of(name)
         assert split_of(name) == (found[0][0] if found else None)

@@ -22,6 +22,8 @@ BIG = 3 * 1024 * 1024            # above the default body limit (2 MiB)
 #  fragment the message must hold: the field it names)
 CASES = [
     ("/score", "{", 400, "body: not valid JSON"),
+    ("/score", "[" * 100_000, 400, "body: JSON nested too deeply"),
+    ("/generate", {"model": "charlm", "prime": "zq\u00ff", "beam": 2}, 400, "prime:"),
     ("/score", b"", 400, "body: expected a JSON object"),
     ("/score", "[1, 2]", 400, "body: expected a JSON object, got list"),
     ("/score", '"lines"', 400, "body: expected a JSON object, got str"),

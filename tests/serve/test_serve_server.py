@@ -64,7 +64,7 @@ def test_200_requests_8_at_a_time_all_succeed(tmp_path_factory, capsys):
 @pytest.fixture
 def held_generation(monkeypatch):
     """Generation that stops before its 3rd token until ``release`` is set; ``reached`` is
-    set once it is there."""
+    set once it is there; ``calls`` counts the tokens computed."""
     reached, release = threading.Event(), threading.Event()
     original = inference.distribution
 
@@ -77,13 +77,13 @@ def held_generation(monkeypatch):
 
     calls: list = []
     monkeypatch.setattr(inference, "distribution", distribution)
-    yield reached, release
+    yield reached, release, calls
     release.set()
 
 
 def test_tokens_stream_as_they_come_and_stop_with_the_client(tmp_path_factory,
                                                              held_generation):
-    reached, release = held_generation
+    reached, release, calls = held_generation
     app = served_app(tmp_path_factory, ["charlm"], max_concurrent=1, max_queue=0)
     with running_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         with client.stream("POST", "/generate", json={"prime": "the", "length": 1000,
@@ -100,6 +100,7 @@ def test_tokens_stream_as_they_come_and_stop_with_the_client(tmp_path_factory,
             assert client.get("/health").json()["busy"] == 1
         release.set()                        # the client has gone: generation must stop
         assert _wait_until(lambda: client.get("/health").json()["busy"] == 0)
+        assert len(calls) < 50                # stopped soon after the client left, not at 1000
         after = client.post("/score", json={"lines": ["the cat"]})
         assert after.status_code == 200
 
