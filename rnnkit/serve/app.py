@@ -319,47 +319,23 @@ async def _send_error(send, error: ApiError) -> None:
 
 # -- the app --------------------------------------------------------------------------------
 
-def create_app(models: dict[str, ServedModel], limits: ServeLimits | None = None):
-    """The FastAPI app (wrapped in the body-size limit) serving ``models`` under ``limits``.
+def answer(thing, status: int = 200, headers: dict | None = None) -> Response:
+    """A JSON response (strict JSON, :func:`json_bytes`)."""
+    return Response(json_bytes(thing), status_code=status, headers=headers,
+                    media_type="application/json")
 
-    Language models have their activation kinds found here, before any request."""
-    limits = limits or ServeLimits()
-    for entry in models.values():
-        if entry.task == "lm":
-            entry.activation_kinds                                  # noqa: B018 (found once)
-    slots = Slots(limits.max_concurrent, limits.max_queue)
-    app = FastAPI(title="rnnkit", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.models, app.state.limits, app.state.slots = models, limits, slots
 
-    def answer(thing, status: int = 200, headers: dict | None = None) -> Response:
-        return Response(json_bytes(thing), status_code=status, headers=headers,
-                        media_type="application/json")
+class _Service:
+    """What every endpoint shares: the models, the limits, the slots, and the steps of a
+    request (read the body, pick the model, check the texts, compute in a worker)."""
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request, error: ApiError):
-        return answer({"error": error.message}, error.status, error.headers)
+    def __init__(self, models: dict[str, ServedModel], limits: ServeLimits):
+        self.models, self.limits = models, limits
+        self.slots = Slots(limits.max_concurrent, limits.max_queue)
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request, error: HTTPException):
-        if error.status_code == 404:
-            message = f"path: no endpoint {request.url.path}"
-        elif error.status_code == 405:
-            message = f"method: {request.method} is not allowed on {request.url.path}"
-        else:
-            message = str(error.detail)
-        return answer({"error": message}, error.status_code, getattr(error, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, error):
-        return answer({"error": "request: not understood"}, 400)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request, error):
-        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
-        return answer({"error": "internal error (logged on the server)"}, 500)
-
-    def pick(name: str | None, endpoint: str) -> ServedModel:
+    def pick(self, name: str | None, endpoint: str) -> ServedModel:
         """The model a request names, or the one loaded model that answers ``endpoint``."""
+        models = self.models
         if name is not None:
             if name not in models:
                 raise ApiError(404, f"model: no model named {name!r}; loaded: "
@@ -379,16 +355,13 @@ def create_app(models: dict[str, ServedModel], limits: ServeLimits | None = None
         raise ApiError(400, f"model: required, {len(able)} loaded models answer /{endpoint}: "
                        f"{sorted(m.name for m in able)}")
 
-    async def read(request: Request, schema):
-        return parse_request(await request.body(), schema)
-
-    def check_texts(texts: list, field: str, *, one_line: bool = False) -> None:
+    def check_texts(self, texts: list, field: str, *, one_line: bool = False) -> None:
         """At least one entry, at most max_texts, each at most MAX_INPUT_CHARS."""
         if not texts:
             raise ApiError(400, f"{field}: expected at least one entry")
-        if len(texts) > limits.max_texts:
+        if len(texts) > self.limits.max_texts:
             raise ApiError(400, f"{field}: {len(texts):,} entries; at most "
-                           f"{limits.max_texts:,} in one request")
+                           f"{self.limits.max_texts:,} in one request")
         for k, text in enumerate(texts):
             if isinstance(text, str) and len(text) > MAX_INPUT_CHARS:
                 raise ApiError(400, f"{field}[{k}]: {len(text):,} characters; at most "
@@ -397,94 +370,36 @@ def create_app(models: dict[str, ServedModel], limits: ServeLimits | None = None
                 raise ApiError(400, f"{field}[{k}]: holds a line break; send one line per "
                                f"entry")
 
-    async def compute(what: str, function, *args, **kwargs):
+    async def compute(self, what: str, function, *args, **kwargs):
         """``function(*args, **kwargs)`` in a worker thread under a slot; errors as ApiError."""
-        await slots.acquire()
+        await self.slots.acquire()
         try:
             return await run_in_threadpool(_in_worker, function, *args, **kwargs)
         except Exception as error:          # noqa: BLE001 (sorted by _failure)
             raise _failure(error, what) from None
         finally:
-            slots.release()
+            self.slots.release()
 
-    @app.get("/health")
-    async def health():
-        """Liveness, and how busy the server is."""
-        return answer({"status": "ok", "models": len(models), "busy": slots.held,
-                       "max_concurrent": limits.max_concurrent})
+    async def texts(self, request: Request, schema, endpoint: str, field: str, key: str,
+                    function, prepare=lambda texts: texts, one_line: bool = False,
+                    check=None, **options) -> Response:
+        """An endpoint over a list of texts: read ``schema``, pick the model, check the
+        texts of ``field`` (and the body by ``check``), compute ``function(entry,
+        prepare(texts), **options of the body)`` and answer ``{"model", key: result}``."""
+        body = parse_request(await request.body(), schema)
+        entry = self.pick(body.model, endpoint)
+        texts = getattr(body, field)
+        self.check_texts(texts, field, one_line=one_line)
+        if check is not None:
+            check(body)
+        result = await self.compute(f"/{endpoint}", function, entry, prepare(texts),
+                                    **{name: getattr(body, name) for name in options})
+        return answer({"model": entry.name, key: result})
 
-    @app.get("/models")
-    async def list_models():
-        """Every loaded model (name, task, cell, sizes, endpoints) and the limits."""
-        return answer({"models": [m.describe() for m in models.values()],
-                       "limits": {**asdict(limits), "max_input_chars": MAX_INPUT_CHARS,
-                                  "max_input_tokens": MAX_INPUT_TOKENS,
-                                  "max_word_chars": MAX_WORD_CHARS}})
-
-    @app.post("/score")
-    async def score(request: Request):
-        """Log-probability, tokens and perplexity of each line (``rnnkit score``)."""
-        body = await read(request, ScoreRequest)
-        entry = pick(body.model, "score")
-        check_texts(body.lines, "lines", one_line=True)
-        rows = await compute("/score", inference.score_texts, entry, body.lines)
-        return answer({"model": entry.name, "scores": rows})
-
-    @app.post("/classify")
-    async def classify(request: Request):
-        """Label and class probabilities of each text (``rnnkit predict``)."""
-        body = await read(request, ClassifyRequest)
-        entry = pick(body.model, "classify")
-        check_texts(body.texts, "texts")
-        rows = await compute("/classify", inference.classify_texts, entry, body.texts)
-        return answer({"model": entry.name, "predictions": rows})
-
-    @app.post("/tag")
-    async def tag(request: Request):
-        """A tag per word of each sentence (``rnnkit predict``)."""
-        body = await read(request, TagRequest)
-        entry = pick(body.model, "tag")
-        check_texts(body.sentences, "sentences")
-        sentences = [s.split() if isinstance(s, str) else s for s in body.sentences]
-        rows = await compute("/tag", inference.tag_sentences, entry, sentences)
-        return answer({"model": entry.name, "sentences": rows})
-
-    @app.post("/translate")
-    async def translate(request: Request):
-        """The translation of each sentence (``rnnkit translate``)."""
-        body = await read(request, TranslateRequest)
-        entry = pick(body.model, "translate")
-        check_texts(body.texts, "texts")
-        if not 1 <= body.beam <= limits.max_beam:
-            raise ApiError(400, f"beam: expected 1..{limits.max_beam} (1: greedy), got "
-                           f"{body.beam}")
-        if body.length_penalty < 0:
-            raise ApiError(400, f"length_penalty: expected a number >= 0, got "
-                           f"{body.length_penalty}")
-        out = await compute("/translate", inference.translate_texts, entry, body.texts,
-                            beam=body.beam, length_penalty=body.length_penalty)
-        return answer({"model": entry.name, "translations": out})
-
-    @app.post("/activations")
-    async def activations(request: Request):
-        """One unit (or gate) over a text, coloured (``rnnkit activations``)."""
-        body = await read(request, ActivationsRequest)
-        entry = pick(body.model, "activations")
-        check_texts([body.text], "text")
-        view = await compute("/activations", inference.activation_view, entry, body.text,
-                             unit=body.unit, layer=body.layer, kind=body.kind)
-        return answer({"model": entry.name, **view})
-
-    @app.post("/generate")
-    async def generate(request: Request):
-        """Stream a continuation as NDJSON events (see :func:`inference.generate_events`),
-        ending with ``{"event": "done", "text", "tokens"}`` (or ``{"event": "error"}``)."""
-        body = await read(request, GenerateRequest)
-        entry = pick(body.model, "generate")
-        options = _generation_options(body, limits)
-        return await _stream(entry, options)
-
-    async def _stream(entry: ServedModel, options: dict):
+    async def stream(self, entry: ServedModel, options: dict) -> StreamingResponse:
+        """A generation streamed as NDJSON events from a worker, stopped when the client
+        leaves (see :func:`inference.generate_events`)."""
+        slots = self.slots
         await slots.acquire()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -531,6 +446,118 @@ def create_app(models: dict[str, ServedModel], limits: ServeLimits | None = None
 
         return StreamingResponse(lines(), media_type="application/x-ndjson",
                                  headers={"Cache-Control": "no-store"})
+
+
+def _add_error_handlers(app) -> None:
+    """Every error answered as ``{"error": …}`` JSON; an unexpected one logged, 500."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, error: ApiError):
+        return answer({"error": error.message}, error.status, error.headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, error: HTTPException):
+        if error.status_code == 404:
+            message = f"path: no endpoint {request.url.path}"
+        elif error.status_code == 405:
+            message = f"method: {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(error.detail)
+        return answer({"error": message}, error.status_code, getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, error):
+        return answer({"error": "request: not understood"}, 400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, error):
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return answer({"error": "internal error (logged on the server)"}, 500)
+
+
+def _check_translation(limits: ServeLimits):
+    def check(body) -> None:
+        if not 1 <= body.beam <= limits.max_beam:
+            raise ApiError(400, f"beam: expected 1..{limits.max_beam} (1: greedy), got "
+                           f"{body.beam}")
+        if body.length_penalty < 0:
+            raise ApiError(400, f"length_penalty: expected a number >= 0, got "
+                           f"{body.length_penalty}")
+    return check
+
+
+def create_app(models: dict[str, ServedModel], limits: ServeLimits | None = None):
+    """The FastAPI app (wrapped in the body-size limit) serving ``models`` under ``limits``.
+
+    Language models have their activation kinds found here, before any request."""
+    limits = limits or ServeLimits()
+    for entry in models.values():
+        if entry.task == "lm":
+            entry.activation_kinds                                  # noqa: B018 (found once)
+    service = _Service(models, limits)
+    app = FastAPI(title="rnnkit", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.models, app.state.limits, app.state.slots = models, limits, service.slots
+    _add_error_handlers(app)
+
+    @app.get("/health")
+    async def health():
+        """Liveness, and how busy the server is."""
+        return answer({"status": "ok", "models": len(models), "busy": service.slots.held,
+                       "max_concurrent": limits.max_concurrent})
+
+    @app.get("/models")
+    async def list_models():
+        """Every loaded model (name, task, cell, sizes, endpoints) and the limits."""
+        return answer({"models": [m.describe() for m in models.values()],
+                       "limits": {**asdict(limits), "max_input_chars": MAX_INPUT_CHARS,
+                                  "max_input_tokens": MAX_INPUT_TOKENS,
+                                  "max_word_chars": MAX_WORD_CHARS}})
+
+    @app.post("/score")
+    async def score(request: Request):
+        """Log-probability, tokens and perplexity of each line (``rnnkit score``)."""
+        return await service.texts(request, ScoreRequest, "score", "lines", "scores",
+                                   inference.score_texts, one_line=True)
+
+    @app.post("/classify")
+    async def classify(request: Request):
+        """Label and class probabilities of each text (``rnnkit predict``)."""
+        return await service.texts(request, ClassifyRequest, "classify", "texts",
+                                   "predictions", inference.classify_texts)
+
+    @app.post("/tag")
+    async def tag(request: Request):
+        """A tag per word of each sentence (``rnnkit predict``)."""
+        return await service.texts(
+            request, TagRequest, "tag", "sentences", "sentences", inference.tag_sentences,
+            prepare=lambda texts: [s.split() if isinstance(s, str) else s for s in texts])
+
+    @app.post("/translate")
+    async def translate(request: Request):
+        """The translation of each sentence (``rnnkit translate``)."""
+        return await service.texts(request, TranslateRequest, "translate", "texts",
+                                   "translations", inference.translate_texts,
+                                   check=_check_translation(limits), beam=None,
+                                   length_penalty=None)
+
+    @app.post("/activations")
+    async def activations(request: Request):
+        """One unit (or gate) over a text, coloured (``rnnkit activations``)."""
+        body = parse_request(await request.body(), ActivationsRequest)
+        entry = service.pick(body.model, "activations")
+        service.check_texts([body.text], "text")
+        view = await service.compute("/activations", inference.activation_view, entry,
+                                     body.text, unit=body.unit, layer=body.layer,
+                                     kind=body.kind)
+        return answer({"model": entry.name, **view})
+
+    @app.post("/generate")
+    async def generate(request: Request):
+        """Stream a continuation as NDJSON events (see :func:`inference.generate_events`),
+        ending with ``{"event": "done", "text", "tokens"}`` (or ``{"event": "error"}``)."""
+        body = parse_request(await request.body(), GenerateRequest)
+        entry = service.pick(body.model, "generate")
+        return await service.stream(entry, _generation_options(body, limits))
 
     @app.get("/")
     async def playground():
