@@ -52,11 +52,22 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())   # no second error while Python flushes stdout
         return 0
     except (ValueError, OSError) as error:
-        print(f"rnnkit: error: {error}", file=sys.stderr)
+        if not _said_by_process_0(error):
+            print(f"rnnkit: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rnnkit: interrupted", file=sys.stderr)
         return 130
+
+
+def _said_by_process_0(error: BaseException) -> bool:
+    """Whether, in a process other than 0 of a distributed run, ``error`` is one that
+    process 0 reports too (its start was refused; training stopped on a loss all share)."""
+    from rnnkit.train import TrainingStopped
+    from rnnkit.train.distributed import FollowerStop
+
+    return os.environ.get("RANK", "0") != "0" and isinstance(error, (FollowerStop,
+                                                                      TrainingStopped))
 
 
 __all__ = ["main", "build_parser"]

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+from rnnkit.cli import launch
 from rnnkit.cli.options import add_options, read_config, settings, shown, task_options
 
 
@@ -61,6 +62,7 @@ def add_commands(commands) -> None:
         sub.add_argument("--device", help="cpu | cuda | auto (default cpu)")
         sub.add_argument("--json", action="store_true", help="print the summary as JSON")
         add_options(sub, options)
+        launch.add_options(sub)
         sub.set_defaults(run=run_train, spec=spec, options=options)
 
 
@@ -143,7 +145,13 @@ def run_train(args) -> int:
     else:
         data_cfg = _checked(spec, options, groups)
     out = model_directory(args, spec, file, log)
-    common = dict(device=args.device or file.get("device") or "cpu", log=log, **run_options)
+    device = args.device or file.get("device") or "cpu"
+    if launch.wanted(args):
+        launch.check(args, device)
+        if not args.out and not file.get("out"):      # every process must write to the same
+            args.argv += ["--out", out]
+        return launch.launch(args, device, out)
+    common = dict(device=device, log=log, **run_options)
     command = shlex.join(["rnnkit", *args.argv])
     if args.resume:
         budget = {k: v for k, v in groups["train"].items()

@@ -226,6 +226,28 @@ class StreamBatches:
         self._generator = _generator(seed)
         self.position = 0
         self.epoch = 0
+        self.processes = 1
+
+    def read_columns(self, columns: Sequence[int], total: int) -> None:
+        """Lay the ids out as ``total`` streams and read only ``columns`` of them (in that
+        order) from now on: the share of one process of a distributed run, which reads
+        nothing of the other columns. The window lengths (and their random draws) do not
+        depend on the columns."""
+        stream_length = len(self.tokens) // total
+        if stream_length < 2:
+            raise ValueError(f"{len(self.tokens)} tokens are too few for {total} streams of "
+                             f"at least 2 tokens")
+        self.stream_length = stream_length
+        self._starts = np.asarray(columns, dtype=np.int64) * stream_length
+
+    def shard(self, rank: int, processes: int) -> None:
+        """Process ``rank`` of ``processes``, each with ``batch_size`` streams: the ids are
+        laid out as ``processes × batch_size`` streams and this process reads its
+        ``batch_size`` consecutive ones, so that the processes together see exactly the
+        windows of one process with ``processes × batch_size`` streams."""
+        b = self.batch_size
+        self.read_columns(range(rank * b, (rank + 1) * b), processes * b)
+        self.processes = processes
 
     def _window_length(self) -> int:
         if not self.random_length:
@@ -336,11 +358,28 @@ class ExampleBatches:
         self.collate = collate or (lambda indices: indices)
         self._generator = _generator(seed)
         self.epoch = 0
+        self.rank, self.processes = 0, 1
+        self.share_weight = 1.0          # 0: this process's share of the batch is a stand-in
+        self._start_epoch()
+
+    def shard(self, rank: int, processes: int) -> None:
+        """Process ``rank`` of ``processes``, each with ``batch_size`` examples: the batches
+        are those of one process with ``processes × batch_size`` examples, each cut into
+        ``processes`` shares (``indices[rank::processes]``, so that the shares of a batch
+        sorted by length are alike). When a batch (the last of an epoch) has fewer examples
+        than processes, a process without any gets the batch's first example as a
+        stand-in with ``share_weight`` 0: its loss must count for nothing."""
+        self.rank, self.processes = rank, processes
+        self._epoch_state_restart()
+
+    def _epoch_state_restart(self) -> None:
+        """Redraw the current epoch's batches from the generator state at its start."""
+        _set_generator_state(self._generator, self._epoch_state)
         self._start_epoch()
 
     def _start_epoch(self) -> None:
         self._epoch_state = _generator_state(self._generator)
-        n, size = self.num_examples, self.batch_size
+        n, size = self.num_examples, self.batch_size * self.processes
         if not self.shuffle:
             order = torch.arange(n)
             self._batches = [order[k:k + size].tolist() for k in range(0, n, size)]
@@ -369,6 +408,10 @@ class ExampleBatches:
             return None
         indices = self._batches[self.batch_index]
         self.batch_index += 1
+        if self.processes > 1:
+            share = indices[self.rank::self.processes]
+            self.share_weight = 1.0 if share else 0.0
+            indices = share or indices[:1]
         return self.collate(indices)
 
     def reset_epoch(self) -> None:
@@ -446,6 +489,14 @@ class SentenceBatches:
     @property
     def epoch(self) -> int:
         return self._batches.epoch
+
+    @property
+    def share_weight(self) -> float:
+        return self._batches.share_weight
+
+    def shard(self, rank: int, processes: int) -> None:
+        """Take this process's share of every batch (see :meth:`ExampleBatches.shard`)."""
+        self._batches.shard(rank, processes)
 
     def __len__(self) -> int:
         """Batches per epoch."""

@@ -37,6 +37,7 @@ from rnnkit.tasks.pretrained import init_encoder
 from rnnkit.tasks.common import (SplitSource, device_of, encode_bounded, error_objective,
                                  labelled_splits, length_batches, pad, split_sources)
 from rnnkit.train import TrainConfig
+from rnnkit.train.distributed import SINGLE
 
 TASK = "classifier"
 
@@ -121,6 +122,7 @@ class ClassifierTask:
 
     name = TASK
     unit = "ex"
+    world = SINGLE
 
     def __init__(self, model: SequenceClassifier, train, valid, cfg, seed: int, device):
         self.model, self.device = model, device
@@ -140,8 +142,9 @@ class ClassifierTask:
         return F.cross_entropy(logits, labels.to(self.device)), len(labels)
 
     def evaluate(self, split: str) -> dict:
-        probs = class_probabilities(self.model, self.valid_ids, self.device)
-        return evaluation(probs, self.valid_labels)
+        share = self.world.share(self.valid_ids)       # each process scores its share
+        probs = class_probabilities(self.model, share, self.device)
+        return evaluation(torch.stack(self.world.gather(list(probs))), self.valid_labels)
 
     def describe(self, m: dict) -> str:
         return describe_metrics(m)

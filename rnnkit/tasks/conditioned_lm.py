@@ -37,6 +37,7 @@ from rnnkit.tasks.classifier import label_ids, sorted_labels
 from rnnkit.tasks.common import SplitSource, labelled_splits, pad, split_sources
 from rnnkit.train import TrainConfig
 from rnnkit.train.metrics import perplexity
+from rnnkit.train.distributed import SINGLE
 
 TASK = "conditioned_lm"
 
@@ -80,6 +81,7 @@ class ConditionedLMTask:
 
     name = TASK
     unit = "tok"
+    world = SINGLE
 
     def __init__(self, model: LanguageModel, line_end_id: int, train, valid, cfg, seed: int,
                  device):
@@ -101,13 +103,15 @@ class ConditionedLMTask:
     def evaluate(self, split: str) -> dict:
         self.model.eval()
         total, count = 0.0, 0
-        with torch.no_grad():
-            for k in range(0, len(self.valid_lines), 64):
-                batch = (*sentence_batch(self.valid_lines[k:k + 64], self.line_end_id),
-                         self.valid_cond[k:k + 64])
+        lines, conditions = (self.world.share(x) for x in (self.valid_lines, self.valid_cond))
+        with torch.no_grad():                        # each process scores its share
+            for k in range(0, len(lines), 64):
+                batch = (*sentence_batch(lines[k:k + 64], self.line_end_id),
+                         conditions[k:k + 64])
                 t, n = conditioned_nll(self.model, batch, self.device)
                 total += float(t)
                 count += n
+        total, count = self.world.sum(total, count)
         return {"loss": total / count, "ppl": perplexity(total / count)}
 
     def describe(self, m: dict) -> str:

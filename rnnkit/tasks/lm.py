@@ -41,6 +41,7 @@ from rnnkit.tasks import recipe
 from rnnkit.tasks.common import device_of, length_batches, logits_tokens
 from rnnkit.train import TrainConfig
 from rnnkit.train.metrics import perplexity
+from rnnkit.train.distributed import SINGLE, World
 
 TASK = "lm"
 LEVELS = ("char", "word", "bpe")
@@ -132,14 +133,23 @@ class _Windows:
     def load_state_dict(self, state):
         self.stream.load_state_dict(state)
 
+    def shard(self, rank: int, processes: int) -> None:
+        self.stream.shard(rank, processes)
+
 
 # -- evaluation ---------------------------------------------------------------------------
 
-def _stream_nll(model: LanguageModel, tokens, batch_size: int, bptt: int, device) -> tuple[float, int]:
-    """Total NLL (nats) and number of predicted tokens of a whole id array, state carried."""
+def _stream_nll(model: LanguageModel, tokens, batch_size: int, bptt: int, device,
+                world: World = SINGLE) -> tuple[float, int]:
+    """Total NLL (nats) and number of predicted tokens of a whole id array, state carried;
+    in a distributed run, of this process's share of the ``batch_size`` streams."""
     model.eval()
     batch_size = max(1, min(batch_size, len(tokens) // 2))
     stream = StreamBatches(tokens, batch_size, bptt)
+    columns = world.share(range(batch_size))
+    if not columns:
+        return 0.0, 0
+    stream.read_columns(columns, batch_size)
     state, total, count = None, 0.0, 0
     with torch.no_grad():
         while (window := stream.next_window()) is not None:
@@ -227,6 +237,7 @@ class LMTask:
 
     name = TASK
     unit = "tok"
+    world = SINGLE
 
     def __init__(self, model: LanguageModel, tokenizer, train_tokens, valid_tokens,
                  cfg: LMDataConfig, seed: int, device):
@@ -254,8 +265,9 @@ class LMTask:
         return self.model.nll(hidden, targets).mean(), targets.numel()
 
     def evaluate(self, split: str) -> dict:
-        total, count = _stream_nll(self.model, self.valid_tokens, self.cfg.eval_batch_size,
-                                   self.cfg.bptt, self.device)
+        total, count = self.world.sum(*_stream_nll(
+            self.model, self.valid_tokens, self.cfg.eval_batch_size, self.cfg.bptt,
+            self.device, self.world))
         return {"loss": total / count, "ppl": perplexity(total / count)}
 
     def describe(self, metrics: dict) -> str:

@@ -21,6 +21,11 @@ its metrics and output formats); :func:`train` does the rest, the same way for a
 A run directory holds ``run.json`` = {"task", "data", "model", "train"}: the settings a run
 was started with (data paths absolute), so that ``resume`` needs nothing else, from any
 working directory.
+
+Under torchrun (:mod:`rnnkit.train.distributed`) process 0 does all of the above and tells
+the others how its start went; they then read the run's settings and vocabularies from the
+directory (which must be one all machines see), take their shares of the data, and train
+with it; only process 0 writes.
 """
 
 from __future__ import annotations
@@ -45,7 +50,9 @@ from rnnkit.config import MAX_VOCAB, check_cell, declared, field_default
 from rnnkit.runlock import RunLock
 from rnnkit.tasks.pretrained import check_language_model
 from rnnkit.tasks.common import absolute_paths, config_from_dict, device_of
-from rnnkit.train import Trainer, TrainConfig
+from rnnkit.train import Trainer, TrainConfig, distributed
+from rnnkit.train.config import check_precision
+from rnnkit.train.distributed import SINGLE, World
 
 RUN = "run.json"
 TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -256,43 +263,90 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
 
     The directory's lock (:class:`rnnkit.runlock.RunLock`) is held throughout: a second
     training or resume of the same directory is refused at once, naming the holder.
+
+    Started by torchrun, the process joins the run's other processes (see the module
+    docstring); ``device`` "cuda" is then the process's own GPU.
     """
-    out, dev = Path(out), device_of(device)
-    if resume and not out.is_dir():
-        raise ValueError(f"{out}: no such run directory to resume")
-    before = _snapshot(out)
+    out = Path(out)
+    world, dev = distributed.join(device_of(device), distributed.timeout())
+    start = distributed.Start(world)
     try:
-        with RunLock(out):
-            summary = _train_locked(spec, data_cfg, model_options, train_cfg, out, dev,
-                                    before, resume=resume, train_overrides=train_overrides,
-                                    log=log, command=command, **run_options)
-            if (out / checkpoint.WEIGHTS).is_file():
-                write_card(out)
-            return summary
+        if not world.writer:
+            return _follow(spec, out, dev, world, resume=resume,
+                           train_overrides=train_overrides)
+        if resume and not out.is_dir():
+            raise ValueError(f"{out}: no such run directory to resume")
+        before = _snapshot(out)
+        try:
+            with RunLock(out):
+                summary = _train_locked(spec, data_cfg, model_options, train_cfg, out, dev,
+                                        before, start, resume=resume,
+                                        train_overrides=train_overrides, log=log,
+                                        command=command, **run_options)
+                if (out / checkpoint.WEIGHTS).is_file():
+                    write_card(out)
+                return summary
+        except BaseException as error:
+            start.tell(error=error)               # the others may be waiting on the start
+            raise
+        finally:
+            if before.get("absent"):
+                _remove_empty(out, before["absent"])      # a refused start leaves no folder
+    except RuntimeError as error:
+        if distributed.is_lost_contact(error):
+            raise distributed.lost_contact(error) from None
+        raise
     finally:
-        if before.get("absent"):
-            _remove_empty(out, before["absent"])      # a refused start leaves no folder
+        distributed.leave(world)
 
 
-def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, before: dict, *,
-                  resume: bool, train_overrides, log, command, **run_options) -> dict:
+def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,
+            train_overrides) -> dict:
+    """:func:`train` in a process other than process 0: wait for process 0's start, then
+    build the same task from the run directory and train this process's share."""
+    start = world.await_start()
+    if start.get("finished"):
+        return start["finished"]
+    data_cfg, options, train_cfg = read_run(out, spec, train_overrides)
+    prepared = spec.prepare(data_cfg, options, out, resume=True, log=_quiet)
+    with named_by_file(out / RUN):
+        model_cfg = config_from_dict(spec.model_config, {**options, **prepared.sizes},
+                                     str(out / RUN))
+    torch.manual_seed(train_cfg.seed)
+    model = spec.model(model_cfg, **prepared.model_kwargs).to(dev)
+    task = prepared.make_task(model, train_cfg.seed, dev)
+    config = {"task": spec.name, "model": model_cfg.to_dict(), **prepared.config}
+    return fit(task, train_cfg, out, config, resume=resume, log=_quiet, world=world)
+
+
+def _quiet(text: str) -> None:
+    """The log of a process other than process 0: it says nothing."""
+
+
+def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, before: dict,
+                  start: distributed.Start, *, resume: bool, train_overrides, log, command,
+                  **run_options) -> dict:
     """:func:`train`'s work, done while the directory's lock is held."""
     try:
         if resume:
             check_resumable(out)
             data_cfg, options, train_cfg = read_run(out, spec, train_overrides)
             _remove_stale_temporaries(out, log)
+            check_processes(out, start.world)
             done = finished(out, train_cfg)
             if done is not None:
                 log(f"{out}: the run is finished ({done['why']}); nothing to train. To train "
                     f"on, resume with a larger --epochs, --max-steps or --max-minutes")
-                return {key: value for key, value in done.items() if key != "why"}
+                done = {key: value for key, value in done.items() if key != "why"}
+                start.tell(finished=done)
+                return done
         else:
             check_new_run(out, log)
             _remove_stale_temporaries(out, log)
             data_cfg = spec.data_config() if data_cfg is None else data_cfg
             options = model_settings(spec, model_options)
             train_cfg = train_settings(spec, data_cfg, train_cfg)
+        check_precision(train_cfg.precision, dev)
         prepared = spec.prepare(data_cfg, options, out, resume=resume, log=log)
         with named_by_file(out / RUN) if resume else nullcontext():
             model_cfg = config_from_dict(spec.model_config, {**options, **prepared.sizes},
@@ -309,11 +363,15 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
             _restore(out, before)
         raise
     before.pop("absent", None)                        # the run exists now: keep its folder
+    start.tell()
+    world = start.world
+    where = f"on {dev}" if world.size == 1 else \
+        f"on {world.size} processes ({world.backend}, {dev.type})"
     log(f"model: {spec.describe_model(model_cfg)}, "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters, on {dev}")
+        f"{sum(p.numel() for p in model.parameters()):,} parameters, {where}")
     task = prepared.make_task(model, train_cfg.seed, dev)
     config = {"task": spec.name, "model": model_cfg.to_dict(), **prepared.config}
-    summary = fit(task, train_cfg, out, config, resume=resume, log=log)
+    summary = fit(task, train_cfg, out, config, resume=resume, log=log, world=world)
     if spec.finish is not None and summary["reason"] != "interrupted":
         spec.finish(task, summary, train_cfg, log, **run_options)
     return summary
@@ -370,15 +428,37 @@ def _remove_stale_temporaries(out: Path, log) -> None:
         log(f"{out}: removed {len(stale)} temporary file(s) left by an interrupted write")
 
 
-def finished(out: Path, train_cfg: TrainConfig) -> dict | None:
-    """If the train state in ``out`` has used up ``train_cfg``'s budget (the loop's stop
-    rules: epochs, max_steps, max_minutes), a summary of the finished run with "why";
-    else None (also when the train state cannot be read: the loop then says why)."""
+def train_state_meta(out: Path) -> dict:
+    """The JSON part of the train state in ``out`` (read from its header alone), or {} when
+    it cannot be read (the loop then says why)."""
     try:
         from safetensors import safe_open
 
         with safe_open(str(out / checkpoint.TRAIN_STATE), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get(checkpoint._META_KEY, "{}"))["meta"]
+        return meta if isinstance(meta, dict) else {}
+    except Exception:                 # noqa: BLE001 — unreadable: let the loop report it
+        return {}
+
+
+def check_processes(out: Path, world: World) -> None:
+    """Refuse at once to resume a run with another number of processes than trained it
+    (:func:`rnnkit.train.load_train_state` says why)."""
+    saved = train_state_meta(out).get("processes", 1)
+    if saved != world.size:
+        how = ("in one process (no --nproc, no torchrun)" if saved == 1 else
+               f"with --nproc {saved} (or torchrun with {saved} processes in all)")
+        raise ValueError(f"{out}: the run was trained by {saved} process(es), and this resume "
+                         f"has {world.size}; each process's data position, carried state and "
+                         f"random streams are its own, so resume it {how}")
+
+
+def finished(out: Path, train_cfg: TrainConfig) -> dict | None:
+    """If the train state in ``out`` has used up ``train_cfg``'s budget (the loop's stop
+    rules: epochs, max_steps, max_minutes), a summary of the finished run with "why";
+    else None (also when the train state cannot be read: the loop then says why)."""
+    meta = train_state_meta(out)
+    try:
         step, epoch = int(meta["step"]), int(meta["epoch"])
         elapsed = float(meta.get("elapsed") or 0.0)
     except Exception:                 # noqa: BLE001 — unreadable: let the loop report it
@@ -397,10 +477,16 @@ def finished(out: Path, train_cfg: TrainConfig) -> dict | None:
             "minutes": elapsed / 60, "units": meta.get("units", 0)}
 
 
-def fit(task, train_cfg: TrainConfig, out: Path, config: dict, *, resume: bool, log) -> dict:
+def fit(task, train_cfg: TrainConfig, out: Path, config: dict, *, resume: bool, log,
+        world: World = SINGLE) -> dict:
     """Run the training loop, then reload the best weights and add their validation
-    metrics to the summary as "valid" (unless the run was interrupted)."""
-    summary = Trainer(task, train_cfg, out, config, log=log).fit(resume=resume)
+    metrics to the summary as "valid" (unless the run was interrupted). In a distributed
+    run, ``task`` takes its share of the data here."""
+    if world.size > 1:
+        task.world = world
+        task.batches.shard(world.rank, world.size)
+    summary = Trainer(task, train_cfg, out, config, log=log, world=world).fit(resume=resume)
+    world.barrier()                               # process 0 has written the best weights
     if summary["reason"] != "interrupted" and (out / checkpoint.WEIGHTS).is_file():
         checkpoint.load_weights(out, task.model)
         summary["valid"] = task.evaluate("valid")

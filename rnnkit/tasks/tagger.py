@@ -43,6 +43,7 @@ from rnnkit.tasks.pretrained import init_encoder
 from rnnkit.tasks.common import (SplitSource, device_of, error_objective, labelled_splits,
                                  length_batches, pad, split_sources)
 from rnnkit.train import TrainConfig
+from rnnkit.train.distributed import SINGLE, World
 
 TASK = "tagger"
 IGNORE = -100
@@ -70,6 +71,12 @@ class Encoded:
     words: list[list[int]]
     tags: list[list[int]] | None
     forms: list[list[str]]
+
+    def share(self, world: World) -> "Encoded":
+        """This process's share of the sentences (see :meth:`World.share`)."""
+        return Encoded(world.share(self.words),
+                       None if self.tags is None else world.share(self.tags),
+                       world.share(self.forms))
 
 
 def encode_sentences(sentences, word_tok, tags: list[str] | None, path: str) -> Encoded:
@@ -175,10 +182,12 @@ def _to(t, device):
     return None if t is None else t.to(device)
 
 
-def evaluation(model, data: Encoded, char_tok, device) -> dict:
+def evaluation(model, data: Encoded, char_tok, device, world: World = SINGLE) -> dict:
     """Loss, token / unseen-word / sentence accuracy of tagged sentences, and the
-    "objective" that selects the model (the error rate)."""
-    predicted, nll, count = predict_tags(model, data, char_tok, device)
+    "objective" that selects the model (the error rate); in a distributed run each process
+    tags its share, and every process gets the figures of the whole."""
+    predicted, nll, count = predict_tags(model, data.share(world), char_tok, device)
+    predicted, (nll, count) = world.gather(predicted), world.sum(nll, count)
     unseen = [[w == UNK_ID for w in row] for row in data.words]
     m = {"loss": nll / max(1, count), **tag_metrics(predicted, data.tags, unseen)}
     m["objective"] = error_objective(m)
@@ -190,6 +199,7 @@ class TaggerTask:
 
     name = TASK
     unit = "tok"
+    world = SINGLE
 
     def __init__(self, model: Tagger, train: Encoded, valid: Encoded, char_tok, cfg,
                  seed: int, device):
@@ -213,7 +223,7 @@ class TaggerTask:
         return loss, int(lengths.sum())
 
     def evaluate(self, split: str) -> dict:
-        return evaluation(self.model, self.valid, self.char_tok, self.device)
+        return evaluation(self.model, self.valid, self.char_tok, self.device, self.world)
 
     def describe(self, m: dict) -> str:
         return describe_metrics(m)

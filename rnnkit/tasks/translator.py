@@ -43,6 +43,7 @@ from rnnkit.tasks.common import (device_of, encode_bounded, find_split_file, len
                                  logits_tokens, pad)
 from rnnkit.train import TrainConfig
 from rnnkit.train.metrics import perplexity
+from rnnkit.train.distributed import SINGLE
 
 TASK = "translator"
 
@@ -134,6 +135,7 @@ class TranslationTask:
 
     name = TASK
     unit = "tok"
+    world = SINGLE
 
     def __init__(self, model: Seq2Seq, train_pairs, valid_pairs, cfg: TranslationDataConfig,
                  seed: int, device, target_tokenizer=None, references=None):
@@ -159,8 +161,9 @@ class TranslationTask:
         return self._loss(batch), int((batch[3] != PAD_ID).sum())
 
     def evaluate(self, split: str) -> dict:
-        total, count = teacher_forced_nll(self.model, self.valid_src, self.valid_tgt,
-                                          self.device)
+        share = self.world.share                      # each process scores its share
+        total, count = self.world.sum(*teacher_forced_nll(
+            self.model, share(self.valid_src), share(self.valid_tgt), self.device))
         return {"loss": total / count, "ppl": perplexity(total / count)}
 
     def describe(self, m: dict) -> str:

@@ -10,6 +10,7 @@ from torch import nn
 from rnnkit.config import check_fields, option
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class TrainConfig:
     progress: bool = option(True, "no progress bar", flag="--no-progress", resume=True)
     tensorboard: bool = option(False, "also log to TensorBoard in OUT/tensorboard",
                                resume=True)
+    precision: str = option("fp32", "the precision of the forward computations (autocast): "
+                            "fp32; bf16 (CPU or GPU); fp16 (GPU, with a gradient scaler). "
+                            "Weights, gradients, optimiser state, the hand BPTT engine and "
+                            "checkpoints stay fp32", choices=tuple(PRECISIONS))
 
     init_from: str = option("", "classifier, tagger: start the embedding and recurrent "
                             "layers from this trained word-level language model")
@@ -50,8 +55,18 @@ class TrainConfig:
                   ("lr_decay", lambda c: c.lr_decay >= 1, "a number >= 1"),
                   ("eval_every", lambda c: c.eval_every >= 0, "an int >= 0"),
                   ("save_every", lambda c: c.save_every >= 0, "an int >= 0"),
-                  ("log_every", lambda c: c.log_every >= 1, "an int >= 1")]
+                  ("log_every", lambda c: c.log_every >= 1, "an int >= 1"),
+                  ("precision", lambda c: c.precision in PRECISIONS,
+                   f"one of {list(PRECISIONS)}")]
         check_fields(self, checks)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision the device cannot train in: fp16 needs CUDA (float16 autocast on
+    the CPU is slow and has no gradient scaler there)."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision: fp16 trains on a CUDA device only; on the CPU use "
+                         "--precision bf16 (or fp32)")
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

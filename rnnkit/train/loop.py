@@ -9,6 +9,14 @@ norm that is not finite raises :class:`TrainingStopped` before the weights chang
 files on disk stay as the last save left them; so does a validation loss that is not finite
 or whose perplexity overflows (inf), before those weights are saved. A start removes the
 temporary files a killed write left in the run directory.
+
+In a distributed run (:mod:`rnnkit.train.distributed`) every process runs this loop on its
+share of each batch; the processes agree once a step on the loss, the units and the stop
+rules, so they validate, save and stop together; process 0 alone writes.
+
+With ``precision`` bf16 or fp16 the loss is computed under autocast; fp16 scales the loss
+(``torch.amp.GradScaler``, its state in the train state) and skips a step whose gradients
+overflow, as the scaler decides.
 """
 
 from __future__ import annotations
@@ -17,13 +25,16 @@ import math
 import random
 import signal
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from rnnkit import checkpoint
-from rnnkit.train.config import TrainConfig, build_optimizer
+from rnnkit.train import distributed
+from rnnkit.train.config import PRECISIONS, TrainConfig, build_optimizer, check_precision
+from rnnkit.train.distributed import SINGLE, World
 from rnnkit.train.metrics import LossWindow, MetricsLog
 from rnnkit.train.schedule import PlateauSchedule
 from rnnkit.train.state import load_train_state, save_train_state
@@ -36,19 +47,47 @@ class TrainingStopped(ValueError):
     message says whether there is a saved model at all."""
 
 
+class _LossOf(nn.Module):
+    """A task's training loss as one module call, for DistributedDataParallel (a task may
+    use its model's parameters outside the model's forward: a language model's output
+    head). Every parameter takes part in every step — one element of each, times zero, is
+    added to the loss, which changes no number — because DDP waits for the gradient of each
+    parameter, and a step may leave some unused (an adaptive softmax's tail cluster with no
+    target in the batch)."""
+
+    def __init__(self, task: Task):
+        super().__init__()
+        self.model = task.model                       # registers the parameters
+        self._task = (task,)                          # not a submodule
+
+    def forward(self, batch):
+        loss, units = self._task[0].train_loss(batch)
+        touch = sum(p.view(-1)[0] for p in self.model.parameters() if p.requires_grad)
+        return loss + 0.0 * touch, units
+
+
 class Trainer:
     """Train ``task`` into the model directory ``out``.
 
     ``model_config`` is written to config.json beside the best weights; ``log`` takes one
     line of text per validation and notice; ``clock`` gives seconds (a test may pass a fake
-    one).
+    one); ``world``: this process's place in a distributed run (its batches must be
+    sharded already: see :mod:`rnnkit.train.distributed`).
     """
 
     def __init__(self, task: Task, config: TrainConfig, out: str | Path, model_config: dict,
-                 log=print, clock=time.perf_counter):
+                 log=print, clock=time.perf_counter, world: World = SINGLE):
         self.task, self.config, self.out = task, config, Path(out)
         self.model_config = model_config
-        self.log, self.clock = log, clock
+        self.log, self.clock, self.world = (log if world.writer else _quiet), clock, world
+        device = next(task.model.parameters()).device
+        check_precision(config.precision, device)
+        self._loss = (distributed.replica(_LossOf(task), world, device) if world.size > 1
+                      else task.train_loss)
+        self._autocast = (nullcontext if config.precision == "fp32" else
+                          lambda: torch.autocast(device.type, PRECISIONS[config.precision]))
+        self.scaler = (torch.amp.GradScaler(device.type) if config.precision == "fp16"
+                       else None)
         self.optimizer = build_optimizer(task.model, config)
         self.schedule = PlateauSchedule(self.optimizer, config.lr_decay)
         self.metrics = MetricsLog(self.out, task.unit, f"{task.name}: {self.out.name}")
@@ -58,6 +97,7 @@ class Trainer:
         self._started = 0.0                   # the clock when this process's part began
         self.best = math.inf                  # best validation objective: selects the model
         self._stop_requested = False
+        self.skipped = 0                      # fp16 steps the gradient scaler skipped
 
     def fit(self, resume: bool = False) -> dict:
         """Train until a stop rule ends the run (see the module docstring); return a summary:
@@ -79,7 +119,7 @@ class Trainer:
                 self._validate_and_save(stop)
                 if stop:
                     reason = stop
-                    self.metrics.plot()
+                    self._plot()
                     break
         finally:
             bar.close()
@@ -94,25 +134,43 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------------
 
     def _train_step(self, batch) -> tuple[float, int]:
-        """One optimiser step on ``batch``: (its mean loss, the units it covers). Raises
-        TrainingStopped before the update if the loss or the gradient norm is not finite."""
+        """One optimiser step on ``batch``: (its mean loss, the units it covers — over all
+        processes). Raises TrainingStopped before the update if the loss or the gradient
+        norm is not finite (an fp16 step whose gradients overflow is skipped instead)."""
         self.task.model.train()
-        loss, units = self.task.train_loss(batch)
-        if not torch.isfinite(loss):
+        with self._autocast():
+            loss, units = self._loss(batch)
+        loss = loss.float()
+        if self.world.size == 1:
+            value, all_units = loss.item(), units
+        else:                                     # the loss of the batch of all processes
+            units *= getattr(self.task.batches, "share_weight", 1.0)   # 0: a stand-in share
+            total, all_units = self.world.sum(loss.item() * units if units else 0.0, units)
+            value = total / all_units
+        if not math.isfinite(value):
             raise TrainingStopped(
-                f"step {self.step + 1}: the training loss is {loss.item()}; stopped. "
+                f"step {self.step + 1}: the training loss is {value}; stopped. "
                 f"{self._kept()}; try a lower --lr or --clip")
+        if self.world.size > 1:       # DDP averages the gradients: weight by the share
+            loss = loss * (units * self.world.size / all_units)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        value = loss.item()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         del loss                                  # free this step's graph now
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         norm = nn.utils.clip_grad_norm_(self.task.model.parameters(), self.config.clip or math.inf)
-        if not torch.isfinite(norm):
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)      # skipped when the gradients overflowed
+            self.scaler.update()
+            self.skipped += int(self.scaler.get_scale() < scale)
+        elif not torch.isfinite(norm):
             raise TrainingStopped(
                 f"step {self.step + 1}: the gradient norm is {norm.item()}; stopped before "
                 f"updating. {self._kept()}; try a lower --lr or --clip")
-        self.optimizer.step()
-        return value, units
+        else:
+            self.optimizer.step()
+        return value, int(all_units)
 
     def _kept(self) -> str:
         """What a stopped run leaves: its last good checkpoint, or plainly nothing yet."""
@@ -124,24 +182,37 @@ class Trainer:
                 f"--resume (same --out) to restart it in place")
 
     def _count(self, loss: float, units: int, bar) -> None:
-        """Count a step done; every ``log_every`` steps write a training line."""
+        """Count a step done; every ``log_every`` steps write a training line (the rate of
+        all processes together, and of one in a distributed run)."""
         self.step += 1
         self.units += units
         self.window.add(loss, units)
         bar.update(units)
         if self.step % self.config.log_every == 0:
             mean, rate = self.window.take()
-            self._record({"split": "train", "loss": mean, "lr": self.schedule.lr,
-                          f"{self.task.unit}_per_s": rate})
-            bar.set_postfix(loss=f"{mean:.3f}", lr=f"{self.schedule.lr:.3g}")
+            unit, n = self.task.unit, self.world.size
+            line = {"split": "train", "loss": mean, "lr": self.schedule.lr,
+                    f"{unit}_per_s": rate}
+            postfix = {"loss": f"{mean:.3f}", "lr": f"{self.schedule.lr:.3g}"}
+            if n > 1:
+                line.update({"processes": n, f"{unit}_per_s_per_process": rate / n})
+                postfix[f"{unit}/s each"] = f"{rate / n:,.0f}"
+            if self.scaler is not None:
+                line.update(loss_scale=self.scaler.get_scale(), skipped_steps=self.skipped)
+            self._record(line)
+            bar.set_postfix(postfix)
 
     def _stop_reason(self) -> str | None:
-        """Why the run ends after this step, if it does."""
+        """Why the run ends after this step, if it does (in a distributed run: if it does
+        for any process, so that all stop together)."""
         if self.config.max_steps and self.step >= self.config.max_steps:
             return "max_steps"
-        if self.config.max_minutes and self._elapsed() >= self.config.max_minutes * 60:
+        late = bool(self.config.max_minutes) and \
+            self._elapsed() >= self.config.max_minutes * 60
+        late, interrupted = self.world.sum(late, self._stop_requested)
+        if late:
             return "max_minutes"
-        return "interrupted" if self._stop_requested else None
+        return "interrupted" if interrupted else None
 
     def _validate_and_save(self, stop: str | None) -> None:
         """Validate and save when due; a run that stops validates (unless interrupted) and
@@ -170,7 +241,7 @@ class Trainer:
         if hasattr(self.task, "reset_carry"):
             self.task.reset_carry()
         self._save()
-        self.metrics.plot()
+        self._plot()
 
     def _validate(self, end_of_epoch: bool) -> None:
         """Evaluate on "valid", record it, and keep the weights if their objective is the
@@ -187,7 +258,8 @@ class Trainer:
         improved = objective < self.best
         if improved:
             self.best = objective
-            checkpoint.save_model(self.out, self.task.model, self.model_config)
+            if self.world.writer:
+                checkpoint.save_model(self.out, self.task.model, self.model_config)
         if end_of_epoch:        # epoch ends only, so that a run cut short and resumed decays
             self.schedule.update(objective)                 # as one that never stopped
         self.log(f"epoch {self.epoch + 1} step {self.step}: valid {self.task.describe(metrics)}"
@@ -195,7 +267,12 @@ class Trainer:
                  f"{self._elapsed() / 60:.1f} min")
 
     def _record(self, entry: dict) -> None:
-        self.metrics.record({"step": self.step, "epoch": self.epoch, **entry})
+        if self.world.writer:
+            self.metrics.record({"step": self.step, "epoch": self.epoch, **entry})
+
+    def _plot(self) -> None:
+        if self.world.writer:
+            self.metrics.plot()
 
     # -- start, train state, time --------------------------------------------------------------
 
@@ -203,17 +280,21 @@ class Trainer:
         """Continue from the train state in ``out``, or start afresh from the seed."""
         self.out.mkdir(parents=True, exist_ok=True)
         self._started = self.clock()
+        writer = self.world.writer
         if resume:
             self._restore(load_train_state(self.out / checkpoint.TRAIN_STATE, self.task,
-                                           self.optimizer))
-            self.metrics.keep_until(self.step)
+                                           self.optimizer, self.world))
+            if writer:
+                self.metrics.keep_until(self.step)
             self.log(f"resumed {self.out} at epoch {self.epoch + 1}, step {self.step}")
         else:
-            torch.manual_seed(self.config.seed)
-            random.seed(self.config.seed)
-            self.metrics.clear()
+            seed = self.config.seed + self.world.rank   # each process its own dropout
+            torch.manual_seed(seed)
+            random.seed(seed)
+            if writer:
+                self.metrics.clear()
             self.window = LossWindow(self.clock)
-        if self.config.tensorboard:
+        if self.config.tensorboard and writer:
             self.metrics.open_tensorboard()
 
     def _save(self) -> None:
@@ -221,21 +302,32 @@ class Trainer:
         counters = {"step": self.step, "epoch": self.epoch, "elapsed": self._elapsed(),
                     "units": self.units, "best": self.best, "plateau_best": self.schedule.best,
                     "log_window": self.window.state()}
-        save_train_state(self.out / checkpoint.TRAIN_STATE, self.task, self.optimizer, counters)
+        if self.scaler is not None:
+            counters.update(grad_scaler=self.scaler.state_dict(), skipped_steps=self.skipped)
+        save_train_state(self.out / checkpoint.TRAIN_STATE, self.task, self.optimizer, counters,
+                         self.world)
 
     def _restore(self, counters: dict) -> None:
         self.step, self.epoch, self.units = counters["step"], counters["epoch"], counters["units"]
         self.elapsed, self.best = counters["elapsed"], counters["best"]
         self.schedule.best = counters["plateau_best"]
         self.window = LossWindow(self.clock, *counters.get("log_window", (0.0, 0, 0.0)))
+        if self.scaler is not None and counters.get("grad_scaler"):
+            self.scaler.load_state_dict(counters["grad_scaler"])
+            self.skipped = counters.get("skipped_steps", 0)
 
     def _progress_bar(self):
         from tqdm import tqdm
 
+        show = self.config.progress and self.world.writer
         return tqdm(desc=f"epoch {self.epoch + 1}", unit=self.task.unit, unit_scale=True,
-                    disable=None if self.config.progress else True, leave=False,
+                    disable=None if show else True, leave=False,
                     dynamic_ncols=True)
 
     def _elapsed(self) -> float:
         """Training seconds of the run, this process's and those before it."""
         return self.elapsed + (self.clock() - self._started)
+
+
+def _quiet(text: str) -> None:
+    """The log of a process other than process 0: it says nothing."""

@@ -7,13 +7,19 @@ Tensors, by name::
     optim.<index>.<name>    the optimiser's tensor state of parameter <index> (Adam's moments, …)
     carry.<name>            the state the task carries between batches (truncated BPTT)
     rng.torch               torch's CPU generator; rng.cuda.<k>: device k's, when there is CUDA
+    rank.<r>.carry.<name>   in a run of several processes, process r's own (r >= 1; process
+    rank.<r>.rng.…          0's are the names above)
 
 Meta (JSON): the loop's counters as the loop names them (``step``, ``epoch``, ``elapsed``,
 ``units``, ``best``, ``plateau_best``, ``log_window``; an infinite one, such as no best yet,
 as null), ``optimizer`` (``param_groups`` and the non-tensor ``scalars`` of each
 parameter), ``batches`` (the data position: the batch source's state_dict) and
-``python_random`` (the state of Python's ``random``). Existing run directories hold these
-names: renaming one breaks their resume.
+``python_random`` (the state of Python's ``random``); in a run of several processes,
+``processes`` (their number) and ``rank_python_random`` (the random state of processes 1…).
+Existing run directories hold these names: renaming one breaks their resume.
+
+A distributed run resumes with the same number of processes only: each process's data
+position, carried state and random streams are its own (the error says so).
 """
 
 from __future__ import annotations
@@ -26,34 +32,59 @@ import torch
 from torch import Tensor
 
 from rnnkit import checkpoint
+from rnnkit.train.distributed import SINGLE, World
 
-_OWN = ("optimizer", "batches", "python_random")     # meta written here; the rest: counters
+_REQUIRED = ("optimizer", "batches", "python_random")      # meta written here …
+_OWN = (*_REQUIRED, "processes", "rank_python_random")      # … (the rest: the counters)
 _COUNTERS = ("step", "epoch", "elapsed", "units", "best", "plateau_best")   # the loop's
 
 
 def save_train_state(path: Path, task, optimizer: torch.optim.Optimizer,
-                     counters: dict) -> None:
-    """Write the train state of ``task`` and ``optimizer`` with the loop's ``counters``."""
+                     counters: dict, world: World = SINGLE) -> None:
+    """Write the train state of ``task`` and ``optimizer`` with the loop's ``counters``; in
+    a distributed run, every process calls it, and process 0 writes each one's own part."""
+    parts = world.gather_to_writer(_own_part(task))
+    if not world.writer:
+        return
     optim_tensors, optim_meta = _optimizer_to_data(optimizer)
-    carry_tensors = getattr(task, "carry_tensors", dict)
     tensors = {**_prefixed("model.", task.model.state_dict()), **optim_tensors,
-               **_prefixed("carry.", carry_tensors()), "rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for k, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{k}"] = state
+               **parts[0]["tensors"]}
+    for rank, part in enumerate(parts[1:], 1):
+        tensors.update(_prefixed(f"rank.{rank}.", part["tensors"]))
     meta = {**{name: _finite_or_none(value) for name, value in counters.items()},
             "optimizer": optim_meta, "batches": task.batches.state_dict(),
-            "python_random": _jsonable(random.getstate())}
+            "python_random": parts[0]["python_random"]}
+    if world.size > 1:
+        meta.update(processes=world.size,
+                    rank_python_random=[part["python_random"] for part in parts[1:]])
     checkpoint.save_tensors(path, tensors, meta)
 
 
-def load_train_state(path: Path, task, optimizer: torch.optim.Optimizer) -> dict:
+def _own_part(task) -> dict:
+    """What is this process's own in the train state: the carried state and the random
+    generators (tensors on the CPU)."""
+    carry_tensors = getattr(task, "carry_tensors", dict)
+    tensors = {**_prefixed("carry.", {k: v.cpu() for k, v in carry_tensors().items()}),
+               "rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for k, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{k}"] = state
+    return {"tensors": tensors, "python_random": _jsonable(random.getstate())}
+
+
+def load_train_state(path: Path, task, optimizer: torch.optim.Optimizer,
+                     world: World = SINGLE) -> dict:
     """Restore ``task`` (model, carry, data position), ``optimizer`` and the random-number
-    generators from ``path``; return the loop's counters as they were saved."""
+    generators from ``path`` (in a distributed run, this process's own); return the loop's
+    counters as they were saved."""
     if not path.is_file():
         raise ValueError(f"{path.parent}: nothing to resume (no {path.name})")
     tensors, meta = checkpoint.load_tensors(path)
-    missing = [name for name in (*_OWN, *_COUNTERS) if name not in meta]
+    if meta.get("processes", 1) != world.size:
+        raise ValueError(f"{path}: saved by a run of {meta.get('processes', 1)} process(es), "
+                         f"resumed by {world.size}; resume it with as many as trained it")
+    own = "" if world.rank == 0 else f"rank.{world.rank}."
+    missing = [name for name in (*_REQUIRED, *_COUNTERS) if name not in meta]
     if missing or "rng.torch" not in tensors:
         what = ", ".join(missing + ([] if "rng.torch" in tensors else ["tensor rng.torch"]))
         raise ValueError(f"{path}: not a complete train state (its metadata lacks {what}); "
@@ -72,13 +103,14 @@ def load_train_state(path: Path, task, optimizer: torch.optim.Optimizer) -> dict
     try:
         _optimizer_from_data(optimizer, tensors, meta["optimizer"])
         if hasattr(task, "load_carry"):
-            task.load_carry(_unprefixed("carry.", tensors))
-        torch.set_rng_state(tensors["rng.torch"])
-        cuda_states = [tensors[f"rng.cuda.{k}"] for k in range(torch.cuda.device_count())
-                       if f"rng.cuda.{k}" in tensors]
+            task.load_carry(_unprefixed(own + "carry.", tensors))
+        torch.set_rng_state(tensors[own + "rng.torch"])
+        cuda_states = [tensors[f"{own}rng.cuda.{k}"] for k in range(torch.cuda.device_count())
+                       if f"{own}rng.cuda.{k}" in tensors]
         if cuda_states:
             torch.cuda.set_rng_state_all(cuda_states)
-        random.setstate(_tuplify(meta["python_random"]))
+        random.setstate(_tuplify(meta["python_random"] if world.rank == 0
+                                 else meta["rank_python_random"][world.rank - 1]))
         task.batches.load_state_dict(meta["batches"])
     except (KeyError, TypeError, AttributeError, IndexError, RuntimeError) as error:
         raise ValueError(f"{path}: damaged train state ({type(error).__name__}: {error}); "

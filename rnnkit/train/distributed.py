@@ -1,0 +1,237 @@
+"""Training on several processes: PyTorch's own distributed engine, seen by the loop as a
+:class:`World`.
+
+A run started by ``torchrun`` (or ``rnnkit train … --nproc N``, which starts torchrun's
+launcher) finds ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``
+in its environment; :func:`join` then opens the process group — gloo on the CPU, NCCL on
+CUDA (device ``cuda:LOCAL_RANK``) — and returns the process's :class:`World`. Without them,
+a run is the one-process world :data:`SINGLE`, and nothing here communicates.
+
+What each part of a run does with the world:
+
+- the batch sources take their share of every global batch (``shard``): N processes with
+  a per-process batch ``b`` see exactly the batches of one process with batch ``N·b``;
+- the loop wraps the loss of a batch in ``DistributedDataParallel`` (gradients averaged
+  across processes during backward), weights each process's loss by its share of the
+  batch's units, and agrees on the loss, the units and the stop rules once a step;
+- evaluations score each process's share of the validation data and combine them
+  (:meth:`World.sum`, :meth:`World.gather`), so every process takes the same decisions;
+- process 0 alone writes: checkpoints, metrics, curves, the progress bar, the log.
+
+A process that dies makes the others' next collective fail (the connection closes), or
+time out after ``timeout`` seconds; :func:`lost_contact` turns that into a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+TIMEOUT_ENV = "RNNKIT_DIST_TIMEOUT"     # seconds a process waits for the others
+TIMEOUT = 1800.0                        # … unless the environment says otherwise
+
+
+class LostContact(ValueError):
+    """Another process of a distributed run stopped answering: it died, or a collective
+    waited past the timeout. Every surviving process reports it."""
+
+
+class FollowerStop(ValueError):
+    """A process other than 0 stops because process 0 did (its start was refused, or
+    training stopped): process 0 reports why, the others stay silent."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ``size`` processes of a run."""
+
+    rank: int = 0                 # 0 .. size-1; process 0 writes the run's files
+    size: int = 1
+    local_rank: int = 0           # on this machine: selects the GPU
+    backend: str = ""             # "gloo" or "nccl" ("" for one process)
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes the run's files (process 0)."""
+        return self.rank == 0
+
+    def share(self, items):
+        """This process's contiguous share of a sequence (a list or a tensor along its first
+        dimension); shares differ in length by at most one and, in rank order, make up
+        ``items``."""
+        n = len(items)
+        return items[n * self.rank // self.size: n * (self.rank + 1) // self.size]
+
+    def sum(self, *values: float) -> tuple[float, ...]:
+        """Each number summed over all processes (float64), the same on every process."""
+        if self.size == 1:
+            return tuple(float(v) for v in values)
+        t = torch.tensor(values, dtype=torch.float64, device=self._device())
+        _collective(dist.all_reduce, t)
+        return tuple(t.tolist())
+
+    def gather(self, part: list) -> list:
+        """Every process's ``part`` (a list of picklable items), concatenated in rank order;
+        the same on every process (``share`` then ``gather`` keeps a sequence's order)."""
+        if self.size == 1:
+            return list(part)
+        parts: list = [None] * self.size
+        _collective(dist.all_gather_object, parts, list(part))
+        return [item for p in parts for item in p]
+
+    def gather_to_writer(self, part):
+        """Every process's ``part`` in rank order on process 0 (None elsewhere)."""
+        if self.size == 1:
+            return [part]
+        parts = [None] * self.size if self.writer else None
+        _collective(dist.gather_object, part, parts, 0)
+        return parts
+
+    def broadcast(self, value):
+        """Process 0's ``value`` (picklable), on every process."""
+        if self.size == 1:
+            return value
+        box = [value if self.writer else None]
+        _collective(dist.broadcast_object_list, box, 0)
+        return box[0]
+
+    def barrier(self) -> None:
+        """Wait until every process gets here."""
+        self.sum(0.0)
+
+    def await_start(self) -> dict:
+        """In a process other than 0: wait for :meth:`Start.tell` of process 0; its news
+        (``{"finished": summary}`` for a run with nothing left to train), or FollowerStop
+        with process 0's error."""
+        news = self.broadcast(None)
+        if news["error"] is not None:
+            raise FollowerStop(f"process 0 stopped: {news['error']}")
+        return news
+
+    def _device(self) -> torch.device:
+        if self.backend == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+
+SINGLE = World()
+
+
+class Start:
+    """Process 0 tells the others, once, how the start of a run went (they wait in
+    :meth:`World.await_start`): fine, finished already, or refused with an error."""
+
+    def __init__(self, world: World):
+        self.world, self.told = world, False
+
+    def tell(self, error: BaseException | None = None, finished: dict | None = None) -> None:
+        if self.told or self.world.size == 1 or isinstance(error, LostContact):
+            return
+        self.told = True
+        text = None if error is None else (str(error) or type(error).__name__)
+        self.world.broadcast({"error": text, "finished": finished})
+
+
+def timeout() -> float:
+    """Seconds a process waits for the others in a collective: ``RNNKIT_DIST_TIMEOUT`` or
+    :data:`TIMEOUT`."""
+    text = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        value = float(text) if text else TIMEOUT
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{TIMEOUT_ENV}={text!r}: expected a number of seconds > 0")
+    return value
+
+
+def is_lost_contact(error: BaseException) -> bool:
+    """Whether ``error`` is a failed collective (a process died or stopped answering)."""
+    if isinstance(error, LostContact):
+        return True
+    if not isinstance(error, RuntimeError) or not dist.is_initialized():
+        return False
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        word in text for word in ("gloo", "Gloo", "NCCL", "Connection", "connection",
+                                  "Socket", "socket", "timed out", "Timed out"))
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun (its environment names a world)."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def join(device: torch.device, timeout: float) -> tuple[World, torch.device]:
+    """This process's world and device: :data:`SINGLE` and ``device`` unchanged outside
+    torchrun; under it, the process group opened (gloo for the CPU, NCCL for CUDA, one GPU
+    per process: ``cuda:LOCAL_RANK``), collectives timing out after ``timeout`` seconds."""
+    if not launched():
+        return SINGLE, device
+    try:
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise ValueError(f"torchrun's environment is malformed: RANK={os.environ['RANK']!r}, "
+                         f"WORLD_SIZE={os.environ['WORLD_SIZE']!r}") from None
+    if size == 1 and not dist.is_available():
+        return SINGLE, device
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise ValueError(f"--device cuda: process {rank} is number {local_rank} on its "
+                             f"machine, which has {count} GPU(s); start at most {count} "
+                             f"processes per machine (--nproc {count})")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+        except (RuntimeError, dist.DistError) as error:
+            raise LostContact(f"process {rank}: could not join the run's other processes at "
+                              f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+                              f" ({_first_line(error)})") from None
+    return World(rank, size, local_rank, backend), device
+
+
+def leave(world: World) -> None:
+    """Close the process group :func:`join` opened."""
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _collective(op, *args) -> None:
+    try:
+        op(*args)
+    except (RuntimeError, dist.DistError) as error:
+        raise lost_contact(error) from None
+
+
+def lost_contact(error: BaseException) -> LostContact:
+    """The error a surviving process reports when a collective fails."""
+    rank = dist.get_rank() if dist.is_initialized() else "?"
+    return LostContact(f"process {rank}: lost contact with the run's other processes — one of "
+                       f"them stopped or stopped answering ({_first_line(error)}); this process "
+                       f"stops too. The last good checkpoint is kept; resume with --resume")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+def replica(model: torch.nn.Module, world: World, device: torch.device):
+    """``model`` wrapped in ``DistributedDataParallel`` for ``world`` (``model`` itself for
+    one process)."""
+    if world.size == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
