@@ -25,9 +25,11 @@ cells
     inputs, initial states and upstream gradients): the output, the final states and the
     gradients of every parameter, the input and the initial states. Each variant runs one
     layer, and two layers bidirectional with variable lengths; the first registered cell
-    also runs two layers, bidirectional and variable lengths each alone. The figure is the
-    largest error of any of those tensors relative to that tensor's largest magnitude
-    (``max |device − reference| / max |reference|``). TF32 is off for the whole run.
+    also runs two layers, bidirectional and variable lengths each alone; each cell with a
+    fused kernel also runs a large case (T 64, B 64, H 256: cuDNN picks other kernels for
+    larger shapes). The figure is the largest error of any of those tensors relative to
+    that tensor's largest magnitude (``max |device − reference| / max |reference|``), and
+    the tensor. TF32 is off for the whole run.
 train
     Each task of :data:`rnnkit.tasks.TASKS` trained a few dozen steps on the device through
     :func:`rnnkit.tasks.recipe.train` on tiny, learnable data this script writes (dropout
@@ -44,25 +46,30 @@ load
     gives on the device, within ``LOAD_TOLERANCE`` = 1e-4 (relative; absolute, in nats,
     for a loss below 1: float32 on two devices differs near 1e-6).
 precision
-    Each task trained with the train option ``precision`` "bf16" and "fp16": losses finite
-    and falling, weights saved in float32. Skipped while TrainConfig has no such field; on
-    the CPU a clear refusal (ValueError) is a skip, not a failure.
+    Each task trained with the train option ``precision`` "bf16" and "fp16": losses finite,
+    falling and not bit for bit those of the float32 run (autocast is on), weights saved in
+    float32; and the language model's exact resume in each (fp16: with the gradient
+    scaler's state). Skipped while TrainConfig has no such field; on the CPU a clear
+    refusal (fp16 needs CUDA) is a skip, not a failure.
 ddp
     ``python -m rnnkit train lm --nproc 1 --device cuda`` (NCCL on one GPU) as a
     subprocess: it exits 0 and its train state is at the last step. Skipped while
     ``rnnkit train lm --help`` lists no ``--nproc``.
 
 Tolerance of the cell checks (``CELL_TOLERANCE`` = 1e-4 relative): float32 rounds at
-6e-8; over the time steps and the sums of a matrix product the error of a correct float32
-run stays near 1e-6 of the tensor's scale (the ``--device cpu`` run shows the figures),
-while a wrong gate order, a wrong gradient, a lost time step or a stray half-precision or
-TF32 product (a 10-bit mantissa: about 5e-4) lands well above it.
+6e-8; over the time steps and the sums of the matrix products the error of a correct
+float32 run stays near 1e-6 of the tensor's scale (on the CPU at the full sizes: 1e-7 to
+6e-6, the layer-normalised LSTM highest), so a correct GPU kernel has a margin of more
+than 10; a wrong gate order, a wrong gradient or a lost time step gives errors of order
+one, and a stray half-precision or TF32 product (a 10-bit mantissa: 5e-4 a rounding)
+lands above it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
 import os
@@ -74,6 +81,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,7 +99,7 @@ from rnnkit import checkpoint  # noqa: E402
 from rnnkit.cells.registry import OPTION_CHOICES, REGISTRY, cell_names, make_cell  # noqa: E402
 from rnnkit.tasks import TASKS, recipe  # noqa: E402
 from rnnkit.tasks.common import device_of  # noqa: E402
-from rnnkit.train import METRICS, TrainConfig  # noqa: E402
+from rnnkit.train import METRICS, TrainConfig, TrainingStopped  # noqa: E402
 
 NO_CUDA = ("no CUDA device: nothing to check (use --device cpu to run the same checks on "
            "the CPU as a test of this script)")
@@ -112,10 +120,12 @@ class Sizes:
     hidden: int     # the tasks' hidden size
     steps: int      # training steps of a task (even: resume cuts it in half)
     sentences: int  # lines of the tiny data
+    large: bool = False  # also a large case of each cell with a fused kernel (LARGE's shapes)
 
 
-FULL = Sizes(T=24, B=16, I=32, H=64, hidden=64, steps=40, sentences=64)
+FULL = Sizes(T=24, B=16, I=32, H=64, hidden=64, steps=40, sentences=64, large=True)
 QUICK = Sizes(T=5, B=3, I=4, H=5, hidden=8, steps=12, sentences=24)
+LARGE = dataclasses.replace(FULL, T=64, B=64, I=128, H=256, large=False)
 
 
 # -- rows --------------------------------------------------------------------------------------
@@ -267,6 +277,7 @@ PLAIN = Structure("1 layer")
 DEEP = Structure("2 layers bidir lengths", 2, True, True)
 ALONE = (Structure("2 layers", num_layers=2), Structure("bidirectional", bidirectional=True),
          Structure("lengths", lengths=True))
+DEEP_LARGE = Structure(f"T{LARGE.T} B{LARGE.B} H{LARGE.H}, 2 layers bidir lengths", 2, True, True)
 
 
 @dataclass
@@ -354,11 +365,15 @@ def cell_rows(device: torch.device, sizes: Sizes) -> list[Row]:
     rows = []
     variants = cell_variants()
     for variant in variants:
-        structures = [PLAIN, DEEP] + (list(ALONE) if variant == variants[0] else [])
-        for structure in structures:
+        cases = [(PLAIN, sizes), (DEEP, sizes)]
+        if variant == variants[0]:
+            cases += [(structure, sizes) for structure in ALONE]
+        if sizes.large and "native" in backends_of(variant):    # cuDNN's larger kernels
+            cases.append((DEEP_LARGE, LARGE))
+        for structure, shapes in cases:
             label = f"cell {variant.label}, {structure.label}"
             try:
-                case = cell_case(variant, structure, sizes)
+                case = cell_case(variant, structure, shapes)
             except Exception as error:  # noqa: BLE001 — the reference itself failed
                 rows.append(run_check(f"{label}: reference", "cpu", _raiser(error)))
                 continue
@@ -479,12 +494,14 @@ class TaskChecks:
         self.trained[task] = out
         return figure
 
-    def resume(self, task: str) -> str:
-        half = self.sizes.steps // 2
-        straight = self.root / task / "straight"
-        cut = self.root / task / "cut"
-        train_task(task, self.files, straight, self.sizes, self.device)
-        train_task(task, self.files, cut, self.sizes, self.device, steps=half)
+    def resume(self, task: str, **train) -> str:
+        """N steps straight vs N/2, then resumed to N: the same train state, bit for bit
+        (``train``: more train options of both runs, e.g. a precision)."""
+        half, tag = self.sizes.steps // 2, "".join(f"-{v}" for v in train.values())
+        straight = self.root / task / f"straight{tag}"
+        cut = self.root / task / f"cut{tag}"
+        train_task(task, self.files, straight, self.sizes, self.device, **train)
+        train_task(task, self.files, cut, self.sizes, self.device, steps=half, **train)
         summary = recipe.train(TASKS[task], None, None, None, cut, resume=True,
                                train_overrides={"max_steps": self.sizes.steps},
                                device=str(self.device), log=_quiet)
@@ -495,8 +512,8 @@ class TaskChecks:
         if difference is None:
             count = len(checkpoint.load_tensors(straight / checkpoint.TRAIN_STATE)[0])
             return f"bit-exact, {count} tensors"
-        again = self.root / task / "straight-again"
-        train_task(task, self.files, again, self.sizes, self.device)
+        again = self.root / task / f"straight-again{tag}"
+        train_task(task, self.files, again, self.sizes, self.device, **train)
         if train_state_difference(straight, again) is not None:
             raise CheckFailed(f"{difference}; but two straight runs differ too: the kernels "
                               f"are not deterministic on {self.device} (not a resume bug)")
@@ -516,22 +533,42 @@ class TaskChecks:
         return figure
 
     def precision(self, task: str, precision: str) -> str:
-        if "precision" not in {f.name for f in dataclasses.fields(TrainConfig)}:
-            raise Skipped("no precision option")
+        """Training with ``precision``: losses finite and falling, and not those of the
+        float32 run (autocast is on), weights saved in float32."""
         out = self.root / task / f"precision-{precision}"
-        try:
+        with precision_refusals(precision, self.device):
             train_task(task, self.files, out, self.sizes, self.device, precision=precision)
-        except ValueError as error:
-            if self.device.type == "cpu":     # a clear refusal on the CPU is fine
-                raise Skipped(f"refused on the CPU: {error}") from None
-            raise
         figure = check_loss_falls(out)
+        if task in self.trained and train_losses(out) == train_losses(self.trained[task]):
+            raise CheckFailed(f"the losses of the float32 run, bit for bit: {precision} "
+                              f"changed nothing", figure)
         tensors, _ = checkpoint.load_tensors(out / checkpoint.WEIGHTS)
         low = sorted(name for name, value in tensors.items()
                      if value.is_floating_point() and value.dtype != torch.float32)
         if low:
             raise CheckFailed(f"weights saved in lower precision: {low[:3]}", figure)
         return figure
+
+    def resume_with_precision(self, task: str, precision: str) -> str:
+        """Exact resume with ``precision`` (fp16: the gradient scaler's state too)."""
+        with precision_refusals(precision, self.device):
+            return self.resume(task, precision=precision)
+
+
+@contextmanager
+def precision_refusals(precision: str, device: torch.device):
+    """Skip a check of ``precision`` while TrainConfig has no such option, or where the
+    library refuses it on the CPU (fp16) with a clear error."""
+    if "precision" not in {f.name for f in dataclasses.fields(TrainConfig)}:
+        raise Skipped("no precision option")
+    try:
+        yield
+    except ValueError as error:
+        refused = (device.type == "cpu" and not isinstance(error, TrainingStopped)
+                   and "precision" in str(error))
+        if refused:
+            raise Skipped(f"refused on the CPU: {error}") from None
+        raise
 
 
 def train_state_difference(first: Path, second: Path) -> str | None:
@@ -571,16 +608,11 @@ def valid_loss(task: str, out: Path, device: torch.device) -> float:
 
 def check_ddp(root: Path, files: dict, device: torch.device, timeout: float) -> str:
     """``rnnkit train lm --nproc 1`` in a subprocess: exit 0 and a train state at step 20."""
+    if "--nproc" not in train_lm_help():
+        raise Skipped("no --nproc")
     command = [sys.executable, "-m", "rnnkit", "train", "lm"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    helped = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=ROOT,
-                            env=env, timeout=timeout)
-    if helped.returncode != 0:
-        raise CheckFailed(f"rnnkit train lm --help exited {helped.returncode}: "
-                          f"{helped.stderr.strip()[-500:]}")
-    if "--nproc" not in helped.stdout:
-        raise Skipped("no --nproc")
     out = root / "ddp"
     args = ["--nproc", "1", "--device", device.type, "--data", files["text"], "--level", "word",
             "--hidden", "16", "--layers", "1", "--batch-size", "4", "--bptt", "8",
@@ -593,6 +625,19 @@ def check_ddp(root: Path, files: dict, device: torch.device, timeout: float) -> 
     if meta["step"] != 20:
         raise CheckFailed(f"the train state is at step {meta['step']}, expected 20")
     return "20 steps, exit 0"
+
+
+def train_lm_help() -> str:
+    """What ``rnnkit train lm --help`` prints (run in this process: no second start-up)."""
+    from rnnkit.cli import main as rnnkit_main
+
+    text = io.StringIO()
+    with redirect_stdout(text):
+        try:
+            rnnkit_main(["train", "lm", "--help"])
+        except SystemExit:
+            pass
+    return text.getvalue()
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -648,8 +693,11 @@ def run_all(device: torch.device, sizes: Sizes, groups=GROUPS) -> list[Row]:
             rows += [run_check(f"precision {p} {task}", dev,
                                lambda t=task, p=p: tasks.precision(t, p))
                      for p in PRECISIONS for task in TASKS]
+            rows += [run_check(f"resume {p} lm", dev,
+                               lambda p=p: tasks.resume_with_precision("lm", p))
+                     for p in PRECISIONS]
         if "ddp" in groups:
-            timeout = 120 if sizes == QUICK else 300
+            timeout = 120 if sizes == QUICK else 180
             rows.append(run_check("ddp lm --nproc 1", dev,
                                   lambda: check_ddp(Path(tmp), tasks.files, device, timeout)))
     return rows

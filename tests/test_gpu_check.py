@@ -4,6 +4,7 @@ every cell, backend and task; a wrong result is reported as FAIL; without CUDA i
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -118,3 +119,26 @@ def test_train_states_that_differ_in_one_bit_are_told_apart(tmp_path):
 def test_without_cuda_it_says_so_and_exits_0(capsys):
     assert gpu_check.main([]) == 0
     assert capsys.readouterr().out.strip() == gpu_check.NO_CUDA
+
+
+def test_precision_checks_skip_without_the_option_or_on_a_clear_cpu_refusal(monkeypatch):
+    def refused():
+        with gpu_check.precision_refusals("fp16", torch.device("cpu")):
+            raise ValueError("precision: fp16 trains on a CUDA device only")
+
+    assert gpu_check.run_check("refused", "cpu", refused).result == "skipped"
+
+    def stopped():            # a run that went wrong is a failure even on the CPU
+        with gpu_check.precision_refusals("bf16", torch.device("cpu")):
+            raise gpu_check.TrainingStopped("step 3: the training loss is nan; stopped")
+
+    assert gpu_check.run_check("stopped", "cpu", stopped).result == "FAIL"
+
+    @dataclasses.dataclass(frozen=True)
+    class TrainConfigWithoutPrecision:
+        epochs: int = 1
+
+    monkeypatch.setattr(gpu_check, "TrainConfig", TrainConfigWithoutPrecision)
+    with pytest.raises(gpu_check.Skipped, match="^no precision option$"):
+        with gpu_check.precision_refusals("bf16", torch.device("cuda")):
+            raise AssertionError("not reached: an rnnkit without the option trains nothing")

@@ -1,0 +1,231 @@
+"""Training on several processes (gloo on the CPU, 2 processes started by ``--nproc`` or by
+two "machines" meeting at a localhost rendezvous), against one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnkit import checkpoint
+from rnnkit.cli.launch import without_launch_options
+from rnnkit.data.stream import ExampleBatches, StreamBatches
+from rnnkit.train.distributed import World
+from tests.tiny_data import write_lines
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
+                                reason="torch.distributed is not available")
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+LM = ["--level", "word", "--hidden", "16", "--layers", "1", "--bptt", "8", "--no-progress",
+      "--log-every", "2", "--eval-every", "4"]
+
+
+def rnnkit(*args, check=True, timeout=120) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "rnnkit", *map(str, args)], env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def lines_of(run: Path, split: str) -> list[dict]:
+    return [e for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if e["split"] == split]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    import random
+
+    rng = random.Random(0)
+    words = "the cat dog sat on a mat red big ran".split()
+    root = tmp_path_factory.mktemp("corpus")
+    write_lines(root / "text.txt", [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9)))
+                                    for _ in range(300)])
+    write_lines(root / "labelled.tsv", [f"{int('cat' in line)}\t{line}" for line in (
+        " ".join(rng.choice(words) for _ in range(rng.randint(2, 6))) for _ in range(61))])
+    return root
+
+
+# -- the shares, without processes ----------------------------------------------------------
+
+def test_stream_shards_make_up_the_batch_of_one_process():
+    ids = torch.arange(1000).numpy()
+    whole = StreamBatches(ids, 6, 7)
+    shares = [StreamBatches(ids, 3, 7) for _ in range(2)]
+    for rank, share in enumerate(shares):
+        share.shard(rank, 2)
+    while (window := whole.next_window()) is not None:
+        parts = [share.next_window() for share in shares]
+        for k in range(2):
+            assert torch.equal(torch.cat([p[k] for p in parts], dim=1), window[k])
+    assert all(share.next_window() is None for share in shares)
+
+
+def test_example_shares_cover_each_batch_once_and_stand_in_when_short():
+    whole = ExampleBatches(13, 6, lengths=[k % 5 for k in range(13)], seed=3)
+    shares = [ExampleBatches(13, 3, lengths=[k % 5 for k in range(13)], seed=3)
+              for _ in range(2)]
+    for rank, share in enumerate(shares):
+        share.shard(rank, 2)
+    while (batch := whole.next_batch()) is not None:
+        parts = [share.next_batch() for share in shares]
+        weights = [share.share_weight for share in shares]
+        real = [p for p, w in zip(parts, weights) if w]
+        assert sorted(k for p in real for k in p) == sorted(batch)
+        if len(batch) == 1:                                  # 13 = 2 × 6 + 1
+            assert weights == [1.0, 0.0] and parts[1] == batch
+    assert all(share.next_batch() is None for share in shares)
+
+
+def test_world_share_splits_in_order():
+    items = list(range(7))
+    parts = [World(rank, 3).share(items) for rank in range(3)]
+    assert sum(parts, []) == items and [len(p) for p in parts] == [2, 2, 3]
+
+
+def test_launch_options_do_not_reach_the_processes():
+    argv = ["train", "lm", "--nproc", "2", "--out", "r", "--nnodes=1", "--rdzv-endpoint",
+            "h:1", "--rdzv-timeout", "5", "--hidden", "8"]
+    assert without_launch_options(argv) == ["train", "lm", "--out", "r", "--hidden", "8"]
+
+
+# -- processes --------------------------------------------------------------------------------
+
+def test_two_processes_equal_one_with_their_batch_language_model(corpus, tmp_path):
+    text = corpus / "text.txt"
+    rnnkit("train", "lm", "--data", text, *LM, "--batch-size", 2, "--max-steps", 12,
+           "--out", tmp_path / "two", "--nproc", 2)
+    rnnkit("train", "lm", "--data", text, *LM, "--batch-size", 4, "--max-steps", 12,
+           "--out", tmp_path / "one")
+    for split in ("train", "valid"):
+        two, one = lines_of(tmp_path / "two", split), lines_of(tmp_path / "one", split)
+        assert [e["step"] for e in two] == [e["step"] for e in one]      # once each: rank 0
+        for a, b in zip(two, one):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (split, a, b)
+    train = lines_of(tmp_path / "two", "train")
+    assert all(e["processes"] == 2 and e["tok_per_s_per_process"] == pytest.approx(
+        e["tok_per_s"] / 2) for e in train)
+    # the model directory is the ordinary one: it loads in one process on the CPU
+    done = rnnkit("eval", tmp_path / "two", "--data", text)
+    assert "ppl" in done.stdout
+
+
+def test_two_processes_equal_one_with_their_batch_classifier(corpus, tmp_path):
+    # 55 training examples: global batches of 6, the last of one example — process 1 gets
+    # a stand-in whose loss counts for nothing
+    args = ["train", "classifier", "--data", corpus / "labelled.tsv", "--hidden", 8,
+            "--embedding-size", 8, "--dropout", 0, "--epochs", 2, "--no-progress",
+            "--log-every", 1, "--lr", 0.01]
+    two = rnnkit(*args, "--batch-size", 3, "--out", tmp_path / "two", "--nproc", 2)
+    rnnkit(*args, "--batch-size", 6, "--out", tmp_path / "one")
+    for split in ("train", "valid"):
+        a, b = lines_of(tmp_path / "two", split), lines_of(tmp_path / "one", split)
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b):
+            assert x["loss"] == pytest.approx(y["loss"], rel=1e-5), (split, x, y)
+            assert x.get("accuracy") == y.get("accuracy")
+    assert "train 55 examples" in two.stdout
+    assert two.stdout.count(" step ") == 2 and two.stdout.count("best model:") == 1  # rank 0
+
+
+def test_distributed_resume_is_bit_exact_and_refuses_another_count(corpus, tmp_path):
+    text = corpus / "text.txt"
+    common = [*LM, "--batch-size", 2, "--dropout", 0.3, "--save-every", 5]
+    rnnkit("train", "lm", "--data", text, *common, "--max-steps", 10, "--out",
+           tmp_path / "straight", "--nproc", 2)
+    rnnkit("train", "lm", "--data", text, *common, "--max-steps", 5, "--out",
+           tmp_path / "cut", "--nproc", 2)
+    refused = rnnkit("train", "lm", "--out", tmp_path / "cut", "--resume", "--max-steps", 10,
+                     check=False)
+    assert refused.returncode == 2 and "trained by 2 process(es)" in refused.stderr
+    assert "--nproc 2" in refused.stderr and "Traceback" not in refused.stderr
+    rnnkit("train", "lm", "--out", tmp_path / "cut", "--resume", "--max-steps", 10,
+           "--nproc", 2)
+    a, _ = checkpoint.load_tensors(tmp_path / "straight" / checkpoint.TRAIN_STATE)
+    b, _ = checkpoint.load_tensors(tmp_path / "cut" / checkpoint.TRAIN_STATE)
+    assert a.keys() == b.keys() and any(k.startswith("rank.1.carry.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_a_killed_process_stops_the_others_and_keeps_the_checkpoint(corpus, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "lm", "--data", corpus / "text.txt", *LM, "--batch-size", 2, "--epochs",
+            1000, "--save-every", 3, "--out", out, "--nproc", 2]
+    run = subprocess.Popen([sys.executable, "-m", "rnnkit", *map(str, args)],
+                           env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = out / checkpoint.TRAIN_STATE
+    deadline = time.monotonic() + 60
+    while not state.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert state.is_file(), "no checkpoint within a minute"
+    found = subprocess.run(["pgrep", "-af", "--", f"rnnkit train lm .*--out {out}"],
+                           capture_output=True, text=True).stdout.splitlines()
+    workers = [line.split()[0] for line in found if "--nproc" not in line]   # not the launcher
+    assert len(workers) == 2, workers
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = run.communicate(timeout=60)
+    assert time.monotonic() - killed < 30
+    assert run.returncode == 1 and "was killed by SIGKILL" in stderr, stderr
+    assert "Traceback" not in stderr
+    _, meta = checkpoint.load_tensors(state)               # whole, and resumable
+    assert meta["processes"] == 2 and meta["step"] % 3 == 0
+
+
+def test_two_machines_meet_at_a_localhost_rendezvous(corpus, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    args = ["train", "lm", "--data", corpus / "text.txt", *LM, "--batch-size", 2,
+            "--max-steps", 4, "--out", tmp_path / "run", "--nproc", 1, "--nnodes", 2,
+            "--rdzv-endpoint", f"localhost:{port}"]
+    nodes = [subprocess.Popen([sys.executable, "-m", "rnnkit", *map(str, args)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=120) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert sum("on 2 processes (gloo, cpu)" in out for out, _ in outputs) == 1
+    assert lines_of(tmp_path / "run", "valid")[-1]["step"] == 4
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--nproc", "100000"], "CPU core(s)"),
+    (["--nproc", "0"], "--nproc: expected a number of processes >= 1"),
+    (["--nproc", "1", "--device", "cuda"], "no CUDA device"),
+    (["--nnodes", "2"], "--rdzv-endpoint HOST:PORT"),
+    (["--nproc", "1", "--rdzv-endpoint", "nohost"], "expected HOST:PORT"),
+    (["--precision", "fp16"], "fp16 trains on a CUDA device only"),
+], ids=["nproc-above-cores", "nproc-zero", "nccl-without-cuda", "nnodes-without-endpoint",
+        "bad-endpoint", "fp16-on-cpu"])
+def test_bad_launches_are_refused_clearly(corpus, tmp_path, extra, message):
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = rnnkit("train", "lm", "--data", corpus / "text.txt", *LM, "--out",
+                  tmp_path / "run", *extra, check=False)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_rendezvous_nobody_joins_fails_within_its_timeout(corpus, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    done = rnnkit("train", "lm", "--data", corpus / "text.txt", *LM, "--out", tmp_path / "r",
+                  "--nproc", 1, "--nnodes", 2, "--rdzv-endpoint", f"localhost:{port}",
+                  "--rdzv-timeout", 2, check=False)
+    assert time.monotonic() - started < 30
+    assert done.returncode == 2 and "did not meet within 2 s" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
