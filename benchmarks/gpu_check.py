@@ -33,7 +33,9 @@ cells
 train
     Each task of :data:`rnnkit.tasks.TASKS` trained a few dozen steps on the device through
     :func:`rnnkit.tasks.recipe.train` on tiny, learnable data this script writes (dropout
-    on); every training loss finite and the last quarter's mean below the first quarter's.
+    on), and the language model once more on rnnkit's BPTT engine (backend "bptt") instead
+    of the fused kernel; every training loss finite and the last quarter's mean below the
+    first quarter's.
 resume
     Each task: N steps straight vs N/2 steps then ``resume`` to N (``max_steps``), dropout
     on, so the CUDA generator saved in the train state matters; every tensor of the two
@@ -45,6 +47,10 @@ load
     load_model`, which every ``load_*`` of the tasks calls) gives the validation loss it
     gives on the device, within ``LOAD_TOLERANCE`` = 1e-4 (relative; absolute, in nats,
     for a loss below 1: float32 on two devices differs near 1e-6).
+use
+    Each task's public use of its device-trained model — beam search of the language
+    models, labels and tags predicted, sentences translated by beam search — gives on
+    the device what it gives on the CPU; sampling from the language model runs on it.
 precision
     Each task trained with the train option ``precision`` "bf16" and "fp16": losses finite,
     falling and not bit for bit those of the float32 run (autocast is on), weights saved in
@@ -103,7 +109,7 @@ from rnnkit.train import METRICS, TrainConfig, TrainingStopped  # noqa: E402
 
 NO_CUDA = ("no CUDA device: nothing to check (use --device cpu to run the same checks on "
            "the CPU as a test of this script)")
-GROUPS = ("cells", "train", "resume", "load", "precision", "ddp")
+GROUPS = ("cells", "train", "resume", "load", "use", "precision", "ddp")
 CELL_TOLERANCE = 1e-4       # relative to each tensor's largest magnitude; see the docstring
 LOAD_TOLERANCE = 1e-4       # validation loss, device vs CPU: relative (absolute below 1 nat)
 PRECISIONS = ("bf16", "fp16")
@@ -226,7 +232,7 @@ def compare(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
     return result
 
 
-# -- 1. cells × backends ----------------------------------------------------------------------
+# -- cells × backends --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Variant:
@@ -295,37 +301,37 @@ class CellCase:
     reference: dict = field(default_factory=dict)
 
 
-def make_stack(case: CellCase, backend: str, dtype=torch.float32) -> rnnkit.RecurrentStack:
-    s = case.sizes
-    return rnnkit.RecurrentStack(s.I, s.H, case.structure.num_layers,
-                                 bidirectional=case.structure.bidirectional,
-                                 cell=case.variant.name, cell_options=case.variant.options,
-                                 backend=backend, dtype=dtype)
+def make_stack(variant: Variant, structure: Structure, sizes: Sizes, backend: str,
+               dtype=torch.float32) -> rnnkit.RecurrentStack:
+    return rnnkit.RecurrentStack(sizes.I, sizes.H, structure.num_layers,
+                                 bidirectional=structure.bidirectional, cell=variant.name,
+                                 cell_options=variant.options, backend=backend, dtype=dtype)
 
 
 def cell_case(variant: Variant, structure: Structure, sizes: Sizes, seed: int = 0) -> CellCase:
     """Random parameters and inputs (a fixed seed), and the float64 CPU reference."""
-    torch.manual_seed(seed)
     s = sizes
-    case = CellCase(variant, structure, sizes, {}, torch.empty(0), (), None, {})
-    stack = make_stack(case, "autograd")
-    case.state = {k: v.detach().clone() for k, v in stack.state_dict().items()}
+    torch.manual_seed(seed)
+    stack = make_stack(variant, structure, sizes, "autograd")
+    state = {k: v.detach().clone() for k, v in stack.state_dict().items()}
     gen = torch.Generator().manual_seed(seed)
-    layers = structure.num_layers * (2 if structure.bidirectional else 1)
-    case.x = torch.randn(s.T, s.B, s.I, generator=gen)
-    case.hx = tuple(0.5 * torch.randn(layers, s.B, s.H, generator=gen)
-                    for _ in range(stack.cell.num_states))
+    directions = 2 if structure.bidirectional else 1
+    x = torch.randn(s.T, s.B, s.I, generator=gen)
+    hx = tuple(0.5 * torch.randn(structure.num_layers * directions, s.B, s.H, generator=gen)
+               for _ in range(stack.cell.num_states))
+    lengths = None
     if structure.lengths:
         lengths = torch.randint(1, s.T + 1, (s.B,), generator=gen)
         lengths[0] = s.T
-        case.lengths = lengths.tolist()
+        lengths = lengths.tolist()
     names = ["output", *(f"{n}_n" for n in stack.cell.state_names)]
-    shapes = [(s.T, s.B, s.H * (2 if structure.bidirectional else 1)), *[h.shape for h in case.hx]]
+    shapes = [(s.T, s.B, s.H * directions), *[h.shape for h in hx]]
     # Upstream gradients rounded to float32, so the reference and the device use the same.
-    case.upstream = {name: torch.randn(shape, generator=gen, dtype=torch.float64).float().double()
-                     for name, shape in zip(names, shapes)}
-    reference = make_stack(case, "autograd", torch.float64)
-    reference.load_state_dict(case.state)
+    upstream = {name: torch.randn(shape, generator=gen, dtype=torch.float64).float().double()
+                for name, shape in zip(names, shapes)}
+    case = CellCase(variant, structure, sizes, state, x, hx, lengths, upstream)
+    reference = make_stack(variant, structure, sizes, "autograd", torch.float64)
+    reference.load_state_dict(state)
     case.reference = forward_and_gradients(reference, case, torch.device("cpu"), torch.float64)
     return case
 
@@ -352,7 +358,7 @@ def forward_and_gradients(stack: rnnkit.RecurrentStack, case: CellCase, device: 
 
 
 def check_cell(case: CellCase, backend: str, device: torch.device) -> str:
-    stack = make_stack(case, backend)
+    stack = make_stack(case.variant, case.structure, case.sizes, backend)
     stack.load_state_dict(case.state)
     stack.to(device)
     if stack.resolved_backend() != backend:
@@ -391,9 +397,9 @@ def _raiser(error: Exception) -> Callable[[], str]:
 
 # -- tiny data ---------------------------------------------------------------------------------
 
-NOUNS, VERBS, OTHERS = ("cat", "dog", "mat", "log"), ("sat", "ran", "slept"), ("the", "a", "on")
-TAGS = {**{w: "NOUN" for w in NOUNS}, **{w: "VERB" for w in VERBS},
-        "the": "DET", "a": "DET", "on": "ADP"}
+DETERMINERS, NOUNS, VERBS = ("the", "a"), ("cat", "dog", "mat", "log"), ("sat", "ran", "slept")
+TAGS = {**{w: "DET" for w in DETERMINERS}, **{w: "NOUN" for w in NOUNS},
+        **{w: "VERB" for w in VERBS}, "on": "ADP"}
 
 
 def tiny_data(root: Path, n: int, seed: int = 0) -> dict[str, str]:
@@ -401,8 +407,9 @@ def tiny_data(root: Path, n: int, seed: int = 0) -> dict[str, str]:
     (``label<TAB>text``; the label says whether a cat is in it), "tagged" (``word<TAB>tag``
     sentences), "source" and "target" (aligned lines; the target is the source in capitals)."""
     rng = random.Random(seed)
-    sentences = [[rng.choice(OTHERS[:2]), rng.choice(NOUNS), rng.choice(VERBS), "on",
-                  rng.choice(OTHERS[:2]), rng.choice(NOUNS)][:rng.randint(3, 6)] for _ in range(n)]
+    sentences = [[rng.choice(DETERMINERS), rng.choice(NOUNS), rng.choice(VERBS), "on",
+                  rng.choice(DETERMINERS), rng.choice(NOUNS)][:rng.randint(3, 6)]
+                 for _ in range(n)]
     lines = [" ".join(s) for s in sentences]
 
     def write(name: str, rows) -> str:
@@ -442,14 +449,38 @@ def task_setup(task: str, files: dict[str, str], hidden: int) -> tuple[object, d
     return TASKS[task].data_config(**data), model
 
 
+def task_outputs(task: str, directory: Path, files: dict[str, str], device: str):
+    """What a trained model of ``task`` gives through its public use on ``device``, with
+    no randomness (argmax labels and tags, beam search), so two devices can be compared."""
+    from rnnkit.tasks import classifier, conditioned_lm, lm, tagger, translator
+
+    first_lines = Path(files["source"]).read_text(encoding="utf-8").splitlines()[:8]
+    uses = {
+        "lm": lambda: lm.generate(directory, "the", max_tokens=12, beam=3, device=device),
+        "classifier": lambda: [row["label"] for row in
+                               classifier.predict_file(directory, files["labelled"],
+                                                       device=device)],
+        "tagger": lambda: tagger.predict_file(directory, files["tagged"], device=device),
+        "translator": lambda: translator.translate_lines(directory, first_lines, beam=3,
+                                                         device=device),
+        "conditioned_lm": lambda: conditioned_lm.generate(directory, "cat", max_tokens=12,
+                                                          beam=3, device=device),
+    }
+    if task not in uses:
+        raise CheckFailed(f"no use of the task {task!r} to check: add it to task_outputs()")
+    return uses[task]()
+
+
 def _quiet(*_):
     pass
 
 
 def train_task(task: str, files: dict, out: Path, sizes: Sizes, device: torch.device,
-               steps: int | None = None, **train) -> dict:
-    """Train ``task`` on the tiny data into ``out`` through the recipe; its summary."""
+               steps: int | None = None, model: dict | None = None, **train) -> dict:
+    """Train ``task`` on the tiny data into ``out`` through the recipe (``model``: more
+    model options, ``train``: more train options); its summary."""
     data_cfg, model_options = task_setup(task, files, sizes.hidden)
+    model_options.update(model or {})
     train_cfg = {"max_steps": steps or sizes.steps, "epochs": 1000, "optimizer": "adam",
                  "lr": 0.01, "lr_decay": 1.0, "log_every": 1, "progress": False, "seed": 1,
                  **train}
@@ -476,7 +507,7 @@ def check_loss_falls(out: Path) -> str:
     return figure
 
 
-# -- 2. training, 3. resume, 4. loading on the CPU, 5. precision -------------------------------
+# -- the tasks: train, resume, load, use, precision --------------------------------------------
 
 class TaskChecks:
     """The checks that train the tasks, sharing the tiny data and the trained directories."""
@@ -493,6 +524,16 @@ class TaskChecks:
         figure = check_loss_falls(out)
         self.trained[task] = out
         return figure
+
+    def train_on_engine(self, task: str) -> str:
+        """Training through rnnkit's own BPTT engine (backend "bptt") instead of the fused
+        kernel that "auto" picks for the task's LSTM."""
+        out = self.root / task / "trained-bptt"
+        train_task(task, self.files, out, self.sizes, self.device, model={"backend": "bptt"})
+        backend = checkpoint.read_config(out, task)["model"].get("backend")
+        if backend != "bptt":
+            raise CheckFailed(f"the model was saved with backend {backend!r}, not 'bptt'")
+        return check_loss_falls(out)
 
     def resume(self, task: str, **train) -> str:
         """N steps straight vs N/2, then resumed to N: the same train state, bit for bit
@@ -531,6 +572,26 @@ class TaskChecks:
             raise CheckFailed(f"valid loss {on_device!r} on {self.device}, {on_cpu!r} on the "
                               f"CPU: difference {difference:.3g} > {LOAD_TOLERANCE:g}", figure)
         return figure
+
+    def use(self, task: str) -> str:
+        """The task's public use (generation, beam search, prediction) of the device-trained
+        model on the device gives what it gives on the CPU; for the language model, sampling
+        on the device runs too."""
+        out = self.trained.get(task)
+        if out is None:
+            raise Skipped("no trained model (its train check failed or did not run)")
+        on_device = task_outputs(task, out, self.files, str(self.device))
+        on_cpu = task_outputs(task, out, self.files, "cpu")
+        if on_device != on_cpu:
+            raise CheckFailed(f"on {self.device}: {on_device!r:.200}; on the CPU: "
+                              f"{on_cpu!r:.200}")
+        if task == "lm":
+            from rnnkit.tasks.lm import generate
+
+            sample = generate(out, "the", max_tokens=12, device=str(self.device), seed=1)
+            if not isinstance(sample, str):
+                raise CheckFailed(f"sampling gave {type(sample).__name__}, not text")
+        return "same as cpu: " + " ".join(str(on_device).split())[:21]
 
     def precision(self, task: str, precision: str) -> str:
         """Training with ``precision``: losses finite and falling, and not those of the
@@ -604,7 +665,7 @@ def valid_loss(task: str, out: Path, device: torch.device) -> float:
         return float(prepared.make_task(model, train_cfg.seed, device).evaluate("valid")["loss"])
 
 
-# -- 6. DDP through the command line -----------------------------------------------------------
+# -- DDP through the command line --------------------------------------------------------------
 
 def check_ddp(root: Path, files: dict, device: torch.device, timeout: float) -> str:
     """``rnnkit train lm --nproc 1`` in a subprocess: exit 0 and a train state at step 20."""
@@ -680,14 +741,20 @@ def run_all(device: torch.device, sizes: Sizes, groups=GROUPS) -> list[Row]:
         rows += cell_rows(device, sizes)
     with tempfile.TemporaryDirectory(prefix="rnnkit-gpu-check-") as tmp:
         tasks = TaskChecks(Path(tmp), sizes, device)
-        if "train" in groups or "load" in groups:
+        if {"train", "load", "use"} & set(groups):
             rows += [run_check(f"train {task}", dev, lambda t=task: tasks.train(t))
                      for task in TASKS]
+        if "train" in groups:
+            rows.append(run_check("train lm backend=bptt", dev,
+                                  lambda: tasks.train_on_engine("lm")))
         if "resume" in groups:
             rows += [run_check(f"resume {task}", dev, lambda t=task: tasks.resume(t))
                      for task in TASKS]
         if "load" in groups:
             rows += [run_check(f"load {task} on cpu", dev, lambda t=task: tasks.load_on_cpu(t))
+                     for task in TASKS]
+        if "use" in groups:
+            rows += [run_check(f"use {task}", dev, lambda t=task: tasks.use(t))
                      for task in TASKS]
         if "precision" in groups:
             rows += [run_check(f"precision {p} {task}", dev,
@@ -710,7 +777,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="everything smaller (the test)")
     parser.add_argument("--only", default=",".join(GROUPS),
                         help=f"comma-separated groups of checks: {', '.join(GROUPS)} "
-                        f"(load trains the tasks first)")
+                        f"(load and use train the tasks first)")
     parser.add_argument("--json", default="", help="where to write the results (default "
                         "benchmarks/results/gpu_check.json, gpu_check_cpu.json on the CPU)")
     args = parser.parse_args(argv)
@@ -721,11 +788,14 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(NO_CUDA)
         return 0
-    device = device_of(args.device)
+    try:
+        device = device_of(args.device)
+    except ValueError as error:
+        parser.error(str(error))
     sizes = QUICK if args.quick else FULL
     flags = use_full_float32()
     info = machine(device)
-    print(" ".join(f"{k} {v}" for k, v in info.items()))
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     print(f"float32 flags: {flags}; sizes: {sizes}")
     print(f"{'check':58s} {'device':6s} {'figure':34s} {'seconds':>7s}  result")
     start = time.perf_counter()

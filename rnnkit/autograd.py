@@ -69,7 +69,14 @@ def recurrent_bptt(cell: Cell, x: Tensor, batch_sizes: list[int], state0: State,
 
     Returns:
         out (N, H) and the final states, (B, H) each.
+
+    Under autocast (``--precision bf16|fp16``) the engine runs in float32 all the same — its
+    products, its accumulations over time and its gradients — with autocast off inside.
     """
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return recurrent_bptt(cell, x.float(), batch_sizes, tuple(s.float() for s in state0),
+                                  weight_ih, weight_hh, bias_ih, bias_hh, extra, reverse)
     out, *final = RecurrentFunction.apply(cell, batch_sizes, reverse, x, weight_ih, weight_hh,
                                           bias_ih, bias_hh, *state0, *extra)
     return out, tuple(final)

@@ -90,6 +90,7 @@ def check(args, device: str) -> tuple[int, int, str, float]:
 
 def launch(args, device: str, out: str | None) -> int:
     """Start the processes of the run and wait for them; the run's exit code."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -105,12 +106,21 @@ def launch(args, device: str, out: str | None) -> int:
         rdzv_backend="c10d", rdzv_endpoint=endpoint,
         rdzv_configs={"join_timeout": timeout, "read_timeout": timeout, "timeout": timeout},
         max_restarts=0, monitor_interval=0.2)
+
     command = [*sys.argv[:0], "-m", "rnnkit", *without_launch_options(args.argv)]
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)   # ours say it
+    for name in list(logging.root.manager.loggerDict):      # its notices: ours say it
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         elastic_launch(config, entrypoint=sys.executable)(*command)
     except ChildFailedError as error:
         return _failed(error, out)
+    except SignalException as error:   # Ctrl-C (SIGINT), SIGTERM: passed on to the processes,
+        if error.sigval == signal.SIGINT:         # which save and stop (their own message)
+            return 130
+        raise ValueError(f"stopped by {error.sigval.name}; the processes were stopped. The "
+                         f"last good checkpoint{f' in {out}' if out else ''} is kept; continue "
+                         f"with --resume") from None
     except (RendezvousError, RuntimeError, TimeoutError) as error:   # the machines did not meet
         raise ValueError(f"--rdzv-endpoint {endpoint}: the run's machines did not meet "
                          f"within {timeout:g} s ({_first_line(error)}); check the address, "
