@@ -429,14 +429,16 @@ def tiny_data(root: Path, n: int, seed: int = 0) -> dict[str, str]:
 def task_setup(task: str, files: dict[str, str], hidden: int) -> tuple[object, dict]:
     """(data config, model options) of ``task`` on the tiny data: small, with dropout."""
     pairs = f"{files['source']},{files['target']}"
+    # Two layers where a task has them: the classifier's and tagger's encoders then run
+    # dropout between layers inside the fused kernel (cuDNN's own dropout state on a GPU).
     small = {"hidden_size": hidden, "dropout": 0.2}
     setups = {
         "lm": ({"data": files["text"], "level": "word", "batch_size": 4, "bptt": 8},
                {**small, "num_layers": 2}),
         "classifier": ({"train": files["labelled"], "valid": files["labelled"], "batch_size": 8},
-                       {**small, "embedding_size": hidden}),
+                       {**small, "embedding_size": hidden, "num_layers": 2}),
         "tagger": ({"train": files["tagged"], "valid": files["tagged"], "batch_size": 8},
-                   {**small, "embedding_size": hidden, "num_layers": 1,
+                   {**small, "embedding_size": hidden, "num_layers": 2,
                     "char_embedding_size": 8, "char_hidden_size": 8}),
         "translator": ({"train": pairs, "valid": pairs, "level": "word", "min_count": 1,
                         "batch_size": 8}, {**small, "embedding_size": hidden}),
@@ -704,15 +706,19 @@ def train_lm_help() -> str:
 # -- the run -----------------------------------------------------------------------------------
 
 def use_full_float32() -> dict:
-    """Turn TF32 off for matrix products and cuDNN (the legacy flags and, where this torch
-    has them, the per-backend precisions); the flags as they now read."""
+    """Turn TF32 off for matrix products and cuDNN (its RNNs and convolutions); the flags
+    as they now read. A torch with per-backend precisions (2.9 and later) is set through
+    those alone: it refuses a mix of them and the legacy ``allow_tf32`` flags."""
+    backends = {"cuda.matmul": torch.backends.cuda.matmul,
+                "cudnn.rnn": getattr(torch.backends.cudnn, "rnn", None),
+                "cudnn.conv": getattr(torch.backends.cudnn, "conv", None)}
+    if all(hasattr(b, "fp32_precision") for b in backends.values()):
+        for backend in backends.values():
+            backend.fp32_precision = "ieee"
+        return {f"{name}.fp32_precision": b.fp32_precision for name, b in backends.items()}
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
-    for backend in (torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "rnn", None),
-                    getattr(torch.backends.cudnn, "conv", None)):
-        if backend is not None and hasattr(backend, "fp32_precision"):
-            backend.fp32_precision = "ieee"
     return {"cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
             "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
             "float32_matmul_precision": torch.get_float32_matmul_precision()}

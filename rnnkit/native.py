@@ -27,6 +27,9 @@ def native_stack(mode: str, data: Tensor, batch_sizes: Tensor | None, hx: tuple[
     Returns:
         output ((T, B, D*H) or packed (N, D*H)) and the final states, (L*D, B, H) each.
     """
+    if dropout and training and num_layers > 1 and data.is_cuda:
+        return _layer_by_layer(mode, data, batch_sizes, hx, flat_weights, has_biases,
+                               num_layers, dropout, bidirectional)
     kernel = _KERNELS[mode]
     state = hx if mode == "LSTM" else hx[0]
     if batch_sizes is None:
@@ -36,3 +39,25 @@ def native_stack(mode: str, data: Tensor, batch_sizes: Tensor | None, hx: tuple[
         result = kernel(data, batch_sizes, state, flat_weights, has_biases, num_layers,
                         dropout, training, bidirectional)
     return result[0], tuple(result[1:])
+
+
+def _layer_by_layer(mode, data, batch_sizes, hx, flat_weights, has_biases, num_layers,
+                    dropout, bidirectional):
+    """:func:`native_stack` one layer at a time with ``F.dropout`` between layers: cuDNN
+    draws its own between-layer dropout from a random state of its own, which a train state
+    cannot hold, so that a resumed run would draw other masks."""
+    import torch
+    import torch.nn.functional as F
+
+    D = 2 if bidirectional else 1
+    per_layer = len(flat_weights) // num_layers
+    x, finals = data, []
+    for layer in range(num_layers):
+        if layer:
+            x = F.dropout(x, dropout, training=True)
+        states = tuple(s[layer * D:(layer + 1) * D] for s in hx)
+        x, final = native_stack(mode, x, batch_sizes, states,
+                                flat_weights[layer * per_layer:(layer + 1) * per_layer],
+                                has_biases, 1, 0.0, True, bidirectional)
+        finals.append(final)
+    return x, tuple(torch.cat(parts) for parts in zip(*finals))

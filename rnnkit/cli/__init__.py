@@ -12,6 +12,8 @@ The files, one job each:
     diagnose.py  check, diagnose, activations, bench: looking inside
     export.py    export: a trained model as ONNX or torch.export graphs
     serve.py     serve: the HTTP JSON API and the web playground
+    transcribe.py  transcribe: speech to text with a recogniser
+    caption.py   caption: captions of images, and the attention of each word
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from rnnkit.cli.parsing import Parser
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command (the task options read the registries now)."""
-    from rnnkit.cli import diagnose, export, serve, train, use
+    from rnnkit.cli import caption, diagnose, export, serve, train, transcribe, use
 
     parser = Parser(prog="rnnkit", description="Recurrent neural networks: cells with "
                     "hand-derived BPTT, language models, classifiers, taggers, translators, "
@@ -37,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_commands(commands)
     export.add_commands(commands)
     serve.add_commands(commands)
+    transcribe.add_commands(commands)
+    caption.add_commands(commands)
     return parser
 
 

@@ -219,12 +219,18 @@ class TranslationSearch:
     all of it. ``weights`` collects the attention of the last :meth:`step` (for pictures).
     """
 
-    def __init__(self, model: Seq2Seq, source_ids: list[int]):
+    def __init__(self, model: Seq2Seq, source_ids: list[int] | None = None, *,
+                 encoded: tuple | None = None):
+        """``source_ids``: one sentence, encoded here; or ``encoded``: ``(memory (S, 1, M),
+        mask (S, 1), decoder state)`` of one input the model encoded itself (an image:
+        :mod:`rnnkit.models.captioner`, whose decoder is this one)."""
         self.model = model
-        device = model.output.weight.device
-        source = torch.tensor(source_ids, dtype=torch.long, device=device)[:, None]
         with torch.no_grad():
-            memory, mask, state = model.encode(source, torch.tensor([len(source_ids)]))
+            if encoded is None:
+                device = model.output.weight.device
+                source = torch.tensor(source_ids, dtype=torch.long, device=device)[:, None]
+                encoded = model.encode(source, torch.tensor([len(source_ids)]))
+            memory, mask, state = encoded
             keys = model.attention.keys(memory)
         feed = memory.new_zeros(1, 1, model.config.hidden_size)
         self._start = (state, feed, memory, keys, mask)
@@ -259,12 +265,20 @@ def greedy_translate(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: i
     """Batched greedy decoding: source (S, B), lengths (B,) -> token ids per sentence
     (without ``<eos>``) and the attention weights (T, B, S) (None with ``weights=False``,
     which keeps nothing per step but the tokens)."""
-    memory, mask, state = model.encode(source, lengths)
+    return greedy_decode(model, *model.encode(source, lengths), max_len, weights=weights)
+
+
+@torch.no_grad()
+def greedy_decode(model: Seq2Seq, memory: Tensor, mask: Tensor, state, max_len: int, *,
+                  weights: bool = True) -> tuple[list[list[int]], Tensor | None]:
+    """:func:`greedy_translate` from inputs already encoded: memory (S, B, M), mask (S, B),
+    the decoder's initial state — of any model with this decoder (a captioner's images).
+    -> token ids per input (without ``<eos>``), attention weights (T, B, S) or None."""
     keys = model.attention.keys(memory)
-    B = source.shape[1]
-    tokens = torch.full((1, B), BOS_ID, dtype=torch.long, device=source.device)
+    B = memory.shape[1]
+    tokens = torch.full((1, B), BOS_ID, dtype=torch.long, device=memory.device)
     feed, outputs, kept = None, [], []
-    done = torch.zeros(B, dtype=torch.bool, device=source.device)
+    done = torch.zeros(B, dtype=torch.bool, device=memory.device)
     for _ in range(max_len):
         logits, w, state, feed = model.decode_step(tokens[0], state, feed, memory, keys, mask)
         tokens = logits.argmax(-1)[None]                                  # (1, B)

@@ -7,11 +7,13 @@ recipe (:func:`rnnkit.tasks.recipe.train`) trains any of them, and the command l
 and one entry below.
 """
 
-from rnnkit.tasks import classifier, conditioned_lm, lm, tagger, translator
+from rnnkit.tasks import (captioner, classifier, conditioned_lm, lm, recognizer, tagger,
+                          translator)
 from rnnkit.tasks.recipe import TaskSpec
 
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
-    lm.SPEC, classifier.SPEC, tagger.SPEC, translator.SPEC, conditioned_lm.SPEC)}
+    lm.SPEC, classifier.SPEC, tagger.SPEC, translator.SPEC, conditioned_lm.SPEC,
+    recognizer.SPEC, captioner.SPEC)}
 
 
 def task_spec(name: str) -> TaskSpec:

@@ -365,7 +365,7 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
     before.pop("absent", None)                        # the run exists now: keep its folder
     start.tell()
     world = start.world
-    where = f"on {dev}" if world.size == 1 else \
+    where = f"on {dev}" if not world.backend else \
         f"on {world.size} processes ({world.backend}, {dev.type})"
     log(f"model: {spec.describe_model(model_cfg)}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, {where}")

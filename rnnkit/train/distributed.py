@@ -178,8 +178,8 @@ def join(device: torch.device, timeout: float) -> tuple[World, torch.device]:
     except ValueError:
         raise ValueError(f"torchrun's environment is malformed: RANK={os.environ['RANK']!r}, "
                          f"WORLD_SIZE={os.environ['WORLD_SIZE']!r}") from None
-    if size == 1 and not dist.is_available():
-        return SINGLE, device
+    if not dist.is_available():
+        raise ValueError("this PyTorch has no torch.distributed; it cannot train under torchrun")
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if local_rank >= count:
@@ -228,9 +228,9 @@ def _first_line(error: BaseException) -> str:
 
 
 def replica(model: torch.nn.Module, world: World, device: torch.device):
-    """``model`` wrapped in ``DistributedDataParallel`` for ``world`` (``model`` itself for
-    one process)."""
-    if world.size == 1:
+    """``model`` wrapped in ``DistributedDataParallel`` for ``world`` (``model`` itself
+    outside torchrun; a torchrun run of one process is wrapped too)."""
+    if not world.backend:
         return model
     from torch.nn.parallel import DistributedDataParallel
 

@@ -82,7 +82,7 @@ class Trainer:
         self.log, self.clock, self.world = (log if world.writer else _quiet), clock, world
         device = next(task.model.parameters()).device
         check_precision(config.precision, device)
-        self._loss = (distributed.replica(_LossOf(task), world, device) if world.size > 1
+        self._loss = (distributed.replica(_LossOf(task), world, device) if world.backend
                       else task.train_loss)
         self._autocast = (nullcontext if config.precision == "fp32" else
                           lambda: torch.autocast(device.type, PRECISIONS[config.precision]))
