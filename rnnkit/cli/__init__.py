@@ -8,6 +8,7 @@ The files, one job each:
     parsing.py   one-line errors, the arguments every command shares
     options.py   the options of ``rnnkit train TASK``, made of the config declarations
     train.py     ``rnnkit train TASK`` for every task of :mod:`rnnkit.tasks`
+    launch.py    ``rnnkit train TASK --nproc N``: torchrun's launcher, several processes
     use.py       eval, predict, score, generate, translate: using a trained model
     diagnose.py  check, diagnose, activations, bench: looking inside
     export.py    export: a trained model as ONNX or torch.export graphs
@@ -68,10 +69,9 @@ def _said_by_process_0(error: BaseException) -> bool:
     """Whether, in a process other than 0 of a distributed run, ``error`` is one that
     process 0 reports too (its start was refused; training stopped on a loss all share)."""
     from rnnkit.train import TrainingStopped
-    from rnnkit.train.distributed import FollowerStop
+    from rnnkit.train.distributed import FollowerStop, is_writer_process
 
-    return os.environ.get("RANK", "0") != "0" and isinstance(error, (FollowerStop,
-                                                                      TrainingStopped))
+    return not is_writer_process() and isinstance(error, (FollowerStop, TrainingStopped))
 
 
 __all__ = ["main", "build_parser"]

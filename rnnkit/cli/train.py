@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rnnkit.cli import launch
 from rnnkit.cli.options import add_options, read_config, settings, shown, task_options
+from rnnkit.train import distributed
 
 
 def _log_to(args):
@@ -74,6 +75,9 @@ def model_directory(args, spec, file: dict, log) -> str:
         raise ValueError(f"{args.config}: out: expected a folder name, got {out!r}")
     if out:
         return out
+    if distributed.launched():
+        raise ValueError("--out: under torchrun, name the model directory (every process "
+                         "must write to the same one)")
     if not spec.default_out:
         raise ValueError("--out: expected the model directory to write")
     out, k = spec.default_out, 2
@@ -161,6 +165,6 @@ def run_train(args) -> int:
     else:
         summary = recipe.train(spec, data_cfg, groups["model"], groups["train"], out,
                                command=command, **common)
-    if args.json:
+    if args.json and distributed.is_writer_process():
         print(json.dumps(summary, indent=2))
     return 130 if summary["reason"] == "interrupted" else 0

@@ -17,6 +17,10 @@ def run_transcribe(args) -> int:
                          f"is a {task!r} model")
     if args.lm_weight is not None and not args.lm:
         raise ValueError("--lm-weight: only with --lm FILE")
+    if args.beam < 1:
+        raise ValueError(f"--beam: expected >= 1, got {args.beam}")
+    if args.lm and args.beam == 1:
+        raise ValueError("--lm: the n-gram model is used by beam search; give --beam > 1")
     texts = recognizer.transcribe_files(
         args.model, args.files, beam=args.beam, lm=args.lm,
         lm_weight=0.5 if args.lm_weight is None else args.lm_weight,

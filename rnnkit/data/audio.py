@@ -27,6 +27,7 @@ silently.
 from __future__ import annotations
 
 import os
+import struct
 import wave
 from pathlib import Path
 
@@ -61,9 +62,10 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
                                  f"an utterance whole, at most {MAX_AUDIO_SECONDS} seconds: "
                                  f"split it")
             data = w.readframes(frames)
-    except (wave.Error, EOFError) as error:
-        raise ValueError(f"{path}: not a WAV file rnnkit can decode ({error}); expected "
-                         f"uncompressed PCM (8, 16, 24 or 32-bit)") from None
+    except (wave.Error, EOFError, RuntimeError, struct.error) as error:
+        why = f" ({error})" if str(error) else ""
+        raise ValueError(f"{path}: not a WAV file rnnkit can decode{why}; expected "
+                         "uncompressed PCM (8, 16, 24 or 32-bit)") from None
     usable = len(data) // (width * channels) * width * channels
     if usable == 0:
         raise ValueError(f"{path}: a WAV file without samples")
@@ -142,10 +144,11 @@ def read_features(path: str | os.PathLike) -> np.ndarray:
 
 
 def normalize(features: np.ndarray) -> np.ndarray:
-    """Per-utterance normalisation: each dimension to mean 0, variance 1 over the frames."""
-    mean = features.mean(axis=0, keepdims=True)
-    std = features.std(axis=0, keepdims=True)
-    return ((features - mean) / np.maximum(std, 1e-5)).astype(np.float32)
+    """Per-utterance normalisation: each dimension to mean 0, variance 1 over the frames (a
+    dimension that hardly varies, standard deviation below 1e-3, is only centred)."""
+    x = features.astype(np.float64)
+    mean, std = x.mean(axis=0, keepdims=True), x.std(axis=0, keepdims=True)
+    return ((x - mean) / np.where(std < 1e-3, 1.0, std)).astype(np.float32)
 
 
 def utterance_features(path: str | os.PathLike, sample_rate: int,

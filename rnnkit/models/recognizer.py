@@ -56,7 +56,7 @@ class RecognizerConfig:
     def __post_init__(self):
         check_cell(self)
         check_fields(self, [
-            bounded("input_size", 1, MAX_SIZE),
+            bounded("input_size", 1, MAX_VOCAB),      # the data checks MAX_FEATURE_SIZE
             bounded("num_units", 2, MAX_VOCAB),
             bounded("hidden_size", 1, MAX_SIZE),
             bounded("num_layers", 1, MAX_LAYERS),

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit import checkpoint
+from rnnkit import card, checkpoint
 from rnnkit.config import check_fields, field_default, option
 from rnnkit.data import build_tokenizer, load_tokenizer
 from rnnkit.data.images import (MAX_IMAGE_SIZE, Caption, feature_grid, feature_shape,
@@ -146,11 +146,11 @@ def read_inputs(captions: list[Caption], path: str, *, image_size: int,
     return inputs, image_of, [c.name for c in first], references
 
 
-def caption_set(path: str, cfg_images: str, tokenizer, *, image_size: int, features: str,
+def caption_set(path: str, images: str, tokenizer, *, image_size: int, features: str,
                 lowercase: bool) -> CaptionSet:
-    """A captions TSV read, its images decoded (or features read) and its captions
-    encoded as word ids."""
-    captions = read_captions(path, cfg_images or None, check_images=not features)
+    """A captions TSV read (image names relative to ``images``, default the TSV's folder),
+    its images decoded (or features read) and its captions encoded as word ids."""
+    captions = read_captions(path, images or None, check_images=not features)
     inputs, image_of, names, references = read_inputs(captions, path, image_size=image_size,
                                                       features=features)
     ids = encode_bounded([_text(c.text, lowercase) for c in captions], tokenizer.encode_lines,
@@ -471,6 +471,15 @@ def evaluation_report(m: dict, path) -> list[str]:
     return [f"{path}: {describe_metrics(m)}; {m['images']:,} images, {m['captions']:,} "
             f"captions, beam {m['beam']}", f"sacrebleu: {m['signature']}"]
 
+
+# The model card's entries of this task: rnnkit.card keeps its own table of tasks, so the
+# task adds itself to it (until the card reads these from the TaskSpec).
+card.TASK_CARDS.setdefault(TASK, ("image-to-text", "image-captioning",
+                                  (("bleu", "BLEU", False), ("ppl", "perplexity", False),
+                                   ("loss", "loss", False))))
+card.WHAT.setdefault(TASK, "image captioner (CNN or precomputed features, attentional "
+                     "decoder)")
+card.USE.setdefault(TASK, "rnnkit caption {dir} IMAGE...")
 
 SPEC = recipe.TaskSpec(
     name=TASK, summary="an image captioner (attention over the image, one-to-many)",

@@ -20,10 +20,13 @@ training masks them SpecAugment-style (:func:`rnnkit.data.audio.spec_augment`). 
 transcript's spaces are normalised (runs of white space become one space; ends trimmed); an
 empty transcript is an error naming the line.
 
-Units: the characters of the training transcripts (ids from 3, the space included;
-:class:`rnnkit.data.tokenizers.CharTokenizer`), plus the CTC blank, which is id 0
-(``<pad>``, never a real unit). A character outside the unit set in a validation or
-evaluation transcript is, by ``--unknown-units``: ``drop`` (the default) — dropped from
+Units (``--units``): the characters of the training transcripts (ids from 3, the space
+included; :class:`rnnkit.data.tokenizers.CharTokenizer`), or byte-level BPE subwords
+learnt from them (``--bpe-vocab`` ids, :class:`rnnkit.data.tokenizers.BpeTokenizer`: every
+text is written, so none is ever outside), plus the CTC blank, which is id 0 (``<pad>``,
+never a real unit; ids 1-2, ``<unk>`` and the line end, are never targets). A character
+outside the character set in a validation or evaluation transcript is, by
+``--unknown-units``: ``drop`` (the default) — dropped from
 the CTC target, counted and reported, while the reference that WER and CER are measured
 against keeps it (the model cannot write it: it counts as an error); or ``error`` — the run
 or evaluation stops naming the file, line and characters.
@@ -54,12 +57,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rnnkit import checkpoint
+from rnnkit import card, checkpoint
 from rnnkit.config import check_fields, option
 from rnnkit.data import load_tokenizer
 from rnnkit.data.audio import FEATURE_SUFFIXES, spec_augment, utterance_features
 from rnnkit.data.stream import ExampleBatches
-from rnnkit.data.tokenizers import CharTokenizer, build_char_tokenizer
+from rnnkit.data.tokenizers import (BPE_MIN_VOCAB, BpeTokenizer, CharTokenizer,
+                                    build_bpe_tokenizer, build_char_tokenizer)
 from rnnkit.files import read_json
 from rnnkit.models.recognizer import BLANK_ID, Recognizer, RecognizerConfig, output_lengths
 from rnnkit.tasks import recipe
@@ -69,6 +73,7 @@ from rnnkit.train.distributed import SINGLE, World
 
 TASK = "recognizer"
 UNKNOWN_POLICIES = ("drop", "error")
+UNIT_KINDS = ("char", "bpe")
 FIRST_UNIT = 3                   # ids 0-2 are <pad> (the blank), <unk>, "\n": never targets
 MAX_TRANSCRIPT_CHARS = 10_000
 
@@ -87,6 +92,10 @@ class RecognizerDataConfig(SplitSource):
     time_masks: int = option(2, "SpecAugment: spans of frames masked per utterance")
     time_width: int = option(10, "SpecAugment: longest span masked (frames; at most a fifth "
                              "of the utterance)")
+    units: str = option("char", "output units: the characters of the training transcripts, "
+                        "or byte-level BPE subwords learnt from them", choices=UNIT_KINDS)
+    bpe_vocab: int = option(300, f"units bpe: vocabulary size (at least {BPE_MIN_VOCAB}: the "
+                            f"256 bytes and 3 special ids)")
     unknown_units: str = option("drop", "a transcript character outside the unit set (not "
                                 "in the training transcripts): drop it from the CTC target "
                                 "and count it, or stop with an error",
@@ -102,6 +111,9 @@ class RecognizerDataConfig(SplitSource):
             ("freq_width", lambda c: c.freq_width >= 0, "an int >= 0"),
             ("time_masks", lambda c: 0 <= c.time_masks <= 100, "an int in [0, 100]"),
             ("time_width", lambda c: c.time_width >= 0, "an int >= 0"),
+            ("units", lambda c: c.units in UNIT_KINDS, f"one of {list(UNIT_KINDS)}"),
+            ("bpe_vocab", lambda c: BPE_MIN_VOCAB <= c.bpe_vocab <= 100_000,
+             f"an int in [{BPE_MIN_VOCAB}, 100000]"),
             ("unknown_units", lambda c: c.unknown_units in UNKNOWN_POLICIES,
              f"one of {list(UNKNOWN_POLICIES)}"),
             ("batch_size", lambda c: c.batch_size >= 1, "an int >= 1"),
@@ -206,14 +218,16 @@ class Corpus:
                       world.share(self.texts), self.dropped)
 
 
-def encode_transcripts(utterances: list[Utterance], units: CharTokenizer, policy: str,
+def encode_transcripts(utterances: list[Utterance], units, policy: str,
                        manifest) -> tuple[list, Counter]:
     """(unit ids per transcript, characters outside the unit set with counts), by the
-    ``policy`` "drop" (left out of the target) or "error" (naming the line)."""
+    ``policy`` "drop" (left out of the target) or "error" (naming the line). Byte-level
+    BPE units write every text: none is outside."""
     targets, dropped = [], Counter()
     for u in utterances:
         ids = units.encode(u.text, unknown_policy="unk")
-        unknown = [c for c, i in zip(u.text, ids) if i < FIRST_UNIT]
+        unknown = ([c for c, i in zip(u.text, ids) if i < FIRST_UNIT]
+                   if units.level == "char" else [])
         if unknown and policy == "error":
             raise ValueError(f"{manifest}, line {u.line}: character(s) outside the unit set "
                              f"{''.join(sorted(set(unknown)))!r} (the model writes "
@@ -225,10 +239,11 @@ def encode_transcripts(utterances: list[Utterance], units: CharTokenizer, policy
     return targets, dropped
 
 
-def corpus_of(utterances, manifest, units, cfg, source=None) -> tuple[Corpus, str]:
-    features, source = read_features(utterances, manifest, cfg.sample_rate, cfg.num_mel_bins,
-                                     source)
-    targets, dropped = encode_transcripts(utterances, units, cfg.unknown_units, manifest)
+def corpus_of(utterances, manifest, units, *, sample_rate: int, num_mel_bins: int,
+              unknown_units: str, source: str | None = None) -> tuple[Corpus, str]:
+    """The utterances of a manifest read and encoded: (corpus, its source "wav" or "npy")."""
+    features, source = read_features(utterances, manifest, sample_rate, num_mel_bins, source)
+    targets, dropped = encode_transcripts(utterances, units, unknown_units, manifest)
     return Corpus(features, targets, [u.text for u in utterances], dropped), source
 
 
@@ -270,7 +285,7 @@ def ctc_greedy(ids) -> list[int]:
     return out
 
 
-def units_text(ids, units: CharTokenizer) -> str:
+def units_text(ids, units) -> str:
     """The text of decoded unit ids (ids below the first unit, never trained, left out)."""
     return " ".join(units.decode([i for i in ids if i >= FIRST_UNIT]).split())
 
@@ -290,9 +305,10 @@ def error_rates(references: list[str], hypotheses: list[str]) -> dict:
 
 class BeamDecoder:
     """CTC beam search by pyctcdecode over the units (blank and id >= 3), optionally with a
-    word n-gram model (``lm``: ARPA or KenLM binary)."""
+    word n-gram model (``lm``: ARPA or KenLM binary). Byte-level BPE symbols are given to
+    pyctcdecode in its word-piece form (``"Ġthe"`` as ``"▁the"``: a new word)."""
 
-    def __init__(self, units: CharTokenizer, beam: int, lm: str | None = None,
+    def __init__(self, units, beam: int, lm: str | None = None,
                  lm_weight: float = 0.5, word_bonus: float = 1.0):
         try:
             import logging
@@ -305,17 +321,30 @@ class BeamDecoder:
         if lm is not None and not Path(lm).is_file():
             raise ValueError(f"{lm}: no such n-gram file")
         self.columns = [BLANK_ID] + list(range(FIRST_UNIT, units.vocab_size))
-        labels = [""] + [units.token(i) for i in self.columns[1:]]
+        labels = [""] + [_label(units, i) for i in self.columns[1:]]
         from rnnkit.ngram import _quiet_stderr
-        with _quiet_stderr():
-            self.decoder = build_ctcdecoder(labels, kenlm_model_path=lm, alpha=lm_weight,
-                                            beta=word_bonus)
+        try:
+            with _quiet_stderr():
+                self.decoder = build_ctcdecoder(labels, kenlm_model_path=lm, alpha=lm_weight,
+                                                beta=word_bonus)
+        except (OSError, RuntimeError) as error:
+            why = str(error).splitlines()[-1][-200:]
+            raise ValueError(f"{lm}: not an n-gram model kenlm can read ({why})") from None
         self.beam = beam
 
     def __call__(self, log_probs: torch.Tensor) -> str:
         """The best text of one utterance's (T', V) log-probabilities."""
         scores = log_probs[:, self.columns].double().numpy()
         return " ".join(self.decoder.decode(scores, beam_width=self.beam).split())
+
+
+def _label(units, i: int) -> str:
+    """pyctcdecode's label of unit ``i``: the character, or the BPE piece with its word
+    start "Ġ" written "▁"."""
+    token = units.token(i)
+    if units.level == "bpe":
+        return "▁" + token[1:] if token.startswith("Ġ") else token
+    return token
 
 
 @torch.no_grad()
@@ -417,10 +446,14 @@ def prepare(cfg: RecognizerDataConfig, options: dict, out: Path, *, resume: bool
         train, valid = train[:cut], train[cut:]
     else:
         valid = read_manifest(valid_path)
+    texts = [u.text for u in train]
     units = (load_tokenizer(out / "units") if resume
-             else build_char_tokenizer(u.text for u in train))
-    train_set, source = corpus_of(train, train_path, units, cfg)
-    valid_set, _ = corpus_of(valid, valid_path, units, cfg, source)
+             else build_char_tokenizer(texts) if cfg.units == "char"
+             else build_bpe_tokenizer(texts, vocab_size=cfg.bpe_vocab))
+    reading = {"sample_rate": cfg.sample_rate, "num_mel_bins": cfg.num_mel_bins,
+               "unknown_units": cfg.unknown_units}
+    train_set, source = corpus_of(train, train_path, units, **reading)
+    valid_set, _ = corpus_of(valid, valid_path, units, **reading, source=source)
     model_cfg = RecognizerConfig(input_size=train_set.features[0].shape[1],
                                  num_units=units.vocab_size,
                                  **{k: v for k, v in options.items()
@@ -444,8 +477,10 @@ def prepare(cfg: RecognizerDataConfig, options: dict, out: Path, *, resume: bool
     return recipe.Prepared(
         sizes={"input_size": model_cfg.input_size, "num_units": units.vocab_size},
         files={"units": units},
-        config={"features": features, "unknown_units": cfg.unknown_units},
-        report=f"{units.vocab_size - FIRST_UNIT} units (characters) + blank; "
+        config={"features": features, "units": cfg.units,
+                "unknown_units": cfg.unknown_units},
+        report=f"{units.vocab_size - FIRST_UNIT} units "
+               f"({'characters' if cfg.units == 'char' else 'byte-level BPE'}) + blank; "
                f"{model_cfg.input_size} features per frame ({source}); train "
                f"{len(train_set.texts):,} utterances ({frames / 100 / 3600:.2f} h at 10 ms "
                f"frames; {short} too short for their transcripts left out), valid "
@@ -478,8 +513,8 @@ def load_recognizer(directory: str | Path, device: str | None = "cpu"):
     directory = Path(directory)
     config = checkpoint.read_config(directory, TASK)
     units = load_tokenizer(directory / "units")
-    if not isinstance(units, CharTokenizer):
-        raise ValueError(f"{directory / 'units'}: expected a character unit set")
+    if not isinstance(units, (CharTokenizer, BpeTokenizer)):
+        raise ValueError(f"{directory / 'units'}: expected characters or BPE units")
     features = config.get("features")
     if not isinstance(features, dict) or not {"source", "sample_rate", "num_mel_bins",
                                               "size"} <= set(features):
@@ -490,12 +525,15 @@ def load_recognizer(directory: str | Path, device: str | None = "cpu"):
     return model, units, config
 
 
-def _data_config(config: dict, unknown_units: str | None = None) -> RecognizerDataConfig:
+def reading_of(config: dict, unknown_units: str | None = None) -> dict:
+    """How a trained model reads a manifest: :func:`corpus_of`'s keyword arguments."""
     f = config["features"]
-    return RecognizerDataConfig(train="-", valid="-", sample_rate=f["sample_rate"],
-                                num_mel_bins=f["num_mel_bins"],
-                                unknown_units=unknown_units or config.get("unknown_units",
-                                                                          "drop"))
+    policy = unknown_units or config.get("unknown_units", "drop")
+    if policy not in UNKNOWN_POLICIES:
+        raise ValueError(f"unknown_units: expected one of {list(UNKNOWN_POLICIES)}, got "
+                         f"{policy!r}")
+    return {"sample_rate": f["sample_rate"], "num_mel_bins": f["num_mel_bins"],
+            "unknown_units": policy, "source": f["source"]}
 
 
 def _decoder(units, beam: int, lm, lm_weight: float, word_bonus: float):
@@ -513,9 +551,8 @@ def evaluate_file(directory: str | Path, path: str | Path, *, beam: int = 1,
     (optionally with the n-gram ``lm``)."""
     model, units, config = load_recognizer(directory, device)
     decoder = _decoder(units, beam, lm, lm_weight, word_bonus)
-    cfg = _data_config(config, unknown_units)
     utterances = read_manifest(path)
-    corpus, _ = corpus_of(utterances, path, units, cfg, config["features"]["source"])
+    corpus, _ = corpus_of(utterances, path, units, **reading_of(config, unknown_units))
     _check_size(corpus, config, path)
     m = evaluation(model, corpus, units, device_of(device), decoder=decoder)
     del m["objective"]
@@ -578,10 +615,18 @@ SPEC = recipe.TaskSpec(
     description="Train a speech recogniser of WAV files (or .npy feature files) listed with "
     "their transcripts in TSV manifests 'path<TAB>transcript': log-mel filterbanks, "
     "per-utterance normalisation, SpecAugment; a deep bidirectional recurrent stack with "
-    "time subsampling (frame stacking, pyramidal steps), CTC over characters.",
+    "time subsampling (frame stacking, pyramidal steps), CTC over characters or BPE units.",
     data_config=RecognizerDataConfig, model_config=RecognizerConfig, model=Recognizer,
     prepare=prepare, describe_model=describe_model,
     train_defaults={"optimizer": "adam", "lr": 2e-3, "clip": 5.0, "lr_decay": 2.0,
                     "epochs": 30},
     evaluate=_evaluate, report=evaluation_report,
     use="rnnkit transcribe")
+
+# The model card's entries of this task (rnnkit.card's tables; they belong there).
+card.TASK_CARDS.setdefault(TASK, ("automatic-speech-recognition", "speech-recognition",
+                                  (("wer", "WER", True), ("cer", "CER", True),
+                                   ("loss", "CTC loss", False))))
+card.WHAT.setdefault(TASK, "speech recogniser (CTC over characters or BPE units, recurrent "
+                           "stack with time subsampling)")
+card.USE.setdefault(TASK, "rnnkit transcribe {dir} FILE.wav")

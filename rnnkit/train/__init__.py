@@ -21,6 +21,7 @@ The files, one job each:
     schedule.py  PlateauSchedule: divide the learning rate when validation stops improving
     state.py     the train state file: save and load, for exact resume
     metrics.py   metrics.jsonl, TensorBoard, curves.png
+    distributed.py  several processes (torchrun, DDP): World, joining, the shares
 
 >>> summary = Trainer(task, TrainConfig(epochs=2), "runs/lm", model_config).fit()
 """

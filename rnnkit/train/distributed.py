@@ -166,6 +166,12 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def is_writer_process() -> bool:
+    """Whether this process is process 0 of its run (or the only one), from the environment
+    torchrun gives it — before any process group is opened."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def join(device: torch.device, timeout: float) -> tuple[World, torch.device]:
     """This process's world and device: :data:`SINGLE` and ``device`` unchanged outside
     torchrun; under it, the process group opened (gloo for the CPU, NCCL for CUDA, one GPU

@@ -7,6 +7,8 @@ from typing import Protocol
 
 from torch import Tensor, nn
 
+from rnnkit.train.distributed import World
+
 
 class BatchSource(Protocol):
     """The training batches of a task, resumable at any batch boundary."""
@@ -16,6 +18,11 @@ class BatchSource(Protocol):
     def state_dict(self) -> dict: ...    # JSON-able: where it stands (saved in the train state)
     def load_state_dict(self, state: dict) -> None: ...
 
+    # For several processes (rnnkit.train.distributed): take process ``rank``'s share of
+    # every global batch from now on; ``share_weight`` (optional, default 1) is 0 while the
+    # current batch's share is a stand-in whose loss must count for nothing.
+    def shard(self, rank: int, processes: int) -> None: ...
+
 
 class Task(Protocol):
     """What the loop needs from a task."""
@@ -24,6 +31,7 @@ class Task(Protocol):
     unit: str                            # what ``units`` counts, e.g. "tok"
     model: nn.Module
     batches: BatchSource
+    world: World                         # set by the recipe; ``evaluate`` scores its share
 
     def train_loss(self, batch) -> tuple[Tensor, int]:
         """Mean loss of a batch (scalar, with grad) and the number of units it covers."""
