@@ -9,10 +9,13 @@ the outputs and final state) of the same single-layer model through
 
 interleaving the backends repetition by repetition so that machine noise hits all alike,
 and reports medians and the ratios against the hand engine. The machine's sgemm rate is
-measured in the same run for scale. Usage::
+measured in the same run for scale. A second table times the parallel scan
+(:mod:`rnnkit.scan`, ``backend="scan"``) against the step form (the hand engine) for the
+cells whose state is linear in the previous one, at T = 256, 1024, 4096. Usage::
 
-    python benchmarks/bench_core.py                 # full table, writes benchmarks/results/core.json
+    python benchmarks/bench_core.py                 # full tables, writes benchmarks/results/core.json
     python benchmarks/bench_core.py --quick         # one small shape, fewer repetitions
+    python benchmarks/bench_core.py --scan-only     # the scan table alone
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from rnnkit.cells import cell_names, make_cell  # noqa: E402
 from rnnkit.files import write_json  # noqa: E402
 
 SHAPES = [(35, 20, 200), (35, 20, 650), (35, 64, 1024), (100, 32, 256)]  # (T, B, I = H)
+SCAN_SHAPES = [(256, 16, 256), (1024, 16, 256), (4096, 16, 256)]          # (T, B, I = H)
 
 
 def registered_cells() -> list[str]:
@@ -61,6 +65,24 @@ def train_pass(model, x):
     (out.sum() + h.sum()).backward()
 
 
+class _LogScan(torch.nn.Module):
+    """A one-layer stack of a scan cell run by the log-space method (the GPU's)."""
+
+    def __init__(self, stack):
+        super().__init__()
+        self.stack = stack
+
+    def forward(self, x):
+        from rnnkit.scan import recurrent_scan
+
+        T, B, _ = x.shape
+        s = self.stack
+        h0 = x.new_zeros(B, s.hidden_size)
+        out, final = recurrent_scan(s.cell, x.reshape(T * B, -1), [B] * T, (h0,),
+                                    s.weight_ih_l0, None, s.bias_ih_l0, None, method="log")
+        return out.view(T, B, -1), final
+
+
 def time_backends(cell, backends, shape, reps):
     """Median seconds per forward+backward for each backend, interleaved."""
     T, B, H = shape
@@ -69,7 +91,10 @@ def time_backends(cell, backends, shape, reps):
     models = {}
     for backend in backends:
         torch.manual_seed(0)
-        models[backend] = rnnkit.RecurrentStack(H, H, backend=backend, cell=cell)
+        if backend == "scan-log":          # the parallel scan's log-space method, on the CPU
+            models[backend] = _LogScan(rnnkit.RecurrentStack(H, H, backend="scan", cell=cell))
+        else:
+            models[backend] = rnnkit.RecurrentStack(H, H, backend=backend, cell=cell)
     times = {b: [] for b in backends}
     for rep in range(reps + 1):                          # the first round is warm-up
         for backend, model in models.items():
@@ -82,6 +107,31 @@ def time_backends(cell, backends, shape, reps):
     return {b: statistics.median(t) for b, t in times.items()}
 
 
+def scan_table(shapes, reps) -> list[dict]:
+    """The parallel scan against the step form (the hand engine), forward+backward, for
+    every registered cell the scan trains; prints a table and returns its rows."""
+    from rnnkit.scan import supports
+
+    cells = [name for name in registered_cells() if supports(make_cell(name))]
+    print(f"{'cell':10s} {'T':>5s} {'B':>3s} {'H':>4s} {'step ms':>9s} {'scan ms':>9s} "
+          f"{'log-scan ms':>11s} {'scan/step':>10s} {'log/step':>9s}")
+    rows = []
+    for name in cells:
+        for shape in shapes:
+            t = time_backends(name, ["bptt", "scan", "scan-log"], shape, reps)
+            rows.append({"cell": name, "T": shape[0], "B": shape[1], "H": shape[2],
+                         "step_ms": t["bptt"] * 1e3, "scan_ms": t["scan"] * 1e3,
+                         "log_scan_ms": t["scan-log"] * 1e3,
+                         "speed_up": t["bptt"] / t["scan"],
+                         "log_speed_up": t["bptt"] / t["scan-log"]})
+            print(f"{name:10s} {shape[0]:5d} {shape[1]:3d} {shape[2]:4d} {t['bptt'] * 1e3:9.1f} "
+                  f"{t['scan'] * 1e3:9.1f} {t['scan-log'] * 1e3:11.1f} "
+                  f"{t['bptt'] / t['scan']:9.2f}x {t['bptt'] / t['scan-log']:8.2f}x", flush=True)
+    print("scan: the sequential scan (the CPU's method); log-scan: the log-space parallel "
+          "scan (a GPU's), run here on the CPU")
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions per backend")
@@ -90,6 +140,8 @@ def main(argv=None) -> int:
                         help="comma-separated registered cells (default: all)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "core.json"),
                         help="JSON file for the numbers")
+    parser.add_argument("--scan-only", action="store_true",
+                        help="only the table of the parallel scan against the step form")
     args = parser.parse_args(argv)
     shapes = SHAPES[:1] if args.quick else SHAPES
     reps = 3 if args.quick else args.reps
@@ -97,6 +149,13 @@ def main(argv=None) -> int:
     gflops = sgemm_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, sgemm {gflops:.0f} GFLOP/s (2048³)")
+    scan_rows = scan_table(SCAN_SHAPES[:1] if args.quick else SCAN_SHAPES, reps)
+    if args.scan_only:
+        out = Path(args.out).with_name("core_scan.json")
+        write_json(out, {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                         "reps": reps, "scan_rows": scan_rows})
+        print(f"wrote {out}")
+        return 0
     rows = []
     header = (f"{'cell':17s} {'T':>4s} {'B':>3s} {'H':>5s} {'bptt ms':>8s} {'native ms':>9s} "
               f"{'autograd ms':>11s} {'bptt/native':>11s} {'bptt/autograd':>13s}")
@@ -123,7 +182,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "sgemm_gflops": gflops, "reps": reps, "rows": rows}
+              "sgemm_gflops": gflops, "reps": reps, "rows": rows, "scan_rows": scan_rows}
     write_json(out, result)
     print(f"wrote {out}")
     return 0

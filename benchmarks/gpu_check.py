@@ -264,9 +264,13 @@ def cell_variants() -> list[Variant]:
 
 
 def backends_of(variant: Variant) -> list[str]:
-    """The backends a variant runs on: "native" where the cell has a fused kernel."""
-    native = make_cell(variant.name, **variant.options).native_mode is not None
-    return (["native"] if native else []) + ["bptt", "autograd"]
+    """The backends a variant runs on: "native" where the cell has a fused kernel, "scan"
+    where its state is linear in the previous one."""
+    from rnnkit.scan import supports
+
+    cell = make_cell(variant.name, **variant.options)
+    return (["native"] if cell.native_mode is not None else []) + ["bptt", "autograd"] + \
+        (["scan"] if supports(cell) else [])
 
 
 @dataclass(frozen=True)

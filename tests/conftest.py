@@ -57,8 +57,12 @@ def num_states(kind: str, options: dict | None = None) -> int:
 
 
 def backends_for(kind: str, options: dict) -> list[str]:
-    """The explicit backends a variant runs on: the engine, its autograd, and the kernel."""
-    return ["bptt", "autograd"] + (["native"] if is_standard(kind, options) else [])
+    """The explicit backends a variant runs on: the engine, its autograd, the kernel, and
+    the parallel scan for a cell whose state is linear in the previous one."""
+    from rnnkit.scan import supports
+
+    return ["bptt", "autograd"] + (["native"] if is_standard(kind, options) else []) + \
+        (["scan"] if supports(rnnkit.make_cell(kind, **options)) else [])
 
 
 def make_layer(kind: str, options: dict, input_size: int, hidden_size: int, **kwargs):

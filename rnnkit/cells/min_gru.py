@@ -18,9 +18,10 @@ Parallel scan: the state is linear in h_{t-1}, ``h_t = a_t ⊙ h_{t-1} + b_t`` w
 ``a_t = 1 − z_t`` and ``b_t = z_t ⊙ h̃_t`` known from the inputs alone
 (:meth:`MinGRUCell.scan_coefficients`, all steps at once). That is where a parallel-scan
 training path plugs in: ``rnnkit.bptt`` runs the step loop below; a scan engine would
-compute every h_t from (a_t, b_t) by a prefix scan in O(log T) depth, and the backward by
-the reverse scan ``dh_{t-1} = a_t ⊙ dh_t`` (+ the output's gradient), then ``dxw`` from the
-same factors as :meth:`MinGRUCell.prepare_backward`. Not built here.
+compute every h_t from (a_t, b_t) by a prefix scan, and the backward by the reverse scan
+``dh_{t-1} = a_t ⊙ dh_t`` (+ the output's gradient), then ``dxw`` from
+:meth:`MinGRUCell.scan_coefficients_backward`: that engine is :mod:`rnnkit.scan`
+(``backend="scan"``).
 
 Backward, the forward read in reverse::
 
@@ -91,6 +92,13 @@ class MinGRUCell(Cell):
         a_z, h_tilde = xw.chunk(2, 1)
         z = a_z.sigmoid()
         return 1 - z, z * h_tilde
+
+    def scan_coefficients_backward(self, xw: Tensor, da: Tensor, db: Tensor) -> Tensor:
+        """dL/dxw (N, 2H) from dL/da and dL/db (N, H) each (the scan's backward)."""
+        a_z, h_tilde = xw.chunk(2, 1)
+        z = a_z.sigmoid()
+        dz = db * h_tilde - da                              # a = 1 − z, b = z h̃
+        return torch.cat([dz * z * (1 - z), db * z], 1)     # dxw_z = dz σ', dxw_h = db z
 
     # -- diagnostics hooks -------------------------------------------------------------------
 

@@ -20,9 +20,10 @@ Parallel scan: the state is linear in h_{t-1}, ``h_t = a_t ⊙ h_{t-1} + b_t`` w
 ``a_t = f'_t`` and ``b_t = i'_t ⊙ h̃_t`` known from the inputs alone
 (:meth:`MinLSTMCell.scan_coefficients`, all steps at once). That is where a parallel-scan
 training path plugs in: ``rnnkit.bptt`` runs the step loop below; a scan engine would
-compute every h_t from (a_t, b_t) by a prefix scan in O(log T) depth, and the backward by
-the reverse scan ``dh_{t-1} = a_t ⊙ dh_t`` (+ the output's gradient), then ``dxw`` from the
-same factors as :meth:`MinLSTMCell.prepare_backward`. Not built here.
+compute every h_t from (a_t, b_t) by a prefix scan, and the backward by the reverse scan
+``dh_{t-1} = a_t ⊙ dh_t`` (+ the output's gradient), then ``dxw`` from
+:meth:`MinLSTMCell.scan_coefficients_backward`: that engine is :mod:`rnnkit.scan`
+(``backend="scan"``).
 
 Backward, the forward read in reverse (``∂i'/∂d = i' f'``, ``∂d/∂xw_f = −(1 − f)``,
 ``∂d/∂xw_i = 1 − i``)::
@@ -110,6 +111,15 @@ class MinLSTMCell(Cell):
         H = xw.shape[1] // 3
         f_n, i_n = _normalised_gates(xw[:, :H], xw[:, H:2 * H]).chunk(2, 1)
         return f_n, i_n * xw[:, 2 * H:]
+
+    def scan_coefficients_backward(self, xw: Tensor, da: Tensor, db: Tensor) -> Tensor:
+        """dL/dxw (N, 3H) from dL/da and dL/db (N, H) each (the scan's backward):
+        ``a = f' = σ(−d)``, ``b = i' h̃`` with ``i' = σ(d)``, so ``dd = (db h̃ − da) i' f'``."""
+        H = xw.shape[1] // 3
+        a_f, a_i, h_tilde = xw[:, :H], xw[:, H:2 * H], xw[:, 2 * H:]
+        f_n, i_n = _normalised_gates(a_f, a_i).chunk(2, 1)
+        dd = (db * h_tilde - da) * i_n * f_n
+        return torch.cat([-dd * (1 - a_f.sigmoid()), dd * (1 - a_i.sigmoid()), db * i_n], 1)
 
     # -- diagnostics hooks -------------------------------------------------------------------
 

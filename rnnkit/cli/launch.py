@@ -57,9 +57,9 @@ def check(args, device: str) -> tuple[int, int, str, float]:
         raise ValueError(f"--nproc: expected a number of processes >= 1, got {nproc}")
     if nnodes < 1:
         raise ValueError(f"--nnodes: expected a number of machines >= 1, got {nnodes}")
-    if (device or "cpu").startswith("cuda"):
-        import torch
+    import torch
 
+    if (device or "cpu").startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         gpus = torch.cuda.device_count()
         if gpus == 0:
             raise ValueError("--device cuda: no CUDA device is available here, so NCCL cannot "
@@ -96,6 +96,7 @@ def launch(args, device: str, out: str | None) -> int:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     nproc, nnodes, endpoint, timeout = check(args, device)
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")   # the processes' C++ notices
     if "OMP_NUM_THREADS" not in os.environ:         # the cores shared between the processes
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else os.cpu_count() or 1
@@ -105,7 +106,8 @@ def launch(args, device: str, out: str | None) -> int:
         min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=run_id,
         rdzv_backend="c10d", rdzv_endpoint=endpoint,
         rdzv_configs={"join_timeout": timeout, "read_timeout": timeout, "timeout": timeout},
-        max_restarts=0, monitor_interval=0.2)
+        max_restarts=0, monitor_interval=0.2,
+        shutdown_timeout=int(distributed.timeout()))    # Ctrl-C: time for the step and save
 
     command = [*sys.argv[:0], "-m", "rnnkit", *without_launch_options(args.argv)]
     for name in list(logging.root.manager.loggerDict):      # its notices: ours say it

@@ -246,6 +246,10 @@ class StreamBatches:
         ``batch_size`` consecutive ones, so that the processes together see exactly the
         windows of one process with ``processes × batch_size`` streams."""
         b = self.batch_size
+        if len(self.tokens) // (processes * b) < 2:
+            raise ValueError(f"{len(self.tokens)} tokens are too few for {processes} processes "
+                             f"× batch size {b} = {processes * b} streams of at least 2 tokens; "
+                             f"lower --batch-size or --nproc")
         self.read_columns(range(rank * b, (rank + 1) * b), processes * b)
         self.processes = processes
 

@@ -13,7 +13,8 @@ minLSTM have neither ``weight_hh`` nor ``bias_hh``). The layers add rnnkit's own
   (:mod:`rnnkit.cells.registry`) or a ``"package.module:Class"`` cell of your own;
 - ``backend``: "bptt" (rnnkit's hand-derived BPTT engine), "native" (PyTorch's fused
   kernels, standard cells only), "autograd" (the engine's forward under autograd — the
-  reference), or "auto" (see :data:`AUTO_BACKEND`);
+  reference), "scan" (the parallel scan of :mod:`rnnkit.scan`, for min_gru and min_lstm),
+  or "auto" (see :data:`AUTO_BACKEND`);
 - ``init`` "uniform" | "orthogonal" | "identity" (default: the cell's own, "uniform" but
   for the IRNN) and ``forget_bias`` (see ``layers.init``);
 - ``weight_dropout``: DropConnect on the recurrent weights in training (AWD-LSTM's
@@ -47,11 +48,12 @@ from rnnkit.cells import Cell, is_user_cell, make_cell
 from rnnkit.cells.base import engine_params
 from rnnkit.layers.init import check_init, init_layer, set_forget_bias
 from rnnkit.native import native_stack
+from rnnkit.scan import recurrent_scan, supports as scan_supports
 
-BACKENDS = ("auto", "bptt", "native", "autograd")
+BACKENDS = ("auto", "bptt", "native", "autograd", "scan")
 # "auto" picks PyTorch's fused kernel where one computes the cell, rnnkit's engine elsewhere.
 AUTO_BACKEND = {True: "native", False: "bptt"}
-_ENGINES = {"bptt": recurrent_bptt, "autograd": recurrent_autograd}
+_ENGINES = {"bptt": recurrent_bptt, "autograd": recurrent_autograd, "scan": recurrent_scan}
 
 
 def _shape(x) -> str:
@@ -110,6 +112,10 @@ class RecurrentStack(nn.Module):
         if backend == "native" and self.cell.native_mode is None:
             raise ValueError(f"backend: 'native' has no PyTorch kernel for the cell "
                              f"{self.cell!r}; use 'bptt', 'autograd' or 'auto'")
+        if backend == "scan" and not scan_supports(self.cell):
+            raise ValueError(f"backend: 'scan' trains cells whose state is linear in the "
+                             f"previous one (min_gru, min_lstm, without zoneout or recurrent "
+                             f"dropout), not {self.cell!r}; use 'bptt', 'autograd' or 'auto'")
         if forget_bias is not None and ("forget" not in self.cell.gate_names or not bias
                                         or not self.cell.biases_shift_gates):
             raise ValueError(f"forget_bias: only for a cell with a forget gate whose biases "
@@ -190,7 +196,7 @@ class RecurrentStack(nn.Module):
         """Accepted for drop-in compatibility with ``torch.nn``; parameters stay as they are."""
 
     def resolved_backend(self) -> str:
-        """The backend a forward call will use: "bptt", "native" or "autograd"."""
+        """The backend a forward call will use: "bptt", "native", "autograd" or "scan"."""
         if self.backend == "auto":
             return AUTO_BACKEND[self.cell.native_mode is not None]
         return self.backend

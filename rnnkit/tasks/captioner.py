@@ -183,6 +183,8 @@ class CaptionTask:
                                       collate=lambda indices: collate_captions(train, indices))
 
     def train_loss(self, batch):
+        """Mean token NLL of a batch (inputs (B, …), target inputs and outputs (T, B)),
+        and its number of caption tokens."""
         inputs, tgt_in, tgt_out = batch
         logits = self.model(inputs.to(self.device), tgt_in.to(self.device))
         loss = F.cross_entropy(logits.flatten(0, 1), tgt_out.to(self.device).flatten(),
@@ -190,12 +192,14 @@ class CaptionTask:
         return loss, int((tgt_out != PAD_ID).sum())
 
     def evaluate(self, split: str) -> dict:
+        """Teacher-forced loss and perplexity of every validation caption."""
         captions = self.world.share(list(range(len(self.valid.ids))))   # this process's share
         total, count = self.world.sum(*teacher_forced_nll(self.model, self.valid,
                                                           self.device, captions))
         return {"loss": total / count, "ppl": perplexity(total / count)}
 
     def describe(self, m: dict) -> str:
+        """See :func:`describe_metrics`."""
         return describe_metrics(m)
 
 
@@ -225,6 +229,7 @@ def describe_metrics(m: dict) -> str:
 # -- training -----------------------------------------------------------------------------
 
 def _conv_layers(options: dict) -> int:
+    """The number of convolutional blocks the model options give (or the default)."""
     field, = (f for f in fields(CaptionerConfig) if f.name == "conv_layers")
     return options.get("conv_layers", field_default(field))
 
@@ -269,6 +274,8 @@ def prepare(cfg: CaptionDataConfig, options: dict, out: Path, *, resume: bool,
 
 
 def describe_model(cfg: CaptionerConfig) -> str:
+    """One line about the architecture: "CNN 3 blocks of 16..64 channels, lstm decoder
+    1x256, additive attention"."""
     encoder = (f"features of size {cfg.feature_size}" if cfg.feature_size else
                f"CNN {cfg.conv_layers} blocks of {cfg.conv_channels}.."
                f"{cfg.conv_channels * 2 ** (cfg.conv_layers - 1)} channels")
@@ -422,7 +429,8 @@ def plot_attention(directory: str | Path, image: str, path: str | Path, *,
                    features: str | None = None, device: str | None = "cpu",
                    columns: int = 5) -> str:
     """Caption one image greedily and draw, for each word, the image with the word's
-    attention laid over it (brighter: more attention), as a PNG; returns the caption."""
+    attention laid over it (brighter: more attention; each word's map scaled to its own
+    largest weight), as a PNG; returns the caption."""
     from rnnkit.data.images import load_image
     from rnnkit.plotting import new_figure, save_figure
 
@@ -439,7 +447,7 @@ def plot_attention(directory: str | Path, image: str, path: str | Path, *,
     shown = load_image(image, max(config["image_size"], 128)).permute(1, 2, 0).numpy()
     panels = 1 + len(maps)
     rows = math.ceil(panels / columns)
-    fig, _ = new_figure(2.2 * min(panels, columns), 2.4 * rows)
+    fig, _ = new_figure(2.2 * min(panels, columns), 2.6 * rows + 0.3)
     fig.clf()                                         # one panel per word, made below
     side = shown.shape[0]
     for k in range(panels):

@@ -52,6 +52,7 @@ from rnnkit.tasks.pretrained import check_language_model
 from rnnkit.tasks.common import absolute_paths, config_from_dict, device_of
 from rnnkit.train import Trainer, TrainConfig, distributed
 from rnnkit.train.config import check_precision
+from rnnkit.train.metrics import require_tensorboard
 from rnnkit.train.distributed import SINGLE, World
 
 RUN = "run.json"
@@ -274,10 +275,11 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
         if not world.writer:
             return _follow(spec, out, dev, world, resume=resume,
                            train_overrides=train_overrides)
-        if resume and not out.is_dir():
-            raise ValueError(f"{out}: no such run directory to resume")
-        before = _snapshot(out)
+        before = {}
         try:
+            if resume and not out.is_dir():
+                raise ValueError(f"{out}: no such run directory to resume")
+            before = _snapshot(out)
             with RunLock(out):
                 summary = _train_locked(spec, data_cfg, model_options, train_cfg, out, dev,
                                         before, start, resume=resume,
@@ -314,9 +316,24 @@ def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,
                                      str(out / RUN))
     torch.manual_seed(train_cfg.seed)
     model = spec.model(model_cfg, **prepared.model_kwargs).to(dev)
-    task = prepared.make_task(model, train_cfg.seed, dev)
+    task = _task_for(prepared, model, train_cfg.seed, dev, world)
     config = {"task": spec.name, "model": model_cfg.to_dict(), **prepared.config}
     return fit(task, train_cfg, out, config, resume=resume, log=_quiet, world=world)
+
+
+def _task_for(prepared: Prepared, model, seed: int, dev, world: World):
+    """The task the Trainer runs; in a distributed run, with its share of the batches and
+    the world its evaluation combines over."""
+    task = prepared.make_task(model, seed, dev)
+    if world.size > 1:
+        shard = getattr(task.batches, "shard", None)
+        if shard is None:
+            raise ValueError(f"the batches of this task ({type(task.batches).__name__}) cannot "
+                             f"be shared between processes (no shard method); train it in "
+                             f"one process")
+        task.world = world
+        shard(world.rank, world.size)
+    return task
 
 
 def _quiet(text: str) -> None:
@@ -332,7 +349,6 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
             check_resumable(out)
             data_cfg, options, train_cfg = read_run(out, spec, train_overrides)
             _remove_stale_temporaries(out, log)
-            check_processes(out, start.world)
             done = finished(out, train_cfg)
             if done is not None:
                 log(f"{out}: the run is finished ({done['why']}); nothing to train. To train "
@@ -340,6 +356,7 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
                 done = {key: value for key, value in done.items() if key != "why"}
                 start.tell(finished=done)
                 return done
+            check_processes(out, start.world)
         else:
             check_new_run(out, log)
             _remove_stale_temporaries(out, log)
@@ -347,6 +364,8 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
             options = model_settings(spec, model_options)
             train_cfg = train_settings(spec, data_cfg, train_cfg)
         check_precision(train_cfg.precision, dev)
+        if train_cfg.tensorboard:
+            require_tensorboard()
         prepared = spec.prepare(data_cfg, options, out, resume=resume, log=log)
         with named_by_file(out / RUN) if resume else nullcontext():
             model_cfg = config_from_dict(spec.model_config, {**options, **prepared.sizes},
@@ -354,6 +373,7 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
         log(prepared.report)
         torch.manual_seed(train_cfg.seed)
         model = spec.model(model_cfg, **prepared.model_kwargs).to(dev)
+        task = _task_for(prepared, model, train_cfg.seed, dev, start.world)
         if not resume:
             if train_cfg.init_from:
                 spec.init_from(model, prepared, train_cfg.init_from, log)
@@ -369,7 +389,6 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
         f"on {world.size} processes ({world.backend}, {dev.type})"
     log(f"model: {spec.describe_model(model_cfg)}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, {where}")
-    task = prepared.make_task(model, train_cfg.seed, dev)
     config = {"task": spec.name, "model": model_cfg.to_dict(), **prepared.config}
     summary = fit(task, train_cfg, out, config, resume=resume, log=log, world=world)
     if spec.finish is not None and summary["reason"] != "interrupted":
@@ -480,14 +499,11 @@ def finished(out: Path, train_cfg: TrainConfig) -> dict | None:
 def fit(task, train_cfg: TrainConfig, out: Path, config: dict, *, resume: bool, log,
         world: World = SINGLE) -> dict:
     """Run the training loop, then reload the best weights and add their validation
-    metrics to the summary as "valid" (unless the run was interrupted). In a distributed
-    run, ``task`` takes its share of the data here."""
-    if world.size > 1:
-        task.world = world
-        task.batches.shard(world.rank, world.size)
+    metrics to the summary as "valid" (unless the run was interrupted); in a distributed
+    run, every process does (process 0 says whether there are weights to reload)."""
     summary = Trainer(task, train_cfg, out, config, log=log, world=world).fit(resume=resume)
-    world.barrier()                               # process 0 has written the best weights
-    if summary["reason"] != "interrupted" and (out / checkpoint.WEIGHTS).is_file():
+    saved = world.broadcast((out / checkpoint.WEIGHTS).is_file())     # written by process 0
+    if summary["reason"] != "interrupted" and saved:
         checkpoint.load_weights(out, task.model)
         summary["valid"] = task.evaluate("valid")
         log(f"best model: valid {task.describe(summary['valid'])}")

@@ -53,18 +53,16 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rnnkit import card, checkpoint
-from rnnkit.config import check_fields, option
+from rnnkit.config import option
 from rnnkit.data import load_tokenizer
 from rnnkit.data.audio import FEATURE_SUFFIXES, spec_augment, utterance_features
 from rnnkit.data.stream import ExampleBatches
 from rnnkit.data.tokenizers import (BPE_MIN_VOCAB, BpeTokenizer, CharTokenizer,
                                     build_bpe_tokenizer, build_char_tokenizer)
-from rnnkit.files import read_json
 from rnnkit.models.recognizer import BLANK_ID, Recognizer, RecognizerConfig, output_lengths
 from rnnkit.tasks import recipe
 from rnnkit.tasks.common import SplitSource, device_of, find_split_file, length_batches

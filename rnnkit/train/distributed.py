@@ -225,7 +225,8 @@ def lost_contact(error: BaseException) -> LostContact:
     rank = dist.get_rank() if dist.is_initialized() else "?"
     return LostContact(f"process {rank}: lost contact with the run's other processes — one of "
                        f"them stopped or stopped answering ({_first_line(error)}); this process "
-                       f"stops too. The last good checkpoint is kept; resume with --resume")
+                       f"stops too, and the run's files stay as process 0 last wrote them "
+                       f"(resume with --resume if a checkpoint was saved)")
 
 
 def _first_line(error: BaseException) -> str:
@@ -240,4 +241,8 @@ def replica(model: torch.nn.Module, world: World, device: torch.device):
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    # find_unused_parameters: a step may leave parameters unused on every process (an
+    # adaptive softmax's tail cluster with no target in the batch); their gradient stays
+    # None, as in one process, so that Adam, momentum and weight decay leave them alone too
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)

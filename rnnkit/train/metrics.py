@@ -36,6 +36,16 @@ def perplexity(loss: float) -> float:
         return math.inf
 
 
+def require_tensorboard():
+    """TensorBoard's ``SummaryWriter``, or a clear error if the package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("tensorboard: the 'tensorboard' package is not installed "
+                         "(pip install tensorboard)") from None
+    return SummaryWriter
+
+
 class MetricsLog:
     """The metric lines of the run in the model directory ``out``: in ``history`` and in
     ``out/metrics.jsonl``; ``unit`` (what the loss is per, e.g. "tok") and ``title`` label
@@ -69,12 +79,7 @@ class MetricsLog:
 
     def open_tensorboard(self) -> None:
         """Also write every line to TensorBoard, in ``out/tensorboard``."""
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ValueError("tensorboard: the 'tensorboard' package is not installed "
-                             "(pip install tensorboard)") from None
-        self._writer = SummaryWriter(str(self.out / "tensorboard"))
+        self._writer = require_tensorboard()(str(self.out / "tensorboard"))
 
     def record(self, entry: dict) -> None:
         """Append a line: ``{"step", "epoch", "split": "train" | "valid", name: number, …}``."""

@@ -119,6 +119,28 @@ def test_two_processes_equal_one_with_their_batch_language_model(corpus, tmp_pat
     assert "ppl" in done.stdout
 
 
+def test_unused_parameters_stay_untouched_as_in_one_process(tmp_path):
+    """An adaptive softmax leaves a tail cluster without gradient when no target falls in
+    it; with Adam, the two runs agree only if that gradient stays None on every process."""
+    import random
+
+    rng = random.Random(1)
+    words = [f"w{k}" for k in range(300)]
+    weights = [1 / (k + 1) for k in range(300)]                     # Zipf: rare tails
+    text = write_lines(tmp_path / "zipf.txt", [" ".join(rng.choices(words, weights, k=8))
+                                               for _ in range(400)])
+    args = ["--data", text, "--level", "word", "--hidden", 16, "--layers", 1, "--bptt", 4,
+            "--log-every", 1, "--max-steps", 30, "--dropout", 0, "--softmax", "adaptive",
+            "--cutoffs", "10,60", "--optimizer", "adam", "--lr", 0.01, "--clip", 1,
+            "--no-progress", "--eval-every", 30]
+    rnnkit("train", "lm", *args, "--batch-size", 1, "--out", tmp_path / "two", "--nproc", 2)
+    rnnkit("train", "lm", *args, "--batch-size", 2, "--out", tmp_path / "one")
+    two, one = lines_of(tmp_path / "two", "train"), lines_of(tmp_path / "one", "train")
+    assert len(two) == len(one) == 30
+    for a, b in zip(two, one):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
+
+
 def test_two_processes_equal_one_with_their_batch_classifier(corpus, tmp_path):
     # 55 training examples: global batches of 6, the last of one example — process 1 gets
     # a stand-in whose loss counts for nothing
@@ -214,6 +236,21 @@ def test_bad_launches_are_refused_clearly(corpus, tmp_path, extra, message):
                   tmp_path / "run", *extra, check=False)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_start_refused_by_process_0_is_said_once_and_leaves_nothing(corpus, tmp_path):
+    few = write_lines(tmp_path / "few.txt", ["the cat sat on the mat"] * 6)
+    done = rnnkit("train", "lm", "--data", few, *LM, "--batch-size", 12, "--out",
+                  tmp_path / "run", "--nproc", 2, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("rnnkit: error:") == 1
+    assert "2 processes × batch size 12 = 24 streams" in done.stderr
+    assert not (tmp_path / "run").exists()
+    done = rnnkit("train", "lm", "--out", tmp_path / "nothing", "--resume", "--nproc", 2,
+                  check=False)
+    assert done.returncode == 2 and done.stderr.count("rnnkit: error:") == 1, done.stderr
+    assert "no such run directory to resume" in done.stderr and "lost contact" not in \
+        done.stderr
 
 
 def test_a_rendezvous_nobody_joins_fails_within_its_timeout(corpus, tmp_path):
