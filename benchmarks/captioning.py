@@ -1,11 +1,11 @@
 """Image captioning on rendered scenes (benchmarks/caption_data.py, no download): train a
-CNN + attentional LSTM captioner within a time budget, select on validation loss, then
+CNN + attentional LSTM captioner for a number of steps, select on validation loss, then
 report BLEU (sacrebleu, every caption of an image as a reference) on the test scenes —
 combinations of shapes, colours, sizes, positions, counts and relations never seen in
 training — with greedy and beam search, and draw the attention of a few test images.
 
-    python benchmarks/captioning.py                    # 3 min of training, 1 thread
-    python benchmarks/captioning.py --minutes 10 --pictures docs --out runs/cap
+    python benchmarks/captioning.py                    # 2000 steps (~4 min), 1 thread
+    python benchmarks/captioning.py --steps 4000 --pictures docs --out runs/cap
 
 Writes benchmarks/results/captioning.json and prints the figures.
 """
@@ -25,7 +25,8 @@ from caption_data import make_scenes
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=3.0, help="training budget")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps")
+    parser.add_argument("--minutes", type=float, default=0.0, help="time budget (0: none)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--data", default="runs/scenes", help="scenes folder (made if absent)")
     parser.add_argument("--out", default="runs/bench-captioning", help="model directory")
@@ -53,7 +54,8 @@ def main() -> int:
     model = {"cell": "lstm", "conv_channels": args.conv_channels, "conv_layers": 3,
              "embedding_size": 64, "hidden_size": args.hidden, "dropout": 0.2,
              "input_feeding": not args.no_input_feeding}
-    train = TrainConfig(epochs=100, max_minutes=args.minutes, optimizer="adam", lr=args.lr,
+    train = TrainConfig(epochs=100, max_steps=args.steps, max_minutes=args.minutes,
+                        optimizer="adam", lr=args.lr,
                         clip=1.0, lr_decay=2.0, log_every=100, eval_every=300,
                         progress=sys.stderr.isatty())
     started = time.perf_counter()

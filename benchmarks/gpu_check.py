@@ -99,7 +99,9 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))
 from _common import RESULTS  # noqa: E402
+from tiny_data import tiny_scenes, tiny_speech  # noqa: E402  (the tests' tiny audio, images)
 import rnnkit  # noqa: E402
 from rnnkit import checkpoint  # noqa: E402
 from rnnkit.cells.registry import OPTION_CHOICES, REGISTRY, cell_names, make_cell  # noqa: E402
@@ -427,7 +429,9 @@ def tiny_data(root: Path, n: int, seed: int = 0) -> dict[str, str]:
             "tagged": write("tagged.tsv", [row for s in sentences
                                            for row in [f"{w}\t{TAGS[w]}" for w in s] + [""]]),
             "source": write("pairs.src", lines),
-            "target": write("pairs.tgt", [line.upper() for line in lines])}
+            "target": write("pairs.tgt", [line.upper() for line in lines]),
+            "scenes": tiny_scenes(root, n),
+            "speech": tiny_speech(root)}
 
 
 def task_setup(task: str, files: dict[str, str], hidden: int) -> tuple[object, dict]:
@@ -446,6 +450,11 @@ def task_setup(task: str, files: dict[str, str], hidden: int) -> tuple[object, d
                     "char_embedding_size": 8, "char_hidden_size": 8}),
         "translator": ({"train": pairs, "valid": pairs, "level": "word", "min_count": 1,
                         "batch_size": 8}, {**small, "embedding_size": hidden}),
+        "recognizer": ({"data": files["speech"], "sample_rate": 8000, "num_mel_bins": 8,
+                        "batch_size": 4}, {**small}),
+        "captioner": ({"data": files["scenes"], "image_size": 16, "batch_size": 8},
+                      {**small, "embedding_size": hidden, "conv_channels": 4,
+                       "conv_layers": 2}),
         "conditioned_lm": ({"train": files["labelled"], "valid": files["labelled"],
                             "batch_size": 8}, {**small}),
     }
@@ -458,7 +467,8 @@ def task_setup(task: str, files: dict[str, str], hidden: int) -> tuple[object, d
 def task_outputs(task: str, directory: Path, files: dict[str, str], device: str):
     """What a trained model of ``task`` gives through its public use on ``device``, with
     no randomness (argmax labels and tags, beam search), so two devices can be compared."""
-    from rnnkit.tasks import classifier, conditioned_lm, lm, tagger, translator
+    from rnnkit.tasks import (captioner, classifier, conditioned_lm, lm, recognizer, tagger,
+                              translator)
 
     first_lines = Path(files["source"]).read_text(encoding="utf-8").splitlines()[:8]
     uses = {
@@ -471,6 +481,12 @@ def task_outputs(task: str, directory: Path, files: dict[str, str], device: str)
                                                          device=device),
         "conditioned_lm": lambda: conditioned_lm.generate(directory, "cat", max_tokens=12,
                                                           beam=3, device=device),
+        "recognizer": lambda: recognizer.transcribe_files(
+            directory, [str(Path(files["speech"]).parent / f"speech{k}.wav") for k in range(4)],
+            beam=1, device=device),
+        "captioner": lambda: captioner.caption_images(
+            directory, [str(Path(files["scenes"]) / f"{k}.png") for k in range(4)], beam=3,
+            device=device),
     }
     if task not in uses:
         raise CheckFailed(f"no use of the task {task!r} to check: add it to task_outputs()")

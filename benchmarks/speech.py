@@ -24,7 +24,19 @@ import time
 from pathlib import Path
 
 import torch
-from _common import ROOT, write_results
+from _common import RESULTS, ROOT, write_results
+
+
+def by_voice(recognizer, out: Path, data: Path) -> dict:
+    """Greedy test WER and CER per voice (DATA/voices/test.tsv)."""
+    rows = [line.split("\t") for line in
+            (data / "voices" / "test.tsv").read_text().splitlines()[1:]]
+    texts = recognizer.transcribe_files(out, [data / r[0] for r in rows])
+    groups: dict[str, list] = {}
+    for r, hyp in zip(rows, texts):
+        groups.setdefault(r[2], []).append((r[1], hyp))
+    return {voice: {**recognizer.error_rates([a for a, _ in pairs], [b for _, b in pairs]),
+                    "utterances": len(pairs)} for voice, pairs in sorted(groups.items())}
 
 
 def tune_lm(recognizer, out: Path, dev: Path, lm: Path, beam: int) -> dict:
@@ -50,6 +62,8 @@ def main() -> int:
     parser.add_argument("--beam", type=int, default=16, help="beam width of the beam search")
     parser.add_argument("--out", default="runs/bench-speech", help="model directory")
     parser.add_argument("--name", default="speech", help="results file name")
+    parser.add_argument("--evaluate-only", action="store_true", help="evaluate the model "
+                        "in --out as it is (no training)")
     parser.add_argument("--no-lm", action="store_true", help="skip the beam search with "
                         "DATA/lm.arpa (tuned on dev)")
     parser.add_argument("--text", choices=("digits", "ptb"), default="digits",
@@ -67,17 +81,26 @@ def main() -> int:
     from rnnkit.cli import main as rnnkit
 
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
     train = ["train", "recognizer", "--data", str(data), "--out", str(out),
              "--max-minutes", str(args.minutes), "--eval-every", "100", "--no-progress"]
-    started = time.perf_counter()
-    if rnnkit(train) != 0:
-        return 1
-    wall = time.perf_counter() - started
+    wall = None
+    if not args.evaluate_only:
+        shutil.rmtree(out, ignore_errors=True)
+        started = time.perf_counter()
+        if rnnkit(train) != 0:
+            return 1
+        wall = time.perf_counter() - started
     from rnnkit.tasks import recognizer
 
     results = {"threads": args.threads, "train_wall_s": wall, "data": str(data),
                "train_command": "rnnkit " + shlex.join(train)}
+    earlier = RESULTS / f"{args.name}.json"
+    if args.evaluate_only and earlier.is_file():         # keep the training run's figures
+        import json
+
+        kept = json.loads(earlier.read_text())
+        results.update({k: kept[k] for k in ("threads", "train_wall_s", "train_command")
+                        if k in kept})
     decodings = [("greedy", {"beam": 1}), (f"beam{args.beam}", {"beam": args.beam})]
     lm = data / "lm.arpa"
     if lm.is_file() and not args.no_lm:
@@ -100,8 +123,13 @@ def main() -> int:
         print(f"test ({name}): WER {100 * m['wer']:.2f}% of {m['words']} words, CER "
               f"{100 * m['cer']:.2f}% of {m['chars']} characters, {m['utterances']} "
               f"utterances of unseen voices and rate")
-    print(f"training: {wall / 60:.1f} min wall, {args.threads} thread(s): "
-          f"{results['train_command']}")
+    results["greedy_by_voice"] = by_voice(recognizer, out, data)
+    for voice, m in results["greedy_by_voice"].items():
+        print(f"  {voice:28s} WER {100 * m['wer']:6.2f}%  CER {100 * m['cer']:6.2f}%  "
+              f"({m['utterances']} utterances)")
+    if wall is not None:
+        print(f"training: {wall / 60:.1f} min wall, {args.threads} thread(s): "
+              f"{results['train_command']}")
     write_results(args.name, results)
     return 0
 

@@ -35,13 +35,23 @@ TASK_CARDS = {
     "translator": ("translation", "translation",
                    (("bleu", "BLEU", False), ("chrf", "chrF", False),
                     ("ppl", "perplexity", False), ("loss", "loss", False))),
+    "recognizer": ("automatic-speech-recognition", "speech-recognition",
+                   (("wer", "WER", True), ("cer", "CER", True), ("loss", "CTC loss", False))),
+    "captioner": ("image-to-text", "image-captioning",
+                  (("bleu", "BLEU", False), ("ppl", "perplexity", False),
+                   ("loss", "loss", False))),
 }
 WHAT = {"lm": "language model", "conditioned_lm": "conditioned language model",
         "classifier": "text classifier", "tagger": "sequence tagger",
-        "translator": "translator (encoder-decoder with attention)"}
+        "translator": "translator (encoder-decoder with attention)",
+        "recognizer": "speech recogniser (CTC over characters or BPE units, recurrent stack "
+                      "with time subsampling)",
+        "captioner": "image captioner (CNN or precomputed features, attentional decoder)"}
 USE = {"lm": "rnnkit generate {dir} --prime \"...\"", "conditioned_lm":
        "rnnkit generate {dir} --condition LABEL", "classifier": "rnnkit predict {dir} FILE",
-       "tagger": "rnnkit predict {dir} FILE", "translator": "rnnkit translate {dir} FILE"}
+       "tagger": "rnnkit predict {dir} FILE", "translator": "rnnkit translate {dir} FILE",
+       "recognizer": "rnnkit transcribe {dir} FILE.wav",
+       "captioner": "rnnkit caption {dir} IMAGE..."}
 
 
 def best_validation(directory: Path) -> dict | None:

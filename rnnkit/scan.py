@@ -81,11 +81,28 @@ def linear_scan(a: Tensor, b: Tensor, h0: Tensor, method: str | None = None,
     return torch.cat(out)
 
 
-def _grid(batch_sizes: list[int], reverse: bool, device) -> tuple[Tensor, int, int]:
+def reverse_scan(a: Tensor, g: Tensor, d_last: Tensor, method: str | None = None) -> Tensor:
+    """The backward's recurrence, in reverse time: ``δ_t = g_t + a_{t+1} ⊙ δ_{t+1}`` with
+    ``δ_{T-1} = g_{T-1} + d_last``; a, g (T, B, H), d_last (B, H) -> δ (T, B, H)."""
+    method = method or ("log" if a.is_cuda else "sequential")
+    if method != "sequential":        # the forward scan over flipped time, a shifted by one
+        a_next = torch.cat([a.new_ones(1, *a.shape[1:]), a.flip(0)[:-1]])
+        return linear_scan(a_next, g.flip(0), d_last, method).flip(0)
+    out, d = torch.empty_like(g), d_last
+    d = torch.add(g[-1], d, out=out[-1])
+    for t in range(a.shape[0] - 2, -1, -1):
+        d = torch.addcmul(g[t], a[t + 1], d, out=out[t])               # g_t + a_{t+1} δ_{t+1}
+    return out
+
+
+def _grid(batch_sizes: list[int], reverse: bool, device) -> tuple[Tensor | None, int, int]:
     """(position on the flattened (T, B) grid of every packed row (N,), T, B): row (t, b)
-    goes to (t, b), or with ``reverse`` to (L_b − 1 − t, b)."""
-    sizes = torch.tensor(batch_sizes, device=device)                          # (T,)
+    goes to (t, b), or with ``reverse`` to (L_b − 1 − t, b). None when every sequence has
+    all T steps and runs forward: the packed rows are the grid already."""
     T, B = len(batch_sizes), batch_sizes[0]
+    if not reverse and batch_sizes[-1] == B:
+        return None, T, B
+    sizes = torch.tensor(batch_sizes, device=device)                          # (T,)
     t = torch.repeat_interleave(torch.arange(T, device=device), sizes)       # (N,)
     starts = torch.cumsum(sizes, 0) - sizes                                  # (T,)
     b = torch.arange(len(t), device=device) - starts[t]                      # (N,)
@@ -95,8 +112,21 @@ def _grid(batch_sizes: list[int], reverse: bool, device) -> tuple[Tensor, int, i
     return t * B + b, T, B
 
 
+def _to_grid(rows: Tensor, where: Tensor | None, T: int, B: int, fill: float) -> Tensor:
+    """Packed rows (N, H) on the (T, B, H) grid, ``fill`` where no sequence is."""
+    if where is None:
+        return rows.view(T, B, -1)
+    return rows.new_full((T * B, rows.shape[1]), fill).index_copy_(0, where, rows).view(T, B, -1)
+
+
+def _from_grid(grid: Tensor, where: Tensor | None) -> Tensor:
+    """The grid's (T, B, H) cells of the packed rows, (N, H)."""
+    flat = grid.view(-1, grid.shape[-1])
+    return flat if where is None else flat.index_select(0, where)
+
+
 class ScanFunction(torch.autograd.Function):
-    """One layer, one direction, forward and backward by the log-space scan."""
+    """One layer, one direction, forward and backward by the scan."""
 
     @staticmethod
     def forward(ctx, cell: Cell, batch_sizes: list[int], reverse: bool, method: str | None,
@@ -104,26 +134,25 @@ class ScanFunction(torch.autograd.Function):
         xw = input_projection(cell, x, weight_ih, bias_ih, None)               # (N, G*H)
         a_rows, b_rows = cell.scan_coefficients(xw)                            # (N, H) each
         where, T, B = _grid(batch_sizes, reverse, x.device)
-        H = a_rows.shape[1]
-        a = a_rows.new_ones(T * B, H).index_copy_(0, where, a_rows).view(T, B, H)
-        b = b_rows.new_zeros(T * B, H).index_copy_(0, where, b_rows).view(T, B, H)
+        a, b = _to_grid(a_rows, where, T, B, 1.0), _to_grid(b_rows, where, T, B, 0.0)
         h = linear_scan(a, b, h0, method)                                      # (T, B, H)
         ctx.cell, ctx.method, ctx.has_bias = cell, method, bias_ih is not None
-        ctx.save_for_backward(x, weight_ih, xw, a, h, h0, where)
-        return h.view(T * B, H).index_select(0, where), h[-1].clone()
+        ctx.where = where
+        ctx.save_for_backward(x, weight_ih, xw, a, h, h0)
+        out = _from_grid(h, where)
+        return (out.clone() if where is None else out), h[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout: Tensor, dfinal: Tensor):
-        x, weight_ih, xw, a, h, h0, where = ctx.saved_tensors
-        T, B, H = a.shape
-        g = dout.new_zeros(T * B, H).index_copy_(0, where, dout).view(T, B, H)
-        # δ_t = g_t + a_{t+1} δ_{t+1}: the same scan in reverse time, from δ_T's "h_0" dfinal
-        a_next = torch.cat([a.new_ones(1, B, H), a.flip(0)[:-1]])            # a_{t+1}, reversed
-        delta = linear_scan(a_next, g.flip(0), dfinal, ctx.method).flip(0)     # (T, B, H)
-        h_prev = torch.cat([h0[None], h[:-1]])                                 # h_{t-1}
-        da = (delta * h_prev).view(T * B, H).index_select(0, where)           # (N, H)
-        db = delta.view(T * B, H).index_select(0, where)
+        x, weight_ih, xw, a, h, h0 = ctx.saved_tensors
+        where, (T, B, H) = ctx.where, a.shape
+        g = _to_grid(dout.contiguous(), where, T, B, 0.0)
+        delta = reverse_scan(a, g, dfinal, ctx.method)          # δ_t = g_t + a_{t+1} δ_{t+1}
+        da_grid = torch.empty_like(delta)                                      # δ_t ⊙ h_{t-1}
+        torch.mul(delta[0], h0, out=da_grid[0])
+        torch.mul(delta[1:], h[:-1], out=da_grid[1:])
+        da, db = _from_grid(da_grid, where), _from_grid(delta, where)          # (N, H)
         dh0 = a[0] * delta[0]                                                  # (B, H)
         dxw = ctx.cell.scan_coefficients_backward(xw, da, db)                  # (N, G*H)
         dx = dxw @ weight_ih if ctx.needs_input_grad[4] else None              # (N, I)

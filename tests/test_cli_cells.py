@@ -15,27 +15,32 @@ from rnnkit.cells.registry import OPTION_HELP, all_options
 from rnnkit.tasks import TASKS
 from conftest import expect_cli_error, run_cli
 
-from tiny_data import tiny_files
+from tiny_data import tiny_files, tiny_scenes, tiny_speech
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--hidden", "3", "--embedding-size", "3", "--max-steps", "2", "--no-progress",
-         "--json"]
+SMALL = ["--hidden", "3", "--max-steps", "2", "--no-progress", "--json"]
+EMBED = ["--embedding-size", "3"]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Per task (by its command), the arguments that train it on a few tiny lines."""
-    files = tiny_files(tmp_path_factory.mktemp("tiny"))
+    root = tmp_path_factory.mktemp("tiny")
+    files = tiny_files(root)
     pairs = f"{files['source']},{files['target']}"
     return {
         "lm": ["--data", files["text"], "--level", "word", "--bptt", "4", "--batch-size", "2",
-               "--layers", "1", "--sample", "0"],
-        "classifier": ["--data", files["labelled"], "--batch-size", "4"],
+               "--layers", "1", "--sample", "0", *EMBED],
+        "classifier": ["--data", files["labelled"], "--batch-size", "4", *EMBED],
         "tagger": ["--data", files["tagged"], "--batch-size", "4", "--layers", "1",
-                   "--char-hidden", "2", "--char-embedding-size", "2"],
+                   "--char-hidden", "2", "--char-embedding-size", "2", *EMBED],
         "translator": ["--train", pairs, "--valid", pairs, "--level", "word", "--min-count",
-                       "1", "--batch-size", "4"],
-        "conditioned-lm": ["--data", files["labelled"], "--batch-size", "4"],
+                       "1", "--batch-size", "4", *EMBED],
+        "conditioned-lm": ["--data", files["labelled"], "--batch-size", "4", *EMBED],
+        "recognizer": ["--data", tiny_speech(root), "--sample-rate", "8000", "--num-mel-bins",
+                       "8", "--batch-size", "4"],
+        "captioner": ["--data", tiny_scenes(root), "--image-size", "16", "--conv-channels", "2",
+                      "--conv-layers", "2", "--batch-size", "4", *EMBED],
     }
 
 

@@ -8,27 +8,32 @@ import json
 
 import pytest
 
-from rnnkit.tasks import TASKS, classifier, conditioned_lm, lm, tagger, translator
+from rnnkit.tasks import (TASKS, captioner, classifier, conditioned_lm, lm, recognizer, tagger,
+                          translator)
 from rnnkit.tasks.common import find_split_file, split_of, split_sources
 from rnnkit.train import TrainConfig
 from conftest import run_cli
-from tiny_data import tiny_files
+from tiny_data import tiny_files, tiny_scenes, tiny_speech
 
 API = {"lm": lm.train_lm, "classifier": classifier.train_classifier,
        "tagger": tagger.train_tagger, "translator": translator.train_translator,
-       "conditioned_lm": conditioned_lm.train_conditioned_lm}
+       "conditioned_lm": conditioned_lm.train_conditioned_lm,
+       "recognizer": recognizer.train_recognizer, "captioner": captioner.train_captioner}
 QUIET = dict(log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Per task, the data config fields of a tiny data set."""
-    files = tiny_files(tmp_path_factory.mktemp("data"), n=20, seed=1)
+    root = tmp_path_factory.mktemp("data")
+    files = tiny_files(root, n=20, seed=1)
     pairs = f"{files['source']},{files['target']}"
     return {"lm": {"data": files["text"], "level": "char"},
             "classifier": {"data": files["labelled"]}, "tagger": {"data": files["tagged"]},
             "translator": {"train": pairs, "valid": pairs, "level": "word", "min_count": 1},
-            "conditioned_lm": {"data": files["labelled"]}}
+            "conditioned_lm": {"data": files["labelled"]},
+            "recognizer": {"data": tiny_speech(root), "sample_rate": 8000, "num_mel_bins": 8},
+            "captioner": {"data": tiny_scenes(root), "image_size": 16}}
 
 
 def _files(out) -> tuple[dict, dict]:

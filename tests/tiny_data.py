@@ -63,3 +63,50 @@ def tiny_models(root: Path, files: dict[str, str]) -> dict[str, Path]:
                                                valid=files["labelled"]),
         {"hidden_size": 8}, steps, out["clm"], log=_quiet)
     return out
+
+
+def tiny_speech(root: Path, n: int = 10, seed: int = 0, rate: int = 8000) -> str:
+    """``speech.tsv``: ``n`` short WAV files ("a" a 300 Hz tone, "b" 900 Hz, a space
+    silence) listed with their transcripts, for the recognizer (--sample-rate 8000)."""
+    import wave
+
+    import numpy as np
+
+    rng = random.Random(seed)
+    rows = []
+    for k in range(n):
+        text = " ".join(rng.choice(["ab", "ba", "a", "b"]) for _ in range(rng.randint(1, 2)))
+        t = np.arange(rate // 10) / rate
+        x = np.concatenate([np.zeros(rate // 20) if c == " " else
+                            0.5 * np.sin(2 * np.pi * (300 if c == "a" else 900) * t)
+                            for c in text])
+        with wave.open(str(root / f"speech{k}.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes((x * 32767).astype("<i2").tobytes())
+        rows.append(f"speech{k}.wav\t{text}")
+    return write_lines(root / "speech.tsv", rows)
+
+
+def tiny_scenes(root: Path, n: int = 8, seed: int = 0) -> str:
+    """``scenes/``: ``n`` 16×16 images (a red or blue square on the left or right), two
+    captions each, listed in ``train.tsv`` and ``valid.tsv`` (the same lines), for the
+    captioner (--image-size 16). Returns the folder."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    folder = root / "scenes"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for k in range(n):
+        colour, side = rng.choice(["red", "blue"]), rng.choice(["left", "right"])
+        image = Image.new("RGB", (16, 16))
+        x = 1 if side == "left" else 9
+        ImageDraw.Draw(image).rectangle([x, 5, x + 5, 10], fill=colour)
+        image.save(folder / f"{k}.png")
+        lines += [f"{k}.png\ta {colour} square on the {side}",
+                  f"{k}.png\tthe {colour} square is {side}"]
+    for split in ("train", "valid"):
+        write_lines(folder / f"{split}.tsv", lines)
+    return str(folder)

@@ -34,13 +34,16 @@ def run_eval(args) -> int:
     if spec is None or spec.evaluate is None:
         raise ValueError(f"{args.model}: 'rnnkit eval' does not evaluate {task!r} models"
                          + _elsewhere(spec))
-    if args.beam < 1:
+    if args.beam is not None and args.beam < 1:
         raise ValueError(f"--beam: expected >= 1, got {args.beam}")
-    for flag, given in (("--int8", args.int8), ("--dynamic", args.dynamic),
-                        ("--ngram", args.ngram)):
-        if given and task != "lm":
-            raise ValueError(f"{flag}: for language models; {args.model} is a {task!r} model")
-    m = spec.evaluate(args.model, args.data, reference=args.reference, beam=args.beam,
+    for flag, given, takers in (("--int8", args.int8, ("lm",)),
+                                ("--dynamic", args.dynamic, ("lm",)),
+                                ("--ngram", args.ngram, ("lm", "recognizer"))):
+        if given and task not in takers:
+            raise ValueError(f"{flag}: for {' and '.join(takers)} models; {args.model} is a "
+                             f"{task!r} model")
+    beam = {} if args.beam is None else {"beam": args.beam}     # else the task's own default
+    m = spec.evaluate(args.model, args.data, reference=args.reference, **beam,
                       batch_size=args.batch_size, device=args.device, log=_stderr,
                       int8=args.int8, dynamic=args.dynamic or 0.0, ngram=args.ngram,
                       ngram_weight=_ngram_weight(args))
@@ -238,15 +241,18 @@ def add_commands(commands) -> None:
     ev = model_command(
         commands, "eval", "evaluate a model on a file", "Evaluate a trained model on a file "
         "of its task: perplexity (language model), accuracy, macro-F1 and confusion matrix "
-        "(classifier), token and unseen-word accuracy (tagger), BLEU and chrF (translator).",
+        "(classifier), token and unseen-word accuracy (tagger), BLEU and chrF (translator), "
+        "WER and CER (recognizer), BLEU (captioner).",
         run_eval)
     ev.add_argument("--data", required=True, metavar="FILE",
                     help="text (lm), label<TAB>text (classifier), CoNLL-U or word<TAB>tag "
-                    "(tagger), source file or TSV of pairs (translator)")
+                    "(tagger), source file or TSV of pairs (translator), audio<TAB>transcript "
+                    "TSV (recognizer), image<TAB>caption TSV (captioner)")
     ev.add_argument("--reference", metavar="FILE",
                     help="translator: the reference translations of --data, line by line "
                     "(without it, --data must be a TSV of source<TAB>target pairs)")
-    ev.add_argument("--beam", type=int, default=5, help="translator: beam width (5; 1 greedy)")
+    ev.add_argument("--beam", type=int, help="translator, captioner: beam width (default 5; "
+                    "1 greedy); recognizer: 1 greedy (default), or beam search by pyctcdecode")
     ev.add_argument("--batch-size", type=int, default=10, help="lm: parallel streams (10)")
     _add_ngram(ev)
     ev.add_argument("--dynamic", type=float, metavar="LR", help="lm: dynamic evaluation — "

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit import card, checkpoint
+from rnnkit import checkpoint
 from rnnkit.config import check_fields, field_default, option
 from rnnkit.data import build_tokenizer, load_tokenizer
 from rnnkit.data.images import (MAX_IMAGE_SIZE, Caption, feature_grid, feature_shape,
@@ -53,6 +53,7 @@ from rnnkit.train.metrics import perplexity
 
 TASK = "captioner"
 MAX_CAPTION_TOKENS = 50           # a caption searched for stops here (with a note)
+MAX_IMAGE_BYTES = 4 * 2**30       # the decoded images of one captions file, at most
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,11 @@ def read_inputs(captions: list[Caption], path: str, *, image_size: int,
             references.append([])
         references[index[c.name]].append(c.text)
     image_of = [index[c.name] for c in captions]
+    if not features and len(first) * 3 * image_size ** 2 > MAX_IMAGE_BYTES:
+        raise ValueError(f"{path}: {len(first):,} images of {image_size}x{image_size} "
+                         f"pixels would take {len(first) * 3 * image_size ** 2 / 2**30:.1f} "
+                         f"GiB in memory, more than the {MAX_IMAGE_BYTES / 2**30:.0f} GiB "
+                         f"rnnkit keeps; use a smaller --image-size, or --features")
     if features:
         inputs = read_features(features, [c.name for c in first],
                                lambda k: f"{path}, line {first[k].line}")
@@ -308,10 +314,29 @@ def train_captioner(data_cfg: CaptionDataConfig | None, model_options: dict | No
 def load_captioner(directory: str | Path, device: str | None = "cpu"):
     """(model in eval mode, tokenizer, config) of a captioner directory."""
     config = checkpoint.read_config(directory, TASK)
+    size, lowercase = config.get("image_size"), config.get("lowercase")
+    if not (isinstance(size, int) and 2 <= size <= MAX_IMAGE_SIZE
+            and isinstance(lowercase, bool)):
+        raise ValueError(f"{Path(directory) / checkpoint.CONFIG}: expected 'image_size' (an "
+                         f"int in [2, {MAX_IMAGE_SIZE}]) and 'lowercase' (true or false), got "
+                         f"{size!r} and {lowercase!r}")
     tokenizer = load_tokenizer(directory)
     model = recipe.load_model(SPEC, directory, config, device,
                               {"vocab_size": tokenizer.vocab_size})
     return model, tokenizer, config
+
+
+def features_file(config: dict, model: Captioner, features: str | None) -> str:
+    """The features file a model of features reads: ``features``, else the one it was
+    trained with; its features checked to be of the model's size."""
+    path = features or config.get("features") or ""
+    if not path:
+        raise ValueError("features: this model reads precomputed features; name the file")
+    shape = feature_shape(path)
+    if shape[-1] != model.config.feature_size:
+        raise ValueError(f"{path}: features of size {shape[-1]}, but the model reads "
+                         f"{model.config.feature_size}")
+    return path
 
 
 def model_inputs(config: dict, model: Captioner, images: list[str], *,
@@ -322,13 +347,7 @@ def model_inputs(config: dict, model: Captioner, images: list[str], *,
     by file name alone."""
     if not model.config.feature_size:
         return load_images(images, config["image_size"])
-    path = features or config.get("features") or ""
-    if not path:
-        raise ValueError("features: this model reads precomputed features; name the file")
-    shape = feature_shape(path)
-    if shape[-1] != model.config.feature_size:
-        raise ValueError(f"{path}: features of size {shape[-1]}, but the model reads "
-                         f"{model.config.feature_size}")
+    path = features_file(config, model, features)
     from safetensors import safe_open
     with safe_open(path, framework="pt") as f:
         known = set(f.keys())
@@ -401,7 +420,7 @@ def evaluate_file(directory: str | Path, path: str | Path, *, beam: int = 5,
     each image of a captions TSV against all of its captions."""
     model, tokenizer, config = load_captioner(directory, device)
     path = str(path)
-    features = features or config.get("features") or ""
+    features = features_file(config, model, features) if model.config.feature_size else ""
     data = caption_set(path, images or "", tokenizer, image_size=config["image_size"],
                        features=features, lowercase=config["lowercase"])
     total, count = teacher_forced_nll(model, data, device_of(device))
@@ -479,15 +498,6 @@ def evaluation_report(m: dict, path) -> list[str]:
     return [f"{path}: {describe_metrics(m)}; {m['images']:,} images, {m['captions']:,} "
             f"captions, beam {m['beam']}", f"sacrebleu: {m['signature']}"]
 
-
-# The model card's entries of this task: rnnkit.card keeps its own table of tasks, so the
-# task adds itself to it (until the card reads these from the TaskSpec).
-card.TASK_CARDS.setdefault(TASK, ("image-to-text", "image-captioning",
-                                  (("bleu", "BLEU", False), ("ppl", "perplexity", False),
-                                   ("loss", "loss", False))))
-card.WHAT.setdefault(TASK, "image captioner (CNN or precomputed features, attentional "
-                     "decoder)")
-card.USE.setdefault(TASK, "rnnkit caption {dir} IMAGE...")
 
 SPEC = recipe.TaskSpec(
     name=TASK, summary="an image captioner (attention over the image, one-to-many)",

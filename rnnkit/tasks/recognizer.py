@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rnnkit import card, checkpoint
+from rnnkit import checkpoint
 from rnnkit.config import option
 from rnnkit.data import load_tokenizer
 from rnnkit.data.audio import FEATURE_SUFFIXES, spec_augment, utterance_features
@@ -315,7 +315,7 @@ class BeamDecoder:
             logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
         except ImportError:
             raise ValueError("beam: beam search needs the pyctcdecode package (pip install "
-                             "pyctcdecode); use beam 1 (greedy) without it") from None
+                             "'rnnkit[speech]'); use beam 1 (greedy) without it") from None
         if lm is not None and not Path(lm).is_file():
             raise ValueError(f"{lm}: no such n-gram file")
         self.columns = [BLANK_ID] + list(range(FIRST_UNIT, units.vocab_size))
@@ -395,7 +395,7 @@ class RecognizerTask:
     """The CTC recognition task for :class:`rnnkit.train.Trainer`."""
 
     name = TASK
-    unit = "char"
+    unit = "unit"                # a target unit: a character or a BPE subword
     world = SINGLE
 
     def __init__(self, model: Recognizer, train: Corpus, valid: Corpus, units, cfg,
@@ -621,10 +621,4 @@ SPEC = recipe.TaskSpec(
     evaluate=_evaluate, report=evaluation_report,
     use="rnnkit transcribe")
 
-# The model card's entries of this task (rnnkit.card's tables; they belong there).
-card.TASK_CARDS.setdefault(TASK, ("automatic-speech-recognition", "speech-recognition",
-                                  (("wer", "WER", True), ("cer", "CER", True),
-                                   ("loss", "CTC loss", False))))
-card.WHAT.setdefault(TASK, "speech recogniser (CTC over characters or BPE units, recurrent "
-                           "stack with time subsampling)")
-card.USE.setdefault(TASK, "rnnkit transcribe {dir} FILE.wav")
+

@@ -11,10 +11,11 @@ import random
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from conftest import expect_cli_error, run_cli, snapshot, train_losses
 
 from rnnkit.checkpoint import load_tensors
-from rnnkit.data.images import load_image, read_captions
+from rnnkit.data.images import load_image, read_captions, read_features
 from rnnkit.models.seq2seq import BOS_ID, EOS_ID, TranslationSearch
 from rnnkit.tasks import captioner as cap
 from rnnkit.train import TrainConfig
@@ -210,8 +211,6 @@ def test_attention_maps_cover_the_image_for_each_word(trained, scenes):
 
 def _write_features(scenes, path, shape=(4, 4, 3)):
     """Each image's pixels pooled to a 4×4 grid of RGB: (h, w, D) features per image."""
-    from safetensors.torch import save_file
-
     tensors = {}
     for split in ("train", "valid"):
         for c in read_captions(scenes / f"{split}.tsv"):
@@ -237,21 +236,20 @@ def test_features_from_a_file_train_caption_and_draw(scenes, tmp_path):
                                                                         beam=1)[0]
 
 
-@pytest.mark.parametrize("shape, fragment", [((2, 2, 3), None), ((3,), None)])
-def test_features_of_any_shape_are_read_as_positions(scenes, tmp_path, shape, fragment):
+@pytest.mark.parametrize("shape", [(2, 2, 3), (5, 3), (3,)])
+def test_features_of_any_shape_are_read_as_positions(scenes, tmp_path, shape):
     features = tmp_path / "f.safetensors"
-    from safetensors.torch import save_file
     save_file({c.name: torch.rand(shape) for c in read_captions(scenes / "valid.tsv")},
               str(features))
     names = [c.name for c in read_captions(scenes / "valid.tsv")][:3]
-    from rnnkit.data.images import read_features
     got = read_features(features, names)
-    assert got.shape == (3, shape[0] * shape[1] if len(shape) == 3 else 1, shape[-1])
+    positions = math.prod(shape[:-1])                   # 1 for a single vector
+    assert got.shape == (3, positions, shape[-1])
+    stored = load_file(str(features))
+    assert torch.equal(got[1], stored[names[1]].reshape(positions, shape[-1]))
 
 
 def test_bad_feature_files_are_refused_naming_the_file(scenes, tmp_path, capsys):
-    from safetensors.torch import save_file
-
     names = [c.name for split in ("train", "valid")
              for c in read_captions(scenes / f"{split}.tsv")]
     cases = {
@@ -324,3 +322,25 @@ def test_image_size_too_small_for_the_network_is_refused(scenes, tmp_path, capsy
                       "--conv-layers", "3", "--out", tmp_path / "m"], capsys,
                      "image_size", "at least 8")
     assert not (tmp_path / "m").exists()
+
+
+def test_images_that_would_not_fit_in_memory_are_refused_before_decoding(scenes, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setattr(cap, "MAX_IMAGE_BYTES", 24 * 3 * SIZE ** 2 - 1)     # 24 images
+    with pytest.raises(ValueError, match=r"train\.tsv: 24 images of 16x16 pixels .* "
+                                         r"--image-size, or --features"):
+        cap.train_captioner(_data(scenes), MODEL, _train_cfg(max_steps=1), tmp_path / "m",
+                            log=_quiet)
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_model_of_features_refuses_features_of_another_size(scenes, tmp_path, capsys):
+    features = tmp_path / "f.safetensors"
+    _write_features(scenes, features)
+    out = tmp_path / "m"
+    cap.train_captioner(_data(scenes, features=str(features)), MODEL,
+                        _train_cfg(max_steps=1), out, log=_quiet)
+    names = [c.name for c in read_captions(scenes / "valid.tsv")]
+    save_file({n: torch.zeros(4, 4, 5) for n in names}, str(tmp_path / "other.safetensors"))
+    expect_cli_error(["caption", out, names[0], "--features", tmp_path / "other.safetensors"],
+                     capsys, "features of size 5, but the model reads 3")

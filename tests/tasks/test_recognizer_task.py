@@ -19,7 +19,7 @@ import torch
 from rnnkit import checkpoint
 from rnnkit.tasks import recognizer
 from rnnkit.train import TrainConfig
-from conftest import expect_cli_error, run_cli, snapshot, train_losses
+from conftest import expect_cli_error, run_cli, train_losses
 
 pytest.importorskip("kaldi_native_fbank")
 
@@ -88,7 +88,7 @@ def data_config(folder, **kw):
 
 
 def _train(data_cfg, out, model=None, **train):
-    cfg = TrainConfig(**{"epochs": 12, "lr": 0.01, "optimizer": "adam", "log_every": 4,
+    cfg = TrainConfig(**{"epochs": 20, "lr": 0.01, "optimizer": "adam", "log_every": 4,
                          "progress": False, **train})
     return recognizer.train_recognizer(data_cfg, model or MODEL, cfg, out,
                                        log=lambda *_: None)
@@ -148,7 +148,7 @@ def test_training_lowers_the_loss_and_learns_the_tones(trained):
     out, summary = trained
     losses = [loss for _, loss in train_losses(out)]
     assert losses[-1] < 0.5 * losses[0]
-    assert summary["valid"]["cer"] < 0.35
+    assert summary["valid"]["cer"] < 0.25          # 6% here after 120 steps
 
 
 def test_evaluate_file_agrees_with_transcribe_and_jiwer(trained, data):
@@ -442,3 +442,13 @@ def test_bpe_units_train_decode_and_beam_search(data, tmp_path):
     assert recognizer.BeamDecoder(units, beam=4)(log_probs) == "ab cd"
     m = recognizer.evaluate_file(out, data / "test.tsv", beam=4)
     assert 0 <= m["cer"] and m["dropped_units"] == 0
+
+
+def test_beam_search_without_pyctcdecode_says_what_to_do(trained, data, monkeypatch, capsys):
+    out, _ = trained
+    monkeypatch.setitem(sys.modules, "pyctcdecode", None)          # import fails
+    expect_cli_error(["eval", out, "--data", data / "test.tsv", "--beam", 5], capsys,
+                     "needs the pyctcdecode package", "beam 1")
+    code, text, err = run_cli(["eval", out, "--data", data / "test.tsv"], capsys)
+    assert code == 0 and "(greedy)" in text, err                  # the recognizer's default
+    expect_cli_error(["predict", out, data / "test.tsv"], capsys, "rnnkit transcribe")
