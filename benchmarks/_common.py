@@ -43,3 +43,25 @@ def train_with_cli(args: list, out: Path, threads: int | None = None) -> dict:
     train = [e for e in lines if e["split"] == "train"][-1]
     valid = [e for e in lines if e["split"] == "valid"][-1]
     return {"wall_s": seconds, "train": train, "valid": valid}
+
+
+# The PTB recipe of benchmarks/lm_quality.py as ``rnnkit train`` arguments (2×200 LSTM, tied
+# embeddings, SGD lr 20, clip 0.25, bptt 35), less dropout and batch size.
+PTB_RECIPE = ["lm", "--level", "word", "--hidden", 200, "--layers", 2, "--tie-weights",
+              "--bptt", 35, "--optimizer", "sgd", "--lr", 20, "--clip", 0.25]
+
+
+def ptb_steps(argv, doc: str) -> tuple[int, list] | None:
+    """The ``--steps`` of a fixed-step PTB benchmark and the ``rnnkit train`` arguments its
+    runs share (the recipe, the data, validation and a training line at the last step);
+    None (said) when ``../shared/data/ptb`` is absent."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    steps = parser.parse_args(argv).steps
+    if not (DATA / "ptb").is_dir():
+        print(f"skipped: {DATA / 'ptb'} is absent")
+        return None
+    return steps, [*PTB_RECIPE, "--data", DATA / "ptb", "--max-steps", steps,
+                   "--eval-every", steps, "--log-every", steps]

@@ -14,33 +14,26 @@ processes and their communication (gloo), and the equality. Prints a table and w
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, train_with_cli, write_results  # noqa: E402
-
-RECIPE = ["lm", "--level", "word", "--hidden", 200, "--layers", 2, "--tie-weights",
-          "--dropout", 0, "--bptt", 35, "--optimizer", "sgd", "--lr", 20, "--clip", 0.25]
+from _common import ptb_steps, train_with_cli, write_results  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    args = parser.parse_args(argv)
-    if not (DATA / "ptb").is_dir():
-        print(f"skipped: {DATA / 'ptb'} is absent")
+    run = ptb_steps(argv, __doc__)
+    if run is None:
         return 0
-    common = [*RECIPE, "--data", DATA / "ptb", "--max-steps", args.steps,
-              "--eval-every", args.steps, "--log-every", args.steps]
+    steps, common = run
+    common += ["--dropout", 0]
     with tempfile.TemporaryDirectory() as tmp:
         runs = {"1 process x 2 threads": train_with_cli([*common, "--batch-size", 20],
                                                         Path(tmp) / "one", threads=2),
                 "2 processes x 1 thread": train_with_cli([*common, "--batch-size", 10,
                                                           "--nproc", 2], Path(tmp) / "two")}
-    print(f"PTB word, 2x200 LSTM, 20 streams x 35 tokens a step, {args.steps} steps, "
+    print(f"PTB word, 2x200 LSTM, 20 streams x 35 tokens a step, {steps} steps, "
           f"dropout 0")
     print(f"{'':24} {'tok/s':>8} {'per process':>12} {'train loss':>11} {'valid loss':>11} "
           f"{'wall s':>7}")
@@ -54,7 +47,7 @@ def main(argv=None) -> int:
     difference = abs(one["valid"]["loss"] - two["valid"]["loss"]) / one["valid"]["loss"]
     print(f"2 processes / 1 process: {ratio:.2f}x tokens/s; valid loss relative difference "
           f"{difference:.1e}")
-    write_results("ddp", {"steps": args.steps, "runs": runs, "speed_ratio": ratio,
+    write_results("ddp", {"steps": steps, "runs": runs, "speed_ratio": ratio,
                           "valid_loss_relative_difference": difference})
     return 0
 

@@ -13,29 +13,21 @@ tokens/s and the validation perplexity after the steps, and writes
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, train_with_cli, write_results  # noqa: E402
-
-RECIPE = ["lm", "--level", "word", "--hidden", 200, "--layers", 2, "--tie-weights",
-          "--dropout", 0.2, "--batch-size", 20, "--bptt", 35, "--optimizer", "sgd", "--lr",
-          20, "--clip", 0.25]
+from _common import ptb_steps, train_with_cli, write_results  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    args = parser.parse_args(argv)
-    if not (DATA / "ptb").is_dir():
-        print(f"skipped: {DATA / 'ptb'} is absent")
+    run = ptb_steps(argv, __doc__)
+    if run is None:
         return 0
-    common = [*RECIPE, "--data", DATA / "ptb", "--max-steps", args.steps,
-              "--eval-every", args.steps, "--log-every", args.steps]
+    steps, common = run
+    common += ["--dropout", 0.2, "--batch-size", 20]
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for backend in ("native", "bptt"):
@@ -43,7 +35,7 @@ def main(argv=None) -> int:
                 runs[f"{backend} {precision}"] = train_with_cli(
                     [*common, "--backend", backend, "--precision", precision],
                     Path(tmp) / f"{backend}-{precision}", threads=2)
-    print(f"PTB word, 2x200 LSTM, {args.steps} steps, 1 process x 2 threads")
+    print(f"PTB word, 2x200 LSTM, {steps} steps, 1 process x 2 threads")
     print(f"{'':12} {'tok/s':>8} {'valid ppl':>10} {'vs fp32':>8}")
     for name, run in runs.items():
         base = runs[name.split()[0] + " fp32"]
@@ -51,7 +43,7 @@ def main(argv=None) -> int:
         run["valid"]["ppl"] = math.exp(run["valid"]["loss"])
         print(f"{name:12} {run['train']['tok_per_s']:8,.0f} {run['valid']['ppl']:10.2f} "
               f"{speed:7.2f}x")
-    write_results("precision", {"steps": args.steps, "runs": runs})
+    write_results("precision", {"steps": steps, "runs": runs})
     return 0
 
 
