@@ -65,3 +65,15 @@ def ptb_steps(argv, doc: str) -> tuple[int, list] | None:
         return None
     return steps, [*PTB_RECIPE, "--data", DATA / "ptb", "--max-steps", steps,
                    "--eval-every", steps, "--log-every", steps]
+
+
+def replace_folder(path: Path, mark: str) -> None:
+    """Empty ``path`` for a new run of a benchmark: only a folder that is empty or holds
+    ``mark`` (what the benchmark itself writes there) is removed; any other is refused."""
+    import shutil
+
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not (path / mark).exists():
+        raise SystemExit(f"{path}: not empty, and not a folder this benchmark wrote (no "
+                         f"{mark}); choose another --out, or empty it yourself")
+    shutil.rmtree(path, ignore_errors=True)

@@ -13,13 +13,12 @@ Writes benchmarks/results/captioning.json and prints the figures.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
-from _common import write_results
+from _common import write_results, replace_folder
 from caption_data import make_scenes
 
 
@@ -50,7 +49,7 @@ def main() -> int:
         make_scenes(data, {"train": 4000, "valid": 300, "test": 500})
         print(f"rendered the scenes into {data} [{time.perf_counter() - t0:.0f} s]")
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
+    replace_folder(out, "run.json")
     model = {"cell": "lstm", "conv_channels": args.conv_channels, "conv_layers": 3,
              "embedding_size": 64, "hidden_size": args.hidden, "dropout": 0.2,
              "input_feeding": not args.no_input_feeding}

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, ROOT, write_results
+from _common import RESULTS, ROOT, write_results, replace_folder
 
 
 def by_voice(recognizer, out: Path, data: Path) -> dict:
@@ -85,7 +85,7 @@ def main() -> int:
              "--max-minutes", str(args.minutes), "--eval-every", "100", "--no-progress"]
     wall = None
     if not args.evaluate_only:
-        shutil.rmtree(out, ignore_errors=True)
+        replace_folder(out, "run.json")
         started = time.perf_counter()
         if rnnkit(train) != 0:
             return 1

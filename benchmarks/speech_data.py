@@ -35,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import replace_folder  # noqa: E402
+
 DIGITS = "zero one two three four five six seven eight nine".split()
 SPLITS = {
     "train": {"accents": ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp"],
@@ -162,7 +165,7 @@ def main() -> int:
         lm_text = [line for line in (ptb / "ptb.train.txt").read_text().splitlines()
                    if "<unk>" not in line.split()]
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
+    replace_folder(out, "voices")
     (out / "wav").mkdir(parents=True)
     (out / "voices").mkdir()
     for k, (split, lines) in enumerate(texts.items()):

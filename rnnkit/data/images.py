@@ -78,6 +78,29 @@ def read_captions(path: str | os.PathLike, images: str | os.PathLike | None = No
     return captions
 
 
+def _as_rgb(image):
+    """8-bit RGB as the image is seen: turned by its EXIF orientation; 16-bit and float
+    grey scaled to 0…255 (``convert`` would clip them); transparency composited on white."""
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else \
+            (1.0 if image.mode == "F" and values.max(initial=0) <= 1.0 else
+             max(float(values.max(initial=0)), 1.0))
+        grey = np.clip(values / top * 255.0, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and
+                                              "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_image(path: str | os.PathLike, size: int) -> Tensor:
     """An image file -> uint8 (3, size, size): RGB, resized (bilinear) to ``size × size``.
 
@@ -92,7 +115,7 @@ def load_image(path: str | os.PathLike, size: int) -> Tensor:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ValueError(f"{path}: {image.width}x{image.height} pixels, more than "
                                  f"the {MAX_IMAGE_PIXELS:,} rnnkit decodes")
-            rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
+            rgb = _as_rgb(image).resize((size, size), Image.BILINEAR)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such image file") from None
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:

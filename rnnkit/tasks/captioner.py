@@ -26,6 +26,8 @@ caption per image against all of that image's captions as references.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 from dataclasses import dataclass, fields
@@ -157,9 +159,10 @@ def caption_set(path: str, images: str, tokenizer, *, image_size: int, features:
     """A captions TSV read (image names relative to ``images``, default the TSV's folder),
     its images decoded (or features read) and its captions encoded as word ids."""
     captions = read_captions(path, images or None, check_images=not features)
+    captions = [dataclasses.replace(c, text=_text(c.text, lowercase)) for c in captions]
     inputs, image_of, names, references = read_inputs(captions, path, image_size=image_size,
                                                       features=features)
-    ids = encode_bounded([_text(c.text, lowercase) for c in captions], tokenizer.encode_lines,
+    ids = encode_bounded([c.text for c in captions], tokenizer.encode_lines,
                          lambda k: f"{path}, line {captions[k].line}", "a captioner")
     return CaptionSet(inputs, image_of, ids, names, references)
 

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnkit import checkpoint
+from rnnkit.data.text import iter_lines
 from rnnkit.config import option
 from rnnkit.data import load_tokenizer
 from rnnkit.data.audio import FEATURE_SUFFIXES, spec_augment, utterance_features
@@ -131,13 +132,8 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
     """The utterances of a TSV manifest ``path<TAB>transcript``; blank lines are skipped;
     a line without a tab or with an empty transcript is an error naming the line."""
     folder = Path(path).parent
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") \
-            from None
     out = []
-    for k, line in enumerate(text.splitlines(), start=1):
+    for k, line in enumerate(iter_lines(path), start=1):   # strict UTF-8, BOM, line numbers
         if not line.strip():
             continue
         audio, tab, transcript = line.partition("\t")
@@ -149,7 +145,10 @@ def read_manifest(path: str | os.PathLike) -> list[Utterance]:
         if len(transcript) > MAX_TRANSCRIPT_CHARS:
             raise ValueError(f"{path}, line {k}: a transcript of {len(transcript):,} "
                              f"characters; at most {MAX_TRANSCRIPT_CHARS:,}")
-        out.append(Utterance(str(folder / audio.strip()), transcript, k))
+        audio_path = folder / audio.strip()
+        if audio_path.is_dir():
+            raise ValueError(f"{path}, line {k}: {audio_path} is a folder, not an audio file")
+        out.append(Utterance(str(audio_path), transcript, k))
     if not out:
         raise ValueError(f"{path}: no utterances")
     return out
@@ -329,11 +328,18 @@ class BeamDecoder:
             why = str(error).splitlines()[-1][-200:]
             raise ValueError(f"{lm}: not an n-gram model kenlm can read ({why})") from None
         self.beam = beam
+        self.bytes = None
+        if units.level == "bpe":       # pyctcdecode's words are byte-level symbols: decode them
+            from tokenizers import decoders
+            self.bytes = decoders.ByteLevel()
 
     def __call__(self, log_probs: torch.Tensor) -> str:
         """The best text of one utterance's (T', V) log-probabilities."""
         scores = log_probs[:, self.columns].double().numpy()
-        return " ".join(self.decoder.decode(scores, beam_width=self.beam).split())
+        words = self.decoder.decode(scores, beam_width=self.beam).split()
+        if self.bytes is not None:     # "cafÃ©" -> "café": each word's bytes, as UTF-8
+            return " ".join(self.bytes.decode(["Ġ" + w for w in words]).split())
+        return " ".join(words)
 
 
 def _label(units, i: int) -> str:

@@ -99,6 +99,13 @@ class World:
         _collective(dist.broadcast_object_list, box, 0)
         return box[0]
 
+    def share_buffers(self, model: torch.nn.Module) -> None:
+        """Process 0's buffers of ``model`` (batch-norm running statistics) on every process:
+        in training each process updates them from its own share of the batch."""
+        if self.size > 1:
+            for buffer in model.buffers():
+                _collective(dist.broadcast, buffer, 0)
+
     def barrier(self) -> None:
         """Wait until every process gets here."""
         self.sum(0.0)

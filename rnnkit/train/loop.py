@@ -241,6 +241,7 @@ class Trainer:
     def _validate(self, end_of_epoch: bool) -> None:
         """Evaluate on "valid", record it, and keep the weights if their objective is the
         best yet; at an epoch end the schedule sees the objective too."""
+        self.world.share_buffers(self.task.model)     # validate what process 0 would save
         metrics = self.task.evaluate("valid")
         self._record({"split": "valid", **metrics, "lr": self.schedule.lr})
         ppl = metrics.get("ppl", 0.0)

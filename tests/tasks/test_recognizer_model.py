@@ -113,3 +113,17 @@ def test_log_mel_of_a_tone_peaks_at_its_frequency_and_is_normalised():
     varies = low.std(0) >= 1e-3
     assert varies.any() and np.allclose(n.std(0)[varies], 1, atol=1e-4)
     assert np.allclose(n[:, ~varies], 0, atol=1e-4)               # constant: only centred
+
+
+@pytest.mark.parametrize("text", ["café", "naïve café"])
+def test_bpe_beam_search_writes_what_greedy_writes_beyond_ascii(text):
+    pytest.importorskip("pyctcdecode")
+    from rnnkit.data.tokenizers import build_bpe_tokenizer
+    from rnnkit.tasks import recognizer
+
+    units = build_bpe_tokenizer(["café au lait", "naïve café", "ab cd"] * 5, vocab_size=262)
+    ids = units.encode(text)
+    log_probs = torch.full((len(ids), units.vocab_size), -12.0)
+    log_probs[torch.arange(len(ids)), ids] = -0.01                 # the text, unmistakably
+    assert recognizer.units_text(recognizer.ctc_greedy(ids), units) == text
+    assert recognizer.BeamDecoder(units, beam=4)(log_probs) == text
