@@ -1,10 +1,14 @@
 """Audio for speech recognition: WAV files and feature files in, log-mel filterbanks out.
 
-- :func:`read_wav` reads a PCM WAV file with the standard library's ``wave`` module (8, 16,
-  24 or 32-bit integer samples; several channels are averaged) as float32 samples in
-  [-1, 1]. The header's sizes are checked before anything is read: a file of more than
-  ``MAX_AUDIO_SECONDS`` seconds is refused, as is a file that does not decode (the message
-  names the file).
+- :func:`read_wav` reads an uncompressed WAV file (its RIFF chunks parsed here, not by the
+  standard library's ``wave`` module, which refuses WAVE_FORMAT_EXTENSIBLE and float files):
+  8, 16, 24 or 32-bit integer PCM or 32/64-bit IEEE float, plain or WAVE_FORMAT_EXTENSIBLE
+  (what ``sox -b 24``, ``-b 32`` or ``-c 3`` writes); several channels are averaged; float32
+  samples in [-1, 1]. The header is checked before any sample is read: the format, the
+  sample rate (against the features' rate, in :func:`utterance_features`), the size of the
+  data (frames x channels x bytes, at most ``MAX_AUDIO_SECONDS`` seconds, and no more than
+  the file holds). A file that does not decode, is truncated or too long is refused with a
+  ``ValueError`` naming the file.
 - :func:`log_mel` computes Kaldi-compatible log-mel filterbanks (25 ms windows every 10 ms,
   no dither, so the same file always gives the same features) with the maintained
   ``kaldi-native-fbank`` library.
@@ -28,7 +32,6 @@ from __future__ import annotations
 
 import os
 import struct
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -47,38 +50,154 @@ FRAME_SHIFT_MS, FRAME_LENGTH_MS = 10.0, 25.0
 
 _WIDTH_DTYPES = {1: np.uint8, 2: np.int16, 4: np.int32}
 
+_PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
+#: WAVE_FORMAT_EXTENSIBLE subformat GUIDs are the format tag (2 bytes, little-endian)
+#: followed by these 14 bytes (KSDATAFORMAT_SUBTYPE_PCM / _IEEE_FLOAT).
+_GUID_TAIL = bytes.fromhex("000000001000800000aa00389b71")
+_FORMAT_NAMES = {0x0002: "MS ADPCM", 0x0006: "A-law", 0x0007: "mu-law", 0x0011: "IMA ADPCM",
+                 0x0031: "GSM 6.10", 0x0050: "MPEG", 0x0055: "MP3"}
+_EXPECTED = "expected uncompressed PCM (8, 16, 24 or 32-bit) or 32/64-bit float"
+_STREAMING_SIZE = 0xFFFFFFFF        # a data size written by a streaming writer: "to the end"
+
+
+class _Undecodable(Exception):
+    """Why a file is not a WAV file rnnkit can decode (becomes the ValueError's text)."""
+
+
+def _read_exactly(f, n: int, what: str) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise _Undecodable(f"the file ends inside {what}")
+    return data
+
+
+def _parse_fmt(body: bytes) -> tuple[int, int, int, int]:
+    """(kind _PCM or _FLOAT, channels, rate, bytes per sample) of a fmt chunk's body."""
+    if len(body) < 16:
+        raise _Undecodable(f"a fmt chunk of {len(body)} bytes, fewer than 16")
+    tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", body)
+    kind = tag
+    if tag == _EXTENSIBLE:
+        if len(body) < 40:
+            raise _Undecodable(f"a WAVE_FORMAT_EXTENSIBLE fmt chunk of {len(body)} bytes, "
+                               f"fewer than 40")
+        guid = body[24:40]
+        kind = struct.unpack_from("<H", guid)[0]
+        if guid[2:] != _GUID_TAIL or kind not in (_PCM, _FLOAT):
+            raise _Undecodable(f"WAVE_FORMAT_EXTENSIBLE with subformat {guid.hex()}")
+    elif tag not in (_PCM, _FLOAT):
+        name = _FORMAT_NAMES.get(tag)
+        raise _Undecodable(f"format tag {tag:#06x}" + (f", {name}" if name else "")
+                           + ", a compressed or unknown encoding")
+    width = (bits + 7) // 8
+    if channels <= 0 or rate <= 0 or bits <= 0:
+        raise _Undecodable(f"{channels} channel(s) of {bits} bits at {rate} Hz")
+    if kind == _PCM and width not in (1, 2, 3, 4):
+        raise _Undecodable(f"integer samples of {bits} bits")
+    if kind == _FLOAT and bits not in (32, 64):
+        raise _Undecodable(f"float samples of {bits} bits")
+    if block_align != width * channels:
+        raise _Undecodable(f"{block_align} bytes a frame, but {channels} channel(s) of "
+                           f"{width} bytes make {width * channels}")
+    return kind, channels, rate, width
+
+
+def _decode(raw: bytes, kind: int, channels: int, width: int) -> np.ndarray:
+    """Mono float32 samples in [-1, 1] of whole frames ``raw``."""
+    if kind == _FLOAT:
+        samples = np.frombuffer(raw, dtype=np.dtype(f"<f{width}"))
+        if not np.isfinite(samples).all():
+            raise _Undecodable("float samples that are NaN or infinite")
+        samples = np.clip(samples, -1.0, 1.0).astype(np.float32)
+    else:
+        data = np.frombuffer(raw, dtype=np.uint8)
+        if width == 3:                                   # 24-bit: widen to 32 bits
+            data = np.concatenate([np.zeros((len(data) // 3, 1), np.uint8),
+                                   data.reshape(-1, 3)], axis=1).reshape(-1)
+            width = 4
+        samples = data.view(np.dtype(_WIDTH_DTYPES[width]).newbyteorder("<")).astype(
+            np.float32)
+        if width == 1:                                   # 8-bit WAV is unsigned
+            samples -= 128.0
+        samples /= float(2 ** (8 * width - 1))
+    return samples.reshape(-1, channels).mean(axis=1)
+
+
+def _read_wav(path, expected_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """:func:`read_wav`, and with ``expected_rate`` the rate checked (:func:`check_rate`)
+    from the header, before any sample is read."""
+    with open(os.fspath(path), "rb") as f:
+        try:
+            file_size = os.fstat(f.fileno()).st_size
+            riff = f.read(12)
+            if len(riff) < 12 or riff[8:12] != b"WAVE" or riff[:4] not in (b"RIFF", b"RF64",
+                                                                           b"RIFX"):
+                raise _Undecodable("no RIFF/WAVE header")
+            if riff[:4] != b"RIFF":
+                raise _Undecodable(f"a {riff[:4].decode()} file; only little-endian RIFF "
+                                   f"WAV files are read")
+            fmt = None
+            while True:                                  # chunks up to the data chunk
+                header = f.read(8)
+                if len(header) == 0:
+                    raise _Undecodable("no data chunk" if fmt else "no fmt chunk")
+                if len(header) < 8:
+                    raise _Undecodable("the file ends inside a chunk header")
+                chunk_id, size = header[:4], struct.unpack("<I", header[4:])[0]
+                if chunk_id == b"fmt ":
+                    if fmt is not None:
+                        raise _Undecodable("two fmt chunks")
+                    if size > 1024:
+                        raise _Undecodable(f"a fmt chunk of {size:,} bytes")
+                    fmt = _parse_fmt(_read_exactly(f, size, "the fmt chunk"))
+                    kind, channels, rate, width = fmt
+                    if expected_rate is not None:
+                        check_rate(path, rate, expected_rate)
+                    f.seek(size & 1, os.SEEK_CUR)
+                elif chunk_id == b"data":
+                    if fmt is None:
+                        raise _Undecodable("a data chunk before the fmt chunk")
+                    break
+                else:                                    # LIST, fact, cue, …: skipped
+                    if f.tell() + size > file_size:
+                        raise _Undecodable(f"the file ends inside its "
+                                           f"{chunk_id.decode('latin-1')!r} chunk")
+                    f.seek(size + (size & 1), os.SEEK_CUR)
+        except (_Undecodable, struct.error, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: not a WAV file rnnkit can decode ({error}); "
+                             f"{_EXPECTED}") from None
+        kind, channels, rate, width = fmt
+        held = file_size - f.tell()
+        if size == _STREAMING_SIZE:
+            size = held
+        frame = channels * width
+        frames = size // frame
+        if frames > MAX_AUDIO_SECONDS * rate:            # frames x channels x width bytes
+            raise ValueError(f"{path}: {frames / rate:,.0f} seconds of audio; rnnkit reads "
+                             f"an utterance whole, at most {MAX_AUDIO_SECONDS} seconds: "
+                             f"split it")
+        if frames == 0:
+            raise ValueError(f"{path}: a WAV file without samples")
+        if held < frames * frame:
+            raise ValueError(f"{path}: a truncated WAV file: its header declares {size:,} "
+                             f"bytes of samples, the file holds {max(held, 0):,}")
+        raw = f.read(frames * frame)
+    if len(raw) != frames * frame:                       # the file shrank while read
+        raise ValueError(f"{path}: a truncated WAV file")
+    try:
+        return _decode(raw, kind, channels, width), rate
+    except _Undecodable as error:
+        raise ValueError(f"{path}: not a WAV file rnnkit can decode ({error}); "
+                         f"{_EXPECTED}") from None
+
 
 def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """(samples (N,) float32 in [-1, 1], sample rate) of a PCM WAV file; ``ValueError``
-    naming the file for one that does not decode or holds more than MAX_AUDIO_SECONDS."""
-    try:
-        with wave.open(os.fspath(path), "rb") as w:
-            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-            frames = w.getnframes()
-            if rate <= 0 or channels <= 0 or width not in (1, 2, 3, 4):
-                raise wave.Error(f"{channels} channel(s) of {width} bytes at {rate} Hz")
-            if frames > MAX_AUDIO_SECONDS * rate:
-                raise ValueError(f"{path}: {frames / rate:,.0f} seconds of audio; rnnkit reads "
-                                 f"an utterance whole, at most {MAX_AUDIO_SECONDS} seconds: "
-                                 f"split it")
-            data = w.readframes(frames)
-    except (wave.Error, EOFError, RuntimeError, struct.error) as error:
-        why = f" ({error})" if str(error) else ""
-        raise ValueError(f"{path}: not a WAV file rnnkit can decode{why}; expected "
-                         "uncompressed PCM (8, 16, 24 or 32-bit)") from None
-    usable = len(data) // (width * channels) * width * channels
-    if usable == 0:
-        raise ValueError(f"{path}: a WAV file without samples")
-    raw = np.frombuffer(data[:usable], dtype=np.uint8)
-    if width == 3:                                       # 24-bit: widen to 32 bits
-        raw = np.concatenate([np.zeros((len(raw) // 3, 1), np.uint8),
-                              raw.reshape(-1, 3)], axis=1).reshape(-1)
-        width = 4
-    samples = raw.view(np.dtype(_WIDTH_DTYPES[width]).newbyteorder("<")).astype(np.float32)
-    if width == 1:                                       # 8-bit WAV is unsigned
-        samples -= 128.0
-    samples /= float(2 ** (8 * width - 1))
-    return samples.reshape(-1, channels).mean(axis=1), rate
+    """(samples (N,) float32 in [-1, 1], sample rate) of an uncompressed WAV file (integer
+    PCM of 8 to 32 bits or 32/64-bit float, plain or WAVE_FORMAT_EXTENSIBLE, channels
+    averaged); ``ValueError`` naming the file for one that does not decode, is truncated
+    or holds more than MAX_AUDIO_SECONDS (checked from the header before any sample is
+    read)."""
+    return _read_wav(path)
 
 
 def check_rate(path, rate: int, expected: int) -> None:
@@ -158,8 +277,7 @@ def utterance_features(path: str | os.PathLike, sample_rate: int,
     file; ``ValueError`` naming the file for anything else."""
     suffix = Path(path).suffix.lower()
     if suffix in AUDIO_SUFFIXES:
-        samples, rate = read_wav(path)
-        check_rate(path, rate, sample_rate)
+        samples, rate = _read_wav(path, sample_rate)     # the rate checked before reading
         features = log_mel(samples, rate, num_mel_bins)
         if len(features) == 0:
             raise ValueError(f"{path}: too short for one {FRAME_LENGTH_MS:g} ms frame")
