@@ -99,6 +99,10 @@ MAX_PARAMETERS = 2_000_000_000
 MAX_INPUT_CHARS = 200_000
 MAX_INPUT_TOKENS = 20_000
 MAX_WORD_CHARS = 1_000
+
+#: The decoded inputs of one data file that a task keeps in memory (a captioner's images,
+#: a recognizer's filterbank features): at most this many bytes; past it, a clear error.
+MAX_DECODED_BYTES = 4 * 2**30
 BATCH_TOKENS = 32_768
 BATCH_LOGITS = 1 << 25
 

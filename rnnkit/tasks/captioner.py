@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rnnkit import checkpoint
-from rnnkit.config import check_fields, field_default, option
+from rnnkit.config import check_fields, field_default, option, MAX_DECODED_BYTES
 from rnnkit.data import build_tokenizer, load_tokenizer
 from rnnkit.data.images import (MAX_IMAGE_SIZE, Caption, feature_grid, feature_shape,
                                 load_images, read_captions, read_features)
@@ -55,7 +55,7 @@ from rnnkit.train.metrics import perplexity
 
 TASK = "captioner"
 MAX_CAPTION_TOKENS = 50           # a caption searched for stops here (with a note)
-MAX_IMAGE_BYTES = 4 * 2**30       # the decoded images of one captions file, at most
+MAX_IMAGE_BYTES = MAX_DECODED_BYTES     # the decoded images of one captions file, at most
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 from rnnkit import checkpoint
 from rnnkit.data.text import iter_lines
-from rnnkit.config import option
+from rnnkit.config import MAX_DECODED_BYTES, option
 from rnnkit.data import load_tokenizer
 from rnnkit.data.audio import FEATURE_SUFFIXES, spec_augment, utterance_features
 from rnnkit.data.stream import ExampleBatches
@@ -175,7 +175,7 @@ def read_features(utterances: list[Utterance], manifest, sample_rate: int,
                   num_mel_bins: int, source: str | None = None) -> tuple[list, str]:
     """(features per utterance (T, F) float32 tensors, their source "wav" or "npy"):
     every file of the list of one kind (``source``, if given) and one feature size."""
-    features, size = [], None
+    features, size, kept = [], None, 0
     for u in utterances:
         kind = "npy" if Path(u.path).suffix.lower() in FEATURE_SUFFIXES else "wav"
         if source is None:
@@ -197,6 +197,13 @@ def read_features(utterances: list[Utterance], manifest, sample_rate: int,
         elif f.shape[1] != size:
             raise ValueError(f"{u.path}: {f.shape[1]} features per frame, the other files "
                              f"{size}")
+        kept += f.nbytes
+        if kept > MAX_DECODED_BYTES:
+            where = f"{manifest}, line {u.line}" if u.line else u.path
+            raise ValueError(f"{where}: the features read so far take {kept / 2**30:.1f} GiB, "
+                             f"more than the {MAX_DECODED_BYTES / 2**30:.0f} GiB rnnkit keeps "
+                             f"in memory; train on a smaller manifest, or use fewer "
+                             f"--num-mel-bins")
         features.append(torch.from_numpy(f))
     return features, source
 

@@ -251,3 +251,19 @@ def test_what_sox_writes_reads_as_the_original(tmp_path, options):
         assert tag == EXTENSIBLE                         # what Python's wave module refuses
     check_reads(out, expected[:, 0])
     assert np.array_equal(audio.read_wav(out)[0], audio.read_wav(original)[0])
+
+
+def test_the_features_kept_in_memory_are_bounded(tmp_path, monkeypatch):
+    """Past MAX_DECODED_BYTES of features, reading stops with the manifest's line."""
+    import pytest as _pytest
+
+    from rnnkit.tasks import recognizer
+    from tiny_data import tiny_speech
+
+    manifest = tiny_speech(tmp_path)
+    utterances = recognizer.read_manifest(manifest)
+    features, _ = recognizer.read_features(utterances, manifest, 8000, 8)
+    first_two = sum(f.numel() * 4 for f in features[:2])
+    monkeypatch.setattr(recognizer, "MAX_DECODED_BYTES", first_two)
+    with _pytest.raises(ValueError, match=r"speech.tsv, line 3: the features read so far"):
+        recognizer.read_features(utterances, manifest, 8000, 8)
