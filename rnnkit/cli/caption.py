@@ -28,9 +28,12 @@ def run_caption(args) -> int:
         print("\n".join(f"{i}\t{c}" for i, c in zip(args.images, captions)))
     if args.attention:
         os.makedirs(args.attention, exist_ok=True)
-        for image in args.images:
-            png = os.path.join(args.attention,
-                               os.path.splitext(os.path.basename(image))[0] + ".png")
+        taken: dict[str, int] = {}
+        for image in args.images:              # a.png, a-2.png, … for images of one name
+            stem = os.path.splitext(os.path.basename(image))[0]
+            taken[stem] = taken.get(stem, 0) + 1
+            suffix = "" if taken[stem] == 1 else f"-{taken[stem]}"
+            png = os.path.join(args.attention, f"{stem}{suffix}.png")
             text = plot_attention(args.model, image, png, features=args.features,
                                   device=args.device)
             print(f"attention of {image} (greedy: {text!r}): {png}", file=sys.stderr)

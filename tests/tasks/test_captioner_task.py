@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,6 +197,14 @@ def test_cli_eval_reports_bleu_and_caption_draws_attention(trained, scenes, tmp_
     for image in images:
         png = tmp_path / "att" / (image.rsplit("/", 1)[-1])
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    twin = tmp_path / "elsewhere" / Path(images[0]).name          # another image, same name
+    twin.parent.mkdir()
+    twin.write_bytes(Path(images[1]).read_bytes())
+    code, _, err = run_cli(["caption", out, images[0], twin, "--beam", "1", "--attention",
+                            tmp_path / "twins"], capsys)
+    stem = Path(images[0]).stem
+    assert code == 0 and sorted(p.name for p in (tmp_path / "twins").iterdir()) == \
+        [f"{stem}-2.png", f"{stem}.png"], err
 
 
 def test_attention_maps_cover_the_image_for_each_word(trained, scenes):
