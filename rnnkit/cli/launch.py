@@ -125,7 +125,7 @@ def launch(args, device: str, out: str | None) -> int:
                          f"with --resume") from None
     except (RendezvousError, RuntimeError, TimeoutError) as error:   # the machines did not meet
         raise ValueError(f"--rdzv-endpoint {endpoint}: the run's machines did not meet "
-                         f"within {timeout:g} s ({_first_line(error)}); check the address, "
+                         f"within {timeout:g} s ({distributed.first_line(error)}); check the address, "
                          f"that the same command runs on all {nnodes} machines, and that "
                          f"the port is open") from None
     return 0
@@ -163,8 +163,3 @@ def without_launch_options(argv: list[str]) -> list[str]:
 
 def _key(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__

@@ -310,7 +310,7 @@ def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,
     if start.get("finished"):
         return start["finished"]
     data_cfg, options, train_cfg = read_run(out, spec, train_overrides)
-    prepared = spec.prepare(data_cfg, options, out, resume=True, log=_quiet)
+    prepared = spec.prepare(data_cfg, options, out, resume=True, log=distributed.quiet)
     with named_by_file(out / RUN):
         model_cfg = config_from_dict(spec.model_config, {**options, **prepared.sizes},
                                      str(out / RUN))
@@ -318,7 +318,7 @@ def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,
     model = spec.model(model_cfg, **prepared.model_kwargs).to(dev)
     task = _task_for(prepared, model, train_cfg.seed, dev, world)
     config = {"task": spec.name, "model": model_cfg.to_dict(), **prepared.config}
-    return fit(task, train_cfg, out, config, resume=resume, log=_quiet, world=world)
+    return fit(task, train_cfg, out, config, resume=resume, log=distributed.quiet, world=world)
 
 
 def _task_for(prepared: Prepared, model, seed: int, dev, world: World):
@@ -334,10 +334,6 @@ def _task_for(prepared: Prepared, model, seed: int, dev, world: World):
         task.world = world
         shard(world.rank, world.size)
     return task
-
-
-def _quiet(text: str) -> None:
-    """The log of a process other than process 0: it says nothing."""
 
 
 def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, before: dict,

@@ -210,7 +210,7 @@ def join(device: torch.device, timeout: float) -> tuple[World, torch.device]:
         except (RuntimeError, dist.DistError) as error:
             raise LostContact(f"process {rank}: could not join the run's other processes at "
                               f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
-                              f" ({_first_line(error)})") from None
+                              f" ({first_line(error)})") from None
     return World(rank, size, local_rank, backend), device
 
 
@@ -231,12 +231,18 @@ def lost_contact(error: BaseException) -> LostContact:
     """The error a surviving process reports when a collective fails."""
     rank = dist.get_rank() if dist.is_initialized() else "?"
     return LostContact(f"process {rank}: lost contact with the run's other processes — one of "
-                       f"them stopped or stopped answering ({_first_line(error)}); this process "
+                       f"them stopped or stopped answering ({first_line(error)}); this process "
                        f"stops too, and the run's files stay as process 0 last wrote them "
                        f"(resume with --resume if a checkpoint was saved)")
 
 
-def _first_line(error: BaseException) -> str:
+def quiet(text: str) -> None:
+    """The log of a process other than process 0: it says nothing."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (at most 300 characters), for a one-line
+    report of what a library raised."""
     text = str(error).strip().splitlines()
     return text[0][:300] if text else type(error).__name__
 

@@ -74,7 +74,7 @@ class Trainer:
                  log=print, clock=time.perf_counter, world: World = SINGLE):
         self.task, self.config, self.out = task, config, Path(out)
         self.model_config = model_config
-        self.log, self.clock, self.world = (log if world.writer else _quiet), clock, world
+        self.log, self.clock, self.world = (log if world.writer else distributed.quiet), clock, world
         device = next(task.model.parameters()).device
         check_precision(config.precision, device)
         self._loss = (distributed.replica(_LossOf(task), world, device) if world.backend
@@ -92,6 +92,7 @@ class Trainer:
         self._started = 0.0                   # the clock when this process's part began
         self.best = math.inf                  # best validation objective: selects the model
         self._stop_requested = False
+        self._stops = (False, False)          # the stop rules all processes agreed on
         self.skipped = 0                      # fp16 steps the gradient scaler skipped
 
     def fit(self, resume: bool = False) -> dict:
@@ -138,9 +139,10 @@ class Trainer:
         loss = loss.float()
         if self.world.size == 1:
             value, all_units = loss.item(), units
-        else:                                     # the loss of the batch of all processes
+        else:      # the loss of the batch of all processes, and the stop rules, in one sum
             units *= getattr(self.task.batches, "share_weight", 1.0)   # 0: a stand-in share
-            total, all_units = self.world.sum(loss.item() * units if units else 0.0, units)
+            total, all_units, *self._stops = self.world.sum(
+                loss.item() * units if units else 0.0, units, *self._own_stops())
             value = total / all_units
         if not math.isfinite(value):
             raise TrainingStopped(
@@ -202,12 +204,17 @@ class Trainer:
         for any process, so that all stop together)."""
         if self.config.max_steps and self.step >= self.config.max_steps:
             return "max_steps"
-        late = bool(self.config.max_minutes) and \
-            self._elapsed() >= self.config.max_minutes * 60
-        late, interrupted = self.world.sum(late, self._stop_requested)
+        # one process: now; several: as all agreed during the step (see _train_step)
+        late, interrupted = self._own_stops() if self.world.size == 1 else self._stops
         if late:
             return "max_minutes"
         return "interrupted" if interrupted else None
+
+    def _own_stops(self) -> tuple[bool, bool]:
+        """(this process's time limit is reached, Ctrl-C asked it to stop)."""
+        late = bool(self.config.max_minutes) and \
+            self._elapsed() >= self.config.max_minutes * 60
+        return late, self._stop_requested
 
     def _validate_and_save(self, stop: str | None) -> None:
         """Validate and save when due; a run that stops validates (unless interrupted) and
@@ -323,7 +330,3 @@ class Trainer:
     def _elapsed(self) -> float:
         """Training seconds of the run, this process's and those before it."""
         return self.elapsed + (self.clock() - self._started)
-
-
-def _quiet(text: str) -> None:
-    """The log of a process other than process 0: it says nothing."""
