@@ -4,26 +4,34 @@ each one's test perplexity.
 
 Systems (each one process, one thread, its wall time from its own start):
 
-- ``rnnlm``   the toolkit with Mikolov's PTB settings: sigmoid hidden layer of 200, class
-              softmax of 100 classes, BPTT 4 in blocks of 10, learning rate halved once
-              validation stalls (its own schedule, until it stops);
-- ``rnnme``   the same with hashed maximum-entropy direct connections
-              (``-direct 1000 -direct-order 3``: 10^9 hashed weights, order 3);
-- ``mikolov`` rnnkit with Mikolov's model: ``rnn_sigmoid`` 1x200, class softmax of 100,
-              BPTT 10, lr halved on a stall — in 20 streams with SGD of rate 5 on the
-              mean loss (rate 20 diverged in 2 minutes) rather than his per-word SGD: one
-              stream runs at about 570 words/s in rnnkit (the cost of a Python step per 10
-              words), against the toolkit's 19k;
-- ``recipe``  rnnkit's best recipe: the 2x200 LSTM of ``lm_quality.py ptb``.
+- ``rnnlm``      the toolkit with Mikolov's PTB settings: sigmoid hidden layer of 200, class
+                 softmax of 100 classes, BPTT 4 in blocks of 10, learning rate halved once
+                 validation stalls (its own schedule, until it stops);
+- ``rnnme``      the same with hashed maximum-entropy direct connections
+                 (``-direct 1000 -direct-order 3``: 10^9 hashed weights, order 3);
+- ``mikolov``    rnnkit with Mikolov's model: ``rnn_sigmoid`` 1x200, class softmax of 100,
+                 BPTT 10, his halving schedule (``--lr-schedule halving``, until it stops) —
+                 in 20 streams with SGD of rate 5 on the mean loss rather than his per-word
+                 SGD (one stream runs at about 570 words/s in rnnkit, the cost of a Python
+                 step per 10 words, against the toolkit's 19k);
+- ``mikolov_me`` the same with direct connections of order 3 in a table of 2^22 weights
+                 (rnnkit updates its table densely, so a step costs O(table): 2^22 adds
+                 about 60% to this small model's step, where the toolkit's sparse updates
+                 make its 10^9 free);
+- ``recipe``     rnnkit's best recipe: the 2x200 LSTM of ``lm_quality.py ptb``.
 
 The toolkit is built from its source in a temporary folder (SOURCE.md gives the command).
 Every system's validation perplexity is timestamped as it prints it; at each budget the
 last value reported before it counts. At the end every system scores the test split.
 
-    python benchmarks/rnnlm_toolkit.py                        # 1, 5, 15, 30 min; ~2 h
+Each system's validation perplexity after each epoch is kept too, and printed for the
+pairs that train the same model (the toolkit against rnnkit's Mikolov model, without and
+with direct connections).
+
+    python benchmarks/rnnlm_toolkit.py --parallel 2           # 1, 5, 15, 30 min; ~1.5 h
     python benchmarks/rnnlm_toolkit.py --budgets 1 --parallel 2 rnnlm mikolov   # a smoke run
 
-Writes ``benchmarks/results/rnnlm_toolkit.json`` and prints the table.
+Writes ``benchmarks/results/rnnlm_toolkit.json`` and prints the tables.
 """
 
 from __future__ import annotations
@@ -46,18 +54,22 @@ from _common import DATA, write_results  # noqa: E402
 
 PTB = DATA / "ptb"
 PEER = ROOT.parent / "shared" / "peers" / "rnnlm-0.4b"
-SYSTEMS = ("rnnlm", "rnnme", "mikolov", "recipe")
+SYSTEMS = ("rnnlm", "mikolov", "rnnme", "recipe", "mikolov_me")
+PAIRS = (("rnnlm", "mikolov"), ("rnnme", "mikolov_me"))      # the same model in each
+DIRECT = ["--direct-size", str(1 << 22), "--direct-order", "3"]
 RNNLM_SETTINGS = ["-hidden", "200", "-class", "100", "-bptt", "4", "-bptt-block", "10",
                   "-rand-seed", "1", "-debug", "2"]
 RNNKIT_SETTINGS = {
     "mikolov": ["--cell", "rnn_sigmoid", "--hidden", "200", "--layers", "1", "--softmax",
                 "class", "--classes", "100", "--batch-size", "20", "--bptt", "10",
                 "--optimizer", "sgd", "--lr", "5", "--clip", "5", "--lr-decay", "2",
-                "--dropout", "0", "--eval-every", "400"],
+                "--lr-schedule", "halving", "--epochs", "50", "--dropout", "0",
+                "--eval-every", "2000"],
     "recipe": ["--cell", "lstm", "--hidden", "200", "--layers", "2", "--dropout", "0.2",
                "--tie-weights", "--batch-size", "20", "--bptt", "35", "--optimizer", "sgd",
-               "--lr", "20", "--clip", "0.25", "--lr-decay", "4", "--eval-every", "500"],
+               "--lr", "20", "--clip", "0.25", "--lr-decay", "4", "--eval-every", "300"],
 }
+RNNKIT_SETTINGS["mikolov_me"] = RNNKIT_SETTINGS["mikolov"] + DIRECT
 _VALID_RNNLM = re.compile(r"VALID entropy: ([0-9.]+)")
 _WORDS_RNNLM = re.compile(r"Words/sec: ([0-9.]+)")
 _VALID_RNNKIT = re.compile(r"valid loss [0-9.]+, ppl ([0-9.]+)")
@@ -136,22 +148,49 @@ def run_rnnkit(name: str, budget_s: float, folder: Path) -> dict:
                          "--level", "word", *RNNKIT_SETTINGS[name], "--max-minutes",
                          str(budget_s / 60), "--sample", "0", "--no-progress", "--out",
                          str(out)], budget_s + 600, _parse_rnnkit, env, folder)
-    rates = [json.loads(line).get("tok_per_s") for line in
-             (out / "metrics.jsonl").read_text().splitlines()] if (out / "metrics.jsonl") \
-        .is_file() else []
-    rates = [r for r in rates if r]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] \
+        if (out / "metrics.jsonl").is_file() else []
+    rates = [r["tok_per_s"] for r in records if r.get("tok_per_s")]
     result["words_per_s"] = sorted(rates)[len(rates) // 2] if rates else None
+    result["epochs"] = epoch_ends(records)
     done = subprocess.run([sys.executable, "-m", "rnnkit", "eval", str(out), "--data",
-                           str(PTB / "ptb.test.txt"), "--json"], capture_output=True,
-                          text=True, env=env)
+                           str(PTB / "ptb.test.txt"), "--batch-size", "1", "--json"],
+                          capture_output=True, text=True, env=env)
     result["test"] = json.loads(done.stdout)["ppl"] if done.returncode == 0 else None
     return result
+
+
+def epoch_ends(records: list[dict]) -> list[float]:
+    """rnnkit's validation perplexity after each whole epoch, from its metrics.jsonl: an
+    epoch ends every S steps (stream batches: the same number each epoch), S being the
+    step of the last validation of epoch 0 once epoch 1 has begun."""
+    valid = [r for r in records if r["split"] == "valid"]
+    begun = [r["step"] for r in records if r["epoch"] >= 1]
+    if not begun:
+        return []
+    S = max(r["step"] for r in valid if r["epoch"] == 0 and r["step"] <= min(begun))
+    by_step = {r["step"]: r["ppl"] for r in valid if r["step"] % S == 0}   # the last at a step
+    return [by_step[k] for k in sorted(by_step)]
 
 
 def at_budget(points: list, budget_s: float) -> float | None:
     """The last validation perplexity reported within ``budget_s``."""
     seen = [ppl for t, ppl in points if t <= budget_s]
     return seen[-1] if seen else None
+
+
+def print_epochs(runs: dict, toolkit: str, rnnkit: str) -> None:
+    """Validation perplexity after each epoch of the same model in both, and the ratio."""
+    a = [ppl for _, ppl in runs[toolkit]["valid"]]      # the toolkit validates once an epoch
+    b = runs[rnnkit]["epochs"]
+    print(f"\nafter each epoch: {toolkit} against {rnnkit} (ratio: rnnkit / toolkit)")
+    for k in range(max(len(a), len(b))):
+        x = a[k] if k < len(a) else None
+        y = b[k] if k < len(b) else None
+        ratio = f"{y / x:.3f}" if x and y else "-"
+        print(f"epoch {k + 1:>2} " + "".join("        -" if v is None else f"{v:9.1f}"
+                                             for v in (x, y)) + f"{ratio:>8}")
+    runs[rnnkit]["ratio_by_epoch"] = [b[k] / a[k] for k in range(min(len(a), len(b)))]
 
 
 def main(argv=None) -> int:
@@ -161,6 +200,8 @@ def main(argv=None) -> int:
                         help="wall-time budgets in minutes; the largest is each run's length")
     parser.add_argument("--parallel", type=int, default=1,
                         help="systems run at once, one thread each (2 cores: at most 2)")
+    parser.add_argument("--results", default="rnnlm_toolkit",
+                        help="name of the JSON file written to benchmarks/results/")
     args = parser.parse_args(argv)
     systems = args.systems or list(SYSTEMS)
     unknown = sorted(set(systems) - set(SYSTEMS))
@@ -193,9 +234,12 @@ def main(argv=None) -> int:
         r["at_budgets"] = dict(zip(map(str, budgets), cells))
         speed = "-" if r["words_per_s"] is None else f"{r['words_per_s']:.0f}"
         test = "-" if r["test"] is None else f"{r['test']:.1f}"
-        print(f"{name:<10}" + "".join("        -" if c is None else f"{c:9.1f}"
+        print(f"{name:<11}" + "".join("        -" if c is None else f"{c:9.1f}"
                                       for c in cells) + f"{speed:>10} {test:>8}")
-    write_results("rnnlm_toolkit", results)
+    for toolkit, rnnkit in PAIRS:
+        if toolkit in systems and rnnkit in systems:
+            print_epochs(results["systems"], toolkit, rnnkit)
+    write_results(args.results, results)
     return 0
 
 

@@ -25,11 +25,12 @@ import copy
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.cells import torch_twin
+from rnnkit.models.direct import WORDS, DirectFeatures
+from rnnkit.models.softmax import FullSoftmax, LogitsHead, plus_direct
 
 _QUANTISED_TWINS = (nn.LSTM, nn.GRU)        # the recurrent modules quantize_dynamic handles
 
@@ -89,7 +90,7 @@ class Int8Recurrent(nn.Module):
         return out[0], new
 
 
-class Int8FullSoftmax(nn.Module):
+class Int8FullSoftmax(LogitsHead):
     """A :class:`~rnnkit.models.softmax.FullSoftmax` whose ``h @ weight.T + bias`` is an
     int8 Linear (a tied weight is copied; the embedding keeps the float one)."""
 
@@ -101,23 +102,16 @@ class Int8FullSoftmax(nn.Module):
             linear.bias.copy_(head.bias)
         self.linear = _quantize_dynamic(linear, {nn.Linear})
 
-    def logits(self, hidden: Tensor) -> Tensor:
-        """(N, H) -> (N, V)."""
-        return self.linear(hidden)
-
-    def nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(self.logits(hidden), targets, reduction="none")
-
-    def log_probs(self, hidden: Tensor) -> Tensor:
-        return F.log_softmax(self.logits(hidden), dim=-1)
+    def logits(self, hidden: Tensor, direct: DirectFeatures | None = None) -> Tensor:
+        """(N, H) -> (N, V), the direct connections' scores (if any) added in float."""
+        logits = self.linear(hidden)
+        return plus_direct(logits, direct, WORDS, torch.arange(logits.shape[1]))
 
 
 def _int8_head(head: nn.Module) -> tuple[nn.Module, bool]:
     """The head with its products int8 — a full softmax as :class:`Int8FullSoftmax`, the
     adaptive head's ``nn.Linear`` modules quantised — and whether any product is int8 (the
     class-factorised head gathers per-class rows of its weight: it stays float)."""
-    from rnnkit.models.softmax import FullSoftmax
-
     if isinstance(head, FullSoftmax):
         return Int8FullSoftmax(head), True
     if not any(isinstance(m, nn.Linear) for m in head.modules()):

@@ -102,6 +102,10 @@ def load_for_export(directory: str | Path):
     else:
         raise ValueError(f"{directory}: 'rnnkit export' exports {', '.join(sorted(GRAPHS))} "
                          f"models, this is a {task!r} model")
+    if getattr(model, "direct", None) is not None:
+        raise ValueError(f"{directory}: a language model with direct connections "
+                         f"(--direct-size) cannot be exported yet; its graphs would need the "
+                         f"hashed history as a state")
     return task, model, config
 
 

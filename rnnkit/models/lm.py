@@ -18,9 +18,18 @@ element (1, B, C), so generation, beam search and reordering need nothing new; b
 first state with ``initial_state(B, condition=…)`` or wrap the model with
 :meth:`LanguageModel.conditioned_on`.
 
+Maximum-entropy direct connections (RNNME, ``direct_size`` > 0; see
+:mod:`rnnkit.models.direct`): hashed n-gram features of the last ``direct_order - 1`` inputs
+add to every output score. The state then carries those inputs, (K-1, B) token ids, as its
+last element, and :meth:`LanguageModel.forward` returns a
+:class:`~rnnkit.models.direct.DirectHidden` (the hidden states with each position's history
+hashes) that :meth:`~LanguageModel.nll` and :meth:`~LanguageModel.log_probs` take like the
+hidden tensor.
+
 Shapes: T time, B batch, V vocabulary, E embedding, H hidden. States are tuples over layers
 of each layer's state — ``h`` (1, B, H), or ``(h, c)`` for an LSTM — batch on dimension 1
-(then the condition (1, B, C) for a conditioned model).
+(then the condition (1, B, C) for a conditioned model, then the direct connections'
+history (K-1, B) for a model that has them).
 """
 
 from __future__ import annotations
@@ -35,10 +44,13 @@ from rnnkit.cells.registry import options_from_legacy_fields
 from rnnkit.config import (MAX_LAYERS, MAX_SIZE, MAX_VOCAB, bounded, backend_field, cell_field, cell_options_field, check_cell,
                            check_fields, derived, option)
 from rnnkit.layers import INIT_SCHEMES, RecurrentStack, detach_state, with_hidden
+from rnnkit.models.direct import MAX_ORDER, DirectConnections, DirectHidden
 from rnnkit.models.softmax import HEADS, AdaptiveSoftmax, ClassSoftmax, FullSoftmax, frequency_classes
 
 CONDITIONS = ("", "label", "vector")
 CONDITION_MODES = ("init", "input")
+MAX_DIRECT = 1 << 30                    # direct-connection weights (4 GiB in float32)
+DIRECT_ORDER = 3                        # the default n-gram order of direct connections
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,10 @@ class LMConfig:
                               flag="--classes")
     adaptive_cutoffs: tuple[int, ...] = option(
         help="adaptive softmax: cutoffs, e.g. 2000,10000", flag="--cutoffs", factory=tuple)
+    direct_size: int = option(0, "maximum-entropy direct connections (RNNME): how many "
+                              "hashed n-gram weights (0: none)", flag="--direct-size")
+    direct_order: int = option(DIRECT_ORDER, "direct connections: n-gram orders 1..K (K-1 words of "
+                               "history; needs --direct-size)", flag="--direct-order")
     backend: str = backend_field()
     init: str = option("", "recurrent weight init (default: the cell's own)",
                        choices=INIT_SCHEMES)
@@ -88,6 +104,9 @@ class LMConfig:
              "an int >= 1 for condition='vector' (else >= 0)"),
             bounded("condition_size", 0, MAX_SIZE),
             bounded("num_conditions", 0, MAX_VOCAB),
+            bounded("direct_size", 0, MAX_DIRECT),
+            ("direct_order", lambda c: 2 <= c.direct_order <= MAX_ORDER,
+             f"an int in [2, {MAX_ORDER}]"),
         ]
         for name in ("dropout", "embedding_dropout", "weight_dropout"):
             checks.append((name, lambda c, name=name: 0 <= getattr(c, name) < 1,
@@ -114,6 +133,15 @@ class LMConfig:
         if options.get("adaptive_cutoffs") and softmax != "adaptive":
             raise ValueError(f"adaptive_cutoffs: only for softmax='adaptive' (--cutoffs needs "
                              f"--softmax adaptive), got softmax={softmax!r}")
+        order = options.get("direct_order", DIRECT_ORDER)
+        if order != DIRECT_ORDER and not options.get("direct_size"):
+            raise ValueError(f"direct_order: only with direct connections (--direct-order "
+                             f"needs --direct-size), got direct_order={order!r}")
+
+    @property
+    def direct_bytes(self) -> int:
+        """Memory of the direct connections' table (float32)."""
+        return 4 * self.direct_size
 
     @property
     def embed_dim(self) -> int:
@@ -206,6 +234,8 @@ class LanguageModel(nn.Module):
             self.head = ClassSoftmax(H, frequency_classes(counts, C), tied)
         else:
             self.head = AdaptiveSoftmax(H, V, list(config.adaptive_cutoffs))
+        self.direct = (DirectConnections(config.direct_size, config.direct_order)
+                       if config.direct_size else None)
 
     def _dropout(self, x: Tensor) -> Tensor:
         if self.config.locked_dropout:
@@ -216,15 +246,19 @@ class LanguageModel(nn.Module):
         """Zero states for ``batch_size`` streams; a conditioned model needs ``condition``:
         (B,) label ids or (B, C) vectors (one row broadcasts to all B)."""
         states = tuple(layer.initial_state(batch_size) for layer in self.layers)
+        c = None
         if not self.config.condition:
             if condition is not None:
                 raise ValueError("condition: this language model is not conditioned")
-            return states
-        c = self.condition_vector(condition, batch_size)                   # (B, C)
-        if self.config.condition_mode == "init":
-            states = tuple(with_hidden(s, torch.tanh(self.condition_init[k](c))[None])
-                           for k, s in enumerate(states))
-        return (*states, c[None])
+        else:
+            c = self.condition_vector(condition, batch_size)               # (B, C)
+            if self.config.condition_mode == "init":
+                states = tuple(with_hidden(s, torch.tanh(self.condition_init[k](c))[None])
+                               for k, s in enumerate(states))
+            c = c[None]
+        history = None if self.direct is None else \
+            self.direct.initial_history(batch_size, self.embedding.weight.device)
+        return self._join_state(states, c, history)
 
     def condition_vector(self, condition, batch_size: int) -> Tensor:
         """Check a condition and return its vector (B, C)."""
@@ -259,13 +293,31 @@ class LanguageModel(nn.Module):
         """This model with a fixed condition, for :mod:`rnnkit.generate`."""
         return ConditionedModel(self, condition)
 
-    def _split_state(self, state):
+    def _split_state(self, state) -> tuple[tuple, Tensor | None, Tensor | None]:
+        """A state -> (the layers' states, the condition or None, the history or None)."""
+        state = tuple(state)
+        history = None
+        if self.direct is not None:
+            state, history = state[:-1], state[-1]
         if self.config.condition:
-            return state[:-1], state[-1]
-        return state, None
+            return state[:-1], state[-1], history
+        return state, None, history
+
+    @staticmethod
+    def _join_state(layers, cond: Tensor | None, history: Tensor | None) -> tuple:
+        return tuple(layers) + tuple(t for t in (cond, history) if t is not None)
+
+    def _direct_hidden(self, x: Tensor, tokens: Tensor, history: Tensor | None,
+                       lengths: Tensor | None = None):
+        """The last layer's output x (T, B, H) of inputs ``tokens`` (T, B), with their
+        direct-connection hashes for a model that has them, and the history to carry."""
+        if self.direct is None:
+            return x, None
+        hashes, new_history = self.direct.hashes(tokens, history, lengths)
+        return DirectHidden(x, hashes), new_history
 
     def forward(self, tokens: Tensor, state: tuple | None = None,
-                lengths: Tensor | None = None) -> tuple[Tensor, tuple]:
+                lengths: Tensor | None = None) -> tuple[Tensor | DirectHidden, tuple]:
         """Hidden states of the last layer.
 
         Args:
@@ -274,11 +326,13 @@ class LanguageModel(nn.Module):
             lengths: (B,) optional lengths of a padded batch.
 
         Returns:
-            hidden (T, B, H) after output dropout, and the new state.
+            hidden (T, B, H) after output dropout (with direct connections, a
+            :class:`DirectHidden` that also holds each position's history hashes), and the
+            new state.
         """
         if state is None:
             state = self.initial_state(tokens.shape[1])
-        state, cond = self._split_state(state)
+        state, cond, history = self._split_state(state)
         weight = embedding_dropout(self.embedding.weight, self.config.embedding_dropout,
                                    self.training)
         x = self._dropout(F.embedding(tokens, weight))                  # (T, B, E)
@@ -289,16 +343,25 @@ class LanguageModel(nn.Module):
             x, s = layer(x, layer_state, lengths=lengths)
             new_state.append(s)
             x = self._dropout(x)                                        # between layers, output
-        return x, tuple(new_state) + (() if cond is None else (cond,))
+        x, history = self._direct_hidden(x, tokens, history, lengths)
+        return x, self._join_state(new_state, cond, history)
 
-    def nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
+    def _head_inputs(self, hidden: Tensor | DirectHidden):
+        """(..., H) -> the (N, H) rows for the head and their direct features (or None)."""
+        if isinstance(hidden, DirectHidden):
+            rows, hashes = hidden.flat()
+            return rows, self.direct.features(hashes)
+        return hidden.reshape(-1, hidden.shape[-1]), None
+
+    def nll(self, hidden: Tensor | DirectHidden, targets: Tensor) -> Tensor:
         """(T, B, H), (T, B) -> (T, B) negative log-likelihood of each target, in nats."""
-        flat = self.head.nll(hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1))
-        return flat.view(targets.shape)
+        rows, direct = self._head_inputs(hidden)
+        return self.head.nll(rows, targets.reshape(-1), direct=direct).view(targets.shape)
 
-    def log_probs(self, hidden: Tensor) -> Tensor:
+    def log_probs(self, hidden: Tensor | DirectHidden) -> Tensor:
         """(..., H) -> (..., V) log-distribution of the next token."""
-        flat = self.head.log_probs(hidden.reshape(-1, hidden.shape[-1]))
+        rows, direct = self._head_inputs(hidden)
+        flat = self.head.log_probs(rows, direct=direct)
         return flat.view(*hidden.shape[:-1], -1)
 
     # -- the generation protocol (rnnkit.generate) ------------------------------------------
@@ -312,7 +375,7 @@ class LanguageModel(nn.Module):
         """
         if state is None:
             state = self.initial_state(tokens.shape[0])
-        state, cond = self._split_state(state)
+        state, cond, history = self._split_state(state)
         x = self.embedding.weight[tokens]                                # (B, E)
         if cond is not None and self.config.condition_mode == "input":
             x = torch.cat([x, cond[0]], dim=-1)
@@ -320,7 +383,8 @@ class LanguageModel(nn.Module):
         for layer, layer_state in zip(self.layers, state):
             x, s = layer.step(x, layer_state)                               # (B, H)
             new_state.append(s)
-        return self.log_probs(x), tuple(new_state) + (() if cond is None else (cond,))
+        x, history = self._direct_hidden(x[None], tokens[None], history)
+        return self.log_probs(x[0]), self._join_state(new_state, cond, history)
 
     @torch.no_grad()
     def prime(self, tokens: Tensor, state) -> tuple[Tensor, tuple]:

@@ -12,6 +12,11 @@ embedding, Press & Wolf 2017). ``ClassSoftmax`` is Mikolov's class-factorised so
 ``P(w | h) = P(class(w) | h) · P(w | class(w), h)``, so training touches C + |class| output
 rows per token instead of V. ``AdaptiveSoftmax`` is PyTorch's
 ``AdaptiveLogSoftmaxWithLoss`` (Grave et al. 2017).
+
+Every head also takes ``direct``: the maximum-entropy direct connections of the rows
+(:class:`rnnkit.models.direct.DirectFeatures`, or None), whose scores are added to each
+softmax group's logits before it is normalised — the words, and the classes (class
+softmax) or clusters (adaptive softmax).
 """
 
 from __future__ import annotations
@@ -22,10 +27,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.models.direct import CLASSES, WORDS, DirectFeatures
+
 HEADS = ("full", "class", "adaptive")
 
 
-class FullSoftmax(nn.Module):
+def _ids(n: int, like: Tensor, start: int = 0) -> Tensor:
+    return torch.arange(start, start + n, device=like.device)
+
+
+def plus_direct(logits: Tensor, direct: DirectFeatures | None, group: int,
+                 units: Tensor) -> Tensor:
+    """(N, U) logits of the units ``units`` (U,) of a softmax group, plus their direct
+    connections' scores (if any)."""
+    return logits if direct is None else logits + direct.scores(group, units)
+
+
+class LogitsHead(nn.Module):
+    """A head whose ``logits(hidden, direct)`` (N, V) are normalised over the whole
+    vocabulary at once."""
+
+    def nll(self, hidden: Tensor, targets: Tensor, direct: DirectFeatures | None = None) -> Tensor:
+        return F.cross_entropy(self.logits(hidden, direct), targets, reduction="none")
+
+    def log_probs(self, hidden: Tensor, direct: DirectFeatures | None = None) -> Tensor:
+        return F.log_softmax(self.logits(hidden, direct), dim=-1)
+
+
+class FullSoftmax(LogitsHead):
     """``log softmax(h @ weight.T + bias)`` over the whole vocabulary; weight (V, H)."""
 
     def __init__(self, hidden_size: int, vocab_size: int, tied_weight: nn.Parameter | None = None):
@@ -36,14 +65,9 @@ class FullSoftmax(nn.Module):
         if not self.tied:
             nn.init.uniform_(self.weight, -0.1, 0.1)
 
-    def logits(self, hidden: Tensor) -> Tensor:
-        return F.linear(hidden, self.weight, self.bias)                 # (N, V)
-
-    def nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(self.logits(hidden), targets, reduction="none")
-
-    def log_probs(self, hidden: Tensor) -> Tensor:
-        return F.log_softmax(self.logits(hidden), dim=-1)
+    def logits(self, hidden: Tensor, direct: DirectFeatures | None = None) -> Tensor:
+        logits = F.linear(hidden, self.weight, self.bias)               # (N, V)
+        return plus_direct(logits, direct, WORDS, _ids(logits.shape[1], logits))
 
 
 def frequency_classes(counts: list[int], num_classes: int) -> Tensor:
@@ -94,7 +118,7 @@ class ClassSoftmax(nn.Module):
         self.register_buffer("start", start, persistent=False)
         self.register_buffer("position", position, persistent=False)
 
-    def nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
+    def nll(self, hidden: Tensor, targets: Tensor, direct: DirectFeatures | None = None) -> Tensor:
         """(N, H), (N,) -> (N,): −log P(class) − log P(word | class), one product per class.
 
         The word layer is gathered once into class order and split into per-class views,
@@ -103,26 +127,40 @@ class ClassSoftmax(nn.Module):
         each gradient once (not one full-size gradient per class).
         """
         classes = self.class_of[targets]                                # (N,)
-        class_lp = F.log_softmax(F.linear(hidden, self.class_weight, self.class_bias), -1)
-        nll = -class_lp.gather(1, classes[:, None]).squeeze(1)
         sizes = (self.start[1:] - self.start[:-1]).tolist()
         weights = self.weight.index_select(0, self.order).split(sizes)   # class c: (|c|, H)
         biases = self.bias.index_select(0, self.order).split(sizes)
+        words = self.order.split(sizes)                                 # class c: its ids
         by_class = torch.argsort(classes, stable=True)
         present, counts = torch.unique_consecutive(classes[by_class], return_counts=True)
-        counts = counts.tolist()
+        present, counts = present.tolist(), counts.tolist()
         rows = hidden.index_select(0, by_class).split(counts)          # tokens of class c
+        row_ids = by_class.split(counts)
         positions = self.position[targets[by_class]][:, None].split(counts)
-        word_nll = [-F.log_softmax(F.linear(h, weights[c], biases[c]), -1).gather(1, pos)
-                    for c, h, pos in zip(present.tolist(), rows, positions)]
+        class_logits = F.linear(hidden, self.class_weight, self.class_bias)   # (N, C)
+        word_logits = [F.linear(h, weights[c], biases[c]) for c, h in zip(present, rows)]
+        if direct is not None:                   # the classes', then each class's words
+            scores = direct.scores_blocks(
+                [(None, CLASSES, _ids(self.num_classes, hidden))]
+                + [(r, WORDS, words[c]) for c, r in zip(present, row_ids)])
+            class_logits = class_logits + scores[0]
+            word_logits = [w + d for w, d in zip(word_logits, scores[1:])]
+        class_lp = F.log_softmax(class_logits, -1)
+        nll = -class_lp.gather(1, classes[:, None]).squeeze(1)
+        word_nll = [-F.log_softmax(w, -1).gather(1, pos) for w, pos in zip(word_logits, positions)]
         within = torch.zeros_like(nll).scatter(0, by_class, torch.cat(word_nll).squeeze(1))
         return nll + within
 
-    def log_probs(self, hidden: Tensor) -> Tensor:
+    def log_probs(self, hidden: Tensor, direct: DirectFeatures | None = None) -> Tensor:
         """(N, H) -> (N, V): every word's log-probability, all classes at once."""
-        class_lp = F.log_softmax(F.linear(hidden, self.class_weight, self.class_bias), -1)
+        class_logits = F.linear(hidden, self.class_weight, self.class_bias)
         logits = F.linear(hidden, self.weight, self.bias)               # (N, V)
         N, C = logits.shape[0], self.num_classes
+        if direct is not None:
+            word_scores, class_scores = direct.scores_blocks(
+                [(None, WORDS, _ids(logits.shape[1], logits)), (None, CLASSES, _ids(C, logits))])
+            logits, class_logits = logits + word_scores, class_logits + class_scores
+        class_lp = F.log_softmax(class_logits, -1)
         index = self.class_of.expand(N, -1)
         peak = logits.new_full((N, C), -math.inf).scatter_reduce(1, index, logits, "amax")
         shifted = (logits - peak.gather(1, index)).exp()
@@ -140,11 +178,53 @@ class AdaptiveSoftmax(nn.Module):
         self.inner = nn.AdaptiveLogSoftmaxWithLoss(hidden_size, vocab_size, list(cutoffs),
                                                    div_value=4.0)
 
-    def nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        return -self.inner(hidden, targets).output
+    def nll(self, hidden: Tensor, targets: Tensor, direct: DirectFeatures | None = None) -> Tensor:
+        if direct is None:
+            return -self.inner(hidden, targets).output
+        S = self.inner.shortlist_size
+        clusters = [(i, lo, hi, ((targets >= lo) & (targets < hi)).nonzero().squeeze(1))
+                    for i, (lo, hi) in enumerate(self._clusters())]
+        clusters = [c for c in clusters if c[3].numel()]
+        head_lp, tails_lp = self._log_probs(hidden, direct, clusters)
+        short = (targets < S).nonzero().squeeze(1)
+        rows = [short, *(r for *_, r in clusters)]
+        values = [head_lp[short].gather(1, targets[short, None]).squeeze(1)]
+        values += [tail_lp.gather(1, targets[r, None] - lo).squeeze(1) + head_lp[r, S + i]
+                   for (i, lo, _, r), tail_lp in zip(clusters, tails_lp)]
+        return -torch.zeros_like(targets, dtype=head_lp.dtype).index_put(
+            (torch.cat(rows),), torch.cat(values))
 
-    def log_probs(self, hidden: Tensor) -> Tensor:
-        return self.inner.log_prob(hidden)
+    def log_probs(self, hidden: Tensor, direct: DirectFeatures | None = None) -> Tensor:
+        if direct is None:
+            return self.inner.log_prob(hidden)
+        S = self.inner.shortlist_size
+        clusters = [(i, lo, hi, None) for i, (lo, hi) in enumerate(self._clusters())]
+        head_lp, tails_lp = self._log_probs(hidden, direct, clusters)
+        return torch.cat([head_lp[:, :S], *(tail_lp + head_lp[:, S + i, None]
+                                            for (i, *_), tail_lp in zip(clusters, tails_lp))],
+                         dim=1)
+
+    # PyTorch's head and tail modules, with the direct connections added to their logits
+    # (the computation of AdaptiveLogSoftmaxWithLoss, which the tests compare with).
+
+    def _clusters(self) -> list[tuple[int, int]]:
+        cutoffs = self.inner.cutoffs
+        return list(zip(cutoffs[:-1], cutoffs[1:]))
+
+    def _log_probs(self, hidden: Tensor, direct: DirectFeatures, clusters: list[tuple]
+                   ) -> tuple[Tensor, list[Tensor]]:
+        """The head's log-probabilities (N, shortlist + clusters: the shortlist's words, then
+        the clusters) and, for each ``(i, lo, hi, rows)`` of ``clusters``, the rows' (None:
+        all) log P(word | cluster i) (n, hi - lo) of the words lo..hi-1."""
+        inner, S = self.inner, self.inner.shortlist_size
+        head = inner.head(hidden)
+        scores = direct.scores_blocks(
+            [(None, WORDS, _ids(S, head)), (None, CLASSES, _ids(inner.n_clusters, head))]
+            + [(rows, WORDS, _ids(hi - lo, head, lo)) for _, lo, hi, rows in clusters])
+        head_lp = F.log_softmax(head + torch.cat(scores[:2], dim=1), dim=1)
+        tails = [inner.tail[i](hidden if rows is None else hidden[rows]) + d
+                 for (i, _, _, rows), d in zip(clusters, scores[2:])]
+        return head_lp, [F.log_softmax(t, dim=1) for t in tails]
 
 
 def default_cutoffs(vocab_size: int) -> list[int]:

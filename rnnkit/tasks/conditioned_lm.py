@@ -32,7 +32,7 @@ from rnnkit.data.labelled import read_labelled
 from rnnkit.data.stream import ExampleBatches
 from rnnkit.layers import length_mask
 from rnnkit.models.lm import LanguageModel, LMConfig
-from rnnkit.tasks import recipe
+from rnnkit.tasks import lm, recipe
 from rnnkit.tasks.classifier import label_ids, sorted_labels
 from rnnkit.tasks.common import SplitSource, labelled_splits, pad, split_sources
 from rnnkit.train import TrainConfig
@@ -166,7 +166,7 @@ def prepare(cfg: ConditionedLMDataConfig, options: dict, out: Path, *, resume: b
 
 def describe_model(cfg: LMConfig) -> str:
     via = "initial state" if cfg.condition_mode == "init" else "input"
-    return f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_size}, condition via the {via}"
+    return f"{lm.describe_model(cfg)}, condition via the {via}"
 
 
 def train_conditioned_lm(data_cfg: ConditionedLMDataConfig | None, model_options: dict | None,

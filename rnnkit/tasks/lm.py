@@ -290,6 +290,8 @@ class LMTask:
         for k, layer in enumerate(self.model.layers):
             parts = [tensors[f"{k}.{j}"].to(self.device) for j in range(layer.cell.num_states)]
             layers.append(tuple(parts) if len(parts) > 1 else parts[0])
+        if self.model.direct is not None:                # the direct connections' history
+            layers.append(tensors[f"{len(layers)}.0"].to(self.device))
         self.carry = tuple(layers)
 
 
@@ -321,7 +323,11 @@ def prepare(cfg: LMDataConfig, options: dict, out: Path, *, resume: bool,
 
 
 def describe_model(cfg: LMConfig) -> str:
-    return f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_size}, {cfg.softmax} softmax"
+    text = f"{cfg.cell} {cfg.num_layers}x{cfg.hidden_size}, {cfg.softmax} softmax"
+    if cfg.direct_size:
+        text += (f", direct connections of order {cfg.direct_order} ({cfg.direct_size:,} "
+                 f"weights, {cfg.direct_bytes / 2 ** 20:,.1f} MiB)")
+    return text
 
 
 @dataclass(frozen=True)

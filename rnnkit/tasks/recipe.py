@@ -470,7 +470,7 @@ def check_processes(out: Path, world: World) -> None:
 
 def finished(out: Path, train_cfg: TrainConfig) -> dict | None:
     """If the train state in ``out`` has used up ``train_cfg``'s budget (the loop's stop
-    rules: epochs, max_steps, max_minutes), a summary of the finished run with "why";
+    rules: epochs, the halving schedule, max_steps, max_minutes), a summary of the finished run with "why";
     else None (also when the train state cannot be read: the loop then says why)."""
     meta = train_state_meta(out)
     try:
@@ -480,6 +480,8 @@ def finished(out: Path, train_cfg: TrainConfig) -> dict | None:
         return None
     if epoch >= train_cfg.epochs:
         why = f"{epoch} epochs done, --epochs {train_cfg.epochs}"
+    elif (meta.get("schedule") or {}).get("converged"):
+        why = "the halving schedule ended it: a second epoch short of --min-improvement"
     elif train_cfg.max_steps and step >= train_cfg.max_steps:
         why = f"step {step} of --max-steps {train_cfg.max_steps}"
     elif train_cfg.max_minutes and elapsed >= train_cfg.max_minutes * 60:

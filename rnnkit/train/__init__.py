@@ -18,7 +18,8 @@ The files, one job each:
     config.py    TrainConfig (the options) and the optimiser they build
     task.py      Task and BatchSource: what the loop needs from a task
     loop.py      Trainer: the loop and its stop rules
-    schedule.py  PlateauSchedule: divide the learning rate when validation stops improving
+    schedule.py  PlateauSchedule, HalvingSchedule: divide the learning rate when validation
+                 stops improving (Mikolov's halving schedule stops the run too)
     state.py     the train state file: save and load, for exact resume
     metrics.py   metrics.jsonl, TensorBoard, curves.png
     distributed.py  several processes (torchrun, DDP): World, joining, the shares
@@ -29,10 +30,10 @@ The files, one job each:
 from rnnkit.train.config import OPTIMIZERS, TrainConfig, build_optimizer
 from rnnkit.train.loop import Trainer, TrainingStopped
 from rnnkit.train.metrics import CURVES, METRICS, LossWindow, MetricsLog
-from rnnkit.train.schedule import PlateauSchedule
+from rnnkit.train.schedule import HalvingSchedule, PlateauSchedule
 from rnnkit.train.state import load_train_state, save_train_state
 from rnnkit.train.task import BatchSource, Task
 
 __all__ = ["TrainConfig", "OPTIMIZERS", "build_optimizer", "Task", "BatchSource", "Trainer",
-           "TrainingStopped", "PlateauSchedule", "save_train_state", "load_train_state",
+           "TrainingStopped", "PlateauSchedule", "HalvingSchedule", "save_train_state", "load_train_state",
            "MetricsLog", "LossWindow", "METRICS", "CURVES"]

@@ -8,6 +8,9 @@ import torch
 from torch import nn
 
 from rnnkit.config import check_fields, option
+from rnnkit.train.schedule import SCHEDULES
+
+MIN_IMPROVEMENT = 0.003                  # the RNNLM toolkit's default (-min-improvement 1.003)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -28,6 +31,13 @@ class TrainConfig:
     clip: float = option(0.25, "max gradient norm (0: off)")
     lr_decay: float = option(4.0, "divide the lr by this when validation stops improving "
                              "(1: off)")
+    lr_schedule: str = option("plateau", "when the lr is divided: plateau (each epoch that "
+                              "does not improve validation) or halving (Mikolov's: every epoch "
+                              "after the first that improves it by less than "
+                              "--min-improvement; the run stops at the second)",
+                              choices=SCHEDULES)
+    min_improvement: float = option(MIN_IMPROVEMENT, "halving schedule: the relative improvement of "
+                                    "validation an epoch must make")
     seed: int = option(1, "random seed")
     eval_every: int = option(0, "validate every N steps (0: once per epoch)")
     save_every: int = option(0, "resumable checkpoint every N steps (0: once per epoch)")
@@ -53,12 +63,20 @@ class TrainConfig:
                   ("weight_decay", lambda c: c.weight_decay >= 0, "a number >= 0"),
                   ("clip", lambda c: c.clip >= 0, "a number >= 0"),
                   ("lr_decay", lambda c: c.lr_decay >= 1, "a number >= 1"),
+                  ("lr_schedule", lambda c: c.lr_schedule in SCHEDULES,
+                   f"one of {list(SCHEDULES)}"),
+                  ("min_improvement", lambda c: 0 <= c.min_improvement < 1,
+                   "a number in [0, 1)"),
                   ("eval_every", lambda c: c.eval_every >= 0, "an int >= 0"),
                   ("save_every", lambda c: c.save_every >= 0, "an int >= 0"),
                   ("log_every", lambda c: c.log_every >= 1, "an int >= 1"),
                   ("precision", lambda c: c.precision in PRECISIONS,
                    f"one of {list(PRECISIONS)}")]
         check_fields(self, checks)
+        if self.lr_schedule != "halving" and self.min_improvement != MIN_IMPROVEMENT:
+            raise ValueError(f"min_improvement: only for lr_schedule='halving' "
+                             f"(--min-improvement needs --lr-schedule halving), got "
+                             f"lr_schedule={self.lr_schedule!r}")
 
 
 def check_precision(precision: str, device: torch.device) -> None:

@@ -36,7 +36,7 @@ from rnnkit.train import distributed
 from rnnkit.train.config import PRECISIONS, TrainConfig, build_optimizer, check_precision
 from rnnkit.train.distributed import SINGLE, World
 from rnnkit.train.metrics import LossWindow, MetricsLog
-from rnnkit.train.schedule import PlateauSchedule
+from rnnkit.train.schedule import make_schedule
 from rnnkit.train.state import load_train_state, save_train_state
 from rnnkit.train.task import Task
 
@@ -84,7 +84,7 @@ class Trainer:
         self.scaler = (torch.amp.GradScaler(device.type) if config.precision == "fp16"
                        else None)
         self.optimizer = build_optimizer(task.model, config)
-        self.schedule = PlateauSchedule(self.optimizer, config.lr_decay)
+        self.schedule = make_schedule(config, self.optimizer)
         self.metrics = MetricsLog(self.out, task.unit, f"{task.name}: {self.out.name}")
         self.window: LossWindow | None = None       # made when fit begins
         self.step = self.epoch = self.units = 0
@@ -97,7 +97,8 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict:
         """Train until a stop rule ends the run (see the module docstring); return a summary:
-        the reason ("epochs", "max_steps", "max_minutes" or "interrupted"), the step, the
+        the reason ("epochs", "converged", "max_steps", "max_minutes" or "interrupted"), the
+        step, the
         epoch, the best validation objective, the minutes of training and the units seen."""
         self._begin(resume)
         previous = signal.signal(signal.SIGINT, self._on_sigint)
@@ -105,6 +106,9 @@ class Trainer:
         reason = "epochs"
         try:
             while self.epoch < self.config.epochs:
+                if self.schedule.converged:                 # the halving schedule ended it
+                    reason = "converged"
+                    break
                 batch = self.task.batches.next_batch()
                 if batch is None:
                     self._end_epoch()
@@ -305,6 +309,8 @@ class Trainer:
         counters = {"step": self.step, "epoch": self.epoch, "elapsed": self._elapsed(),
                     "units": self.units, "best": self.best, "plateau_best": self.schedule.best,
                     "log_window": self.window.state()}
+        if schedule := self.schedule.state():           # the halving schedule's flags
+            counters["schedule"] = schedule
         if self.scaler is not None:
             counters.update(grad_scaler=self.scaler.state_dict(), skipped_steps=self.skipped)
         save_train_state(self.out / checkpoint.TRAIN_STATE, self.task, self.optimizer, counters,
@@ -314,6 +320,8 @@ class Trainer:
         self.step, self.epoch, self.units = counters["step"], counters["epoch"], counters["units"]
         self.elapsed, self.best = counters["elapsed"], counters["best"]
         self.schedule.best = counters["plateau_best"]
+        if "schedule" in counters:
+            self.schedule.load_state(counters["schedule"])
         self.window = LossWindow(self.clock, *counters.get("log_window", (0.0, 0, 0.0)))
         if self.scaler is not None and counters.get("grad_scaler"):
             self.scaler.load_state_dict(counters["grad_scaler"])

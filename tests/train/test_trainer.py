@@ -18,8 +18,8 @@ from torch import nn
 
 from conftest import snapshot
 from rnnkit import checkpoint
-from rnnkit.train import (METRICS, PlateauSchedule, TrainConfig, Trainer, TrainingStopped,
-                          build_optimizer, load_train_state)
+from rnnkit.train import (METRICS, HalvingSchedule, PlateauSchedule, TrainConfig, Trainer,
+                          TrainingStopped, build_optimizer, load_train_state)
 
 BATCHES = 4                                 # batches (optimiser steps) per epoch
 T, B, I = 5, 3, 2                           # time steps, sequences and inputs of a batch
@@ -343,6 +343,51 @@ def test_plateau_schedule_divides_when_the_objective_stops_improving():
         lrs.append(optimizer.param_groups[0]["lr"])
     assert lrs == [1.0, 1.0, 0.25, 0.25, 0.0625, 0.015625]
     assert schedule.best == 1.5
+
+
+def test_halving_schedule_follows_the_rnnlm_toolkit():
+    # The toolkit's rule, by hand: an epoch "stalls" unless its loss is below the best so
+    # far by 1% (min_improvement 0.01); the first stall starts the halving at every epoch
+    # end (that one included), the second ends training.
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = HalvingSchedule(optimizer, decay=2.0, min_improvement=0.01)
+    lrs, ends = [], []
+    for objective in [5.0, 4.0, 3.98, 3.5, 3.0, 3.1]:
+        schedule.update(objective)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        ends.append(schedule.converged)
+    # 4.0 → 3.98 is 0.5% (a stall: halving from here); 3.5, 3.0 improve; 3.1 is worse
+    assert lrs == [1.0, 1.0, 0.5, 0.25, 0.125, 0.125]
+    assert ends == [False] * 5 + [True]
+    assert (schedule.best, schedule.dividing) == (3.0, True)
+    again = HalvingSchedule(optimizer, decay=2.0, min_improvement=0.01)
+    again.load_state(schedule.state())
+    assert (again.dividing, again.converged) == (True, True)
+
+
+def test_the_halving_schedule_ends_a_run_and_a_resume_says_so(tmp_path):
+    ends = [3.0, 2.99, 2.0, 2.995, 1.0]          # stalls at epochs 2 and 4
+
+    def valid(task):
+        return {"loss": ends[task.batches.epoch]}
+
+    cfg = config(epochs=5, lr=1.0, lr_decay=2.0, optimizer="sgd", lr_schedule="halving",
+                 min_improvement=0.01)
+    _, summary = fit(ToyTask(valid=valid), tmp_path, cfg)
+    assert (summary["reason"], summary["epoch"]) == ("converged", 4)
+    lr_by_epoch = {e["epoch"]: e["lr"] for e in metric_lines(tmp_path, "train")}
+    assert lr_by_epoch == {0: 1.0, 1: 1.0, 2: 0.5, 3: 0.25}
+    _, meta = checkpoint.load_tensors(tmp_path / checkpoint.TRAIN_STATE)
+    assert (meta["plateau_best"], meta["schedule"]) == (2.0, {"dividing": True, "converged": True})
+    from rnnkit.tasks.recipe import finished
+    assert "halving schedule" in finished(tmp_path, cfg)["why"]
+
+
+def test_min_improvement_needs_the_halving_schedule():
+    with pytest.raises(ValueError, match="min_improvement: only for lr_schedule='halving'"):
+        TrainConfig(min_improvement=0.01)
+    with pytest.raises(ValueError, match="lr_schedule: expected one of"):
+        TrainConfig(lr_schedule="newbob")
 
 
 def test_schedule_looks_at_epoch_ends_only(tmp_path):
