@@ -271,3 +271,17 @@ def test_scores_files_and_refuses_export(corpus, tmp_path):
     assert rows[0]["logprob"] == pytest.approx(total, abs=1e-4)
     with pytest.raises(ValueError, match="direct connections .* cannot be exported"):
         export_model(out, tmp_path / "onnx")
+
+
+def test_int8_keeps_the_direct_connections_in_float():
+    from rnnkit.quantize import quantize_lm
+    model = _model("full", dtype=torch.float32)
+    int8, description = quantize_lm(model)
+    assert "output layer int8" in description
+    tokens = torch.randint(0, V, (6, 2))
+    a, _ = model(tokens)
+    b, _ = int8(tokens)
+    exact, approx = model.log_probs(a), int8.log_probs(b)
+    assert not torch.equal(exact, approx)                        # the products are int8 …
+    torch.testing.assert_close(approx, exact, atol=0.05, rtol=0)  # … the table is not
+    torch.testing.assert_close(int8.direct.weight, model.direct.weight)
