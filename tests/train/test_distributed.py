@@ -19,6 +19,7 @@ from rnnkit.cli.launch import without_launch_options
 from rnnkit.data.stream import ExampleBatches, StreamBatches
 from rnnkit.train.distributed import World
 from tests.tiny_data import write_lines
+from conftest import run_cli
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not available")
@@ -34,6 +35,14 @@ def rnnkit(*args, check=True, timeout=120) -> subprocess.CompletedProcess:
     if check and done.returncode != 0:
         raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
     return done
+
+
+def here(capsys, *args) -> str:
+    """``rnnkit ARGS`` in this process (no start-up to pay: the single-process references
+    and the refusals made before any process starts) -> its standard output."""
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, f"exit {code}\n{out}\n{err}"
+    return out
 
 
 def lines_of(run: Path, split: str) -> list[dict]:
@@ -100,12 +109,12 @@ def test_launch_options_do_not_reach_the_processes():
 
 # -- processes --------------------------------------------------------------------------------
 
-def test_two_processes_equal_one_with_their_batch_language_model(corpus, tmp_path):
+def test_two_processes_equal_one_with_their_batch_language_model(corpus, tmp_path, capsys):
     text = corpus / "text.txt"
     rnnkit("train", "lm", "--data", text, *LM, "--batch-size", 2, "--max-steps", 12,
            "--out", tmp_path / "two", "--nproc", 2)
-    rnnkit("train", "lm", "--data", text, *LM, "--batch-size", 4, "--max-steps", 12,
-           "--out", tmp_path / "one")
+    here(capsys, "train", "lm", "--data", text, *LM, "--batch-size", 4, "--max-steps", 12,
+         "--out", tmp_path / "one")
     for split in ("train", "valid"):
         two, one = lines_of(tmp_path / "two", split), lines_of(tmp_path / "one", split)
         assert [e["step"] for e in two] == [e["step"] for e in one]      # once each: rank 0
@@ -115,11 +124,10 @@ def test_two_processes_equal_one_with_their_batch_language_model(corpus, tmp_pat
     assert all(e["processes"] == 2 and e["tok_per_s_per_process"] == pytest.approx(
         e["tok_per_s"] / 2) for e in train)
     # the model directory is the ordinary one: it loads in one process on the CPU
-    done = rnnkit("eval", tmp_path / "two", "--data", text)
-    assert "ppl" in done.stdout
+    assert "ppl" in here(capsys, "eval", tmp_path / "two", "--data", text)
 
 
-def test_unused_parameters_stay_untouched_as_in_one_process(tmp_path):
+def test_unused_parameters_stay_untouched_as_in_one_process(tmp_path, capsys):
     """An adaptive softmax leaves a tail cluster without gradient when no target falls in
     it; with Adam, the two runs agree only if that gradient stays None on every process."""
     import random
@@ -134,21 +142,21 @@ def test_unused_parameters_stay_untouched_as_in_one_process(tmp_path):
             "--cutoffs", "10,60", "--optimizer", "adam", "--lr", 0.01, "--clip", 1,
             "--no-progress", "--eval-every", 30]
     rnnkit("train", "lm", *args, "--batch-size", 1, "--out", tmp_path / "two", "--nproc", 2)
-    rnnkit("train", "lm", *args, "--batch-size", 2, "--out", tmp_path / "one")
+    here(capsys, "train", "lm", *args, "--batch-size", 2, "--out", tmp_path / "one")
     two, one = lines_of(tmp_path / "two", "train"), lines_of(tmp_path / "one", "train")
     assert len(two) == len(one) == 30
     for a, b in zip(two, one):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
 
 
-def test_two_processes_equal_one_with_their_batch_classifier(corpus, tmp_path):
+def test_two_processes_equal_one_with_their_batch_classifier(corpus, tmp_path, capsys):
     # 55 training examples: global batches of 6, the last of one example — process 1 gets
     # a stand-in whose loss counts for nothing
     args = ["train", "classifier", "--data", corpus / "labelled.tsv", "--hidden", 8,
             "--embedding-size", 8, "--dropout", 0, "--epochs", 2, "--no-progress",
             "--log-every", 1, "--lr", 0.01]
     two = rnnkit(*args, "--batch-size", 3, "--out", tmp_path / "two", "--nproc", 2)
-    rnnkit(*args, "--batch-size", 6, "--out", tmp_path / "one")
+    here(capsys, *args, "--batch-size", 6, "--out", tmp_path / "one")
     for split in ("train", "valid"):
         a, b = lines_of(tmp_path / "two", split), lines_of(tmp_path / "one", split)
         assert len(a) == len(b) > 0
@@ -159,17 +167,17 @@ def test_two_processes_equal_one_with_their_batch_classifier(corpus, tmp_path):
     assert two.stdout.count(" step ") == 2 and two.stdout.count("best model:") == 1  # rank 0
 
 
-def test_distributed_resume_is_bit_exact_and_refuses_another_count(corpus, tmp_path):
+def test_distributed_resume_is_bit_exact_and_refuses_another_count(corpus, tmp_path, capsys):
     text = corpus / "text.txt"
     common = [*LM, "--batch-size", 2, "--dropout", 0.3, "--save-every", 5]
     rnnkit("train", "lm", "--data", text, *common, "--max-steps", 10, "--out",
            tmp_path / "straight", "--nproc", 2)
     rnnkit("train", "lm", "--data", text, *common, "--max-steps", 5, "--out",
            tmp_path / "cut", "--nproc", 2)
-    refused = rnnkit("train", "lm", "--out", tmp_path / "cut", "--resume", "--max-steps", 10,
-                     check=False)
-    assert refused.returncode == 2 and "trained by 2 process(es)" in refused.stderr
-    assert "--nproc 2" in refused.stderr and "Traceback" not in refused.stderr
+    code, _, err = run_cli(["train", "lm", "--out", tmp_path / "cut", "--resume",
+                            "--max-steps", 10], capsys)
+    assert code == 2 and "trained by 2 process(es)" in err
+    assert "--nproc 2" in err and "Traceback" not in err
     rnnkit("train", "lm", "--out", tmp_path / "cut", "--resume", "--max-steps", 10,
            "--nproc", 2)
     a, _ = checkpoint.load_tensors(tmp_path / "straight" / checkpoint.TRAIN_STATE)
@@ -229,13 +237,13 @@ def test_two_machines_meet_at_a_localhost_rendezvous(corpus, tmp_path):
     (["--precision", "fp16"], "fp16 trains on a CUDA device only"),
 ], ids=["nproc-above-cores", "nproc-zero", "nccl-without-cuda", "nnodes-without-endpoint",
         "bad-endpoint", "fp16-on-cpu"])
-def test_bad_launches_are_refused_clearly(corpus, tmp_path, extra, message):
+def test_bad_launches_are_refused_clearly(corpus, tmp_path, capsys, extra, message):
     if "cuda" in extra and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    done = rnnkit("train", "lm", "--data", corpus / "text.txt", *LM, "--out",
-                  tmp_path / "run", *extra, check=False)
-    assert done.returncode == 2 and message in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+    code, _, err = run_cli(["train", "lm", "--data", corpus / "text.txt", *LM, "--out",
+                            tmp_path / "run", *extra], capsys)       # before any process
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
 
 
 def test_a_start_refused_by_process_0_is_said_once_and_leaves_nothing(corpus, tmp_path):
