@@ -14,7 +14,9 @@ minLSTM have neither ``weight_hh`` nor ``bias_hh``). The layers add rnnkit's own
 - ``backend``: "bptt" (rnnkit's hand-derived BPTT engine), "native" (PyTorch's fused
   kernels, standard cells only), "autograd" (the engine's forward under autograd — the
   reference), "scan" (the parallel scan of :mod:`rnnkit.scan`, for min_gru and min_lstm),
-  or "auto" (see :data:`AUTO_BACKEND`);
+  "triton" (the fused Triton kernels of :mod:`rnnkit.kernels`, for the LSTM, the GRU and
+  the tanh RNN on a CUDA device, dense batches; an optional extra, never chosen by
+  "auto") or "auto" (see :data:`AUTO_BACKEND`);
 - ``init`` "uniform" | "orthogonal" | "identity" (default: the cell's own, "uniform" but
   for the IRNN) and ``forget_bias`` (see ``layers.init``);
 - ``weight_dropout``: DropConnect on the recurrent weights in training (AWD-LSTM's
@@ -50,10 +52,33 @@ from rnnkit.layers.init import check_init, init_layer, set_forget_bias
 from rnnkit.native import native_stack
 from rnnkit.scan import recurrent_scan, supports as scan_supports
 
-BACKENDS = ("auto", "bptt", "native", "autograd", "scan")
+BACKENDS = ("auto", "bptt", "native", "autograd", "scan", "triton")
 # "auto" picks PyTorch's fused kernel where one computes the cell, rnnkit's engine elsewhere.
 AUTO_BACKEND = {True: "native", False: "bptt"}
-_ENGINES = {"bptt": recurrent_bptt, "autograd": recurrent_autograd, "scan": recurrent_scan}
+
+
+def _recurrent_triton(*args, **kwargs):
+    """:func:`rnnkit.kernels.recurrent_triton`, Triton imported on first use."""
+    from rnnkit.kernels import recurrent_triton
+
+    return recurrent_triton(*args, **kwargs)
+
+
+def _check_triton(cell: Cell, device: str | None = None) -> None:
+    """Refuse the "triton" backend where its kernels cannot run the cell (on ``device``;
+    None: on a CUDA device or, interpreted, on the CPU)."""
+    from rnnkit import kernels
+
+    ready = [kernels.available(d) for d in ((device,) if device else ("cuda", "cpu"))]
+    if not any(ok for ok, _ in ready):
+        raise ValueError(f"backend: 'triton' cannot run here: {ready[0][1]}; use 'auto'")
+    if not kernels.supports(cell):
+        raise ValueError(f"backend: 'triton' has kernels for the LSTM, the GRU (reset after) "
+                         f"and the tanh RNN, not {cell!r}; use 'auto'")
+
+
+_ENGINES = {"bptt": recurrent_bptt, "autograd": recurrent_autograd, "scan": recurrent_scan,
+            "triton": _recurrent_triton}
 
 
 def _shape(x) -> str:
@@ -116,6 +141,8 @@ class RecurrentStack(nn.Module):
             raise ValueError(f"backend: 'scan' trains cells whose state is linear in the "
                              f"previous one (min_gru, min_lstm, without zoneout or recurrent "
                              f"dropout), not {self.cell!r}; use 'bptt', 'autograd' or 'auto'")
+        if backend == "triton":
+            _check_triton(self.cell)
         if forget_bias is not None and ("forget" not in self.cell.gate_names or not bias
                                         or not self.cell.biases_shift_gates):
             raise ValueError(f"forget_bias: only for a cell with a forget gate whose biases "
@@ -274,6 +301,8 @@ class RecurrentStack(nn.Module):
                                       self.bias, self.num_layers, self.dropout, self.training,
                                       self.bidirectional)
         else:
+            if backend == "triton":
+                _check_triton(self.cell, data.device.type)
             sizes = [B] * data.shape[0] if batch_sizes is None else batch_sizes.tolist()
             flat = data.reshape(-1, data.shape[-1]) if batch_sizes is None else data
             out, final = self._stack(_ENGINES[backend], flat, sizes, state0)
