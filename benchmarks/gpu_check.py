@@ -265,14 +265,18 @@ def cell_variants() -> list[Variant]:
     return variants
 
 
-def backends_of(variant: Variant) -> list[str]:
+def backends_of(variant: Variant, device: torch.device | None = None) -> list[str]:
     """The backends a variant runs on: "native" where the cell has a fused kernel, "scan"
-    where its state is linear in the previous one."""
+    where its state is linear in the previous one, and on a CUDA device with triton
+    installed, "triton" where rnnkit.kernels has a fused step for the cell."""
+    from rnnkit import kernels
     from rnnkit.scan import supports
 
     cell = make_cell(variant.name, **variant.options)
+    triton = device is not None and device.type == "cuda" and kernels.available("cuda")[0] \
+        and kernels.supports(cell)
     return (["native"] if cell.native_mode is not None else []) + ["bptt", "autograd"] + \
-        (["scan"] if supports(cell) else [])
+        (["scan"] if supports(cell) else []) + (["triton"] if triton else [])
 
 
 @dataclass(frozen=True)
@@ -389,7 +393,9 @@ def cell_rows(device: torch.device, sizes: Sizes) -> list[Row]:
             except Exception as error:  # noqa: BLE001 — the reference itself failed
                 rows.append(run_check(f"{label}: reference", "cpu", _raiser(error)))
                 continue
-            for backend in backends_of(variant):
+            for backend in backends_of(variant, device):
+                if backend == "triton" and structure.lengths:      # dense batches only
+                    continue
                 rows.append(run_check(f"{label} [{backend}]", device.type,
                                       lambda c=case, b=backend: check_cell(c, b, device)))
     return rows
