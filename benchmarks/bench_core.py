@@ -3,7 +3,8 @@
 For every cell and shape it times one training pass (forward, then backward of a loss over
 the outputs and final state) of the same single-layer model through
 
-- ``bptt``     rnnkit's hand-derived BPTT engine,
+- ``bptt``     rnnkit's hand-derived BPTT engine (its compiled loops where they apply:
+               the LSTM, GRU and Elman cells; ``RNNKIT_COMPILED=0``: the Python engine),
 - ``native``   PyTorch's fused kernel (oneDNN on CPU) — standard cells only,
 - ``autograd`` the engine's forward under autograd: an autograd loop over the same cell,
 

@@ -1,6 +1,9 @@
 """The BPTT engine as a ``torch.autograd.Function``, and the autograd reference.
 
-``recurrent_bptt`` runs one layer in one direction with the hand-derived backward;
+``recurrent_bptt`` runs one layer in one direction with the hand-derived backward — through
+the compiled loops of :mod:`rnnkit.compiled` where they apply (the LSTM, GRU and Elman cells
+on the CPU, once the extension is built), else through ``recurrent_python``, the Python
+engine of :mod:`rnnkit.bptt` (the readable reference; ``RNNKIT_COMPILED=0`` forces it);
 ``recurrent_autograd`` runs *the same forward* (``rnnkit.bptt.unroll_forward``) with autograd
 recording every step — the reference the hand backward is tested against, and the
 "autograd loop" of the benchmarks. Both take and return packed sequences (see ``bptt``).
@@ -12,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from rnnkit import compiled
 from rnnkit.bptt import OBSERVERS, input_projection, unroll_backward, unroll_forward
 from rnnkit.cells.base import Cell, State
 
@@ -77,6 +81,18 @@ def recurrent_bptt(cell: Cell, x: Tensor, batch_sizes: list[int], state0: State,
         with torch.autocast(x.device.type, enabled=False):
             return recurrent_bptt(cell, x.float(), batch_sizes, tuple(s.float() for s in state0),
                                   weight_ih, weight_hh, bias_ih, bias_hh, extra, reverse)
+    if compiled.applies(cell, x, state0, weight_ih, weight_hh, bias_ih, bias_hh, extra):
+        return compiled.run(cell, x, batch_sizes, state0, weight_ih, weight_hh, bias_ih,
+                            bias_hh, reverse)
+    return recurrent_python(cell, x, batch_sizes, state0, weight_ih, weight_hh, bias_ih,
+                            bias_hh, extra, reverse)
+
+
+def recurrent_python(cell: Cell, x: Tensor, batch_sizes: list[int], state0: State,
+                     weight_ih: Tensor, weight_hh: Tensor | None, bias_ih: Tensor | None,
+                     bias_hh: Tensor | None, extra: tuple[Tensor, ...] = (),
+                     reverse: bool = False) -> tuple[Tensor, State]:
+    """:func:`recurrent_bptt` through the Python engine (:class:`RecurrentFunction`) always."""
     out, *final = RecurrentFunction.apply(cell, batch_sizes, reverse, x, weight_ih, weight_hh,
                                           bias_ih, bias_hh, *state0, *extra)
     return out, tuple(final)

@@ -17,6 +17,14 @@ from rnnkit.cells.base import engine_params
 
 # Every cell of the registry once, as (registered name, options) — ("rnn" with its default
 # options is "rnn_tanh", so it is not repeated). New cells join every test by registering.
+def pytest_sessionstart(session):
+    """Build the compiled loops of :mod:`rnnkit.compiled` (once per machine, cached) before
+    any test runs, so that no test's captured output holds the one-line build notice."""
+    from rnnkit import compiled
+
+    compiled.load()
+
+
 def _registered_variants() -> list[tuple[str, dict]]:
     seen, variants = set(), []
     for name in rnnkit.cell_names():

@@ -163,7 +163,7 @@ def test_user_cell_path_that_is_not_a_cell(spec, reason):
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 def test_unknown_backend(kind):
-    with _raises(r"backend: expected one of \['auto', 'bptt', 'native', 'autograd', 'scan'\], "
+    with _raises(r"backend: expected one of \['auto', 'bptt', 'native', 'autograd', 'scan', 'triton'\], "
                  r"got 'cudnn'"):
         make_layer(kind, {}, I, H, backend="cudnn")
 

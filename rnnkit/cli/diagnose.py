@@ -24,7 +24,18 @@ def run_check(args) -> int:
             print(f"{row.cell:18s} {row.bptt_vs_autograd:18.1e} "
                   f"{'pass' if row.gradcheck else 'FAIL':>10s} {twin:>20s}  "
                   f"{'yes' if row.ok else 'NO'}")
+        print(f"engine: {_engine_in_use()}")
     return 0 if all(row.ok for row in rows) else 1
+
+
+def _engine_in_use() -> str:
+    """Which implementation of the engine the "bptt" column checked."""
+    from rnnkit import compiled
+
+    if compiled.load() is not None:
+        return ("the compiled loops for lstm, gru, irnn and the rnn_* cells (the Python engine "
+                "for the others; RNNKIT_COMPILED=0 checks it for all)")
+    return f"the Python engine for every cell (compiled loops: {compiled.unavailable_reason()})"
 
 
 def _windows(model_dir: str, path: str, length: int, batch_size: int):

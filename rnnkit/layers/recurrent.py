@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from rnnkit import compiled
 from rnnkit.autograd import recurrent_autograd, recurrent_bptt
 from rnnkit.bptt import input_projection
 from rnnkit.cells import Cell, is_user_cell, make_cell
@@ -53,7 +54,9 @@ from rnnkit.native import native_stack
 from rnnkit.scan import recurrent_scan, supports as scan_supports
 
 BACKENDS = ("auto", "bptt", "native", "autograd", "scan", "triton")
-# "auto" picks PyTorch's fused kernel where one computes the cell, rnnkit's engine elsewhere.
+# "auto" picks PyTorch's fused kernel where one computes the cell, rnnkit's engine elsewhere
+# — and the engine on the CPU where its compiled loop beats the kernel (rnnkit.compiled.
+# prefers: the GRU and the Elman RNN).
 AUTO_BACKEND = {True: "native", False: "bptt"}
 
 
@@ -222,11 +225,16 @@ class RecurrentStack(nn.Module):
     def flatten_parameters(self) -> None:
         """Accepted for drop-in compatibility with ``torch.nn``; parameters stay as they are."""
 
-    def resolved_backend(self) -> str:
-        """The backend a forward call will use: "bptt", "native", "autograd" or "scan"."""
-        if self.backend == "auto":
-            return AUTO_BACKEND[self.cell.native_mode is not None]
-        return self.backend
+    def resolved_backend(self, device: torch.device | str | None = None) -> str:
+        """The backend a forward call on ``device`` (None: the parameters') will use:
+        "bptt", "native", "autograd", "scan" or "triton"."""
+        if self.backend != "auto":
+            return self.backend
+        if device is None:
+            device = getattr(self, self._param_names[0]["weight_ih"]).device
+        if torch.device(device).type == "cpu" and compiled.prefers(self.cell):
+            return "bptt"
+        return AUTO_BACKEND[self.cell.native_mode is not None]
 
     # -- one step at a time ------------------------------------------------------------------
 
@@ -293,7 +301,7 @@ class RecurrentStack(nn.Module):
         if sorted_idx is not None:
             state0 = tuple(s.index_select(1, sorted_idx) for s in state0)
 
-        backend = self.resolved_backend()
+        backend = self.resolved_backend(data.device)
         if backend == "native":
             flat = [w for index in range(len(self._param_names))
                     for w in self._params(index, True)[:4] if w is not None]

@@ -1,0 +1,290 @@
+"""A compiled CPU path for the hand-BPTT engine: a layer's whole time loop in one C++ call.
+
+The per-step work of :mod:`rnnkit.bptt` costs about ten PyTorch calls per step; here a step
+is one matrix product plus one vectorised pass over its elements, and the loop over time
+runs in C++ (``steps.cpp``, beside this file). Same packed layout, same variable-length and
+reverse semantics, same results as the Python engine, which stays the readable reference
+and the fallback.
+
+The float32 products — the input projection, the steps', the weight and input gradients —
+run through oneDNN (the library under ``torch.nn.LSTM`` on the CPU, reached as
+``torch.ops.mkldnn._linear_pointwise``; the forward's recurrent weight packed once per
+sequence; a small step weight, <= 1 MiB, through oneDNN's brgemm micro-kernel instead): on
+an AMD CPU with AVX-512 oneDNN is 2-3x faster than the MKL sgemm behind ``torch.mm``.
+float64 (and a torch without oneDNN) uses ``at::mm``. ``load().linear(x, w, bias)`` is the
+product ``x @ w.T + bias`` as the loops run it.
+
+Covered so far (prototype): ``LSTMCell`` without peepholes, ``GRUCell`` (reset after) and
+``ElmanCell`` (tanh, relu, sigmoid; the IRNN), float32 and float64 on the CPU; training
+(:class:`CompiledRecurrentFunction`) and inference (no caches written when no gradient is
+wanted). :func:`rnnkit.autograd.recurrent_bptt` — the "bptt" backend — takes this path
+wherever :func:`applies` says it can, and the Python engine everywhere else; backend "auto"
+takes it over PyTorch's kernel where :func:`prefers` says it is faster.
+
+The extension is built on first use with ``torch.utils.cpp_extension.load`` and cached in
+``$XDG_CACHE_HOME/rnnkit/compiled`` (``~/.cache/…``), keyed by the source, the flags, the
+torch and Python versions and the CPU (``-march=native``); the first build prints one line
+(about 20 s here). ``RNNKIT_COMPILED=0`` turns it off. :func:`load` never raises: it gives
+None and :func:`unavailable_reason` says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from rnnkit.cells.base import Cell, State
+from rnnkit.cells.elman import ElmanCell
+from rnnkit.cells.gru import GRUCell
+from rnnkit.cells.lstm import LSTMCell
+
+SOURCE = Path(__file__).with_name("steps.cpp")
+# -march=native: this machine's vector width; -fno-trapping-math lets the element loops
+# (floor, the exp's range reduction) vectorise and changes no result; -fopenmp compiles
+# at::parallel_for's pragmas (the runtime is torch's own libgomp, already loaded).
+CFLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]
+_module = None
+_reason: str | None = None
+_tried = False
+
+
+def _cpu() -> str:
+    """The CPU, as -march=native sees it: its model and flags where Linux says them."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return "".join(line for line in lines if line.startswith(("model name", "flags"))
+                       )[:4096] or platform.machine()
+    except OSError:
+        return platform.machine()
+
+
+def cache_dir() -> Path:
+    """Where the built extension lives: one folder per source, torch and Python version."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), torch.__version__.encode(),
+                                     sys.version.encode(), _cpu().encode(),
+                                     " ".join(CFLAGS).encode()])).hexdigest()[:16]
+    return base / "rnnkit" / "compiled" / key
+
+
+def load():
+    """The compiled module, built once and cached; None (see :func:`unavailable_reason`)
+    when ``RNNKIT_COMPILED=0`` or when it cannot be built (no compiler, a failed build)."""
+    global _module, _reason, _tried
+    if os.environ.get("RNNKIT_COMPILED", "1") == "0":
+        _reason = "turned off by RNNKIT_COMPILED=0"
+        return None
+    if _tried:
+        _reason = None if _module is not None else _reason
+        return _module
+    _tried = True
+    try:
+        from torch.utils import cpp_extension
+
+        folder = cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        name = "rnnkit_steps_" + folder.name
+        if not any(folder.glob(name + "*.so")):
+            print(f"rnnkit: building the compiled recurrent loops once (about a minute), "
+                  f"cached in {folder}", file=sys.stderr, flush=True)
+        _module = cpp_extension.load(name, [str(SOURCE)], extra_cflags=CFLAGS,
+                                     build_directory=str(folder), verbose=False)
+    except Exception as error:          # no compiler, no ninja, a failed build: fall back
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        said = ([line for line in lines if "error:" in line.lower()]
+                or [line for line in lines if "error" in line.lower()] or lines)
+        _reason = f"the compiled extension could not be built: {said[0][:300]}"
+        _module = None
+    return _module
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`load` gave None (None when it has not, or has not been called)."""
+    return _reason
+
+
+def kernel_of(cell: Cell) -> str | None:
+    """"lstm", "gru" or "elman" when this exact cell has a compiled loop, else None.
+
+    Exact types, not names: a wrapper (zoneout, recurrent dropout) copies its cell's name
+    but changes the step."""
+    if type(cell) is LSTMCell and not cell.peephole:
+        return "lstm"
+    if type(cell) is GRUCell:
+        return "gru"
+    if type(cell) is ElmanCell:
+        return "elman"
+    return None
+
+
+ELMAN_NONLINEARITY = {"tanh": 0, "relu": 1, "sigmoid": 2}   # steps.cpp's codes
+
+
+def supports(cell: Cell, *tensors: Tensor | None) -> bool:
+    """Whether the compiled loop can run ``cell`` on these tensors (CPU, float32/64)."""
+    return kernel_of(cell) is not None and all(
+        t is None or (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64))
+        for t in tensors)
+
+
+# -- the loop over time: forward, then the hand backward ---------------------------------------
+
+def unroll_forward(cell: Cell, xw: Tensor, batch_sizes: list[int], state0: State,
+                   weight_hh: Tensor, bias_hh: Tensor | None, reverse: bool = False,
+                   module=None, keep: bool = True) -> tuple[Tensor, State, tuple]:
+    """:func:`rnnkit.bptt.unroll_forward` for a supported cell, in one C++ call.
+
+    Returns out (N, H), the final states (B, H) each, and the caches (a tuple of packed
+    tensors) that :func:`unroll_backward` reads — none with ``keep=False`` (inference: no
+    backward to come, so no caches are written). For the LSTM and the Elman RNN ``xw`` must
+    include ``bias_hh`` (the cells fold it, see :func:`rnnkit.bptt.input_projection`); for
+    the GRU ``bias_hh`` is passed here.
+    """
+    module = module or load()
+    kind = kernel_of(cell)
+    xw = xw.contiguous()
+    if kind == "lstm":
+        out, h, c, *caches = module.lstm_forward(xw, batch_sizes, state0[0], state0[1],
+                                                 weight_hh, reverse, keep)
+        return out, (h, c), tuple(caches) if keep else ()
+    if kind == "elman":
+        out, h, h_prev = module.elman_forward(xw, batch_sizes, state0[0], weight_hh,
+                                              ELMAN_NONLINEARITY[cell.nonlinearity], reverse,
+                                              keep)
+        return out, (h,), (out, h_prev) if keep else ()
+    out, h, *caches = module.gru_forward(xw, batch_sizes, state0[0], weight_hh, bias_hh,
+                                         reverse, keep)
+    return out, (h,), tuple(caches) if keep else ()
+
+
+def unroll_backward(cell: Cell, dout: Tensor, dfinal: State, caches: tuple,
+                    batch_sizes: list[int], weight_hh: Tensor, reverse: bool = False,
+                    x: Tensor | None = None, module=None) -> tuple:
+    """:func:`rnnkit.bptt.unroll_backward` for a supported cell, in one C++ call:
+    ``(dxw, dhw, dstate0, dweight_hh)``, and ``dweight_ih`` (G*H, I) fifth when the layer
+    input ``x`` (N, I) is given (its product shares dxw's transposed copy with dweight_hh's)."""
+    module = module or load()
+    dout = dout.contiguous()
+    kind = kernel_of(cell)
+    if kind == "lstm":
+        da, dh0, dc0, dweight_hh, dweight_ih = module.lstm_backward(
+            dout, dfinal[0], dfinal[1], *caches, batch_sizes, weight_hh, reverse, x)
+        grads = (da, da, (dh0, dc0), dweight_hh)
+    elif kind == "elman":
+        da, dh0, dweight_hh, dweight_ih = module.elman_backward(
+            dout, dfinal[0], *caches, batch_sizes, weight_hh,
+            ELMAN_NONLINEARITY[cell.nonlinearity], reverse, x)
+        grads = (da, da, (dh0,), dweight_hh)
+    else:
+        dxw, dhw, dh0, dweight_hh, dweight_ih = module.gru_backward(
+            dout, dfinal[0], *caches, batch_sizes, weight_hh, reverse, x)
+        grads = (dxw, dhw, (dh0,), dweight_hh)
+    return grads if x is None else (*grads, dweight_ih)
+
+
+class CompiledRecurrentFunction(torch.autograd.Function):
+    """One layer, one direction: :class:`rnnkit.autograd.RecurrentFunction` with the
+    compiled loops (same arguments, same gradients)."""
+
+    @staticmethod
+    def forward(ctx, cell: Cell, batch_sizes: list[int], reverse: bool, x: Tensor,
+                weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None,
+                bias_hh: Tensor | None, *state0: Tensor):
+        module = load()
+        bias = bias_ih
+        if cell.fold_bias_hh and bias_hh is not None:
+            bias = bias_hh if bias is None else bias + bias_hh
+        xw = module.linear(x, weight_ih, bias)                          # (N, G*H)
+        out, final, caches = unroll_forward(cell, xw, batch_sizes, state0, weight_hh,
+                                            None if cell.fold_bias_hh else bias_hh, reverse)
+        ctx.cell, ctx.batch_sizes, ctx.reverse = cell, batch_sizes, reverse
+        ctx.has_bias = (bias_ih is not None, bias_hh is not None)
+        ctx.save_for_backward(x, weight_ih, weight_hh, *caches)
+        return (out, *final)            # fresh tensors: no cache holds the final states
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout: Tensor, *dfinal: Tensor):
+        x, weight_ih, weight_hh, *caches = ctx.saved_tensors
+        dxw, dhw, dstate0, dweight_hh, dweight_ih = unroll_backward(
+            ctx.cell, dout, dfinal, tuple(caches), ctx.batch_sizes, weight_hh, ctx.reverse, x)
+        linear = load().linear                                          # y = x @ w.T
+        dx = linear(dxw, weight_ih.t()) if ctx.needs_input_grad[3] else None   # dxw W_ih (N, I)
+        dbias_ih = dxw.sum(0) if ctx.has_bias[0] else None
+        dbias_hh = None
+        if ctx.has_bias[1]:           # a copy, not the same tensor: the two .grad must not alias
+            same = dhw is dxw and dbias_ih is not None
+            dbias_hh = dbias_ih.clone() if same else dhw.sum(0)
+        return (None, None, None, dx, dweight_ih, dweight_hh, dbias_ih, dbias_hh, *dstate0)
+
+
+def applies(cell: Cell, x: Tensor, state0: State, weight_ih: Tensor,
+            weight_hh: Tensor | None, bias_ih: Tensor | None, bias_hh: Tensor | None,
+            extra: tuple[Tensor, ...] = ()) -> bool:
+    """Whether :func:`run` computes this layer call: a supported cell without extra
+    parameters, CPU float32/64 tensors of one dtype, no autocast, no engine observer (the
+    diagnostics watch the Python engine's steps), and the extension built."""
+    from rnnkit.bptt import OBSERVERS
+
+    tensors = [t for t in (x, weight_ih, weight_hh, bias_ih, bias_hh, *state0) if t is not None]
+    return (not extra and OBSERVERS.get() is None
+            and not torch.is_autocast_enabled(x.device.type)
+            and supports(cell, *tensors) and len({t.dtype for t in tensors}) == 1
+            and load() is not None)
+
+
+def prefers(cell: Cell) -> bool:
+    """Whether the compiled loop beats PyTorch's own kernel for ``cell`` on the CPU, so
+    that backend "auto" should take it: the GRU and the Elman RNN (about 2x:
+    ``benchmarks/bench_compiled.py``; PyTorch runs them as ATen loops over MKL), not the
+    LSTM (oneDNN's fused LSTM is as fast or faster)."""
+    return kernel_of(cell) in ("gru", "elman") and load() is not None
+
+
+def run(cell: Cell, x: Tensor, batch_sizes: list[int], state0: State, weight_ih: Tensor,
+        weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None,
+        reverse: bool = False) -> tuple[Tensor, State]:
+    """One layer, one direction through the compiled loops, where :func:`applies` says so:
+    the arguments and results of :func:`rnnkit.autograd.recurrent_bptt`."""
+    tensors = (x, weight_ih, weight_hh, bias_ih, bias_hh, *state0)
+    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad
+                                              for t in tensors):
+        return _forward_only(cell, x, batch_sizes, state0, weight_ih, weight_hh, bias_ih,
+                             bias_hh, reverse)
+    out, *final = CompiledRecurrentFunction.apply(cell, batch_sizes, reverse, x, weight_ih,
+                                                  weight_hh, bias_ih, bias_hh, *state0)
+    return out, tuple(final)
+
+
+def recurrent_compiled(cell: Cell, x: Tensor, batch_sizes: list[int], state0: State,
+                       weight_ih: Tensor, weight_hh: Tensor | None, bias_ih: Tensor | None,
+                       bias_hh: Tensor | None, extra: tuple[Tensor, ...] = (),
+                       reverse: bool = False) -> tuple[Tensor, State]:
+    """:func:`rnnkit.autograd.recurrent_bptt`'s call through the compiled loops where they
+    apply (see :func:`applies`), through the Python engine everywhere else."""
+    from rnnkit.autograd import recurrent_python
+
+    if applies(cell, x, state0, weight_ih, weight_hh, bias_ih, bias_hh, extra):
+        return run(cell, x, batch_sizes, state0, weight_ih, weight_hh, bias_ih, bias_hh,
+                   reverse)
+    return recurrent_python(cell, x, batch_sizes, state0, weight_ih, weight_hh, bias_ih,
+                            bias_hh, extra, reverse)
+
+
+def _forward_only(cell, x, batch_sizes, state0, weight_ih, weight_hh, bias_ih, bias_hh,
+                  reverse):
+    """Inference (no gradient wanted): the compiled forward writing no caches."""
+    bias = bias_ih
+    if cell.fold_bias_hh and bias_hh is not None:
+        bias = bias_hh if bias is None else bias + bias_hh
+    xw = load().linear(x, weight_ih, bias)                              # (N, G*H)
+    out, final, _ = unroll_forward(cell, xw, batch_sizes, state0, weight_hh,
+                                   None if cell.fold_bias_hh else bias_hh, reverse, keep=False)
+    return out, final

@@ -1,0 +1,247 @@
+"""The compiled loops (rnnkit.compiled) against the Python engine (rnnkit.bptt): outputs,
+final states and every gradient, for LSTM, GRU and Elman RNNs, with variable lengths, a
+carried initial state and the reverse direction; gradcheck in float64; the layer through
+the public API. Skipped, with the reason, where the extension cannot build."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnkit import compiled
+from rnnkit.autograd import recurrent_python as recurrent_bptt  # the Python engine: the reference
+from rnnkit.bptt import input_projection, unroll_backward, unroll_forward
+from rnnkit.cells import make_cell
+
+
+@pytest.fixture(scope="module")
+def module():
+    m = compiled.load()
+    if m is None:
+        pytest.skip(compiled.unavailable_reason() or "compiled extension unavailable")
+    return m
+
+
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "rnn_sigmoid")     # registry names
+LENGTHS = {"full": [5, 5, 5, 5], "variable": [7, 5, 5, 2, 1]}
+
+
+def problem(name, lengths, dtype, H=6, I=5, seed=0):
+    """A packed batch (examples sorted longest first), parameters and an initial state."""
+    g = torch.Generator().manual_seed(seed)
+    cell = make_cell(name)
+    G = cell.gates
+    batch_sizes = [sum(1 for n in lengths if n > t) for t in range(max(lengths))]
+    N, B = sum(batch_sizes), batch_sizes[0]
+
+    def rand(*shape):
+        return (torch.rand(*shape, generator=g, dtype=dtype) * 2 - 1).requires_grad_()
+
+    x = rand(N, I)
+    params = [rand(G * H, I), rand(G * H, H), rand(G * H), rand(G * H)]
+    state0 = tuple(rand(B, H) for _ in range(cell.num_states))      # a carried state
+    return cell, x, batch_sizes, params, state0
+
+
+def run(engine, cell, x, batch_sizes, params, state0, reverse):
+    """Outputs, final states and gradients of a random loss over out and final states."""
+    out, final = engine(cell, x, batch_sizes, state0, *params, (), reverse)
+    g = torch.Generator().manual_seed(1)
+    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
+    for s in final:
+        loss = loss + (s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum()
+    grads = torch.autograd.grad(loss, [x, *params, *state0])
+    return [out.detach(), *(s.detach() for s in final), *grads]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", LENGTHS)
+@pytest.mark.parametrize("name", CELLS)
+def test_compiled_layer_matches_python_engine(module, name, lengths, reverse, dtype):
+    cell, x, batch_sizes, params, state0 = problem(name, LENGTHS[lengths], dtype)
+    want = run(recurrent_bptt, cell, x, batch_sizes, params, state0, reverse)
+    got = run(compiled.recurrent_compiled, cell, x, batch_sizes, params, state0, reverse)
+    names = ["out", *(f"final{k}" for k in range(cell.num_states)), "dx", "dweight_ih",
+             "dweight_hh", "dbias_ih", "dbias_hh", *(f"dstate0_{k}" for k in range(len(state0)))]
+    for what, a, b in zip(names, got, want):
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("name", CELLS)
+def test_compiled_unroll_matches_bptt_unroll(module, name, reverse):
+    """The loops themselves against rnnkit.bptt's, caches to gradients, in float64."""
+    cell, x, batch_sizes, params, state0 = problem(name, LENGTHS["variable"], torch.float64,
+                                                   H=9, seed=3)
+    w_ih, w_hh, b_ih, b_hh = (p.detach() for p in params)
+    state0 = tuple(s.detach() for s in state0)
+    xw = input_projection(cell, x.detach(), w_ih, b_ih, b_hh)
+    out, final, caches = unroll_forward(cell, xw, batch_sizes, state0, w_hh, b_hh,
+                                        reverse=reverse)
+    c_out, c_final, c_caches = compiled.unroll_forward(cell, xw, batch_sizes, state0, w_hh,
+                                                       None if cell.fold_bias_hh else b_hh,
+                                                       reverse)
+    torch.testing.assert_close(c_out, out, **TOL[torch.float64])
+    for a, b in zip(c_final, final):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    dout = torch.randn_like(out)
+    dfinal = tuple(torch.randn_like(s) for s in final)
+    dxw, dhw, dstate0, dweight_hh, _ = unroll_backward(cell, dout, dfinal, caches, batch_sizes,
+                                                       w_hh, reverse=reverse)
+    c_dxw, c_dhw, c_dstate0, c_dweight_hh = compiled.unroll_backward(
+        cell, dout, dfinal, c_caches, batch_sizes, w_hh, reverse)
+    for a, b in [(c_dxw, dxw), (c_dhw, dhw), *zip(c_dstate0, dstate0),
+                 (c_dweight_hh, dweight_hh)]:
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_aten_products_match_onednn_products(module, name):
+    """float32 products run through oneDNN by default; at::mm (use_onednn(False)), the path
+    of float64 and of a torch without oneDNN, gives the same layer."""
+    cell, x, batch_sizes, params, state0 = problem(name, LENGTHS["variable"], torch.float32)
+    want = run(recurrent_bptt, cell, x, batch_sizes, params, state0, True)
+    module.use_onednn(False)
+    try:
+        assert module.gemm_backend() == "aten"
+        got = run(compiled.recurrent_compiled, cell, x, batch_sizes, params, state0, True)
+    finally:
+        module.use_onednn(True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
+def test_extreme_preactivations_saturate_like_torch(module):
+    """The loops' own exp/sigmoid/tanh at ±large inputs: no inf or nan, torch's limits."""
+    cell, x, batch_sizes, params, state0 = problem("lstm", LENGTHS["full"], torch.float32)
+    params = [p.detach() * 500 for p in params]
+    x, state0 = x.detach() * 500, tuple(s.detach() for s in state0)
+    want, _ = recurrent_bptt(cell, x, batch_sizes, state0, *params)
+    got, _ = compiled.recurrent_compiled(cell, x, batch_sizes, state0, *params)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+def test_unsupported_cells_fall_back_to_python_engine(module):
+    cell = make_cell("lstm", peephole=True)
+    assert not compiled.supports(cell)
+    _, x, batch_sizes, params, state0 = problem("lstm", LENGTHS["variable"], torch.float64)
+    extra = (torch.randn(18, dtype=torch.float64),)
+    want, _ = recurrent_bptt(cell, x, batch_sizes, state0, *params, extra)
+    got, _ = compiled.recurrent_compiled(cell, x, batch_sizes, state0, *params, extra)
+    torch.testing.assert_close(got, want)
+
+
+def test_turned_off_by_environment(monkeypatch):
+    monkeypatch.setenv("RNNKIT_COMPILED", "0")
+    assert compiled.load() is None
+    assert "RNNKIT_COMPILED=0" in compiled.unavailable_reason()
+
+
+def test_bias_gradients_are_separate_tensors(module):
+    """The LSTM's two bias gradients are equal (dxw is dhw) but must not share storage: an
+    in-place change of one .grad (clipping) would change the other."""
+    cell, x, batch_sizes, params, state0 = problem("lstm", LENGTHS["full"], torch.float32)
+    out, _ = compiled.recurrent_compiled(cell, x, batch_sizes, state0, *params)
+    out.sum().backward()
+    assert params[2].grad.data_ptr() != params[3].grad.data_ptr()
+    torch.testing.assert_close(params[2].grad, params[3].grad)
+
+
+def test_failed_build_gives_none_and_reason(monkeypatch, tmp_path):
+    """A build that cannot succeed (here an option the compiler refuses) is no error: load()
+    gives None and says why, and the layer runs on the Python engine."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("RNNKIT_COMPILED", raising=False)
+    monkeypatch.setattr(compiled, "CFLAGS", ["-fno-such-option-for-rnnkit"])
+    monkeypatch.setattr(compiled, "_module", None)
+    monkeypatch.setattr(compiled, "_tried", False)
+    monkeypatch.setattr(compiled, "_reason", None)
+    assert compiled.load() is None
+    assert "could not be built" in compiled.unavailable_reason()
+    cell, x, batch_sizes, params, state0 = problem("gru", LENGTHS["variable"], torch.float64)
+    want, _ = recurrent_bptt(cell, x, batch_sizes, state0, *params)
+    got, _ = compiled.recurrent_compiled(cell, x, batch_sizes, state0, *params)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", CELLS)
+def test_large_layer_over_two_threads_matches(module, name, dtype):
+    """H = 512: rows split over the intra-op threads (at::parallel_for), and in float32 the
+    step weight past the micro-kernel's size, so the packed oneDNN product — same results."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cell, x, batch_sizes, params, state0 = problem(name, [3] * 40 + [2] * 24, dtype,
+                                                       H=512, I=8)
+        params = [p.detach().mul(0.1).requires_grad_() for p in params]   # U(-0.1, 0.1)
+        want = run(recurrent_bptt, cell, x, batch_sizes, params, state0, True)
+        got = run(compiled.recurrent_compiled, cell, x, batch_sizes, params, state0, True)
+    finally:
+        torch.set_num_threads(threads)
+    # float32 sums over 512 terms in another order (oneDNN's, not MKL's): looser
+    tol = dict(rtol=1e-3, atol=1e-4) if dtype == torch.float32 else TOL[dtype]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_deep_bidirectional_layer_with_lengths_matches(module, name):
+    """Through the public layer: 2 layers, both directions, padded input with lengths and a
+    given initial state — the compiled loops in place of the engine, every gradient equal."""
+    import rnnkit
+
+    class CompiledStack(rnnkit.RecurrentStack):
+        def _stack(self, engine, x, batch_sizes, state0):
+            return super()._stack(compiled.recurrent_compiled, x, batch_sizes, state0)
+
+    torch.manual_seed(0)
+    kw = dict(num_layers=2, bidirectional=True, batch_first=True, backend="bptt", cell=name)
+    ref, fast = rnnkit.RecurrentStack(5, 7, **kw), CompiledStack(5, 7, **kw)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 6, 5)
+    lengths = torch.tensor([3, 6, 1, 4])                  # unsorted, as a user gives them
+    hx = tuple(torch.randn(4, 4, 7) for _ in range(make_cell(name).num_states))
+    grads = []
+    for model in (ref, fast):
+        xi = x.clone().requires_grad_()
+        h0 = tuple(h.clone().requires_grad_() for h in hx)
+        out, state = model(xi, h0 if len(h0) > 1 else h0[0], lengths=lengths)
+        states = state if isinstance(state, tuple) else (state,)
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
+        loss = loss + sum((s * s).sum() for s in states)
+        loss.backward()
+        grads.append([out.detach(), *(s.detach() for s in states), xi.grad,
+                      *(h.grad for h in h0), *(p.grad for p in model.parameters())])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("name", CELLS)
+def test_gradcheck_float64(module, name, reverse):
+    """The compiled backward against finite differences of the compiled forward."""
+    cell, x, batch_sizes, params, state0 = problem(name, [3, 2, 2, 1], torch.float64, H=3, I=2)
+
+    def layer(x, *rest):
+        out, final = compiled.recurrent_compiled(cell, x, batch_sizes, rest[4:], *rest[:4],
+                                                 (), reverse)
+        return (out, *final)
+
+    assert torch.autograd.gradcheck(layer, (x, *params, *state0))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("name", CELLS)
+def test_inference_forward_without_caches_matches(module, name, reverse):
+    """Under no_grad the loops keep no caches (one step's scratch): same outputs, states."""
+    cell, x, batch_sizes, params, state0 = problem(name, LENGTHS["variable"], torch.float32)
+    with torch.no_grad():
+        want, want_final = recurrent_bptt(cell, x, batch_sizes, state0, *params, (), reverse)
+        got, got_final = compiled.recurrent_compiled(cell, x, batch_sizes, state0, *params,
+                                                     (), reverse)
+    for a, b in zip((got, *got_final), (want, *want_final)):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
