@@ -34,6 +34,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -299,7 +300,7 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
             raise distributed.lost_contact(error) from None
         raise
     finally:
-        distributed.leave(world)
+        distributed.leave(world, finished=sys.exc_info()[0] is None)
 
 
 def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,

@@ -214,9 +214,17 @@ def join(device: torch.device, timeout: float) -> tuple[World, torch.device]:
     return World(rank, size, local_rank, backend), device
 
 
-def leave(world: World) -> None:
-    """Close the process group :func:`join` opened."""
+def leave(world: World, finished: bool = False) -> None:
+    """Close the process group :func:`join` opened. A run that ``finished`` (no error)
+    first waits for every process to get here: process 0 may still be writing its sample
+    while the others are done, and a process group torn down under a peer's open
+    connections could abort that peer (seen as a SIGABRT of process 1, once in a CI run)."""
     if world.size > 1 and dist.is_initialized():
+        if finished:
+            try:
+                world.barrier()
+            except LostContact:
+                pass                    # a peer gone already: nothing left to wait for
         dist.destroy_process_group()
 
 
