@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import rnnkit
 
 from rnnkit import compiled
 from rnnkit.autograd import recurrent_python as recurrent_bptt  # the Python engine: the reference
@@ -245,3 +246,18 @@ def test_inference_forward_without_caches_matches(module, name, reverse):
                                                      (), reverse)
     for a, b in zip((got, *got_final), (want, *want_final)):
         torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
+def test_the_outputs_may_be_changed_in_place_before_the_backward():
+    """The compiled Elman loop keeps its own copy of the outputs it reads backward."""
+    for cell in ("rnn_tanh", "gru", "lstm"):
+        layer = rnnkit.RecurrentStack(4, 5, cell=cell, backend="bptt")
+        out, _ = layer(torch.randn(6, 1, 4))
+        out.mul_(2)
+        out.sum().backward()                                     # no error
+        assert layer.weight_hh_l0.grad is not None
+
+
+def test_auto_keeps_pytorchs_kernel_where_the_compiled_loop_does_not_run():
+    layer = rnnkit.RecurrentStack(4, 5, cell="gru").to(torch.bfloat16)
+    assert layer.resolved_backend() == "native"

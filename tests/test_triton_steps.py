@@ -145,8 +145,18 @@ def test_backend_triton_of_a_deep_bidirectional_stack_equals_bptt(steps, name):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_backend_triton_is_refused_where_it_cannot_run(monkeypatch):
+def test_backend_triton_runs_the_engine_where_triton_cannot_run(monkeypatch):
+    """A model trained with the kernels loads and runs anywhere (the same math on "bptt");
+    a cell they do not compute is refused."""
     from rnnkit import kernels
     monkeypatch.setattr(kernels, "available", lambda device="cuda": (False, "no triton here"))
-    with pytest.raises(ValueError, match="backend: 'triton' cannot run here: no triton here"):
-        rnnkit.RecurrentStack(3, 4, cell="lstm", backend="triton")
+    torch.manual_seed(0)
+    layer = rnnkit.RecurrentStack(3, 4, cell="lstm", backend="triton")
+    plain = rnnkit.RecurrentStack(3, 4, cell="lstm", backend="bptt")
+    plain.load_state_dict(layer.state_dict())
+    x = torch.randn(5, 2, 3)
+    assert layer.resolved_backend() == "bptt"
+    torch.testing.assert_close(layer(x)[0], plain(x)[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="backend: 'triton' has kernels for the LSTM"):
+        rnnkit.RecurrentStack(3, 4, cell="lstm", cell_options={"peephole": True},
+                              backend="triton")

@@ -34,6 +34,7 @@ import hashlib
 import os
 import platform
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -53,6 +54,7 @@ CFLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp"]
 _module = None
 _reason: str | None = None
 _tried = False
+_LOCK = threading.Lock()
 
 
 def _cpu() -> str:
@@ -76,15 +78,24 @@ def cache_dir() -> Path:
 
 def load():
     """The compiled module, built once and cached; None (see :func:`unavailable_reason`)
-    when ``RNNKIT_COMPILED=0`` or when it cannot be built (no compiler, a failed build)."""
-    global _module, _reason, _tried
+    when ``RNNKIT_COMPILED=0`` or when it cannot be built (no compiler, a failed build).
+    Thread-safe: a thread that arrives during the build waits for it."""
+    global _reason
     if os.environ.get("RNNKIT_COMPILED", "1") == "0":
         _reason = "turned off by RNNKIT_COMPILED=0"
         return None
-    if _tried:
-        _reason = None if _module is not None else _reason
-        return _module
-    _tried = True
+    if not _tried:
+        with _LOCK:                     # one build; other threads wait for its result
+            if not _tried:
+                _build()
+    if _module is not None:
+        _reason = None
+    return _module
+
+
+def _build() -> None:
+    """Build (or find built) the extension: sets the module or the reason it failed."""
+    global _module, _reason, _tried
     try:
         from torch.utils import cpp_extension
 
@@ -92,7 +103,7 @@ def load():
         folder.mkdir(parents=True, exist_ok=True)
         name = "rnnkit_steps_" + folder.name
         if not any(folder.glob(name + "*.so")):
-            print(f"rnnkit: building the compiled recurrent loops once (about a minute), "
+            print(f"rnnkit: building the compiled recurrent loops once (about 20 s), "
                   f"cached in {folder}", file=sys.stderr, flush=True)
         _module = cpp_extension.load(name, [str(SOURCE)], extra_cflags=CFLAGS,
                                      build_directory=str(folder), verbose=False)
@@ -102,7 +113,7 @@ def load():
                 or [line for line in lines if "error" in line.lower()] or lines)
         _reason = f"the compiled extension could not be built: {said[0][:300]}"
         _module = None
-    return _module
+    _tried = True                       # only now: a thread arriving earlier waits above
 
 
 def unavailable_reason() -> str | None:
@@ -158,7 +169,9 @@ def unroll_forward(cell: Cell, xw: Tensor, batch_sizes: list[int], state0: State
         out, h, h_prev = module.elman_forward(xw, batch_sizes, state0[0], weight_hh,
                                               ELMAN_NONLINEARITY[cell.nonlinearity], reverse,
                                               keep)
-        return out, (h,), (out, h_prev) if keep else ()
+        # the backward reads the outputs: keep its own copy, so that a caller may change
+        # the returned ones in place
+        return out, (h,), (out.clone(), h_prev) if keep else ()
     out, h, *caches = module.gru_forward(xw, batch_sizes, state0[0], weight_hh, bias_hh,
                                          reverse, keep)
     return out, (h,), tuple(caches) if keep else ()

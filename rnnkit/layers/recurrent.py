@@ -67,17 +67,23 @@ def _recurrent_triton(*args, **kwargs):
     return recurrent_triton(*args, **kwargs)
 
 
-def _check_triton(cell: Cell, device: str | None = None) -> None:
-    """Refuse the "triton" backend where its kernels cannot run the cell (on ``device``;
-    None: on a CUDA device or, interpreted, on the CPU)."""
-    from rnnkit import kernels
+TRITON_MODES = ("LSTM", "GRU", "RNN_TANH")     # the cells rnnkit.kernels has steps for
 
-    ready = [kernels.available(d) for d in ((device,) if device else ("cuda", "cpu"))]
-    if not any(ok for ok, _ in ready):
-        raise ValueError(f"backend: 'triton' cannot run here: {ready[0][1]}; use 'auto'")
-    if not kernels.supports(cell):
+
+def _check_triton(cell: Cell) -> None:
+    """Refuse the "triton" backend for a cell its kernels do not compute."""
+    if cell.native_mode not in TRITON_MODES:
         raise ValueError(f"backend: 'triton' has kernels for the LSTM, the GRU (reset after) "
                          f"and the tanh RNN, not {cell!r}; use 'auto'")
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    """Whether the Triton kernels can run on ``device`` (else a layer built for them runs
+    its cell on the "bptt" engine: the same math, so that a model trained with them loads
+    and runs anywhere)."""
+    from rnnkit import kernels
+
+    return kernels.available(device.type)[0]
 
 
 _ENGINES = {"bptt": recurrent_bptt, "autograd": recurrent_autograd, "scan": recurrent_scan,
@@ -228,12 +234,15 @@ class RecurrentStack(nn.Module):
     def resolved_backend(self, device: torch.device | str | None = None) -> str:
         """The backend a forward call on ``device`` (None: the parameters') will use:
         "bptt", "native", "autograd", "scan" or "triton"."""
+        weight = getattr(self, self._param_names[0]["weight_ih"])
+        device = torch.device(weight.device if device is None else device)
+        if self.backend == "triton":
+            return "triton" if _triton_runs_on(device) else "bptt"
         if self.backend != "auto":
             return self.backend
-        if device is None:
-            device = getattr(self, self._param_names[0]["weight_ih"]).device
-        if torch.device(device).type == "cpu" and compiled.prefers(self.cell):
-            return "bptt"
+        if (device.type == "cpu" and weight.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled("cpu") and compiled.prefers(self.cell)):
+            return "bptt"               # the compiled loop, where it runs (float32/64)
         return AUTO_BACKEND[self.cell.native_mode is not None]
 
     # -- one step at a time ------------------------------------------------------------------
@@ -309,8 +318,6 @@ class RecurrentStack(nn.Module):
                                       self.bias, self.num_layers, self.dropout, self.training,
                                       self.bidirectional)
         else:
-            if backend == "triton":
-                _check_triton(self.cell, data.device.type)
             sizes = [B] * data.shape[0] if batch_sizes is None else batch_sizes.tolist()
             flat = data.reshape(-1, data.shape[-1]) if batch_sizes is None else data
             out, final = self._stack(_ENGINES[backend], flat, sizes, state0)

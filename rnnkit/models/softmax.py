@@ -181,7 +181,10 @@ class AdaptiveSoftmax(nn.Module):
     def nll(self, hidden: Tensor, targets: Tensor, direct: DirectFeatures | None = None) -> Tensor:
         if direct is None:
             return -self.inner(hidden, targets).output
-        S = self.inner.shortlist_size
+        S, V = self.inner.shortlist_size, self.inner.n_classes
+        if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < V:
+            raise IndexError(f"targets: expected ids in [0, {V}), got "
+                             f"[{int(targets.min())}, {int(targets.max())}]")
         clusters = [(i, lo, hi, ((targets >= lo) & (targets < hi)).nonzero().squeeze(1))
                     for i, (lo, hi) in enumerate(self._clusters())]
         clusters = [c for c in clusters if c[3].numel()]

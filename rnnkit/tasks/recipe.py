@@ -34,7 +34,6 @@ import json
 import math
 import os
 import shutil
-import sys
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -272,10 +271,13 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
     out = Path(out)
     world, dev = distributed.join(device_of(device), distributed.timeout())
     start = distributed.Start(world)
+    finished = False                      # set just before a successful return
     try:
         if not world.writer:
-            return _follow(spec, out, dev, world, resume=resume,
-                           train_overrides=train_overrides)
+            summary = _follow(spec, out, dev, world, resume=resume,
+                              train_overrides=train_overrides)
+            finished = True
+            return summary
         before = {}
         try:
             if resume and not out.is_dir():
@@ -288,6 +290,7 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
                                         command=command, **run_options)
                 if (out / checkpoint.WEIGHTS).is_file():
                     write_card(out)
+                finished = True
                 return summary
         except BaseException as error:
             start.tell(error=error)               # the others may be waiting on the start
@@ -300,7 +303,7 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
             raise distributed.lost_contact(error) from None
         raise
     finally:
-        distributed.leave(world, finished=sys.exc_info()[0] is None)
+        distributed.leave(world, finished=finished)
 
 
 def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,

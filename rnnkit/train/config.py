@@ -34,7 +34,8 @@ class TrainConfig:
     lr_schedule: str = option("plateau", "when the lr is divided: plateau (each epoch that "
                               "does not improve validation) or halving (Mikolov's: every epoch "
                               "after the first that improves it by less than "
-                              "--min-improvement; the run stops at the second)",
+                              "--min-improvement; the run stops at the second; Mikolov "
+                              "divides by 2: --lr-decay 2)",
                               choices=SCHEDULES)
     min_improvement: float = option(MIN_IMPROVEMENT, "halving schedule: the relative improvement of "
                                     "validation an epoch must make")

@@ -285,3 +285,10 @@ def test_int8_keeps_the_direct_connections_in_float():
     assert not torch.equal(exact, approx)                        # the products are int8 …
     torch.testing.assert_close(approx, exact, atol=0.05, rtol=0)  # … the table is not
     torch.testing.assert_close(int8.direct.weight, model.direct.weight)
+
+
+def test_an_out_of_range_target_is_an_error_with_the_adaptive_head():
+    model = _model("adaptive")
+    hidden, _ = model(torch.randint(0, V, (2, 1)))
+    with pytest.raises(IndexError, match=rf"targets: expected ids in \[0, {V}\)"):
+        model.nll(hidden, torch.tensor([[V + 5], [1]]))
