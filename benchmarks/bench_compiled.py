@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import rnnkit  # noqa: E402
-from bench_core import SHAPES, sgemm_gflops, train_pass  # noqa: E402
+from bench_core import SHAPES, sgemm_gflops, time_interleaved  # noqa: E402
 from rnnkit import compiled  # noqa: E402
 from rnnkit.autograd import recurrent_python  # noqa: E402
 from rnnkit.cells import make_cell  # noqa: E402
@@ -100,16 +100,7 @@ def time_models(cell: str, shape, reps: int) -> dict[str, float]:
     models["bptt"] = PythonStack(H, H, backend="bptt", cell=cell)
     models["compiled"] = CompiledStack(H, H, backend="bptt", cell=cell)
     models["compiled"].load_state_dict(models["bptt"].state_dict())
-    times = {name: [] for name in models}
-    for rep in range(reps + 1):                          # the first round is warm-up
-        for name, model in models.items():
-            model.zero_grad(set_to_none=True)
-            x.grad = None
-            t0 = time.perf_counter()
-            train_pass(model, x)
-            if rep:
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return time_interleaved(models, x, reps)
 
 
 def main(argv=None) -> int:

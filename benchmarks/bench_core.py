@@ -96,16 +96,22 @@ def time_backends(cell, backends, shape, reps):
             models[backend] = _LogScan(rnnkit.RecurrentStack(H, H, backend="scan", cell=cell))
         else:
             models[backend] = rnnkit.RecurrentStack(H, H, backend=backend, cell=cell)
-    times = {b: [] for b in backends}
-    for rep in range(reps + 1):                          # the first round is warm-up
-        for backend, model in models.items():
+    return time_interleaved(models, x, reps)
+
+
+def time_interleaved(models: dict, x, reps: int) -> dict:
+    """Median seconds of one training pass of each model on ``x``, the models taking turns
+    repetition by repetition (the first round is warm-up)."""
+    times = {name: [] for name in models}
+    for rep in range(reps + 1):
+        for name, model in models.items():
             model.zero_grad(set_to_none=True)
             x.grad = None
             t0 = time.perf_counter()
             train_pass(model, x)
             if rep:
-                times[backend].append(time.perf_counter() - t0)
-    return {b: statistics.median(t) for b, t in times.items()}
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def scan_table(shapes, reps) -> list[dict]:

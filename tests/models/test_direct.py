@@ -292,3 +292,17 @@ def test_an_out_of_range_target_is_an_error_with_the_adaptive_head():
     hidden, _ = model(torch.randint(0, V, (2, 1)))
     with pytest.raises(IndexError, match=rf"targets: expected ids in \[0, {V}\)"):
         model.nll(hidden, torch.tensor([[V + 5], [1]]))
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--direct-order", "4"], "--direct-order (direct_order): only with direct connections"),
+    (["--direct-size", "10", "--direct-order", "1"], "--direct-order (direct_order): expected an int in [2, 9]"),
+    (["--direct-size", "-1"], "--direct-size (direct_size): expected an int >= 0"),
+    (["--lr-schedule", "plateau", "--min-improvement", "0.01"],
+     "--min-improvement (min_improvement): only for lr_schedule='halving'"),
+])
+def test_bad_options_are_refused_before_the_data_is_read(tmp_path, capsys, args, fragment):
+    from conftest import expect_cli_error
+    expect_cli_error(["train", "lm", "--data", tmp_path / "missing.txt", "--out",
+                      tmp_path / "run", *args], capsys, fragment)
+    assert not (tmp_path / "run").exists()
