@@ -83,7 +83,7 @@ def recurrent_bptt(cell: Cell, x: Tensor, batch_sizes: list[int], state0: State,
                                   weight_ih, weight_hh, bias_ih, bias_hh, extra, reverse)
     if compiled.applies(cell, x, state0, weight_ih, weight_hh, bias_ih, bias_hh, extra):
         return compiled.run(cell, x, batch_sizes, state0, weight_ih, weight_hh, bias_ih,
-                            bias_hh, reverse)
+                            bias_hh, extra, reverse)
     return recurrent_python(cell, x, batch_sizes, state0, weight_ih, weight_hh, bias_ih,
                             bias_hh, extra, reverse)
 

@@ -13,6 +13,8 @@ from rnnkit import compiled
 from rnnkit.autograd import recurrent_python as recurrent_bptt  # the Python engine: the reference
 from rnnkit.bptt import input_projection, unroll_backward, unroll_forward
 from rnnkit.cells import make_cell
+from rnnkit.cells.base import engine_params
+from rnnkit.cells.lstm import LSTMCell
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +26,26 @@ def module():
 
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "rnn_sigmoid")     # registry names
+# every registered cell (registry names; "rnn" is "rnn_tanh") and zoneout on the LSTM, each
+# where a compiled loop computes it
+ALL = [name for name in rnnkit.cell_names() if name != "rnn"] + ["lstm+zoneout"]
 LENGTHS = {"full": [5, 5, 5, 5], "variable": [7, 5, 5, 2, 1]}
 
 
+def make(name: str):
+    """A cell by registry name; "<name>+zoneout": zoneout 0.25 on it, in training mode."""
+    base, _, noise = name.partition("+")
+    return make_cell(base, zoneout=0.25).for_mode(True) if noise else make_cell(base)
+
+
+CELLS = tuple(name for name in ALL if compiled.kernel_of(make(name)) is not None)
+
+
 def problem(name, lengths, dtype, H=6, I=5, seed=0):
-    """A packed batch (examples sorted longest first), parameters and an initial state."""
+    """A packed batch (examples sorted longest first), every parameter of the cell (a list
+    in ``param_shapes`` order) and an initial state."""
     g = torch.Generator().manual_seed(seed)
-    cell = make_cell(name)
-    G = cell.gates
+    cell = make(name)
     batch_sizes = [sum(1 for n in lengths if n > t) for t in range(max(lengths))]
     N, B = sum(batch_sizes), batch_sizes[0]
 
@@ -40,20 +53,40 @@ def problem(name, lengths, dtype, H=6, I=5, seed=0):
         return (torch.rand(*shape, generator=g, dtype=dtype) * 2 - 1).requires_grad_()
 
     x = rand(N, I)
-    params = [rand(G * H, I), rand(G * H, H), rand(G * H), rand(G * H)]
+    params = [rand(*shape) for shape in cell.param_shapes(I, H).values()]
     state0 = tuple(rand(B, H) for _ in range(cell.num_states))      # a carried state
     return cell, x, batch_sizes, params, state0
 
 
+def args(cell, params):
+    """(weight_ih, weight_hh, bias_ih, bias_hh, extra) of the engines from the list."""
+    names = cell.param_shapes(1, params[0].shape[0] // cell.gates)
+    return engine_params(dict(zip(names, params)))
+
+
+def call(engine, cell, x, batch_sizes, state0, params, reverse=False):
+    """One layer call of ``engine`` (the Python engine or the compiled path); the
+    random masks of a zoneout cell drawn alike for both (the same seed before each)."""
+    torch.manual_seed(7)
+    return engine(cell, x, batch_sizes, state0, *args(cell, params), reverse)
+
+
 def run(engine, cell, x, batch_sizes, params, state0, reverse):
     """Outputs, final states and gradients of a random loss over out and final states."""
-    out, final = engine(cell, x, batch_sizes, state0, *params, (), reverse)
+    out, final = call(engine, cell, x, batch_sizes, state0, params, reverse)
     g = torch.Generator().manual_seed(1)
     loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
     for s in final:
         loss = loss + (s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum()
     grads = torch.autograd.grad(loss, [x, *params, *state0])
     return [out.detach(), *(s.detach() for s in final), *grads]
+
+
+def names_of(cell, state0):
+    """What run() returns, by name, for the failure messages."""
+    return ["out", *(f"final{k}" for k in range(cell.num_states)), "dx",
+            *(f"d{name}" for name in cell.param_shapes(1, 1)),
+            *(f"dstate0_{k}" for k in range(len(state0)))]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -64,9 +97,7 @@ def test_compiled_layer_matches_python_engine(module, name, lengths, reverse, dt
     cell, x, batch_sizes, params, state0 = problem(name, LENGTHS[lengths], dtype)
     want = run(recurrent_bptt, cell, x, batch_sizes, params, state0, reverse)
     got = run(compiled.recurrent_compiled, cell, x, batch_sizes, params, state0, reverse)
-    names = ["out", *(f"final{k}" for k in range(cell.num_states)), "dx", "dweight_ih",
-             "dweight_hh", "dbias_ih", "dbias_hh", *(f"dstate0_{k}" for k in range(len(state0)))]
-    for what, a, b in zip(names, got, want):
+    for what, a, b in zip(names_of(cell, state0), got, want):
         torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"{what}: {m}")
 
 
@@ -76,25 +107,27 @@ def test_compiled_unroll_matches_bptt_unroll(module, name, reverse):
     """The loops themselves against rnnkit.bptt's, caches to gradients, in float64."""
     cell, x, batch_sizes, params, state0 = problem(name, LENGTHS["variable"], torch.float64,
                                                    H=9, seed=3)
-    w_ih, w_hh, b_ih, b_hh = (p.detach() for p in params)
+    w_ih, w_hh, b_ih, b_hh, extra = args(cell, [p.detach() for p in params])
     state0 = tuple(s.detach() for s in state0)
     xw = input_projection(cell, x.detach(), w_ih, b_ih, b_hh)
-    out, final, caches = unroll_forward(cell, xw, batch_sizes, state0, w_hh, b_hh,
+    torch.manual_seed(7)
+    out, final, caches = unroll_forward(cell, xw, batch_sizes, state0, w_hh, b_hh, extra,
                                         reverse=reverse)
+    torch.manual_seed(7)
     c_out, c_final, c_caches = compiled.unroll_forward(cell, xw, batch_sizes, state0, w_hh,
-                                                       None if cell.fold_bias_hh else b_hh,
-                                                       reverse)
+                                                       b_hh, extra, reverse=reverse)
     torch.testing.assert_close(c_out, out, **TOL[torch.float64])
     for a, b in zip(c_final, final):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
     dout = torch.randn_like(out)
     dfinal = tuple(torch.randn_like(s) for s in final)
-    dxw, dhw, dstate0, dweight_hh, _ = unroll_backward(cell, dout, dfinal, caches, batch_sizes,
-                                                       w_hh, reverse=reverse)
-    c_dxw, c_dhw, c_dstate0, c_dweight_hh = compiled.unroll_backward(
-        cell, dout, dfinal, c_caches, batch_sizes, w_hh, reverse)
-    for a, b in [(c_dxw, dxw), (c_dhw, dhw), *zip(c_dstate0, dstate0),
-                 (c_dweight_hh, dweight_hh)]:
+    dxw, dhw, dstate0, dweight_hh, dextra = unroll_backward(cell, dout, dfinal, caches,
+                                                            batch_sizes, w_hh, extra,
+                                                            reverse=reverse)
+    c = compiled.unroll_backward(cell, dout, dfinal, c_caches, batch_sizes, w_hh, extra,
+                                 reverse=reverse)
+    for a, b in [(c.dxw, dxw), (c.dhw, dhw), *zip(c.dstate0, dstate0),
+                 (c.dweight_hh, dweight_hh), *zip(c.dextra, dextra)]:
         torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
@@ -119,19 +152,24 @@ def test_extreme_preactivations_saturate_like_torch(module):
     cell, x, batch_sizes, params, state0 = problem("lstm", LENGTHS["full"], torch.float32)
     params = [p.detach() * 500 for p in params]
     x, state0 = x.detach() * 500, tuple(s.detach() for s in state0)
-    want, _ = recurrent_bptt(cell, x, batch_sizes, state0, *params)
-    got, _ = compiled.recurrent_compiled(cell, x, batch_sizes, state0, *params)
+    want, _ = call(recurrent_bptt, cell, x, batch_sizes, state0, params)
+    got, _ = call(compiled.recurrent_compiled, cell, x, batch_sizes, state0, params)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, want, **TOL[torch.float32])
 
 
-def test_unsupported_cells_fall_back_to_python_engine(module):
-    cell = make_cell("lstm", peephole=True)
-    assert not compiled.supports(cell)
+def test_a_users_own_cell_falls_back_to_python_engine(module):
+    """A subclass (a user's own step) is not the cell the loops compute: no kernel takes it,
+    and the compiled path's entry runs it on the Python engine."""
+    class MyLSTM(LSTMCell):
+        def step_forward(self, xw, state, weight_hh, bias_hh, *extra):
+            return super().step_forward(xw * 0.5, state, weight_hh, bias_hh, *extra)
+
+    cell = MyLSTM()
+    assert compiled.kernel_of(cell) is None and not compiled.supports(cell)
     _, x, batch_sizes, params, state0 = problem("lstm", LENGTHS["variable"], torch.float64)
-    extra = (torch.randn(18, dtype=torch.float64),)
-    want, _ = recurrent_bptt(cell, x, batch_sizes, state0, *params, extra)
-    got, _ = compiled.recurrent_compiled(cell, x, batch_sizes, state0, *params, extra)
+    want, _ = call(recurrent_bptt, cell, x, batch_sizes, state0, params)
+    got, _ = call(compiled.recurrent_compiled, cell, x, batch_sizes, state0, params)
     torch.testing.assert_close(got, want)
 
 
@@ -145,7 +183,7 @@ def test_bias_gradients_are_separate_tensors(module):
     """The LSTM's two bias gradients are equal (dxw is dhw) but must not share storage: an
     in-place change of one .grad (clipping) would change the other."""
     cell, x, batch_sizes, params, state0 = problem("lstm", LENGTHS["full"], torch.float32)
-    out, _ = compiled.recurrent_compiled(cell, x, batch_sizes, state0, *params)
+    out, _ = call(compiled.recurrent_compiled, cell, x, batch_sizes, state0, params)
     out.sum().backward()
     assert params[2].grad.data_ptr() != params[3].grad.data_ptr()
     torch.testing.assert_close(params[2].grad, params[3].grad)
@@ -163,8 +201,8 @@ def test_failed_build_gives_none_and_reason(monkeypatch, tmp_path):
     assert compiled.load() is None
     assert "could not be built" in compiled.unavailable_reason()
     cell, x, batch_sizes, params, state0 = problem("gru", LENGTHS["variable"], torch.float64)
-    want, _ = recurrent_bptt(cell, x, batch_sizes, state0, *params)
-    got, _ = compiled.recurrent_compiled(cell, x, batch_sizes, state0, *params)
+    want, _ = call(recurrent_bptt, cell, x, batch_sizes, state0, params)
+    got, _ = call(compiled.recurrent_compiled, cell, x, batch_sizes, state0, params)
     torch.testing.assert_close(got, want)
 
 
@@ -200,14 +238,17 @@ def test_deep_bidirectional_layer_with_lengths_matches(module, name):
             return super()._stack(compiled.recurrent_compiled, x, batch_sizes, state0)
 
     torch.manual_seed(0)
-    kw = dict(num_layers=2, bidirectional=True, batch_first=True, backend="bptt", cell=name)
+    base, _, noise = name.partition("+")
+    kw = dict(num_layers=2, bidirectional=True, batch_first=True, backend="bptt", cell=base,
+              cell_options={"zoneout": 0.25} if noise else None)
     ref, fast = rnnkit.RecurrentStack(5, 7, **kw), CompiledStack(5, 7, **kw)
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(4, 6, 5)
     lengths = torch.tensor([3, 6, 1, 4])                  # unsorted, as a user gives them
-    hx = tuple(torch.randn(4, 4, 7) for _ in range(make_cell(name).num_states))
+    hx = tuple(torch.randn(4, 4, 7) for _ in range(make(name).num_states))
     grads = []
     for model in (ref, fast):
+        torch.manual_seed(7)                              # zoneout's masks alike
         xi = x.clone().requires_grad_()
         h0 = tuple(h.clone().requires_grad_() for h in hx)
         out, state = model(xi, h0 if len(h0) > 1 else h0[0], lengths=lengths)
@@ -227,9 +268,11 @@ def test_gradcheck_float64(module, name, reverse):
     """The compiled backward against finite differences of the compiled forward."""
     cell, x, batch_sizes, params, state0 = problem(name, [3, 2, 2, 1], torch.float64, H=3, I=2)
 
+    k = len(params)
+
     def layer(x, *rest):
-        out, final = compiled.recurrent_compiled(cell, x, batch_sizes, rest[4:], *rest[:4],
-                                                 (), reverse)
+        out, final = call(compiled.recurrent_compiled, cell, x, batch_sizes, rest[k:],
+                          rest[:k], reverse)
         return (out, *final)
 
     assert torch.autograd.gradcheck(layer, (x, *params, *state0))
@@ -241,9 +284,9 @@ def test_inference_forward_without_caches_matches(module, name, reverse):
     """Under no_grad the loops keep no caches (one step's scratch): same outputs, states."""
     cell, x, batch_sizes, params, state0 = problem(name, LENGTHS["variable"], torch.float32)
     with torch.no_grad():
-        want, want_final = recurrent_bptt(cell, x, batch_sizes, state0, *params, (), reverse)
-        got, got_final = compiled.recurrent_compiled(cell, x, batch_sizes, state0, *params,
-                                                     (), reverse)
+        want, want_final = call(recurrent_bptt, cell, x, batch_sizes, state0, params, reverse)
+        got, got_final = call(compiled.recurrent_compiled, cell, x, batch_sizes, state0,
+                              params, reverse)
     for a, b in zip((got, *got_final), (want, *want_final)):
         torch.testing.assert_close(a, b, **TOL[torch.float32])
 

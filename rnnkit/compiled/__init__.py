@@ -2,9 +2,14 @@
 
 The per-step work of :mod:`rnnkit.bptt` costs about ten PyTorch calls per step; here a step
 is one matrix product plus one vectorised pass over its elements, and the loop over time
-runs in C++ (``steps.cpp``, beside this file). Same packed layout, same variable-length and
-reverse semantics, same results as the Python engine, which stays the readable reference
-and the fallback.
+runs in C++. Same packed layout, same variable-length and reverse semantics, same results
+as the Python engine, which stays the readable reference and the fallback.
+
+Layout: one file pair per family of cells — ``<family>.cpp`` (the loops, forward and hand
+backward) beside ``<family>.py`` (a :class:`~rnnkit.compiled.kernel.Kernel`: which cells,
+and the calls) — ``common.h`` (what the loops share: the products, the vectorisable
+activations, the buffers), ``module.cpp`` (the one extension module) and this file (the
+build, the autograd Function, the choice between these loops and the Python engine).
 
 The float32 products — the input projection, the steps', the weight and input gradients —
 run through oneDNN (the library under ``torch.nn.LSTM`` on the CPU, reached as
@@ -14,15 +19,14 @@ an AMD CPU with AVX-512 oneDNN is 2-3x faster than the MKL sgemm behind ``torch.
 float64 (and a torch without oneDNN) uses ``at::mm``. ``load().linear(x, w, bias)`` is the
 product ``x @ w.T + bias`` as the loops run it.
 
-Covered so far (prototype): ``LSTMCell`` without peepholes, ``GRUCell`` (reset after) and
-``ElmanCell`` (tanh, relu, sigmoid; the IRNN), float32 and float64 on the CPU; training
+Covered: the cells of :data:`KERNELS`, float32 and float64 on the CPU; training
 (:class:`CompiledRecurrentFunction`) and inference (no caches written when no gradient is
 wanted). :func:`rnnkit.autograd.recurrent_bptt` — the "bptt" backend — takes this path
 wherever :func:`applies` says it can, and the Python engine everywhere else; backend "auto"
 takes it over PyTorch's kernel where :func:`prefers` says it is faster.
 
 The extension is built on first use with ``torch.utils.cpp_extension.load`` and cached in
-``$XDG_CACHE_HOME/rnnkit/compiled`` (``~/.cache/…``), keyed by the source, the flags, the
+``$XDG_CACHE_HOME/rnnkit/compiled`` (``~/.cache/…``), keyed by the sources, the flags, the
 torch and Python versions and the CPU (``-march=native``); the first build prints one line
 (about 20 s here). ``RNNKIT_COMPILED=0`` turns it off. :func:`load` never raises: it gives
 None and :func:`unavailable_reason` says why.
@@ -42,11 +46,15 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnkit.cells.base import Cell, State
-from rnnkit.cells.elman import ElmanCell
-from rnnkit.cells.gru import GRUCell
-from rnnkit.cells.lstm import LSTMCell
+from rnnkit.compiled import diagonal, elman, gru, layernorm, lstm
+from rnnkit.compiled.kernel import Grads, Kernel
 
-SOURCE = Path(__file__).with_name("steps.cpp")
+# Every family's kernel (its C++ loops in <family>.cpp, registered by module.cpp)
+KERNELS: list[Kernel] = [*lstm.KERNELS, *gru.KERNELS, *elman.KERNELS, *layernorm.KERNELS,
+                         *diagonal.KERNELS]
+FOLDER = Path(__file__).parent
+SOURCES = sorted(FOLDER.glob("*.cpp"))          # module.cpp and one file per family
+HEADERS = sorted(FOLDER.glob("*.h"))
 # -march=native: this machine's vector width; -fno-trapping-math lets the element loops
 # (floor, the exp's range reduction) vectorise and changes no result; -fopenmp compiles
 # at::parallel_for's pragmas (the runtime is torch's own libgomp, already loaded).
@@ -70,7 +78,8 @@ def _cpu() -> str:
 def cache_dir() -> Path:
     """Where the built extension lives: one folder per source, torch and Python version."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), torch.__version__.encode(),
+    key = hashlib.sha256(b"\0".join([*(f.read_bytes() for f in SOURCES + HEADERS),
+                                     torch.__version__.encode(),
                                      sys.version.encode(), _cpu().encode(),
                                      " ".join(CFLAGS).encode()])).hexdigest()[:16]
     return base / "rnnkit" / "compiled" / key
@@ -105,7 +114,7 @@ def _build() -> None:
         if not any(folder.glob(name + "*.so")):
             print(f"rnnkit: building the compiled recurrent loops once (about 20 s), "
                   f"cached in {folder}", file=sys.stderr, flush=True)
-        _module = cpp_extension.load(name, [str(SOURCE)], extra_cflags=CFLAGS,
+        _module = cpp_extension.load(name, [str(f) for f in SOURCES], extra_cflags=CFLAGS,
                                      build_directory=str(folder), verbose=False)
     except Exception as error:          # no compiler, no ninja, a failed build: fall back
         lines = str(error).strip().splitlines() or [type(error).__name__]
@@ -121,21 +130,10 @@ def unavailable_reason() -> str | None:
     return _reason
 
 
-def kernel_of(cell: Cell) -> str | None:
-    """"lstm", "gru" or "elman" when this exact cell has a compiled loop, else None.
-
-    Exact types, not names: a wrapper (zoneout, recurrent dropout) copies its cell's name
-    but changes the step."""
-    if type(cell) is LSTMCell and not cell.peephole:
-        return "lstm"
-    if type(cell) is GRUCell:
-        return "gru"
-    if type(cell) is ElmanCell:
-        return "elman"
-    return None
-
-
-ELMAN_NONLINEARITY = {"tanh": 0, "relu": 1, "sigmoid": 2}   # steps.cpp's codes
+def kernel_of(cell: Cell) -> Kernel | None:
+    """The kernel whose compiled loops compute ``cell`` (see :mod:`rnnkit.compiled.kernel`),
+    or None."""
+    return next((kernel for kernel in KERNELS if kernel.accepts(cell)), None)
 
 
 def supports(cell: Cell, *tensors: Tensor | None) -> bool:
@@ -148,58 +146,36 @@ def supports(cell: Cell, *tensors: Tensor | None) -> bool:
 # -- the loop over time: forward, then the hand backward ---------------------------------------
 
 def unroll_forward(cell: Cell, xw: Tensor, batch_sizes: list[int], state0: State,
-                   weight_hh: Tensor, bias_hh: Tensor | None, reverse: bool = False,
-                   module=None, keep: bool = True) -> tuple[Tensor, State, tuple]:
-    """:func:`rnnkit.bptt.unroll_forward` for a supported cell, in one C++ call.
-
-    Returns out (N, H), the final states (B, H) each, and the caches (a tuple of packed
+                   weight_hh: Tensor | None, bias_hh: Tensor | None, extra: tuple = (),
+                   reverse: bool = False, keep: bool = True,
+                   module=None) -> tuple[Tensor, State, tuple]:
+    """:func:`rnnkit.bptt.unroll_forward` for a supported cell, in one C++ call (same
+    arguments): out (N, H), the final states (B, H) each, and the caches (a tuple of packed
     tensors) that :func:`unroll_backward` reads — none with ``keep=False`` (inference: no
-    backward to come, so no caches are written). For the LSTM and the Elman RNN ``xw`` must
-    include ``bias_hh`` (the cells fold it, see :func:`rnnkit.bptt.input_projection`); for
-    the GRU ``bias_hh`` is passed here.
-    """
-    module = module or load()
-    kind = kernel_of(cell)
-    xw = xw.contiguous()
-    if kind == "lstm":
-        out, h, c, *caches = module.lstm_forward(xw, batch_sizes, state0[0], state0[1],
-                                                 weight_hh, reverse, keep)
-        return out, (h, c), tuple(caches) if keep else ()
-    if kind == "elman":
-        out, h, h_prev = module.elman_forward(xw, batch_sizes, state0[0], weight_hh,
-                                              ELMAN_NONLINEARITY[cell.nonlinearity], reverse,
-                                              keep)
-        # the backward reads the outputs: keep its own copy, so that a caller may change
-        # the returned ones in place
-        return out, (h,), (out.clone(), h_prev) if keep else ()
-    out, h, *caches = module.gru_forward(xw, batch_sizes, state0[0], weight_hh, bias_hh,
-                                         reverse, keep)
-    return out, (h,), tuple(caches) if keep else ()
+    backward to come, so no caches are written)."""
+    return kernel_of(cell).forward(module or load(), cell, xw.contiguous(), batch_sizes,
+                                   state0, weight_hh, None if cell.fold_bias_hh else bias_hh,
+                                   tuple(extra), reverse, keep)
 
 
 def unroll_backward(cell: Cell, dout: Tensor, dfinal: State, caches: tuple,
-                    batch_sizes: list[int], weight_hh: Tensor, reverse: bool = False,
-                    x: Tensor | None = None, module=None) -> tuple:
+                    batch_sizes: list[int], weight_hh: Tensor | None, extra: tuple = (),
+                    reverse: bool = False, x: Tensor | None = None, module=None) -> Grads:
     """:func:`rnnkit.bptt.unroll_backward` for a supported cell, in one C++ call:
-    ``(dxw, dhw, dstate0, dweight_hh)``, and ``dweight_ih`` (G*H, I) fifth when the layer
-    input ``x`` (N, I) is given (its product shares dxw's transposed copy with dweight_hh's)."""
-    module = module or load()
-    dout = dout.contiguous()
-    kind = kernel_of(cell)
-    if kind == "lstm":
-        da, dh0, dc0, dweight_hh, dweight_ih = module.lstm_backward(
-            dout, dfinal[0], dfinal[1], *caches, batch_sizes, weight_hh, reverse, x)
-        grads = (da, da, (dh0, dc0), dweight_hh)
-    elif kind == "elman":
-        da, dh0, dweight_hh, dweight_ih = module.elman_backward(
-            dout, dfinal[0], *caches, batch_sizes, weight_hh,
-            ELMAN_NONLINEARITY[cell.nonlinearity], reverse, x)
-        grads = (da, da, (dh0,), dweight_hh)
-    else:
-        dxw, dhw, dh0, dweight_hh, dweight_ih = module.gru_backward(
-            dout, dfinal[0], *caches, batch_sizes, weight_hh, reverse, x)
-        grads = (dxw, dhw, (dh0,), dweight_hh)
-    return grads if x is None else (*grads, dweight_ih)
+    :class:`~rnnkit.compiled.kernel.Grads` — ``dweight_ih`` (G*H, I) too when the layer
+    input ``x`` (N, I) is given (its product shares dxw's transposed copy with
+    dweight_hh's)."""
+    return kernel_of(cell).backward(module or load(), cell, dout.contiguous(), dfinal, caches,
+                                    batch_sizes, weight_hh, tuple(extra), reverse, x)
+
+
+def _projection(cell: Cell, x: Tensor, weight_ih: Tensor, bias_ih: Tensor | None,
+                bias_hh: Tensor | None) -> Tensor:
+    """:func:`rnnkit.bptt.input_projection` through the loops' products: (N, G*H)."""
+    bias = bias_ih
+    if cell.fold_bias_hh and bias_hh is not None:
+        bias = bias_hh if bias is None else bias + bias_hh
+    return load().linear(x, weight_ih, bias)
 
 
 class CompiledRecurrentFunction(torch.autograd.Function):
@@ -208,71 +184,77 @@ class CompiledRecurrentFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cell: Cell, batch_sizes: list[int], reverse: bool, x: Tensor,
-                weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None,
-                bias_hh: Tensor | None, *state0: Tensor):
-        module = load()
-        bias = bias_ih
-        if cell.fold_bias_hh and bias_hh is not None:
-            bias = bias_hh if bias is None else bias + bias_hh
-        xw = module.linear(x, weight_ih, bias)                          # (N, G*H)
-        out, final, caches = unroll_forward(cell, xw, batch_sizes, state0, weight_hh,
-                                            None if cell.fold_bias_hh else bias_hh, reverse)
+                weight_ih: Tensor, weight_hh: Tensor | None, bias_ih: Tensor | None,
+                bias_hh: Tensor | None, *state0_and_extra: Tensor):
+        k = cell.num_states
+        state0, extra = state0_and_extra[:k], state0_and_extra[k:]
+        xw = _projection(cell, x, weight_ih, bias_ih, bias_hh)          # (N, G*H)
+        out, final, caches = unroll_forward(cell, xw, batch_sizes, state0, weight_hh, bias_hh,
+                                            extra, reverse)
         ctx.cell, ctx.batch_sizes, ctx.reverse = cell, batch_sizes, reverse
         ctx.has_bias = (bias_ih is not None, bias_hh is not None)
-        ctx.save_for_backward(x, weight_ih, weight_hh, *caches)
+        ctx.counts = (len(extra), len(caches))
+        ctx.save_for_backward(x, weight_ih, weight_hh, *extra, *caches)
         return (out, *final)            # fresh tensors: no cache holds the final states
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout: Tensor, *dfinal: Tensor):
-        x, weight_ih, weight_hh, *caches = ctx.saved_tensors
-        dxw, dhw, dstate0, dweight_hh, dweight_ih = unroll_backward(
-            ctx.cell, dout, dfinal, tuple(caches), ctx.batch_sizes, weight_hh, ctx.reverse, x)
+        x, weight_ih, weight_hh, *rest = ctx.saved_tensors
+        n_extra, _ = ctx.counts
+        extra, caches = tuple(rest[:n_extra]), tuple(rest[n_extra:])
+        g = unroll_backward(ctx.cell, dout, dfinal, caches, ctx.batch_sizes, weight_hh, extra,
+                            ctx.reverse, x)
         linear = load().linear                                          # y = x @ w.T
-        dx = linear(dxw, weight_ih.t()) if ctx.needs_input_grad[3] else None   # dxw W_ih (N, I)
-        dbias_ih = dxw.sum(0) if ctx.has_bias[0] else None
+        dx = linear(g.dxw, weight_ih.t()) if ctx.needs_input_grad[3] else None  # dxw W_ih (N, I)
+        dbias_ih = g.dxw.sum(0) if ctx.has_bias[0] else None
         dbias_hh = None
         if ctx.has_bias[1]:           # a copy, not the same tensor: the two .grad must not alias
-            same = dhw is dxw and dbias_ih is not None
-            dbias_hh = dbias_ih.clone() if same else dhw.sum(0)
-        return (None, None, None, dx, dweight_ih, dweight_hh, dbias_ih, dbias_hh, *dstate0)
+            same = g.dhw is g.dxw and dbias_ih is not None
+            dbias_hh = dbias_ih.clone() if same else g.dhw.sum(0)
+        return (None, None, None, dx, g.dweight_ih, g.dweight_hh, dbias_ih, dbias_hh,
+                *g.dstate0, *g.dextra)
 
 
 def applies(cell: Cell, x: Tensor, state0: State, weight_ih: Tensor,
             weight_hh: Tensor | None, bias_ih: Tensor | None, bias_hh: Tensor | None,
             extra: tuple[Tensor, ...] = ()) -> bool:
-    """Whether :func:`run` computes this layer call: a supported cell without extra
-    parameters, CPU float32/64 tensors of one dtype, no autocast, no engine observer (the
-    diagnostics watch the Python engine's steps), and the extension built."""
+    """Whether :func:`run` computes this layer call: a supported cell, CPU float32/64
+    tensors of one dtype, no autocast, no engine observer (the diagnostics watch the Python
+    engine's steps), and the extension built."""
     from rnnkit.bptt import OBSERVERS
 
-    tensors = [t for t in (x, weight_ih, weight_hh, bias_ih, bias_hh, *state0) if t is not None]
-    return (not extra and OBSERVERS.get() is None
-            and not torch.is_autocast_enabled(x.device.type)
+    tensors = [t for t in (x, weight_ih, weight_hh, bias_ih, bias_hh, *state0, *extra)
+               if t is not None]
+    return (OBSERVERS.get() is None and not torch.is_autocast_enabled(x.device.type)
             and supports(cell, *tensors) and len({t.dtype for t in tensors}) == 1
             and load() is not None)
 
 
 def prefers(cell: Cell) -> bool:
     """Whether the compiled loop beats PyTorch's own kernel for ``cell`` on the CPU, so
-    that backend "auto" should take it: the GRU and the Elman RNN (about 2x:
-    ``benchmarks/bench_compiled.py``; PyTorch runs them as ATen loops over MKL), not the
-    LSTM (oneDNN's fused LSTM is as fast or faster)."""
-    return kernel_of(cell) in ("gru", "elman") and load() is not None
+    that backend "auto" should take it (the kernel's ``prefers_over_native``): the GRU and
+    the Elman RNN (about 2x: ``benchmarks/bench_compiled.py``; PyTorch runs them as ATen
+    loops over MKL), not the LSTM (oneDNN's fused LSTM is as fast or faster)."""
+    kernel = kernel_of(cell)
+    return kernel is not None and kernel.prefers_over_native and load() is not None
 
 
 def run(cell: Cell, x: Tensor, batch_sizes: list[int], state0: State, weight_ih: Tensor,
-        weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None,
-        reverse: bool = False) -> tuple[Tensor, State]:
+        weight_hh: Tensor | None, bias_ih: Tensor | None, bias_hh: Tensor | None,
+        extra: tuple[Tensor, ...] = (), reverse: bool = False) -> tuple[Tensor, State]:
     """One layer, one direction through the compiled loops, where :func:`applies` says so:
     the arguments and results of :func:`rnnkit.autograd.recurrent_bptt`."""
-    tensors = (x, weight_ih, weight_hh, bias_ih, bias_hh, *state0)
+    tensors = (x, weight_ih, weight_hh, bias_ih, bias_hh, *state0, *extra)
     if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad
                                               for t in tensors):
-        return _forward_only(cell, x, batch_sizes, state0, weight_ih, weight_hh, bias_ih,
-                             bias_hh, reverse)
+        # inference: the compiled forward writing no caches
+        xw = _projection(cell, x, weight_ih, bias_ih, bias_hh)          # (N, G*H)
+        out, final, _ = unroll_forward(cell, xw, batch_sizes, state0, weight_hh, bias_hh,
+                                       extra, reverse, keep=False)
+        return out, final
     out, *final = CompiledRecurrentFunction.apply(cell, batch_sizes, reverse, x, weight_ih,
-                                                  weight_hh, bias_ih, bias_hh, *state0)
+                                                  weight_hh, bias_ih, bias_hh, *state0, *extra)
     return out, tuple(final)
 
 
@@ -286,18 +268,6 @@ def recurrent_compiled(cell: Cell, x: Tensor, batch_sizes: list[int], state0: St
 
     if applies(cell, x, state0, weight_ih, weight_hh, bias_ih, bias_hh, extra):
         return run(cell, x, batch_sizes, state0, weight_ih, weight_hh, bias_ih, bias_hh,
-                   reverse)
+                   extra, reverse)
     return recurrent_python(cell, x, batch_sizes, state0, weight_ih, weight_hh, bias_ih,
                             bias_hh, extra, reverse)
-
-
-def _forward_only(cell, x, batch_sizes, state0, weight_ih, weight_hh, bias_ih, bias_hh,
-                  reverse):
-    """Inference (no gradient wanted): the compiled forward writing no caches."""
-    bias = bias_ih
-    if cell.fold_bias_hh and bias_hh is not None:
-        bias = bias_hh if bias is None else bias + bias_hh
-    xw = load().linear(x, weight_ih, bias)                              # (N, G*H)
-    out, final, _ = unroll_forward(cell, xw, batch_sizes, state0, weight_hh,
-                                   None if cell.fold_bias_hh else bias_hh, reverse, keep=False)
-    return out, final
