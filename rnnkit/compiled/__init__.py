@@ -26,9 +26,9 @@ wherever :func:`applies` says it can, and the Python engine everywhere else; bac
 takes it over PyTorch's kernel where :func:`prefers` says it is faster.
 
 The extension is built on first use with ``torch.utils.cpp_extension.load`` and cached in
-``$XDG_CACHE_HOME/rnnkit/compiled`` (``~/.cache/…``), keyed by the sources, the flags, the
-torch and Python versions and the CPU (``-march=native``); the first build prints one line
-(about 20 s here). ``RNNKIT_COMPILED=0`` turns it off. :func:`load` never raises: it gives
+``$XDG_CACHE_HOME/rnnkit/compiled`` (``~/.cache/…``), one folder per copy of rnnkit, the
+flags, the torch and Python versions and the CPU (``-march=native``), where ninja rebuilds
+what changed; a build prints one line (about a minute here, once). ``RNNKIT_COMPILED=0`` turns it off. :func:`load` never raises: it gives
 None and :func:`unavailable_reason` says why.
 """
 
@@ -76,9 +76,11 @@ def _cpu() -> str:
 
 
 def cache_dir() -> Path:
-    """Where the built extension lives: one folder per source, torch and Python version."""
+    """Where the built extension lives: one folder per installed copy of rnnkit (its
+    path), torch and Python version, CPU and flags. Within it ninja rebuilds what changed:
+    the objects whose source (or common.h) is newer than they are, then the module."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    key = hashlib.sha256(b"\0".join([*(f.read_bytes() for f in SOURCES + HEADERS),
+    key = hashlib.sha256(b"\0".join([str(FOLDER.resolve()).encode(),
                                      torch.__version__.encode(),
                                      sys.version.encode(), _cpu().encode(),
                                      " ".join(CFLAGS).encode()])).hexdigest()[:16]
@@ -111,8 +113,9 @@ def _build() -> None:
         folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
         name = "rnnkit_steps_" + folder.name
-        if not any(folder.glob(name + "*.so")):
-            print(f"rnnkit: building the compiled recurrent loops once (about 20 s), "
+        built = [f.stat().st_mtime for f in folder.glob(name + "*.so")]
+        if not built or max(f.stat().st_mtime for f in SOURCES + HEADERS) > max(built):
+            print(f"rnnkit: building the compiled recurrent loops once (about a minute), "
                   f"cached in {folder}", file=sys.stderr, flush=True)
         _module = cpp_extension.load(name, [str(f) for f in SOURCES], extra_cflags=CFLAGS,
                                      build_directory=str(folder), verbose=False)
