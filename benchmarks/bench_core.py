@@ -7,10 +7,15 @@ the outputs and final state) of the same single-layer model through
                the LSTM, GRU and Elman cells; ``RNNKIT_COMPILED=0``: the Python engine),
 - ``native``   PyTorch's fused kernel (oneDNN on CPU) — standard cells only,
 - ``autograd`` the engine's forward under autograd: an autograd loop over the same cell,
+- ``compile``  that autograd loop with the cell's step compiled by ``torch.compile``
+               (inductor, forward and backward; one compilation per cell and shape, not
+               timed). The step, not the loop: compiling T unrolled steps takes minutes per
+               shape and recompiles for every new length, which no user can afford,
 
 interleaving the backends repetition by repetition so that machine noise hits all alike,
 and reports medians and the ratios against the hand engine. The machine's sgemm rate is
-measured in the same run for scale. A second table times the parallel scan
+measured in the same run for scale, and the fraction of it that the hand engine's LSTM
+reaches at H = 1024 (its products' flops over its time). A second table times the parallel scan
 (:mod:`rnnkit.scan`, ``backend="scan"``) against the step form (the hand engine) for the
 cells whose state is linear in the previous one, at T = 256, 1024, 4096. Usage::
 
@@ -60,6 +65,52 @@ def sgemm_gflops(n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
+class _CompiledStep(torch.nn.Module):
+    """The ``compile`` peer: a one-layer stack's forward as an autograd loop over time whose
+    step is the cell's ``step_forward`` compiled by ``torch.compile``."""
+
+    def __init__(self, stack):
+        super().__init__()
+        self.stack = stack
+        cell = stack.cell
+
+        def step(xw, state, weight_hh, bias_hh, *extra):
+            return cell.step_forward(xw, state, weight_hh, bias_hh, *extra)[0]
+
+        self.step = torch.compile(step, dynamic=False)
+
+    def forward(self, x):
+        from rnnkit.bptt import input_projection
+
+        T, B, _ = x.shape
+        s, cell = self.stack, self.stack.cell
+        weight_ih, weight_hh, bias_ih, bias_hh, extra = s.layer_params(0)
+        xw = input_projection(cell, x.reshape(T * B, -1), weight_ih, bias_ih, bias_hh)
+        xw = xw.view(T, B, -1)
+        state = cell.initial_state(B, s.hidden_size, dtype=x.dtype)
+        bias = None if cell.fold_bias_hh else bias_hh
+        outs = []
+        for t in range(T):
+            state = self.step(xw[t], state, weight_hh, bias, *extra)
+            outs.append(state[0])
+        return torch.stack(outs), state
+
+
+def cell_text(value, spec: str, suffix: str = "") -> str:
+    """One table cell: ``value`` formatted, or a dash of the same width where there is none."""
+    if value is None:
+        return "-".rjust(int(spec.split(".")[0]) + len(suffix))
+    return format(value, spec) + suffix
+
+
+def lstm_gflops(shape, seconds: float) -> float:
+    """The rate of a one-layer LSTM training pass's matrix products (I = H): forward
+    2·N·4H·(I + H) (input projection, recurrent products), backward twice that (dx and
+    dweight_ih, dh_{t-1} and dweight_hh), N = T·B rows — GFLOP/s at ``seconds`` a pass."""
+    T, B, H = shape
+    return 6 * T * B * 4 * H * (H + H) / seconds / 1e9
+
+
 def train_pass(model, x):
     out, state = model(x)
     h = state[0] if isinstance(state, tuple) else state
@@ -94,6 +145,9 @@ def time_backends(cell, backends, shape, reps):
         torch.manual_seed(0)
         if backend == "scan-log":          # the parallel scan's log-space method, on the CPU
             models[backend] = _LogScan(rnnkit.RecurrentStack(H, H, backend="scan", cell=cell))
+        elif backend == "compile":
+            models[backend] = _CompiledStep(rnnkit.RecurrentStack(H, H, backend="bptt",
+                                                                  cell=cell))
         else:
             models[backend] = rnnkit.RecurrentStack(H, H, backend=backend, cell=cell)
     return time_interleaved(models, x, reps)
@@ -147,6 +201,9 @@ def main(argv=None) -> int:
                         help="comma-separated registered cells (default: all)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "core.json"),
                         help="JSON file for the numbers")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave out the torch.compile peer (its compilations take minutes)")
+    parser.add_argument("--no-scan", action="store_true", help="leave out the scan table")
     parser.add_argument("--scan-only", action="store_true",
                         help="only the table of the parallel scan against the step form")
     args = parser.parse_args(argv)
@@ -156,7 +213,8 @@ def main(argv=None) -> int:
     gflops = sgemm_gflops()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}, sgemm {gflops:.0f} GFLOP/s (2048³)")
-    scan_rows = scan_table(SCAN_SHAPES[:1] if args.quick else SCAN_SHAPES, reps)
+    scan_rows = ([] if args.no_scan else
+                 scan_table(SCAN_SHAPES[:1] if args.quick else SCAN_SHAPES, reps))
     if args.scan_only:
         out = Path(args.out).with_name("core_scan.json")
         write_json(out, {"torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -165,25 +223,36 @@ def main(argv=None) -> int:
         return 0
     rows = []
     header = (f"{'cell':17s} {'T':>4s} {'B':>3s} {'H':>5s} {'bptt ms':>8s} {'native ms':>9s} "
-              f"{'autograd ms':>11s} {'bptt/native':>11s} {'bptt/autograd':>13s}")
+              f"{'autograd ms':>11s} {'compile ms':>10s} {'bptt/native':>11s} "
+              f"{'bptt/autograd':>13s} {'bptt/compile':>12s}")
     print(header)
     print("-" * len(header))
+    peers = ["autograd"] + ([] if args.no_compile else ["compile"])
     for name in args.cells.split(","):
-        standard = make_cell(name).native_mode is not None
-        backends = ["bptt", "native", "autograd"] if standard else ["bptt", "autograd"]
+        cell = make_cell(name)
+        standard = cell.native_mode is not None
+        backends = ["bptt", *(["native"] if standard else []), *peers]
         for shape in shapes:
             t = time_backends(name, backends, shape, reps)
             row = {"cell": name, "T": shape[0], "B": shape[1], "H": shape[2],
                    **{f"{b}_ms": t[b] * 1e3 for b in backends},
                    # speed ratios: > 1 means the hand engine is faster
-                   "speed_vs_native": t["native"] / t["bptt"] if standard else None,
-                   "speed_vs_autograd": t["autograd"] / t["bptt"]}
+                   **{f"speed_vs_{b}": t[b] / t["bptt"] for b in backends[1:]}}
+            if name == "lstm" and shape[2] == 1024:
+                row["sgemm_fraction"] = lstm_gflops(shape, t["bptt"]) / gflops
             rows.append(row)
-            native = f"{row['native_ms']:9.1f}" if standard else f"{'-':>9s}"
-            vs_native = f"{row['speed_vs_native']:10.2f}x" if standard else f"{'-':>11s}"
+
+            ms = {b: row.get(f"{b}_ms") for b in ("native", "autograd", "compile")}
+            vs = {b: row.get(f"speed_vs_{b}") for b in ("native", "autograd", "compile")}
             print(f"{name:17s} {shape[0]:4d} {shape[1]:3d} {shape[2]:5d} {row['bptt_ms']:8.1f} "
-                  f"{native} {row['autograd_ms']:11.1f} {vs_native} "
-                  f"{row['speed_vs_autograd']:12.2f}x", flush=True)
+                  f"{cell_text(ms['native'], '9.1f')} {cell_text(ms['autograd'], '11.1f')} "
+                  f"{cell_text(ms['compile'], '10.1f')} {cell_text(vs['native'], '10.2f', 'x')} "
+                  f"{cell_text(vs['autograd'], '12.2f', 'x')} "
+                  f"{cell_text(vs['compile'], '11.2f', 'x')}", flush=True)
+            if "sgemm_fraction" in row:
+                print(f"  the hand engine's LSTM at H {shape[2]}: "
+                      f"{lstm_gflops(shape, t['bptt']):.0f} GFLOP/s in its products, "
+                      f"{row['sgemm_fraction']:.0%} of the sgemm rate above", flush=True)
     print("ratios are speeds relative to the hand engine's peer (>1: bptt faster); "
           "times are medians of forward+backward")
     out = Path(args.out)

@@ -4,12 +4,13 @@
     python benchmarks/lm_quality.py shakespeare    # Tiny Shakespeare, character LSTM
     python benchmarks/lm_quality.py ptb --cell layernorm_lstm      # same recipe, another cell
     python benchmarks/lm_quality.py ptb --max-minutes 3 --threads 1   # a short speed check
+    python benchmarks/lm_quality.py ptb --backend bptt --max-minutes 3  # the hand engine
 
 ``ptb``: the model is selected on ``ptb.valid.txt`` and the test split is evaluated once,
 at the end. ``shakespeare``: first 90% of ``input.txt`` trains, the last 10% validates
 (the issue's protocol; there is no test split). Each run writes its model directory under
 ``runs/`` and its figures to ``benchmarks/results/lm_<name>.json`` (``lm_<name>_<cell>``
-for another ``--cell``, with ``_<M>min`` added for a ``--max-minutes`` other than the
+for another ``--cell``, ``_<backend>`` for a ``--backend`` other than auto, with ``_<M>min`` added for a ``--max-minutes`` other than the
 recipe's). Skips cleanly when ``../shared/data`` is absent.
 """
 
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from _common import DATA, write_results  # noqa: E402
 
+from rnnkit.layers import BACKENDS  # noqa: E402
 from rnnkit.tasks import lm  # noqa: E402
 from rnnkit.train import TrainConfig  # noqa: E402
 
@@ -55,6 +57,9 @@ def main(argv=None) -> int:
     parser.add_argument("name", choices=sorted(SETTINGS))
     parser.add_argument("--cell", default="lstm",
                         help="the recurrent cell, any registered name (default lstm)")
+    parser.add_argument("--backend", default="auto",
+                        choices=BACKENDS,
+                        help="the engine of the recurrent layers (default auto)")
     parser.add_argument("--max-minutes", type=float,
                         help="training budget in minutes (default: the recipe's)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -70,6 +75,9 @@ def main(argv=None) -> int:
     if args.cell != s["model"]["cell"]:
         s["model"] = {**s["model"], "cell": args.cell}
         run += f"_{args.cell}"
+    if args.backend != "auto":
+        s["model"] = {**s["model"], "backend": args.backend}
+        run += f"_{args.backend}"
     if args.max_minutes is not None and args.max_minutes != s["train"].max_minutes:
         s["train"] = dataclasses.replace(s["train"], max_minutes=args.max_minutes)
         run += f"_{args.max_minutes:g}min"

@@ -304,3 +304,58 @@ def test_the_outputs_may_be_changed_in_place_before_the_backward():
 def test_auto_keeps_pytorchs_kernel_where_the_compiled_loop_does_not_run():
     layer = rnnkit.RecurrentStack(4, 5, cell="gru").to(torch.bfloat16)
     assert layer.resolved_backend() == "native"
+
+
+# registered cells that may run on the Python engine only (none today); a new cell joins
+# the compiled loops with a file pair rnnkit/compiled/<family>.cpp + <family>.py
+PYTHON_ONLY: set[str] = set()
+
+
+def test_every_registered_cell_has_a_compiled_loop():
+    fast, slow = compiled.compiled_cells()
+    assert set(slow) <= PYTHON_ONLY, f"no compiled loop for {sorted(set(slow) - PYTHON_ONLY)}"
+    assert compiled.kernel_of(make("lstm+zoneout")) is not None
+    assert compiled.kernel_of(make_cell("lstm_peephole", zoneout=0.1)) is not None
+
+
+def test_a_registered_kernel_runs_a_users_cell(module, monkeypatch):
+    """compiled.register: a user's kernel for a user's cell is asked first, takes the layer
+    call (forward with caches, backward with every gradient), and equals the Python engine.
+    The kernel here runs rnnkit.bptt's loops itself, standing in for a user's C++."""
+    from rnnkit.compiled.kernel import Grads, Kernel
+    from rnnkit import bptt
+
+    class MyLSTM(LSTMCell):
+        pass
+
+    calls = []
+
+    class MyKernel(Kernel):
+        def accepts(self, cell):
+            return type(cell) is MyLSTM
+
+        def forward(self, m, cell, xw, batch_sizes, state0, weight_hh, bias_hh, extra,
+                    reverse, keep):
+            calls.append("forward")
+            out, final, caches = bptt.unroll_forward(cell, xw, batch_sizes, state0, weight_hh,
+                                                     bias_hh, extra, reverse)
+            return out, final, (caches,) if keep else ()
+
+        def backward(self, m, cell, dout, dfinal, caches, batch_sizes, weight_hh, extra,
+                     reverse, x):
+            calls.append("backward")
+            steps = caches[0]                           # the forward's per-step caches
+            dxw, dhw, dstate0, dweight_hh, dextra = bptt.unroll_backward(
+                cell, dout, dfinal, steps, batch_sizes, weight_hh, extra, reverse)
+            return Grads(dxw, dhw, dstate0, dweight_hh, dextra, m.linear(dxw.t(), x.t()))
+
+    monkeypatch.setattr(compiled, "KERNELS", list(compiled.KERNELS))
+    with pytest.raises(TypeError, match="Kernel"):
+        compiled.register(object())
+    compiled.register(MyKernel())
+    _, x, batch_sizes, params, state0 = problem("lstm", LENGTHS["variable"], torch.float64)
+    want = run(recurrent_bptt, LSTMCell(), x, batch_sizes, params, state0, True)
+    got = run(rnnkit.autograd.recurrent_bptt, MyLSTM(), x, batch_sizes, params, state0, True)
+    assert calls == ["forward", "backward"]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])

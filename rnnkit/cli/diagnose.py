@@ -33,8 +33,10 @@ def _engine_in_use() -> str:
     from rnnkit import compiled
 
     if compiled.load() is not None:
-        return ("the compiled loops for lstm, gru, irnn and the rnn_* cells (the Python engine "
-                "for the others; RNNKIT_COMPILED=0 checks it for all)")
+        fast, slow = compiled.compiled_cells()
+        others = (f"the Python engine for {', '.join(slow)}; " if slow else "")
+        return (f"the compiled loops for {', '.join(fast)} ({others}"
+                f"RNNKIT_COMPILED=0 checks the Python engine for all)")
     return f"the Python engine for every cell (compiled loops: {compiled.unavailable_reason()})"
 
 

@@ -139,6 +139,31 @@ def kernel_of(cell: Cell) -> Kernel | None:
     return next((kernel for kernel in KERNELS if kernel.accepts(cell)), None)
 
 
+def register(kernel: Kernel) -> Kernel:
+    """Add ``kernel`` — compiled loops of your own for a cell of your own (see
+    :mod:`rnnkit.compiled.kernel` and ``docs/custom_cell.md``) — asked before rnnkit's own
+    kernels; returns it. Its forward and backward receive rnnkit's module (its products:
+    ``m.linear``, ``m.transposed``) and may call an extension of their own."""
+    if not isinstance(kernel, Kernel):
+        raise TypeError(f"register: expected an rnnkit.compiled.kernel.Kernel, got "
+                        f"{type(kernel).__name__}")
+    KERNELS.insert(0, kernel)
+    return kernel
+
+
+def compiled_cells() -> tuple[list[str], list[str]]:
+    """The registered cell names (``rnn`` counted as ``rnn_tanh``) that the compiled loops
+    compute, and those that run on the Python engine."""
+    from rnnkit.cells import cell_names, make_cell
+
+    seen: dict[str, bool] = {}
+    for name in cell_names():
+        cell = make_cell(name)
+        seen.setdefault(cell.name, kernel_of(cell) is not None)
+    return ([name for name, ok in seen.items() if ok],
+            [name for name, ok in seen.items() if not ok])
+
+
 def supports(cell: Cell, *tensors: Tensor | None) -> bool:
     """Whether the compiled loop can run ``cell`` on these tensors (CPU, float32/64)."""
     return kernel_of(cell) is not None and all(
@@ -196,18 +221,16 @@ class CompiledRecurrentFunction(torch.autograd.Function):
                                             extra, reverse)
         ctx.cell, ctx.batch_sizes, ctx.reverse = cell, batch_sizes, reverse
         ctx.has_bias = (bias_ih is not None, bias_hh is not None)
-        ctx.counts = (len(extra), len(caches))
-        ctx.save_for_backward(x, weight_ih, weight_hh, *extra, *caches)
+        ctx.caches = caches             # fresh tensors (or a kernel's own objects)
+        ctx.save_for_backward(x, weight_ih, weight_hh, *extra)
         return (out, *final)            # fresh tensors: no cache holds the final states
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout: Tensor, *dfinal: Tensor):
-        x, weight_ih, weight_hh, *rest = ctx.saved_tensors
-        n_extra, _ = ctx.counts
-        extra, caches = tuple(rest[:n_extra]), tuple(rest[n_extra:])
-        g = unroll_backward(ctx.cell, dout, dfinal, caches, ctx.batch_sizes, weight_hh, extra,
-                            ctx.reverse, x)
+        x, weight_ih, weight_hh, *extra = ctx.saved_tensors
+        g = unroll_backward(ctx.cell, dout, dfinal, ctx.caches, ctx.batch_sizes, weight_hh,
+                            tuple(extra), ctx.reverse, x)
         linear = load().linear                                          # y = x @ w.T
         dx = linear(g.dxw, weight_ih.t()) if ctx.needs_input_grad[3] else None  # dxw W_ih (N, I)
         dbias_ih = g.dxw.sum(0) if ctx.has_bias[0] else None
