@@ -359,3 +359,20 @@ def test_a_registered_kernel_runs_a_users_cell(module, monkeypatch):
     assert calls == ["forward", "backward"]
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+def test_a_build_killed_midway_leaves_no_lock_that_blocks_the_next(module):
+    """PyTorch's build lock is a plain file that a killed build (Ctrl-C during the first
+    build) leaves behind; the next load must not wait for it forever."""
+    import subprocess
+    import sys
+
+    stale = compiled.cache_dir() / "lock"
+    stale.write_text("")
+    try:
+        done = subprocess.run([sys.executable, "-c", "from rnnkit import compiled; "
+                               "print(compiled.load() is not None)"],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        stale.unlink(missing_ok=True)
+    assert done.stdout.strip() == "True", done.stderr

@@ -34,6 +34,7 @@ None and :func:`unavailable_reason` says why.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -104,6 +105,26 @@ def load():
     return _module
 
 
+@contextlib.contextmanager
+def _build_lock(folder: Path):
+    """One build at a time in ``folder``, by a lock the system releases when its process
+    dies. Inside it, a ``lock`` file left by PyTorch's own build lock (``FileBaton``: a plain
+    file, never removed when a build is killed, say by Ctrl-C during the first build) is
+    stale and removed — else every later load would wait for it forever."""
+    try:
+        import fcntl
+    except ImportError:                 # not POSIX: PyTorch's lock alone
+        yield
+        return
+    with open(folder / "rnnkit.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            (folder / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
+
+
 def _build() -> None:
     """Build (or find built) the extension: sets the module or the reason it failed."""
     global _module, _reason, _tried
@@ -117,8 +138,9 @@ def _build() -> None:
         if not built or max(f.stat().st_mtime for f in SOURCES + HEADERS) > max(built):
             print(f"rnnkit: building the compiled recurrent loops once (about a minute), "
                   f"cached in {folder}", file=sys.stderr, flush=True)
-        _module = cpp_extension.load(name, [str(f) for f in SOURCES], extra_cflags=CFLAGS,
-                                     build_directory=str(folder), verbose=False)
+        with _build_lock(folder):
+            _module = cpp_extension.load(name, [str(f) for f in SOURCES], extra_cflags=CFLAGS,
+                                         build_directory=str(folder), verbose=False)
     except Exception as error:          # no compiler, no ninja, a failed build: fall back
         lines = str(error).strip().splitlines() or [type(error).__name__]
         said = ([line for line in lines if "error:" in line.lower()]
