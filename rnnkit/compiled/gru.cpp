@@ -1,7 +1,10 @@
-// GRU, reset gate after the recurrent product: the same math as rnnkit/cells/gru.py.
+// GRU, both forms of rnnkit/cells/gru.py: the same math as GRUCell (reset after) and
+// GRUResetBeforeCell (reset before, Cho et al.).
 //
-// Caches (packed, (N, .); with keep=false none):
+// Reset after, caches (packed, (N, .); with keep=false none):
 //   gates (N, 3H) = [r, z, h_{t-1} W_n.T + b_hn], n (N, H), h_prev (N, H)
+// Reset before, caches (packed, (N, .); with keep=false one step's scratch, not returned):
+//   rz (N, 2H) = [r, z], n (N, H), h_prev (N, H), rh (N, H) = r h_{t-1}
 
 #include "common.h"
 
@@ -142,6 +145,228 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dout, const at::Tensor& d
   return {dxw, dhw, dh, dweight_hh, dweight_ih};
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Reset before (Cho et al.): n = tanh(xw_n + (r h_{t-1}) W_n.T), b_hh folded into xw.
+// Two products a step each way, on the contiguous row blocks W_rz = weight_hh[:2H] and
+// W_n = weight_hh[2H:]: forward h W_rz.T, then (r h) W_n.T; backward da_n W_n, then
+// da_rz W_rz. After the loop dweight_hh is one product per block: da_rz.T h_prev and
+// da_n.T (r h_prev).
+
+// The backward's product d @ block for a row block (M, H) of weight_hh: d (block.T).T.
+// Where oneDNN runs it with its own op (float32 past the micro-kernel's size) on block.T
+// made contiguous (the tiled transpose) and packed once: at 64 x 1024 x 2048 about 25%
+// faster a step than reading the transposed view, the copy included (no slower at 20 x 650).
+// Elsewhere the view, as the LSTM's backward (at::mm takes it as it is; the micro-kernel
+// makes its own row-major copy).
+inline StepProduct backward_product(const at::Tensor& block, int64_t rows) {
+  const bool micro = micro_wanted && onednn_for(block) && block.numel() * 4 <= (int64_t(1) << 20);
+  if (micro || !onednn_for(block)) return StepProduct(block.t(), rows, /*pack=*/false);
+  return StepProduct(transposed(block), rows, /*pack=*/true);
+}
+
+// Rows [row0, row0 + n) of x (a contiguous (rows, K) buffer) through `product`: y = x w.T
+// (n, N), or y += x w.T into `into` ((n, N) rows of a contiguous (., N) buffer) when given.
+// The micro-kernel is called on the raw pointers (no tensor made per step: a few of those a
+// step cost about 2% of the loop at 20 x 200); elsewhere product() and an add. Returns y.
+template <typename scalar_t>
+inline const scalar_t* step_product(StepProduct& product, const at::Tensor& x, int64_t row0,
+                                    int64_t n, at::Tensor& held, scalar_t* into = nullptr) {
+  const int64_t K = x.size(1);
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (product.micro && !product.bias) {
+      const int64_t N = product.w_rows.size(1);
+      float* y = into ? into : product.out.data_ptr<float>();
+      micro_product(x.data_ptr<float>() + row0 * K, n, K, product.w_rows.data_ptr<float>(), N,
+                    y, N, /*add=*/into != nullptr);
+      return y;
+    }
+  }
+  held = product(x.narrow(0, row0, n));
+  if (into == nullptr) return held.data_ptr<scalar_t>();
+  const int64_t N = held.size(1);
+  at::Tensor y = at::from_blob(into, {n, N}, held.options());
+  y.add_(held);
+  return into;
+}
+
+// Forward, first pass of one row (after h W_rz.T): the gates and r h_{t-1}.
+template <typename scalar_t>
+inline void grub_gates_row(const scalar_t* __restrict__ x, const scalar_t* __restrict__ arz,
+                           const scalar_t* __restrict__ hs, scalar_t* __restrict__ rz,
+                           scalar_t* __restrict__ hp, scalar_t* __restrict__ rh, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const scalar_t rr = sigmoid(x[j] + arz[j]);          // reset
+    const scalar_t z = sigmoid(x[H + j] + arz[H + j]);   // update
+    const scalar_t hprev = hs[j];
+    rz[j] = rr; rz[H + j] = z;
+    hp[j] = hprev; rh[j] = rr * hprev;                   // reset before the product
+  }
+}
+
+// Forward, second pass of one row (after (r h) W_n.T): the candidate and the new state.
+template <typename scalar_t>
+inline void grub_state_row(const scalar_t* __restrict__ x, const scalar_t* __restrict__ an,
+                           const scalar_t* __restrict__ rz, const scalar_t* __restrict__ hp,
+                           scalar_t* __restrict__ nc, scalar_t* __restrict__ o_,
+                           scalar_t* __restrict__ hs, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const scalar_t z = rz[H + j], hprev = hp[j];
+    const scalar_t nn = tanh_(x[2 * H + j] + an[j]);     // candidate
+    const scalar_t hnew = nn + z * (hprev - nn);         // (1 - z) n + z h_{t-1}
+    nc[j] = nn; o_[j] = hnew; hs[j] = hnew;
+  }
+}
+
+// Backward, first pass of one row: da_n and da_z; dh becomes the direct path z dh.
+template <typename scalar_t>
+inline void grub_candidate_back_row(const scalar_t* __restrict__ rz,
+                                    const scalar_t* __restrict__ nc,
+                                    const scalar_t* __restrict__ hp,
+                                    const scalar_t* __restrict__ do_,
+                                    scalar_t* __restrict__ dx, scalar_t* __restrict__ dan,
+                                    scalar_t* __restrict__ darz, scalar_t* __restrict__ dhr,
+                                    int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const scalar_t z = rz[H + j], nn = nc[j];
+    const scalar_t dh_ = dhr[j] + do_[j];                // output and next step use h_t
+    const scalar_t da_n = dh_ * (1 - z) * (1 - nn * nn); // dh (1 - z) tanh'
+    const scalar_t da_z = dh_ * (hp[j] - nn) * z * (1 - z);  // dh (h_{t-1} - n) σ'
+    dx[H + j] = da_z; dx[2 * H + j] = da_n;
+    dan[j] = da_n; darz[H + j] = da_z;
+    dhr[j] = dh_ * z;                                    // the path past the gates
+  }
+}
+
+// Backward, second pass of one row (after drh = da_n W_n): da_r; dh += drh r.
+template <typename scalar_t>
+inline void grub_reset_back_row(const scalar_t* __restrict__ rz,
+                                const scalar_t* __restrict__ hp,
+                                const scalar_t* __restrict__ drh, scalar_t* __restrict__ dx,
+                                scalar_t* __restrict__ darz, scalar_t* __restrict__ dhr,
+                                int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const scalar_t rr = rz[j], d = drh[j];
+    const scalar_t da_r = d * hp[j] * rr * (1 - rr);     // d(r h) h_{t-1} σ'
+    dx[j] = da_r; darz[j] = da_r;
+    dhr[j] += d * rr;                                    // through r h_{t-1}
+  }
+}
+
+std::vector<at::Tensor> gru_reset_before_forward(const at::Tensor& xw,
+                                                 const std::vector<int64_t>& batch_sizes,
+                                                 const at::Tensor& h0,
+                                                 const at::Tensor& weight_hh, bool reverse,
+                                                 bool keep) {
+  const int64_t B = h0.size(0), H = h0.size(1), T = batch_sizes.size();
+  check_packed(xw, batch_sizes, B);
+  TORCH_CHECK(xw.size(1) == 3 * H && weight_hh.size(0) == 3 * H && weight_hh.size(1) == H,
+              "gru_reset_before_forward: shapes of xw / weight_hh do not match H=", H);
+  const int64_t N = xw.size(0);
+  const auto offsets = offsets_of(batch_sizes);
+  const int64_t kept = keep ? N : B;          // caches for the backward, or one step's scratch
+  const at::Tensor w = weight_hh.contiguous();
+  StepProduct product_rz(w.narrow(0, 0, 2 * H), B, /*pack=*/true);   // h W_rz.T
+  StepProduct product_n(w.narrow(0, 2 * H, H), B, /*pack=*/true);    // (r h) W_n.T
+  at::Tensor rz = buffer(kept, 2 * H, xw.options());
+  at::Tensor cand = buffer(kept, H, xw.options());
+  at::Tensor h_prev = buffer(kept, H, xw.options());
+  at::Tensor rh = buffer(kept, H, xw.options());
+  at::Tensor out = buffer(N, H, xw.options());
+  at::Tensor h = h0.contiguous().clone();
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_reset_before_forward", [&] {
+    for (int64_t k = 0; k < T; ++k) {
+      const int64_t t = step_at(k, T, reverse), n = batch_sizes[t], off = offsets[t];
+      const int64_t coff = keep ? off : 0;
+      const scalar_t* X = xw.data_ptr<scalar_t>() + off * 3 * H;
+      scalar_t* RZ = rz.data_ptr<scalar_t>() + coff * 2 * H;
+      scalar_t* NC = cand.data_ptr<scalar_t>() + coff * H;
+      scalar_t* HP = h_prev.data_ptr<scalar_t>() + coff * H;
+      scalar_t* RH = rh.data_ptr<scalar_t>() + coff * H;
+      scalar_t* O = out.data_ptr<scalar_t>() + off * H;
+      scalar_t* HS = h.data_ptr<scalar_t>();
+      at::Tensor held;
+      const scalar_t* ARZ = step_product<scalar_t>(product_rz, h, 0, n, held);  // h W_rz.T
+      for_rows(n, H, [&](int64_t r) {
+        grub_gates_row(X + r * 3 * H, ARZ + r * 2 * H, HS + r * H, RZ + r * 2 * H,
+                       HP + r * H, RH + r * H, H);
+      });
+      const scalar_t* AN = step_product<scalar_t>(product_n, rh, coff, n, held);  // (r h) W_n.T
+      for_rows(n, H, [&](int64_t r) {
+        grub_state_row(X + r * 3 * H, AN + r * H, RZ + r * 2 * H, HP + r * H, NC + r * H,
+                       O + r * H, HS + r * H, H);
+      });
+    }
+  });
+  return {out, h, rz, cand, h_prev, rh};
+}
+
+// Returns (dxw (N, 3H) — also dhw, bias_hh being folded —, dh0, dweight_hh, and
+// dweight_ih = dxw.T x when the layer input x (N, I) is given, else None).
+std::vector<at::Tensor> gru_reset_before_backward(const at::Tensor& dout,
+                                                  const at::Tensor& dh_final,
+                                                  const at::Tensor& rz, const at::Tensor& cand,
+                                                  const at::Tensor& h_prev,
+                                                  const at::Tensor& rh,
+                                                  const std::vector<int64_t>& batch_sizes,
+                                                  const at::Tensor& weight_hh, bool reverse,
+                                                  const std::optional<at::Tensor>& x) {
+  const int64_t B = dh_final.size(0), H = dh_final.size(1), T = batch_sizes.size();
+  const int64_t N = rz.size(0);
+  check_packed(rz, batch_sizes, B);
+  TORCH_CHECK(rz.size(1) == 2 * H && cand.sizes() == h_prev.sizes() &&
+                  rh.sizes() == h_prev.sizes() && dout.sizes() == h_prev.sizes() &&
+                  h_prev.size(0) == N && h_prev.size(1) == H && weight_hh.size(0) == 3 * H &&
+                  weight_hh.size(1) == H,
+              "gru_reset_before_backward: shapes of the caches / dout / weight_hh do not "
+              "match H=", H);
+  TORCH_CHECK(cand.is_contiguous() && h_prev.is_contiguous() && rh.is_contiguous(),
+              "gru_reset_before_backward: expected the forward's (contiguous) caches");
+  const auto offsets = offsets_of(batch_sizes);
+  const at::Tensor w = weight_hh.contiguous();
+  StepProduct product_n = backward_product(w.narrow(0, 2 * H, H), B);       // da_n W_n
+  StepProduct product_rz = backward_product(w.narrow(0, 0, 2 * H), B);      // da_rz W_rz
+  const at::Tensor dout_c = dout.contiguous();
+  at::Tensor da = buffer(N, 3 * H, rz.options());
+  at::Tensor dan = at::empty({B, H}, rz.options());            // one step's da_n, contiguous
+  at::Tensor darz = at::empty({B, 2 * H}, rz.options());       // one step's [da_r, da_z]
+  at::Tensor dh = dh_final.contiguous().clone();               // (B, H)
+  AT_DISPATCH_FLOATING_TYPES(rz.scalar_type(), "gru_reset_before_backward", [&] {
+    for (int64_t k = 0; k < T; ++k) {
+      const int64_t t = step_at(k, T, !reverse), n = batch_sizes[t], off = offsets[t];
+      const scalar_t* RZ = rz.data_ptr<scalar_t>() + off * 2 * H;
+      const scalar_t* NC = cand.data_ptr<scalar_t>() + off * H;
+      const scalar_t* HP = h_prev.data_ptr<scalar_t>() + off * H;
+      const scalar_t* DO = dout_c.data_ptr<scalar_t>() + off * H;
+      scalar_t* DA = da.data_ptr<scalar_t>() + off * 3 * H;
+      scalar_t* DAN = dan.data_ptr<scalar_t>();
+      scalar_t* DARZ = darz.data_ptr<scalar_t>();
+      scalar_t* DH = dh.data_ptr<scalar_t>();
+      for_rows(n, H, [&](int64_t r) {
+        grub_candidate_back_row(RZ + r * 2 * H, NC + r * H, HP + r * H, DO + r * H,
+                                DA + r * 3 * H, DAN + r * H, DARZ + r * 2 * H, DH + r * H, H);
+      });
+      at::Tensor held;
+      const scalar_t* DRH = step_product<scalar_t>(product_n, dan, 0, n, held);  // da_n W_n
+      for_rows(n, H, [&](int64_t r) {
+        grub_reset_back_row(RZ + r * 2 * H, HP + r * H, DRH + r * H, DA + r * 3 * H,
+                            DARZ + r * 2 * H, DH + r * H, H);
+      });
+      step_product<scalar_t>(product_rz, darz, 0, n, held, DH);   // dh += da_rz W_rz
+    }
+  });
+  const at::Tensor da_t = transposed(da);                      // (3H, N)
+  at::Tensor dweight_hh = at::empty({3 * H, H}, rz.options());
+  dweight_hh.narrow(0, 0, 2 * H).copy_(affine(da_t.narrow(0, 0, 2 * H), h_prev.t()));
+  dweight_hh.narrow(0, 2 * H, H).copy_(affine(da_t.narrow(0, 2 * H, H), rh.t()));
+  at::Tensor dweight_ih = x.has_value() ? affine(da_t, x->t()) : at::Tensor();  // da.T x
+  return {da, dh, dweight_hh, dweight_ih};
+}
+
 }  // namespace
 
 void register_gru(pybind11::module_& m) {
@@ -151,6 +376,15 @@ void register_gru(pybind11::module_& m) {
   m.def("gru_backward", &gru_backward, "GRU (reset after) hand BPTT over a packed sequence",
         py::arg("dout"), py::arg("dh_final"), py::arg("gates"), py::arg("cand"),
         py::arg("h_prev"), py::arg("batch_sizes"), py::arg("weight_hh"), py::arg("reverse"),
+        py::arg("x") = py::none());
+  m.def("gru_reset_before_forward", &gru_reset_before_forward,
+        "GRU (reset before) forward over a packed sequence", py::arg("xw"),
+        py::arg("batch_sizes"), py::arg("h0"), py::arg("weight_hh"), py::arg("reverse"),
+        py::arg("keep") = true);
+  m.def("gru_reset_before_backward", &gru_reset_before_backward,
+        "GRU (reset before) hand BPTT over a packed sequence", py::arg("dout"),
+        py::arg("dh_final"), py::arg("rz"), py::arg("cand"), py::arg("h_prev"), py::arg("rh"),
+        py::arg("batch_sizes"), py::arg("weight_hh"), py::arg("reverse"),
         py::arg("x") = py::none());
 }
 
