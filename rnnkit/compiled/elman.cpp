@@ -91,7 +91,7 @@ std::vector<at::Tensor> elman_backward(const at::Tensor& dout, const at::Tensor&
   const int64_t B = dh_final.size(0), H = dh_final.size(1), T = batch_sizes.size();
   const int64_t N = out.size(0);
   const auto offsets = offsets_of(batch_sizes);
-  StepProduct product(weight_hh.t(), B, /*pack=*/false);       // da W = da (W.T).T
+  StepProduct product = backward_product(weight_hh, B);       // da W = da (W.T).T
   const at::Tensor dout_c = dout.contiguous();
   at::Tensor da = buffer(N, H, out.options());
   at::Tensor dh = dh_final.contiguous().clone();               // (B, H)

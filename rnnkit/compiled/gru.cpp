@@ -108,7 +108,7 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dout, const at::Tensor& d
   const int64_t B = dh_final.size(0), H = dh_final.size(1), T = batch_sizes.size();
   const int64_t N = gates.size(0);
   const auto offsets = offsets_of(batch_sizes);
-  StepProduct product(weight_hh.t(), B, /*pack=*/false);       // dhw W = dhw (W.T).T
+  StepProduct product = backward_product(weight_hh, B);       // dhw W = dhw (W.T).T
   const at::Tensor dout_c = dout.contiguous();
   at::Tensor dxw = buffer(N, 3 * H, gates.options());
   at::Tensor dhw = buffer(N, 3 * H, gates.options());
@@ -152,18 +152,6 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dout, const at::Tensor& d
 // W_n = weight_hh[2H:]: forward h W_rz.T, then (r h) W_n.T; backward da_n W_n, then
 // da_rz W_rz. After the loop dweight_hh is one product per block: da_rz.T h_prev and
 // da_n.T (r h_prev).
-
-// The backward's product d @ block for a row block (M, H) of weight_hh: d (block.T).T.
-// Where oneDNN runs it with its own op (float32 past the micro-kernel's size) on block.T
-// made contiguous (the tiled transpose) and packed once: at 64 x 1024 x 2048 about 25%
-// faster a step than reading the transposed view, the copy included (no slower at 20 x 650).
-// Elsewhere the view, as the LSTM's backward (at::mm takes it as it is; the micro-kernel
-// makes its own row-major copy).
-inline StepProduct backward_product(const at::Tensor& block, int64_t rows) {
-  const bool micro = micro_wanted && onednn_for(block) && block.numel() * 4 <= (int64_t(1) << 20);
-  if (micro || !onednn_for(block)) return StepProduct(block.t(), rows, /*pack=*/false);
-  return StepProduct(transposed(block), rows, /*pack=*/true);
-}
 
 // Rows [row0, row0 + n) of x (a contiguous (rows, K) buffer) through `product`: y = x w.T
 // (n, N), or y += x w.T into `into` ((n, N) rows of a contiguous (., N) buffer) when given.

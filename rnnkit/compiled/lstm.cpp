@@ -125,9 +125,7 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& dout, const at::Tensor& 
   const int64_t B = dh_final.size(0), H = dh_final.size(1), T = batch_sizes.size();
   const int64_t N = gates.size(0);
   const auto offsets = offsets_of(batch_sizes);
-  // da W = da (W.T).T, W.T (H, 4H) a view. Unpacked: oneDNN reads the transposed layout
-  // about as fast as a packed copy, which would cost more to make (a transpose, a reorder).
-  StepProduct product(weight_hh.t(), B, /*pack=*/false);
+  StepProduct product = backward_product(weight_hh, B);          // da W = da (W.T).T
   const at::Tensor dout_c = dout.contiguous();
   at::Tensor da = buffer(N, 4 * H, gates.options());
   at::Tensor dh = dh_final.contiguous().clone(), dc = dc_final.contiguous().clone();  // (B, H)
@@ -378,7 +376,7 @@ std::vector<at::Tensor> lstmx_backward(const at::Tensor& dout, const at::Tensor&
   const int zone = zone_mode(masks, zoneout, N, H);
   const at::Tensor pp = peep ? peephole->contiguous() : at::Tensor();
   const auto offsets = offsets_of(batch_sizes);
-  StepProduct product(weight_hh.t(), B, /*pack=*/false);      // da W, as lstm_backward
+  StepProduct product = backward_product(weight_hh, B);      // da W, as lstm_backward
   const at::Tensor dout_c = dout.contiguous();
   at::Tensor da = buffer(N, 4 * H, gates.options());
   at::Tensor dh = dh_final.contiguous().clone(), dc = dc_final.contiguous().clone();  // (B, H)
