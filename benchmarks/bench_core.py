@@ -73,6 +73,9 @@ class _CompiledStep(torch.nn.Module):
         super().__init__()
         self.stack = stack
         cell = stack.cell
+        torch._dynamo.reset()     # the step's code object is shared by every cell and shape:
+        #                           without this, dynamo's recompile limit (8) soon falls back
+        #                           to running it uncompiled
 
         def step(xw, state, weight_hh, bias_hh, *extra):
             return cell.step_forward(xw, state, weight_hh, bias_hh, *extra)[0]

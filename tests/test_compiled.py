@@ -19,9 +19,19 @@ from rnnkit.cells.lstm import LSTMCell
 
 @pytest.fixture(scope="module")
 def module():
+    """The compiled module. Skips where it cannot exist (no C++ compiler, or
+    RNNKIT_COMPILED=0); fails where it should have built and did not — a build error must
+    not pass CI as a row of skips."""
+    import os
+    import shutil
+
     m = compiled.load()
     if m is None:
-        pytest.skip(compiled.unavailable_reason() or "compiled extension unavailable")
+        reason = compiled.unavailable_reason() or "compiled extension unavailable"
+        compiler = os.environ.get("CXX") or "c++"
+        if os.environ.get("RNNKIT_COMPILED") == "0" or shutil.which(compiler) is None:
+            pytest.skip(reason)
+        pytest.fail(f"a C++ compiler is here ({shutil.which(compiler)}) but {reason}")
     return m
 
 

@@ -14,17 +14,12 @@ from rnnkit.autograd import recurrent_python
 from rnnkit.bptt import input_projection, unroll_backward, unroll_forward
 from rnnkit.cells import make_cell
 from rnnkit.cells.base import engine_params
+from test_compiled import module  # noqa: F401 (the fixture)
 
 CELLS = ("indrnn", "min_gru", "min_lstm")
 F64 = dict(rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(scope="module")
-def module():
-    m = compiled.load()
-    if m is None:
-        pytest.skip(compiled.unavailable_reason() or "compiled extension unavailable")
-    return m
 
 
 def params_of(cell, I, H, dtype, g, scale=1.0):

@@ -14,17 +14,12 @@ from rnnkit.cells import make_cell
 from rnnkit.cells.base import stacked
 from rnnkit.cells.gru import GRUCell, GRUResetBeforeCell
 from rnnkit.compiled.gru import GRUKernel, GRUResetBeforeKernel
+from test_compiled import module  # noqa: F401 (the fixture)
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 LENGTHS = [7, 5, 5, 2, 1]                    # packed, variable lengths, examples sorted
 
 
-@pytest.fixture(scope="module")
-def module():
-    m = compiled.load()
-    if m is None:
-        pytest.skip(compiled.unavailable_reason() or "compiled extension unavailable")
-    return m
 
 
 def problem(dtype, H=6, I=5, seed=0, scale=1.0):

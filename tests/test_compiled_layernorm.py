@@ -13,17 +13,12 @@ from rnnkit.autograd import recurrent_python
 from rnnkit.bptt import input_projection, unroll_forward
 from rnnkit.cells import make_cell
 from rnnkit.cells.base import engine_params
+from test_compiled import module  # noqa: F401 (the fixture)
 
 CELLS = ("layernorm_lstm", "layernorm_gru")
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
 
-@pytest.fixture(scope="module")
-def module():
-    m = compiled.load()
-    if m is None:
-        pytest.skip(compiled.unavailable_reason() or "compiled extension unavailable")
-    return m
 
 
 def problem(name, lengths, dtype, H=6, I=5, bias=True, seed=0, scale=1.0):

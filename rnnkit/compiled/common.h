@@ -23,6 +23,8 @@
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -119,17 +121,78 @@ inline bool huge_pages_wanted = true;
 
 inline bool use_huge_pages(bool on) { return huge_pages_wanted = on; }
 
+// Freed large buffers are kept for the next call of the same shapes (training repeats them)
+// rather than given back to the system: a fresh block must be faulted in page by page at
+// its first touch, which costs more than the loops' own pointwise passes, and more still
+// when other work has fragmented memory (bench_core's interleaved peers: the compiled LSTM
+// at 35 x 64 x 1024 took 344 ms there against 273 ms alone). At most `pool_limit` bytes
+// are kept (exact sizes, rounded to 2 MiB); release_buffers() gives them back.
+struct BufferPool {
+  std::mutex mu;
+  std::multimap<size_t, void*> blocks;      // size -> free block
+  size_t held = 0;
+};
+
+inline size_t pool_limit = size_t(1) << 30;
+
+inline BufferPool& buffer_pool() {
+  static BufferPool* pool = new BufferPool;  // never destroyed: tensors may outlive exit
+  return *pool;
+}
+
+inline void* pool_take(size_t bytes) {
+  BufferPool& pool = buffer_pool();
+  std::lock_guard<std::mutex> lock(pool.mu);
+  auto it = pool.blocks.find(bytes);
+  if (it == pool.blocks.end()) return nullptr;
+  void* ptr = it->second;
+  pool.blocks.erase(it);
+  pool.held -= bytes;
+  return ptr;
+}
+
+inline void pool_give(void* ptr, size_t bytes) {
+  BufferPool& pool = buffer_pool();
+  {
+    std::lock_guard<std::mutex> lock(pool.mu);
+    if (pool.held + bytes <= pool_limit) {
+      pool.blocks.emplace(bytes, ptr);
+      pool.held += bytes;
+      return;
+    }
+  }
+  free(ptr);
+}
+
+// Give every kept block back to the system; returns the bytes released.
+inline int64_t release_buffers() {
+  BufferPool& pool = buffer_pool();
+  std::lock_guard<std::mutex> lock(pool.mu);
+  for (auto& [bytes, ptr] : pool.blocks) free(ptr);
+  pool.blocks.clear();
+  const size_t held = pool.held;
+  pool.held = 0;
+  return static_cast<int64_t>(held);
+}
+
+inline int64_t buffers_held() {
+  BufferPool& pool = buffer_pool();
+  std::lock_guard<std::mutex> lock(pool.mu);
+  return static_cast<int64_t>(pool.held);
+}
+
 inline at::Tensor buffer(int64_t rows, int64_t cols, const at::TensorOptions& options) {
 #ifdef __linux__
   constexpr size_t huge = size_t(2) << 20;
   const size_t bytes = size_t(rows) * size_t(cols) * options.dtype().itemsize();
   if (huge_pages_wanted && bytes >= 2 * huge) {
     const size_t rounded = (bytes + huge - 1) / huge * huge;
-    void* ptr = nullptr;
-    if (posix_memalign(&ptr, huge, rounded) == 0) {
+    void* ptr = pool_take(rounded);
+    if (ptr == nullptr && posix_memalign(&ptr, huge, rounded) == 0)
       madvise(ptr, rounded, MADV_HUGEPAGE);              // advice only: fine if refused
-      return at::from_blob(ptr, {rows, cols}, [](void* p) { free(p); }, options);
-    }
+    if (ptr != nullptr)
+      return at::from_blob(ptr, {rows, cols}, [rounded](void* p) { pool_give(p, rounded); },
+                           options);
   }
 #endif
   return at::empty({rows, cols}, options);
@@ -310,6 +373,25 @@ inline StepProduct backward_product(const at::Tensor& block, int64_t rows) {
   const bool micro = micro_wanted && onednn_for(block) && block.numel() * 4 <= (int64_t(1) << 20);
   if (micro || !onednn_for(block)) return StepProduct(block.t(), rows, /*pack=*/false);
   return StepProduct(transposed(block), rows, /*pack=*/true);
+}
+
+// dst (n, N) = x (n, K) @ w.T through `product`, or dst += it when `add`: dst a block of
+// whole rows of a contiguous buffer (a state gradient's first n rows). The micro-kernel
+// writes (or adds) straight into dst; elsewhere the product (with the add fused), then a
+// copy. Saves
+// the copy of every step's product (about 10 us a step at 20 x 200).
+inline void product_into(StepProduct& product, const at::Tensor& x, at::Tensor dst, bool add) {
+  if (product.micro && !product.bias) {
+    const at::Tensor xc = x.contiguous();
+    micro_product(xc.data_ptr<float>(), x.size(0), x.size(1), product.w_rows.data_ptr<float>(),
+                  product.w_rows.size(1), dst.data_ptr<float>(), dst.size(1), add);
+  } else if (add && !product.micro) {
+    dst.copy_(affine(x, product.w, product.bias, dst));    // oneDNN's fused add
+  } else if (add) {
+    dst.add_(product(x));
+  } else {
+    dst.copy_(product(x));
+  }
 }
 
 }  // namespace rnnkit_compiled

@@ -108,7 +108,7 @@ std::vector<at::Tensor> elman_backward(const at::Tensor& dout, const at::Tensor&
         else if (nonlinearity == 1) elman_backward_row<1>(HO + o, DO + o, DH + o, DA + o, H);
         else elman_backward_row<2>(HO + o, DO + o, DH + o, DA + o, H);
       });
-      dh.narrow(0, 0, n).copy_(product(da.narrow(0, off, n)));   // dh_{t-1} = da W
+      product_into(product, da.narrow(0, off, n), dh.narrow(0, 0, n), false);   // dh_{t-1} = da W
     }
   });
   const at::Tensor da_t = transposed(da);                     // (H, N)

@@ -137,7 +137,8 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dout, const at::Tensor& d
         gru_backward_row(g_, nc, hp, do_, dx, dhw_, dhr, dz, H);
       });
       at::Tensor dhn = dh.narrow(0, 0, n);
-      at::add_out(dhn, product(dhw.narrow(0, off, n)), direct.narrow(0, 0, n));  // dhw W + z dh
+      dhn.copy_(direct.narrow(0, 0, n));                           // z dh
+      product_into(product, dhw.narrow(0, off, n), dhn, true);     // + dhw W
     }
   });
   at::Tensor dweight_hh = affine(transposed(dhw), h_prev.t());  // dhw.T h_prev (3H, H)

@@ -149,7 +149,7 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& dout, const at::Tensor& 
         scalar_t* __restrict__ dcr = DC + r * H;
         lstm_backward_row(g_, tc, cp, do_, dar, dhr, dcr, H);
       });
-      dh.narrow(0, 0, n).copy_(product(da.narrow(0, off, n)));   // dh_{t-1} = da W
+      product_into(product, da.narrow(0, off, n), dh.narrow(0, 0, n), false);   // dh_{t-1} = da W
     }
   });
   const at::Tensor da_t = transposed(da);                     // (4H, N)
@@ -257,18 +257,6 @@ inline void lstmx_backward_row(const scalar_t* __restrict__ g_, const scalar_t* 
       acc[H + j] += daf * cprev;
       acc[2 * H + j] += dao * (f * cprev + i * g);      // c~_t, as the forward made it
     }
-  }
-}
-
-// dst (n, N) += x (n, K) @ w.T through the step product's own route (the micro-kernel
-// accumulating in place, or affine's fused add).
-inline void product_add(StepProduct& product, const at::Tensor& x, at::Tensor dst) {
-  if (product.micro) {
-    const at::Tensor xc = x.contiguous();
-    micro_product(xc.data_ptr<float>(), x.size(0), x.size(1), product.w_rows.data_ptr<float>(),
-                  product.w_rows.size(1), dst.data_ptr<float>(), dst.size(1), true);
-  } else {
-    dst.copy_(affine(x, product.w, std::nullopt, dst));
   }
 }
 
@@ -411,9 +399,9 @@ std::vector<at::Tensor> lstmx_backward(const at::Tensor& dout, const at::Tensor&
               DH + r * H, DC + r * H, mine, H);
         });
         if constexpr (ZONE == ZONE_NONE) {
-          dh.narrow(0, 0, n).copy_(product(da.narrow(0, off, n)));  // dh_{t-1} = da W
+          product_into(product, da.narrow(0, off, n), dh.narrow(0, 0, n), false);  // dh_{t-1} = da W
         } else {
-          product_add(product, da.narrow(0, off, n), dh.narrow(0, 0, n));  // d dh + da W
+          product_into(product, da.narrow(0, off, n), dh.narrow(0, 0, n), true);  // d dh + da W
         }
       }
     });

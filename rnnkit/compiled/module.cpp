@@ -23,6 +23,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("use_micro_kernel", &use_micro_kernel,
         "small step weights through brgemm (default) or the oneDNN op");
   m.def("use_huge_pages", &use_huge_pages, "large caches in THP-advised memory (default) or not");
+  m.def("release_buffers", &release_buffers,
+        "give the kept large buffers back to the system; returns the bytes released");
+  m.def("buffers_held", &buffers_held, "bytes of freed large buffers kept for reuse");
   m.def("use_onednn", &use_onednn, "route float32 products through oneDNN (default) or at::mm");
   m.def("gemm_backend", &gemm_backend, "\"onednn\" or \"aten\"");
   register_lstm(m);
