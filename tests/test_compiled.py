@@ -386,3 +386,23 @@ def test_a_build_killed_midway_leaves_no_lock_that_blocks_the_next(module):
     finally:
         stale.unlink(missing_ok=True)
     assert done.stdout.strip() == "True", done.stderr
+
+
+def test_large_buffers_are_reused_only_once_free(module):
+    """Freed large buffers (>= 4 MiB) are kept for the next call: a kept output is never
+    handed out again while alive, a second call gives the same numbers, and
+    release_buffers() gives the kept memory back."""
+    layer = rnnkit.RecurrentStack(64, 512, cell="lstm", backend="bptt")
+    x = torch.randn(40, 64, 64)                          # out (40*64, 512): 5 MiB
+    first, _ = layer(x)
+    first.sum().backward()
+    kept = first.detach().clone()
+    held = module.buffers_held()
+    assert held > 0                                      # the backward's buffers, freed
+    second, _ = layer(x)                                 # may take those blocks
+    assert second.data_ptr() != first.data_ptr()         # `first` is alive: not reused
+    torch.testing.assert_close(first.detach(), kept)     # and not written over
+    torch.testing.assert_close(second.detach(), kept)
+    del first, second
+    assert module.release_buffers() > 0
+    assert module.buffers_held() == 0

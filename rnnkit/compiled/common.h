@@ -23,7 +23,7 @@
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
-#include <map>
+#include <deque>
 #include <mutex>
 #include <cstdint>
 #include <cstring>
@@ -126,10 +126,11 @@ inline bool use_huge_pages(bool on) { return huge_pages_wanted = on; }
 // its first touch, which costs more than the loops' own pointwise passes, and more still
 // when other work has fragmented memory (bench_core's interleaved peers: the compiled LSTM
 // at 35 x 64 x 1024 took 344 ms there against 273 ms alone). At most `pool_limit` bytes
-// are kept (exact sizes, rounded to 2 MiB); release_buffers() gives them back.
+// are kept (exact sizes, rounded to 2 MiB; the oldest go first); release_buffers() gives
+// them back.
 struct BufferPool {
   std::mutex mu;
-  std::multimap<size_t, void*> blocks;      // size -> free block
+  std::deque<std::pair<size_t, void*>> blocks;   // free blocks, oldest first
   size_t held = 0;
 };
 
@@ -140,35 +141,44 @@ inline BufferPool& buffer_pool() {
   return *pool;
 }
 
+// A kept block of exactly `bytes`, the most recently freed one; nullptr if none.
 inline void* pool_take(size_t bytes) {
   BufferPool& pool = buffer_pool();
   std::lock_guard<std::mutex> lock(pool.mu);
-  auto it = pool.blocks.find(bytes);
-  if (it == pool.blocks.end()) return nullptr;
-  void* ptr = it->second;
-  pool.blocks.erase(it);
-  pool.held -= bytes;
-  return ptr;
-}
-
-inline void pool_give(void* ptr, size_t bytes) {
-  BufferPool& pool = buffer_pool();
-  {
-    std::lock_guard<std::mutex> lock(pool.mu);
-    if (pool.held + bytes <= pool_limit) {
-      pool.blocks.emplace(bytes, ptr);
-      pool.held += bytes;
-      return;
+  for (auto it = pool.blocks.rbegin(); it != pool.blocks.rend(); ++it) {
+    if (it->first == bytes) {
+      void* ptr = it->second;
+      pool.blocks.erase(std::next(it).base());
+      pool.held -= bytes;
+      return ptr;
     }
   }
-  free(ptr);
+  return nullptr;
+}
+
+// Keep a freed block; past the limit, the oldest blocks go back to the system (the shapes
+// of earlier calls give way to the current ones).
+inline void pool_give(void* ptr, size_t bytes) {
+  std::vector<void*> evicted;
+  {
+    BufferPool& pool = buffer_pool();
+    std::lock_guard<std::mutex> lock(pool.mu);
+    pool.blocks.emplace_back(bytes, ptr);
+    pool.held += bytes;
+    while (pool.held > pool_limit) {
+      pool.held -= pool.blocks.front().first;
+      evicted.push_back(pool.blocks.front().second);
+      pool.blocks.pop_front();
+    }
+  }
+  for (void* old : evicted) free(old);
 }
 
 // Give every kept block back to the system; returns the bytes released.
 inline int64_t release_buffers() {
   BufferPool& pool = buffer_pool();
   std::lock_guard<std::mutex> lock(pool.mu);
-  for (auto& [bytes, ptr] : pool.blocks) free(ptr);
+  for (auto& block : pool.blocks) free(block.second);
   pool.blocks.clear();
   const size_t held = pool.held;
   pool.held = 0;
