@@ -53,14 +53,28 @@ def registered_cells() -> list[str]:
     return list(seen.values())
 
 
-def sgemm_gflops(n: int = 2048, reps: int = 5) -> float:
-    """Median single-precision matrix-multiply rate of this machine, GFLOP/s."""
+def sgemm_gflops(n: int = 2048, reps: int = 5, onednn: bool = False) -> float | None:
+    """Median single-precision matrix-multiply rate of this machine, GFLOP/s: torch.mm's
+    (MKL here), or with ``onednn`` oneDNN's, as the compiled loops run their products
+    (None where they cannot be built)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
+    if onednn:
+        from rnnkit import compiled
+
+        if compiled.load() is None:
+            return None
+        linear = compiled.load().linear
+
+        def product():
+            return linear(a, b)
+    else:
+        def product():
+            return a @ b
+    product()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        a @ b
+        product()
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
@@ -138,6 +152,14 @@ class _LogScan(torch.nn.Module):
         return out.view(T, B, -1), final
 
 
+def stack(cell: str, backend: str, H: int):
+    """A one-layer stack of ``cell``: a registered name, or "<name>+zoneout" for zoneout 0.1
+    on it (the stack in training mode, so the masks are drawn)."""
+    name, _, noise = cell.partition("+")
+    options = {"zoneout": 0.1} if noise == "zoneout" else None
+    return rnnkit.RecurrentStack(H, H, backend=backend, cell=name, cell_options=options)
+
+
 def time_backends(cell, backends, shape, reps):
     """Median seconds per forward+backward for each backend, interleaved."""
     T, B, H = shape
@@ -147,12 +169,11 @@ def time_backends(cell, backends, shape, reps):
     for backend in backends:
         torch.manual_seed(0)
         if backend == "scan-log":          # the parallel scan's log-space method, on the CPU
-            models[backend] = _LogScan(rnnkit.RecurrentStack(H, H, backend="scan", cell=cell))
+            models[backend] = _LogScan(stack(cell, "scan", H))
         elif backend == "compile":
-            models[backend] = _CompiledStep(rnnkit.RecurrentStack(H, H, backend="bptt",
-                                                                  cell=cell))
+            models[backend] = _CompiledStep(stack(cell, "bptt", H))
         else:
-            models[backend] = rnnkit.RecurrentStack(H, H, backend=backend, cell=cell)
+            models[backend] = stack(cell, backend, H)
     return time_interleaved(models, x, reps)
 
 
@@ -200,8 +221,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions per backend")
     parser.add_argument("--quick", action="store_true", help="only the first shape, 3 reps")
-    parser.add_argument("--cells", default=",".join(registered_cells()),
-                        help="comma-separated registered cells (default: all)")
+    parser.add_argument("--cells", default=",".join(registered_cells() + ["lstm+zoneout"]),
+                        help="comma-separated registered cells, or <cell>+zoneout (default: "
+                             "all, and zoneout on the LSTM)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "core.json"),
                         help="JSON file for the numbers")
     parser.add_argument("--no-compile", action="store_true",
@@ -213,9 +235,10 @@ def main(argv=None) -> int:
     shapes = SHAPES[:1] if args.quick else SHAPES
     reps = 3 if args.quick else args.reps
 
-    gflops = sgemm_gflops()
+    gflops, onednn = sgemm_gflops(), sgemm_gflops(onednn=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}, sgemm {gflops:.0f} GFLOP/s (2048³)")
+          f"{platform.processor() or platform.machine()}, sgemm {gflops:.0f} GFLOP/s (2048³, "
+          f"torch.mm)" + (f", {onednn:.0f} through oneDNN" if onednn else ""))
     scan_rows = ([] if args.no_scan else
                  scan_table(SCAN_SHAPES[:1] if args.quick else SCAN_SHAPES, reps))
     if args.scan_only:
@@ -232,7 +255,7 @@ def main(argv=None) -> int:
     print("-" * len(header))
     peers = ["autograd"] + ([] if args.no_compile else ["compile"])
     for name in args.cells.split(","):
-        cell = make_cell(name)
+        cell = stack(name, "bptt", 1).cell
         standard = cell.native_mode is not None
         backends = ["bptt", *(["native"] if standard else []), *peers]
         for shape in shapes:
@@ -243,6 +266,8 @@ def main(argv=None) -> int:
                    **{f"speed_vs_{b}": t[b] / t["bptt"] for b in backends[1:]}}
             if name == "lstm" and shape[2] == 1024:
                 row["sgemm_fraction"] = lstm_gflops(shape, t["bptt"]) / gflops
+                if onednn:
+                    row["onednn_fraction"] = lstm_gflops(shape, t["bptt"]) / onednn
             rows.append(row)
 
             ms = {b: row.get(f"{b}_ms") for b in ("native", "autograd", "compile")}
@@ -255,13 +280,15 @@ def main(argv=None) -> int:
             if "sgemm_fraction" in row:
                 print(f"  the hand engine's LSTM at H {shape[2]}: "
                       f"{lstm_gflops(shape, t['bptt']):.0f} GFLOP/s in its products, "
-                      f"{row['sgemm_fraction']:.0%} of the sgemm rate above", flush=True)
+                      f"{row['sgemm_fraction']:.0%} of torch.mm's sgemm rate"
+                      + (f", {row['onednn_fraction']:.0%} of oneDNN's" if onednn else ""),
+                      flush=True)
     print("ratios are speeds relative to the hand engine's peer (>1: bptt faster); "
           "times are medians of forward+backward")
     out = Path(args.out)
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "sgemm_gflops": gflops, "reps": reps, "rows": rows, "scan_rows": scan_rows}
+              "sgemm_gflops": gflops, "onednn_gflops": onednn, "reps": reps, "rows": rows, "scan_rows": scan_rows}
     write_json(out, result)
     print(f"wrote {out}")
     return 0
