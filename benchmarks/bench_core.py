@@ -86,7 +86,7 @@ class _CompiledStep(torch.nn.Module):
     def __init__(self, stack):
         super().__init__()
         self.stack = stack
-        cell = stack.cell
+        cell = stack.cell.for_mode(stack.training)   # zoneout: masks drawn, as bptt's
         torch._dynamo.reset()     # the step's code object is shared by every cell and shape:
         #                           without this, dynamo's recompile limit (8) soon falls back
         #                           to running it uncompiled
@@ -94,13 +94,14 @@ class _CompiledStep(torch.nn.Module):
         def step(xw, state, weight_hh, bias_hh, *extra):
             return cell.step_forward(xw, state, weight_hh, bias_hh, *extra)[0]
 
+        self.cell = cell
         self.step = torch.compile(step, dynamic=False)
 
     def forward(self, x):
         from rnnkit.bptt import input_projection
 
         T, B, _ = x.shape
-        s, cell = self.stack, self.stack.cell
+        s, cell = self.stack, self.cell
         weight_ih, weight_hh, bias_ih, bias_hh, extra = s.layer_params(0)
         xw = input_projection(cell, x.reshape(T * B, -1), weight_ih, bias_ih, bias_hh)
         xw = xw.view(T, B, -1)

@@ -406,3 +406,53 @@ def test_large_buffers_are_reused_only_once_free(module):
     del first, second
     assert module.release_buffers() > 0
     assert module.buffers_held() == 0
+
+
+def test_caches_are_saved_tensors(module):
+    """The loops' caches go through save_for_backward: saved-tensor hooks see them (so
+    checkpointing and offloading work), and autograd frees them after the backward."""
+    cell, x, batch_sizes, params, state0 = problem("lstm", LENGTHS["variable"], torch.float32)
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t,
+                                                  lambda t: t):
+        out, _ = call(compiled.recurrent_compiled, cell, x, batch_sizes, state0, params)
+    # x, weight_ih, weight_hh and the LSTM's four caches (gates, tanh c, h_prev, c_prev)
+    assert len(packed) == 7
+    assert any(t.shape == (sum(batch_sizes), 4 * 6) for t in packed)       # the gates
+
+
+@pytest.mark.parametrize("name", ["gru", "layernorm_gru", "min_gru"])
+def test_strided_parameters_match(module, name):
+    """Parameters given as strided views (a user calling the engine on slices): oneDNN
+    reads a bias as contiguous memory, so the loops must hand it one."""
+    cell, x, batch_sizes, params, state0 = problem(name, LENGTHS["variable"], torch.float32)
+    strided = [torch.stack([p.detach(), p.detach()], -1)[..., 0].requires_grad_()
+               for p in params]                          # same values, stride 2
+    assert not strided[-1].is_contiguous()
+    want = run(recurrent_bptt, cell, x, batch_sizes, params, state0, False)
+    got = run(compiled.recurrent_compiled, cell, x, batch_sizes, strided, state0, False)
+    for what, a, b in zip(names_of(cell, state0), got, want):
+        torch.testing.assert_close(a, b, **TOL[torch.float32], msg=lambda m: f"{what}: {m}")
+
+
+def test_long_float32_sums_keep_their_digits(module):
+    """A vector parameter's gradient sums over every packed row: over 64,000 rows in
+    float32 the compiled loops stay as close to float64 as the Python engine does."""
+    torch.manual_seed(0)
+    cell = make_cell("lstm_peephole")
+    T, B, H, I = 2000, 32, 16, 4
+    params = [(torch.rand(*s) * 0.4 - 0.2) for s in cell.param_shapes(I, H).values()]
+    x = torch.randn(T * B, I)
+    state0 = (torch.zeros(B, H), torch.zeros(B, H))
+
+    def grad_peephole(engine, dtype):
+        ps = [p.to(dtype, copy=True).requires_grad_() for p in params]
+        out, _ = engine(cell, x.to(dtype), [B] * T, tuple(s.to(dtype) for s in state0),
+                        *args(cell, ps))
+        out.sum().backward()
+        return ps[-1].grad.double()
+
+    exact = grad_peephole(recurrent_bptt, torch.float64)
+    python = (grad_peephole(recurrent_bptt, torch.float32) - exact).norm() / exact.norm()
+    fast = (grad_peephole(compiled.recurrent_compiled, torch.float32) - exact).norm() / exact.norm()
+    assert fast <= 3 * python + 1e-7, (fast, python)

@@ -113,11 +113,15 @@ def _build_lock(folder: Path):
     stale and removed — else every later load would wait for it forever."""
     try:
         import fcntl
-    except ImportError:                 # not POSIX: PyTorch's lock alone
-        yield
+    except ImportError:                 # not POSIX: PyTorch's lock alone (a stale one there
+        yield                           # must be removed by hand)
         return
     with open(folder / "rnnkit.lock", "w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+        except OSError:                 # a file system without flock (some NFS): no guard
+            yield
+            return
         try:
             (folder / "lock").unlink(missing_ok=True)
             yield
@@ -243,16 +247,23 @@ class CompiledRecurrentFunction(torch.autograd.Function):
                                             extra, reverse)
         ctx.cell, ctx.batch_sizes, ctx.reverse = cell, batch_sizes, reverse
         ctx.has_bias = (bias_ih is not None, bias_hh is not None)
-        ctx.caches = caches             # fresh tensors (or a kernel's own objects)
-        ctx.save_for_backward(x, weight_ih, weight_hh, *extra)
+        # The caches through save_for_backward where they are tensors (rnnkit's kernels): freed
+        # as soon as the backward is done, and seen by saved-tensor hooks (checkpointing,
+        # offloading); a user kernel's own objects on ctx.
+        tensors = all(isinstance(c, Tensor) for c in caches)
+        ctx.caches = None if tensors else caches
+        ctx.counts = len(extra)
+        ctx.save_for_backward(x, weight_ih, weight_hh, *extra, *(caches if tensors else ()))
         return (out, *final)            # fresh tensors: no cache holds the final states
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout: Tensor, *dfinal: Tensor):
-        x, weight_ih, weight_hh, *extra = ctx.saved_tensors
-        g = unroll_backward(ctx.cell, dout, dfinal, ctx.caches, ctx.batch_sizes, weight_hh,
-                            tuple(extra), ctx.reverse, x)
+        x, weight_ih, weight_hh, *rest = ctx.saved_tensors
+        extra = tuple(rest[:ctx.counts])
+        caches = tuple(rest[ctx.counts:]) if ctx.caches is None else ctx.caches
+        g = unroll_backward(ctx.cell, dout, dfinal, caches, ctx.batch_sizes, weight_hh, extra,
+                            ctx.reverse, x)
         linear = load().linear                                          # y = x @ w.T
         dx = linear(g.dxw, weight_ih.t()) if ctx.needs_input_grad[3] else None  # dxw W_ih (N, I)
         dbias_ih = g.dxw.sum(0) if ctx.has_bias[0] else None

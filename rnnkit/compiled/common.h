@@ -308,7 +308,10 @@ inline at::Tensor affine(const at::Tensor& x, const at::Tensor& w,
                   const std::optional<at::Tensor>& add = std::nullopt) {
   const bool defined_bias = bias.has_value() && bias->defined();
   if (onednn_for(x)) {
-    std::optional<at::Tensor> b = defined_bias ? bias : std::nullopt;
+    // oneDNN reads the bias as contiguous memory whatever its strides: a strided view would
+    // be read wrong
+    std::optional<at::Tensor> b =
+        defined_bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
     if (add.has_value()) return onednn()->linear_add.call(x, *add, w, b, "add");
     return onednn()->linear.call(x, w, b, "none", c10::List<std::optional<at::Scalar>>(),
                                  std::nullopt);

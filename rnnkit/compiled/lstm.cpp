@@ -210,14 +210,15 @@ inline void lstmx_forward_row(const scalar_t* __restrict__ x, const scalar_t* __
 
 // One row of lstmx_backward's pointwise pass. dhr: in, dL/dh_t from the next step; out,
 // with zoneout, d_h dh (to which the step adds da W), else unchanged (overwritten by da W).
-// acc (3H): this thread's sums of dL/dp = [Σ da_i c_{t-1}, Σ da_f c_{t-1}, Σ da_o c~_t].
+// acc (3H): this thread's sums of dL/dp = [Σ da_i c_{t-1}, Σ da_f c_{t-1}, Σ da_o c~_t], in
+// double whatever scalar_t (a float32 sum over thousands of rows would lose digits).
 template <typename scalar_t, bool PEEP, int ZONE>
 inline void lstmx_backward_row(const scalar_t* __restrict__ g_, const scalar_t* __restrict__ tc,
                                const scalar_t* __restrict__ cp, const scalar_t* __restrict__ do_,
                                const scalar_t* __restrict__ pp, const scalar_t* __restrict__ mh,
                                const scalar_t* __restrict__ mc, scalar_t zp, scalar_t zq,
                                scalar_t* __restrict__ dar, scalar_t* __restrict__ dhr,
-                               scalar_t* __restrict__ dcr, scalar_t* __restrict__ acc,
+                               scalar_t* __restrict__ dcr, double* __restrict__ acc,
                                int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
@@ -370,13 +371,13 @@ std::vector<at::Tensor> lstmx_backward(const at::Tensor& dout, const at::Tensor&
   at::Tensor dh = dh_final.contiguous().clone(), dc = dc_final.contiguous().clone();  // (B, H)
   // dL/dp: one row of sums per intra-op thread, added up after the loop
   const int64_t threads = peep ? at::get_num_threads() : 1;
-  at::Tensor acc = at::zeros({threads, peep ? 3 * H : 1}, gates.options());
+  at::Tensor acc = at::zeros({threads, peep ? 3 * H : 1}, gates.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstmx_backward", [&] {
     const scalar_t* PP = peep ? pp.data_ptr<scalar_t>() : nullptr;
     const scalar_t* M = zone == ZONE_MASK ? masks->data_ptr<scalar_t>() : nullptr;
     const double p = zone == ZONE_MEAN ? *zoneout : 0.0;
     const scalar_t zp = static_cast<scalar_t>(p), zq = static_cast<scalar_t>(1.0 - p);
-    scalar_t* ACC = acc.data_ptr<scalar_t>();
+    double* ACC = acc.data_ptr<double>();
     with_variant(peep, zone, [&](auto P, auto Z) {
       constexpr bool PEEP = decltype(P)::value;
       constexpr int ZONE = decltype(Z)::value;
@@ -392,7 +393,7 @@ std::vector<at::Tensor> lstmx_backward(const at::Tensor& dout, const at::Tensor&
         scalar_t* DH = dh.data_ptr<scalar_t>();
         scalar_t* DC = dc.data_ptr<scalar_t>();
         for_rows(n, H, [&](int64_t r) {
-          scalar_t* mine = PEEP ? ACC + at::get_thread_num() * 3 * H : nullptr;
+          double* mine = PEEP ? ACC + at::get_thread_num() * 3 * H : nullptr;
           lstmx_backward_row<scalar_t, PEEP, ZONE>(
               G + r * 4 * H, TC + r * H, CP + r * H, DO + r * H, PP,
               MH ? MH + r * H : nullptr, MC ? MC + r * H : nullptr, zp, zq, DA + r * 4 * H,
@@ -409,7 +410,7 @@ std::vector<at::Tensor> lstmx_backward(const at::Tensor& dout, const at::Tensor&
   const at::Tensor da_t = transposed(da);                     // (4H, N)
   at::Tensor dweight_hh = affine(da_t, h_prev.t());           // da.T h_prev (4H, H), one product
   at::Tensor dweight_ih = x.has_value() ? affine(da_t, x->t()) : at::Tensor();  // da.T x
-  at::Tensor dpeephole = peep ? acc.sum(0) : at::Tensor();
+  at::Tensor dpeephole = peep ? acc.sum(0).to(gates.scalar_type()) : at::Tensor();
   return {da, dh, dc, dweight_hh, dweight_ih, dpeephole};
 }
 
