@@ -1,4 +1,4 @@
-"""The compiled LSTM variants (rnnkit/compiled/lstm.cpp's lstmx loops) beyond what
+"""The compiled LSTM variants (rnnkit/compiled/lstm.cpp) beyond what
 test_compiled.py's CELLS covers: zoneout on the peephole LSTM, zoneout in evaluation mode
 (the scalar p, nothing drawn), and the training masks themselves — the same draws as the
 Python engine's. Against the Python engine, as test_compiled.py does."""

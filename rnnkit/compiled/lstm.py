@@ -10,25 +10,6 @@ from rnnkit.cells.lstm import LSTMCell
 from rnnkit.compiled.kernel import Grads, Kernel
 
 
-class LSTMKernel(Kernel):
-    """The LSTM without peepholes (oneDNN's fused LSTM stays faster, so not preferred)."""
-
-    def accepts(self, cell):
-        return type(cell) is LSTMCell and not cell.peephole
-
-    def forward(self, m, cell, xw, batch_sizes, state0, weight_hh, bias_hh, extra, reverse,
-                keep):
-        out, h, c, *caches = m.lstm_forward(xw, batch_sizes, state0[0], state0[1], weight_hh,
-                                            reverse, keep)
-        return out, (h, c), tuple(caches) if keep else ()
-
-    def backward(self, m, cell, dout, dfinal, caches, batch_sizes, weight_hh, extra, reverse,
-                 x):
-        da, dh0, dc0, dweight_hh, dweight_ih = m.lstm_backward(
-            dout, dfinal[0], dfinal[1], *caches, batch_sizes, weight_hh, reverse, x)
-        return Grads(da, da, (dh0, dc0), dweight_hh, (), dweight_ih if x is not None else None)
-
-
 def zoneout_masks(p: float, xw: torch.Tensor, batch_sizes: list[int], H: int,
                   reverse: bool) -> torch.Tensor:
     """The keep masks d_t of a training forward, packed (2, N, H) = [d_h, d_c], drawn as
@@ -49,15 +30,16 @@ def zoneout_masks(p: float, xw: torch.Tensor, batch_sizes: list[int], H: int,
     return masks
 
 
-class LSTMVariantKernel(Kernel):
-    """The LSTM with peepholes, and zoneout around the LSTM (with or without peepholes):
-    ``lstm.cpp``'s lstmx loops. Zoneout in training reads masks drawn here, before the loop,
-    exactly as the Python engine draws them; in evaluation the scalar p (nothing drawn)."""
+class LSTMKernel(Kernel):
+    """The LSTM, with or without peepholes, and zoneout around it. Zoneout in training reads
+    masks drawn here, before the loop, exactly as the Python engine draws them; in
+    evaluation the scalar p (nothing drawn). Not preferred over oneDNN's fused LSTM for the
+    plain cell: about as fast (0.9-1.2x, ``benchmarks/bench_core.py``)."""
 
     def accepts(self, cell):
         if type(cell) is Zoneout:
             return type(cell.inner) is LSTMCell
-        return type(cell) is LSTMCell and cell.peephole
+        return type(cell) is LSTMCell
 
     @staticmethod
     def _parts(cell):
@@ -72,7 +54,7 @@ class LSTMVariantKernel(Kernel):
         peephole = extra[0] if lstm.peephole else None
         masks = (zoneout_masks(p, xw, batch_sizes, state0[0].shape[1], reverse)
                  if training else None)
-        out, h, c, *caches = m.lstmx_forward(xw, batch_sizes, state0[0], state0[1], weight_hh,
+        out, h, c, *caches = m.lstm_forward(xw, batch_sizes, state0[0], state0[1], weight_hh,
                                              peephole, masks, None if training else p,
                                              reverse, keep)
         if not keep:
@@ -84,11 +66,11 @@ class LSTMVariantKernel(Kernel):
         lstm, p, training = self._parts(cell)
         peephole = extra[0] if lstm.peephole else None
         masks = caches[4] if training else None
-        da, dh0, dc0, dweight_hh, dweight_ih, dpeephole = m.lstmx_backward(
+        da, dh0, dc0, dweight_hh, dweight_ih, dpeephole = m.lstm_backward(
             dout, dfinal[0], dfinal[1], *caches[:4], batch_sizes, weight_hh, peephole, masks,
             None if training else p, reverse, x)
         return Grads(da, da, (dh0, dc0), dweight_hh, (dpeephole,) if lstm.peephole else (),
                      dweight_ih if x is not None else None)
 
 
-KERNELS = [LSTMKernel(), LSTMVariantKernel()]
+KERNELS = [LSTMKernel()]
