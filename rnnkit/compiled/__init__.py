@@ -19,7 +19,8 @@ an AMD CPU with AVX-512 oneDNN is 2-3x faster than the MKL sgemm behind ``torch.
 float64 (and a torch without oneDNN) uses ``at::mm``. ``load().linear(x, w, bias)`` is the
 product ``x @ w.T + bias`` as the loops run it.
 
-Covered: the cells of :data:`KERNELS`, float32 and float64 on the CPU; training
+Covered: the cells of :data:`KERNELS` — every registered cell, and zoneout on the LSTM —
+float32 and float64 on the CPU; training
 (:class:`CompiledRecurrentFunction`) and inference (no caches written when no gradient is
 wanted). :func:`rnnkit.autograd.recurrent_bptt` — the "bptt" backend — takes this path
 wherever :func:`applies` says it can, and the Python engine everywhere else; backend "auto"
@@ -28,8 +29,10 @@ takes it over PyTorch's kernel where :func:`prefers` says it is faster.
 The extension is built on first use with ``torch.utils.cpp_extension.load`` and cached in
 ``$XDG_CACHE_HOME/rnnkit/compiled`` (``~/.cache/…``), one folder per copy of rnnkit, the
 flags, the torch and Python versions and the CPU (``-march=native``), where ninja rebuilds
-what changed; a build prints one line (about a minute here, once). ``RNNKIT_COMPILED=0`` turns it off. :func:`load` never raises: it gives
-None and :func:`unavailable_reason` says why.
+what changed; a build prints one line (about a minute here, once). ``RNNKIT_COMPILED=0``
+turns it off. :func:`load` never raises: it gives None and :func:`unavailable_reason` says
+why. Large buffers freed by the loops are kept for the next call (``load().buffers_held()``,
+``load().release_buffers()``; at most 1 GiB).
 """
 
 from __future__ import annotations
