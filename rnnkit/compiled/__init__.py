@@ -29,7 +29,7 @@ takes it over PyTorch's kernel where :func:`prefers` says it is faster.
 The extension is built on first use with ``torch.utils.cpp_extension.load`` and cached in
 ``$XDG_CACHE_HOME/rnnkit/compiled`` (``~/.cache/…``), one folder per copy of rnnkit, the
 flags, the torch and Python versions and the CPU (``-march=native``), where ninja rebuilds
-what changed; a build prints one line (about a minute here, once). ``RNNKIT_COMPILED=0``
+what changed; a build prints one line (about 40 s here, once). ``RNNKIT_COMPILED=0``
 turns it off. :func:`load` never raises: it gives None and :func:`unavailable_reason` says
 why. Large buffers freed by the loops are kept for the next call (``load().buffers_held()``,
 ``load().release_buffers()``; at most 1 GiB).
@@ -143,7 +143,7 @@ def _build() -> None:
         name = "rnnkit_steps_" + folder.name
         built = [f.stat().st_mtime for f in folder.glob(name + "*.so")]
         if not built or max(f.stat().st_mtime for f in SOURCES + HEADERS) > max(built):
-            print(f"rnnkit: building the compiled recurrent loops once (about a minute), "
+            print(f"rnnkit: building the compiled recurrent loops once (about 40 s), "
                   f"cached in {folder}", file=sys.stderr, flush=True)
         with _build_lock(folder):
             _module = cpp_extension.load(name, [str(f) for f in SOURCES], extra_cflags=CFLAGS,

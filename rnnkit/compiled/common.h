@@ -17,7 +17,9 @@
 
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/csrc/utils/pybind.h>   // pybind11 with the at::Tensor casters (not the
+                                      // whole of torch/extension.h: half the build time)
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/native/CPUBlas.h>
