@@ -157,7 +157,9 @@ def stack(cell: str, backend: str, H: int):
     """A one-layer stack of ``cell``: a registered name, or "<name>+zoneout" for zoneout 0.1
     on it (the stack in training mode, so the masks are drawn)."""
     name, _, noise = cell.partition("+")
-    options = {"zoneout": 0.1} if noise == "zoneout" else None
+    if noise not in ("", "zoneout"):
+        raise ValueError(f"{cell!r}: expected a registered cell or <cell>+zoneout")
+    options = {"zoneout": 0.1} if noise else None
     return rnnkit.RecurrentStack(H, H, backend=backend, cell=name, cell_options=options)
 
 
@@ -233,6 +235,11 @@ def main(argv=None) -> int:
     parser.add_argument("--scan-only", action="store_true",
                         help="only the table of the parallel scan against the step form")
     args = parser.parse_args(argv)
+    for name in args.cells.split(","):
+        try:
+            stack(name, "bptt", 1)
+        except ValueError as error:
+            parser.error(f"--cells: {error}")
     shapes = SHAPES[:1] if args.quick else SHAPES
     reps = 3 if args.quick else args.reps
 

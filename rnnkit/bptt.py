@@ -74,12 +74,19 @@ def _time_order(T: int, backwards: bool) -> range:
     return range(T - 1, -1, -1) if backwards else range(T)
 
 
+def projection_bias(cell: Cell, bias_ih: Tensor | None,
+                    bias_hh: Tensor | None) -> Tensor | None:
+    """The input projection's bias (G*H,): bias_ih, plus bias_hh where the cell folds it
+    (``cell.fold_bias_hh``); None where there is neither."""
+    if cell.fold_bias_hh and bias_hh is not None:
+        return bias_hh if bias_ih is None else bias_ih + bias_hh
+    return bias_ih
+
+
 def input_projection(cell: Cell, x: Tensor, weight_ih: Tensor, bias_ih: Tensor | None,
                      bias_hh: Tensor | None) -> Tensor:
     """All time steps' input projection in one matrix product: (N, I) -> (N, G*H)."""
-    bias = bias_ih
-    if cell.fold_bias_hh and bias_hh is not None:
-        bias = bias_hh if bias is None else bias + bias_hh
+    bias = projection_bias(cell, bias_ih, bias_hh)
     if bias is None:
         return x @ weight_ih.t()
     return torch.addmm(bias, x, weight_ih.t())

@@ -111,21 +111,21 @@ def test_compiled_layer_matches_python_engine(module, name, lengths, reverse, dt
         torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"{what}: {m}")
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("name", CELLS)
-def test_compiled_unroll_matches_bptt_unroll(module, name, reverse):
-    """The loops themselves against rnnkit.bptt's, caches to gradients, in float64."""
-    cell, x, batch_sizes, params, state0 = problem(name, LENGTHS["variable"], torch.float64,
-                                                   H=9, seed=3)
+def compare_unrolls(cell, x, batch_sizes, params, state0, reverse):
+    """rnnkit.bptt's loops and the compiled ones on the same float64 problem: outputs, final
+    states, every gradient of the backward (dweight_ih too), the same random draws (zoneout:
+    as many, no more). Returns both forwards' caches, (Python engine's, compiled)."""
     w_ih, w_hh, b_ih, b_hh, extra = args(cell, [p.detach() for p in params])
     state0 = tuple(s.detach() for s in state0)
     xw = input_projection(cell, x.detach(), w_ih, b_ih, b_hh)
     torch.manual_seed(7)
     out, final, caches = unroll_forward(cell, xw, batch_sizes, state0, w_hh, b_hh, extra,
                                         reverse=reverse)
+    after = torch.rand(3)                                  # the generator after the draws
     torch.manual_seed(7)
     c_out, c_final, c_caches = compiled.unroll_forward(cell, xw, batch_sizes, state0, w_hh,
                                                        b_hh, extra, reverse=reverse)
+    assert torch.equal(torch.rand(3), after)               # as many draws, no more
     torch.testing.assert_close(c_out, out, **TOL[torch.float64])
     for a, b in zip(c_final, final):
         torch.testing.assert_close(a, b, **TOL[torch.float64])
@@ -135,10 +135,20 @@ def test_compiled_unroll_matches_bptt_unroll(module, name, reverse):
                                                             batch_sizes, w_hh, extra,
                                                             reverse=reverse)
     c = compiled.unroll_backward(cell, dout, dfinal, c_caches, batch_sizes, w_hh, extra,
-                                 reverse=reverse)
+                                 reverse=reverse, x=x.detach())
+    assert len(c.dextra) == len(dextra) == len(extra)
     for a, b in [(c.dxw, dxw), (c.dhw, dhw), *zip(c.dstate0, dstate0),
-                 (c.dweight_hh, dweight_hh), *zip(c.dextra, dextra)]:
+                 (c.dweight_hh, dweight_hh), *zip(c.dextra, dextra),
+                 (c.dweight_ih, dxw.t() @ x.detach())]:
         torch.testing.assert_close(a, b, **TOL[torch.float64])
+    return caches, c_caches
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("name", CELLS)
+def test_compiled_unroll_matches_bptt_unroll(module, name, reverse):
+    """The loops themselves against rnnkit.bptt's, caches to gradients, in float64."""
+    compare_unrolls(*problem(name, LENGTHS["variable"], torch.float64, H=9, seed=3), reverse)
 
 
 @pytest.mark.parametrize("name", CELLS)

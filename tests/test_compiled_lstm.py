@@ -11,10 +11,10 @@ import torch
 import rnnkit
 from rnnkit import compiled
 from rnnkit.autograd import recurrent_python
-from rnnkit.bptt import input_projection, unroll_backward, unroll_forward
 from rnnkit.cells import make_cell
 from rnnkit.cells.dropout import Zoneout
-from test_compiled import LENGTHS, TOL, args, module, problem, run  # noqa: F401 (fixture)
+from test_compiled import (LENGTHS, TOL, args, compare_unrolls, module,  # noqa: F401
+                           problem, run)
 
 # "<cell>+zoneout" in training mode (masks drawn), "<cell>+zoneout:eval" in evaluation
 VARIANTS = ["lstm_peephole+zoneout", "lstm+zoneout:eval", "lstm_peephole+zoneout:eval"]
@@ -59,38 +59,13 @@ def test_unroll_matches_bptt_unroll_and_masks_are_the_engines(module, name, reve
     training, the masks the kernel drew are the Python engine's keep masks, step by step."""
     cell, x, batch_sizes, params, state0 = variant(name, LENGTHS["variable"], torch.float64,
                                                    H=9, seed=3)
-    w_ih, w_hh, b_ih, b_hh, extra = args(cell, [p.detach() for p in params])
-    state0 = tuple(s.detach() for s in state0)
-    xw = input_projection(cell, x.detach(), w_ih, b_ih, b_hh)
-    torch.manual_seed(7)
-    out, final, caches = unroll_forward(cell, xw, batch_sizes, state0, w_hh, b_hh, extra,
-                                        reverse=reverse)
-    after = torch.rand(3)                                  # the generator after the draws
-    torch.manual_seed(7)
-    c_out, c_final, c_caches = compiled.unroll_forward(cell, xw, batch_sizes, state0, w_hh,
-                                                       b_hh, extra, reverse=reverse)
-    assert torch.equal(torch.rand(3), after)               # as many draws, no more
+    caches, c_caches = compare_unrolls(cell, x, batch_sizes, params, state0, reverse)
     if getattr(cell, "training", False):
         masks, start = c_caches[-1], 0
         for t, n in enumerate(batch_sizes):
             for s in range(2):
                 assert torch.equal(masks[s, start:start + n], caches[t].keep[s])
             start += n
-    torch.testing.assert_close(c_out, out, **TOL[torch.float64])
-    for a, b in zip(c_final, final):
-        torch.testing.assert_close(a, b, **TOL[torch.float64])
-    dout = torch.randn_like(out)
-    dfinal = tuple(torch.randn_like(s) for s in final)
-    dxw, dhw, dstate0, dweight_hh, dextra = unroll_backward(cell, dout, dfinal, caches,
-                                                            batch_sizes, w_hh, extra,
-                                                            reverse=reverse)
-    c = compiled.unroll_backward(cell, dout, dfinal, c_caches, batch_sizes, w_hh, extra,
-                                 reverse=reverse, x=x.detach())
-    assert len(c.dextra) == len(dextra) == len(extra)
-    for a, b in [(c.dxw, dxw), (c.dhw, dhw), *zip(c.dstate0, dstate0),
-                 (c.dweight_hh, dweight_hh), *zip(c.dextra, dextra),
-                 (c.dweight_ih, dxw.t() @ x.detach())]:
-        torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from rnnkit.bptt import OBSERVERS, projection_bias
 from rnnkit.cells.base import Cell, State
 from rnnkit.compiled import diagonal, elman, gru, layernorm, lstm
 from rnnkit.compiled.kernel import Grads, Kernel
@@ -229,10 +230,7 @@ def unroll_backward(cell: Cell, dout: Tensor, dfinal: State, caches: tuple,
 def _projection(cell: Cell, x: Tensor, weight_ih: Tensor, bias_ih: Tensor | None,
                 bias_hh: Tensor | None) -> Tensor:
     """:func:`rnnkit.bptt.input_projection` through the loops' products: (N, G*H)."""
-    bias = bias_ih
-    if cell.fold_bias_hh and bias_hh is not None:
-        bias = bias_hh if bias is None else bias + bias_hh
-    return load().linear(x, weight_ih, bias)
+    return load().linear(x, weight_ih, projection_bias(cell, bias_ih, bias_hh))
 
 
 class CompiledRecurrentFunction(torch.autograd.Function):
@@ -284,8 +282,6 @@ def applies(cell: Cell, x: Tensor, state0: State, weight_ih: Tensor,
     """Whether :func:`run` computes this layer call: a supported cell, CPU float32/64
     tensors of one dtype, no autocast, no engine observer (the diagnostics watch the Python
     engine's steps), and the extension built."""
-    from rnnkit.bptt import OBSERVERS
-
     tensors = [t for t in (x, weight_ih, weight_hh, bias_ih, bias_hh, *state0, *extra)
                if t is not None]
     return (OBSERVERS.get() is None and not torch.is_autocast_enabled(x.device.type)

@@ -63,9 +63,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& xw, const std::vector<int6
   const int64_t N = xw.size(0);
   const auto offsets = offsets_of(batch_sizes);
   const int64_t kept = keep ? N : B;          // caches for the backward, or one step's scratch
-  const bool has_bias = bias_hh.has_value() && bias_hh->defined();
-  StepProduct product(weight_hh, B, /*pack=*/true,
-                      has_bias ? bias_hh : std::nullopt);     // h W.T + b_hh
+  StepProduct product(weight_hh, B, /*pack=*/true, bias_hh);   // h W.T (+ b_hh where given)
   at::Tensor gates = buffer(kept, 3 * H, xw.options());      // [r, z, h W_n.T + b_hn]
   at::Tensor cand = buffer(kept, H, xw.options());
   at::Tensor out = buffer(N, H, xw.options());

@@ -14,6 +14,7 @@ first.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import NamedTuple
 
 from torch import Tensor
@@ -32,29 +33,29 @@ class Grads(NamedTuple):
     dweight_ih: Tensor | None   # (G*H, I) dxw.T x where the layer input x was given, else None
 
 
-class Kernel:
+class Kernel(ABC):
     """One family of cells in the compiled loops (see the module docstring)."""
 
     # backend "auto" takes this loop over PyTorch's fused kernel for the cells it accepts
     # that PyTorch computes too (measured: benchmarks/bench_compiled.py)
     prefers_over_native: bool = False
 
+    @abstractmethod
     def accepts(self, cell: Cell) -> bool:
         """Whether these loops compute ``cell`` exactly (an exact type test: a wrapper copies
         its cell's name but changes the step)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def forward(self, m, cell: Cell, xw: Tensor, batch_sizes: list[int], state0: State,
                 weight_hh: Tensor | None, bias_hh: Tensor | None, extra: tuple,
                 reverse: bool, keep: bool) -> tuple[Tensor, State, tuple]:
         """out (N, H), the final states (B, H) each, and the caches (a tuple of tensors) that
         :meth:`backward` reads — none with ``keep=False`` (inference). ``xw`` is the input
-        projection of :func:`rnnkit.bptt.input_projection` (bias_hh folded in where the cell
-        folds it; ``bias_hh`` is then passed here all the same, as to the Python engine)."""
-        raise NotImplementedError
+        projection of :func:`rnnkit.bptt.input_projection`, with bias_hh folded in where the
+        cell folds it (``cell.fold_bias_hh``; ``bias_hh`` is then None here)."""
 
+    @abstractmethod
     def backward(self, m, cell: Cell, dout: Tensor, dfinal: State, caches: tuple,
                  batch_sizes: list[int], weight_hh: Tensor | None, extra: tuple,
                  reverse: bool, x: Tensor | None) -> Grads:
         """The hand BPTT of :meth:`forward`: :class:`Grads`."""
-        raise NotImplementedError

@@ -328,9 +328,7 @@ std::vector<at::Tensor> layernorm_lstm_forward(
   const int64_t N = xw.size(0);
   const auto offsets = offsets_of(batch_sizes);
   const int64_t kept = keep ? N : B;          // caches for the backward, or one step's scratch
-  const bool has_bias = bias_hh.has_value() && bias_hh->defined();
-  StepProduct product(weight_hh, B, /*pack=*/true,
-                      has_bias ? bias_hh : std::nullopt);     // h W.T + b_hh
+  StepProduct product(weight_hh, B, /*pack=*/true, bias_hh);   // h W.T (+ b_hh where given)
   const at::TensorOptions opt = xw.options();
   // the caches in one block; the output on its own (kept by a caller, it keeps no cache)
   const auto bufs = buffers({{kept, 4 * H}, {kept, 4 * H}, {kept, 4 * H}, {kept, 3 * H},
@@ -548,9 +546,7 @@ std::vector<at::Tensor> layernorm_gru_forward(
   const int64_t N = xw.size(0);
   const auto offsets = offsets_of(batch_sizes);
   const int64_t kept = keep ? N : B;
-  const bool has_bias = bias_hh.has_value() && bias_hh->defined();
-  StepProduct product(weight_hh, B, /*pack=*/true,
-                      has_bias ? bias_hh : std::nullopt);     // h W.T + b_hh
+  StepProduct product(weight_hh, B, /*pack=*/true, bias_hh);   // h W.T (+ b_hh where given)
   const at::TensorOptions opt = xw.options();
   const auto bufs = buffers({{kept, 3 * H}, {kept, 3 * H}, {kept, 3 * H}, {kept, 6},
                              {kept, H}}, opt);

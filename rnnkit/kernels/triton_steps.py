@@ -51,6 +51,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from rnnkit.bptt import projection_bias
 from rnnkit.cells.base import Cell, State
 
 BLOCK = 1024            # elements of the (B, H) state per program
@@ -292,9 +293,7 @@ class TritonRecurrentFunction(torch.autograd.Function):
         steps = STEPS[mode]
         T, B, I = x.shape
         H = weight_hh.shape[1]
-        bias = bias_ih
-        if steps.fold_bias_hh and bias_hh is not None:
-            bias = bias_hh if bias is None else bias + bias_hh
+        bias = projection_bias(steps, bias_ih, bias_hh)   # steps: a cell's fold_bias_hh
         x2 = x.reshape(T * B, I)
         xw = (x2 @ weight_ih.t() if bias is None
               else torch.addmm(bias, x2, weight_ih.t())).view(T, B, -1)   # (T, B, G*H)
