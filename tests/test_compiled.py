@@ -151,6 +151,21 @@ def test_compiled_unroll_matches_bptt_unroll(module, name, reverse):
     compare_unrolls(*problem(name, LENGTHS["variable"], torch.float64, H=9, seed=3), reverse)
 
 
+@pytest.mark.parametrize(
+    "name", [n for n in CELLS if len(make(n).param_shapes(1, 1).get("weight_hh", ())) == 2])
+def test_a_step_weight_of_the_wrong_shape_is_refused_by_name(module, name):
+    """Every loop with a step product checks xw and weight_hh against H before it reads
+    them: a (G H, H + 1) weight is a RuntimeError naming the function and both shapes,
+    not a read past the weight's end."""
+    cell, x, batch_sizes, params, state0 = problem(name, LENGTHS["variable"], torch.float64)
+    weight_ih, weight_hh, bias_ih, bias_hh, extra = args(cell, params)
+    xw = input_projection(cell, x.detach(), weight_ih, bias_ih, bias_hh)
+    wide = torch.zeros(weight_hh.shape[0], weight_hh.shape[1] + 1, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"_forward: expected xw .* and weight_hh .* got"):
+        compiled.unroll_forward(cell, xw, batch_sizes, tuple(s.detach() for s in state0),
+                                wide, bias_hh, [e.detach() for e in extra])
+
+
 @pytest.mark.parametrize("name", CELLS)
 def test_aten_products_match_onednn_products(module, name):
     """float32 products run through oneDNN by default; at::mm (use_onednn(False)), the path

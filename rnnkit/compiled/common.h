@@ -31,6 +31,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #ifdef __linux__
@@ -113,6 +114,19 @@ inline void check_packed(const at::Tensor& xw, const std::vector<int64_t>& batch
   TORCH_CHECK(batch_sizes[0] == B, "batch_sizes[0] must equal the initial state's batch");
   TORCH_CHECK(xw.size(0) == total, "xw: expected ", total, " rows, got ", xw.size(0));
   TORCH_CHECK(xw.is_contiguous(), "xw: expected a contiguous tensor");
+}
+
+// The arguments of a forward with a step product: xw (N, G H) packed as batch_sizes says,
+// h0 (B, H), weight_hh (G H, H) for a cell of G gate blocks.
+inline void check_forward(const char* name, const at::Tensor& xw,
+                          const std::vector<int64_t>& batch_sizes, const at::Tensor& h0,
+                          const at::Tensor& weight_hh, int64_t G) {
+  const int64_t H = h0.size(1);
+  check_packed(xw, batch_sizes, h0.size(0));
+  TORCH_CHECK(xw.size(1) == G * H && weight_hh.dim() == 2 && weight_hh.size(0) == G * H &&
+                  weight_hh.size(1) == H,
+              name, ": expected xw (N, ", G * H, ") and weight_hh (", G * H, ", ", H,
+              ") for H=", H, ", got xw ", xw.sizes(), " and weight_hh ", weight_hh.sizes());
 }
 
 // A fresh (rows, cols) buffer. Large ones (the caches, the packed gradients: tens of MB) get
@@ -239,6 +253,31 @@ inline at::Tensor transposed(const at::Tensor& a) {
 
 // Step t's position in the walk: forward order unless reverse.
 inline int64_t step_at(int64_t k, int64_t T, bool reverse) { return reverse ? T - 1 - k : k; }
+
+// The steps of one loop in the order it walks them, step(n, off) for each: n =
+// batch_sizes[t] rows from row off of the packed layout. A forward walks in time order
+// (backwards for a reverse layer); a backward passes !reverse.
+template <typename F> void for_steps(const std::vector<int64_t>& batch_sizes, bool reverse, F step) {
+  const auto offsets = offsets_of(batch_sizes);
+  const int64_t T = batch_sizes.size();
+  for (int64_t k = 0; k < T; ++k) {
+    const int64_t t = step_at(k, T, reverse);
+    step(batch_sizes[t], offsets[t]);
+  }
+}
+
+// The rows of a contiguous (rows, width) buffer from row `row0` on: rows[r] points at row
+// row0 + r. A step addresses each buffer through one of these, the width read from the
+// buffer itself (T const for one that is only read).
+template <typename T> struct Rows {
+  T* base;
+  int64_t width;
+  Rows(const at::Tensor& t, int64_t row0 = 0)
+      : base(t.data_ptr<std::remove_const_t<T>>() + row0 * t.size(1)), width(t.size(1)) {
+    TORCH_CHECK(t.dim() == 2 && t.is_contiguous(), "Rows: expected a contiguous 2-d buffer");
+  }
+  T* operator[](int64_t r) const { return base + r * width; }
+};
 
 // Rows [0, n) of one step through `body(row)`, on the intra-op threads when worth it.
 template <typename F> void for_rows(int64_t n, int64_t H, F body) {

@@ -49,35 +49,26 @@ inline void elman_backward_row(const scalar_t* __restrict__ h, const scalar_t* _
 std::vector<at::Tensor> elman_forward(const at::Tensor& xw, const std::vector<int64_t>& batch_sizes,
                                       const at::Tensor& h0, const at::Tensor& weight_hh,
                                       int64_t nonlinearity, bool reverse, bool keep) {
-  const int64_t B = h0.size(0), H = h0.size(1), T = batch_sizes.size();
-  check_packed(xw, batch_sizes, B);
-  TORCH_CHECK(xw.size(1) == H && weight_hh.size(0) == H && weight_hh.size(1) == H,
-              "elman_forward: shapes of xw / weight_hh do not match H=", H);
+  const int64_t B = h0.size(0), H = h0.size(1);
+  check_forward("elman_forward", xw, batch_sizes, h0, weight_hh, 1);
   TORCH_CHECK(nonlinearity >= 0 && nonlinearity <= 2, "nonlinearity: 0, 1 or 2");
   const int64_t N = xw.size(0);
-  const auto offsets = offsets_of(batch_sizes);
   const int64_t kept = keep ? N : B;          // caches for the backward, or one step's scratch
   StepProduct product(weight_hh, B, /*pack=*/true);             // h W.T
   at::Tensor out = buffer(N, H, xw.options());
   at::Tensor h_prev = buffer(kept, H, xw.options());
   at::Tensor h = h0.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "elman_forward", [&] {
-    for (int64_t k = 0; k < T; ++k) {
-      const int64_t t = step_at(k, T, reverse), n = batch_sizes[t], off = offsets[t];
-      const int64_t coff = keep ? off : 0;
+    for_steps(batch_sizes, reverse, [&](int64_t n, int64_t off) {
       const at::Tensor hw = product(h.narrow(0, 0, n));       // (n, H)
-      const scalar_t* X = xw.data_ptr<scalar_t>() + off * H;
-      const scalar_t* HW = hw.data_ptr<scalar_t>();
-      scalar_t* O = out.data_ptr<scalar_t>() + off * H;
-      scalar_t* HP = h_prev.data_ptr<scalar_t>() + coff * H;
-      scalar_t* HS = h.data_ptr<scalar_t>();
+      const Rows<const scalar_t> X(xw, off), HW(hw);
+      const Rows<scalar_t> O(out, off), HP(h_prev, keep ? off : 0), HS(h);
       for_rows(n, H, [&](int64_t r) {
-        const int64_t o = r * H;
-        if (nonlinearity == 0) elman_forward_row<0>(X + o, HW + o, O + o, HP + o, HS + o, H);
-        else if (nonlinearity == 1) elman_forward_row<1>(X + o, HW + o, O + o, HP + o, HS + o, H);
-        else elman_forward_row<2>(X + o, HW + o, O + o, HP + o, HS + o, H);
+        if (nonlinearity == 0) elman_forward_row<0>(X[r], HW[r], O[r], HP[r], HS[r], H);
+        else if (nonlinearity == 1) elman_forward_row<1>(X[r], HW[r], O[r], HP[r], HS[r], H);
+        else elman_forward_row<2>(X[r], HW[r], O[r], HP[r], HS[r], H);
       });
-    }
+    });
   });
   return {out, h, h_prev};
 }
@@ -88,28 +79,23 @@ std::vector<at::Tensor> elman_backward(const at::Tensor& dout, const at::Tensor&
                                        const std::vector<int64_t>& batch_sizes,
                                        const at::Tensor& weight_hh, int64_t nonlinearity,
                                        bool reverse, const std::optional<at::Tensor>& x) {
-  const int64_t B = dh_final.size(0), H = dh_final.size(1), T = batch_sizes.size();
+  const int64_t B = dh_final.size(0), H = dh_final.size(1);
   const int64_t N = out.size(0);
-  const auto offsets = offsets_of(batch_sizes);
   StepProduct product = backward_product(weight_hh, B);       // da W = da (W.T).T
   const at::Tensor dout_c = dout.contiguous();
   at::Tensor da = buffer(N, H, out.options());
   at::Tensor dh = dh_final.contiguous().clone();               // (B, H)
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "elman_backward", [&] {
-    for (int64_t k = 0; k < T; ++k) {
-      const int64_t t = step_at(k, T, !reverse), n = batch_sizes[t], off = offsets[t];
-      const scalar_t* HO = out.data_ptr<scalar_t>() + off * H;
-      const scalar_t* DO = dout_c.data_ptr<scalar_t>() + off * H;
-      const scalar_t* DH = dh.data_ptr<scalar_t>();
-      scalar_t* DA = da.data_ptr<scalar_t>() + off * H;
+    for_steps(batch_sizes, !reverse, [&](int64_t n, int64_t off) {
+      const Rows<const scalar_t> HO(out, off), DO(dout_c, off), DH(dh);
+      const Rows<scalar_t> DA(da, off);
       for_rows(n, H, [&](int64_t r) {
-        const int64_t o = r * H;
-        if (nonlinearity == 0) elman_backward_row<0>(HO + o, DO + o, DH + o, DA + o, H);
-        else if (nonlinearity == 1) elman_backward_row<1>(HO + o, DO + o, DH + o, DA + o, H);
-        else elman_backward_row<2>(HO + o, DO + o, DH + o, DA + o, H);
+        if (nonlinearity == 0) elman_backward_row<0>(HO[r], DO[r], DH[r], DA[r], H);
+        else if (nonlinearity == 1) elman_backward_row<1>(HO[r], DO[r], DH[r], DA[r], H);
+        else elman_backward_row<2>(HO[r], DO[r], DH[r], DA[r], H);
       });
       product_into(product, da.narrow(0, off, n), dh.narrow(0, 0, n), false);   // dh_{t-1} = da W
-    }
+    });
   });
   const at::Tensor da_t = transposed(da);                     // (H, N)
   at::Tensor dweight_hh = affine(da_t, h_prev.t());           // da.T h_prev (H, H)

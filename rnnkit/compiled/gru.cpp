@@ -56,12 +56,9 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& xw, const std::vector<int6
                                     const at::Tensor& h0, const at::Tensor& weight_hh,
                                     const c10::optional<at::Tensor>& bias_hh, bool reverse,
                                     bool keep) {
-  const int64_t B = h0.size(0), H = h0.size(1), T = batch_sizes.size();
-  check_packed(xw, batch_sizes, B);
-  TORCH_CHECK(xw.size(1) == 3 * H && weight_hh.size(0) == 3 * H && weight_hh.size(1) == H,
-              "gru_forward: shapes of xw / weight_hh do not match H=", H);
+  const int64_t B = h0.size(0), H = h0.size(1);
+  check_forward("gru_forward", xw, batch_sizes, h0, weight_hh, 3);
   const int64_t N = xw.size(0);
-  const auto offsets = offsets_of(batch_sizes);
   const int64_t kept = keep ? N : B;          // caches for the backward, or one step's scratch
   StepProduct product(weight_hh, B, /*pack=*/true, bias_hh);   // h W.T (+ b_hh where given)
   at::Tensor gates = buffer(kept, 3 * H, xw.options());      // [r, z, h W_n.T + b_hn]
@@ -70,28 +67,15 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& xw, const std::vector<int6
   at::Tensor h_prev = buffer(kept, H, xw.options());
   at::Tensor h = h0.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_forward", [&] {
-    for (int64_t k = 0; k < T; ++k) {
-      const int64_t t = step_at(k, T, reverse), n = batch_sizes[t], off = offsets[t];
+    for_steps(batch_sizes, reverse, [&](int64_t n, int64_t off) {
       const int64_t coff = keep ? off : 0;
       const at::Tensor hw = product(h.narrow(0, 0, n));       // h W.T + b_hh (n, 3H)
-      const scalar_t* X = xw.data_ptr<scalar_t>() + off * 3 * H;
-      const scalar_t* HW = hw.data_ptr<scalar_t>();
-      scalar_t* GA = gates.data_ptr<scalar_t>() + coff * 3 * H;
-      scalar_t* NC = cand.data_ptr<scalar_t>() + coff * H;
-      scalar_t* O = out.data_ptr<scalar_t>() + off * H;
-      scalar_t* HP = h_prev.data_ptr<scalar_t>() + coff * H;
-      scalar_t* HS = h.data_ptr<scalar_t>();
+      const Rows<const scalar_t> X(xw, off), HW(hw);
+      const Rows<scalar_t> GA(gates, coff), NC(cand, coff), O(out, off), HP(h_prev, coff), HS(h);
       for_rows(n, H, [&](int64_t r) {
-        const scalar_t* __restrict__ x = X + r * 3 * H;
-        const scalar_t* __restrict__ hw_ = HW + r * 3 * H;
-        scalar_t* __restrict__ ga = GA + r * 3 * H;
-        scalar_t* __restrict__ nc = NC + r * H;
-        scalar_t* __restrict__ o_ = O + r * H;
-        scalar_t* __restrict__ hp = HP + r * H;
-        scalar_t* __restrict__ hs = HS + r * H;
-        gru_forward_row(x, hw_, ga, nc, o_, hp, hs, H);
+        gru_forward_row(X[r], HW[r], GA[r], NC[r], O[r], HP[r], HS[r], H);
       });
-    }
+    });
   });
   return {out, h, gates, cand, h_prev};
 }
@@ -103,9 +87,8 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dout, const at::Tensor& d
                                      const std::vector<int64_t>& batch_sizes,
                                      const at::Tensor& weight_hh, bool reverse,
                                      const std::optional<at::Tensor>& x) {
-  const int64_t B = dh_final.size(0), H = dh_final.size(1), T = batch_sizes.size();
+  const int64_t B = dh_final.size(0), H = dh_final.size(1);
   const int64_t N = gates.size(0);
-  const auto offsets = offsets_of(batch_sizes);
   StepProduct product = backward_product(weight_hh, B);       // dhw W = dhw (W.T).T
   const at::Tensor dout_c = dout.contiguous();
   at::Tensor dxw = buffer(N, 3 * H, gates.options());
@@ -113,31 +96,17 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dout, const at::Tensor& d
   at::Tensor dh = dh_final.contiguous().clone();               // (B, H)
   at::Tensor direct = at::empty({B, H}, gates.options());      // z dh, the path past the gates
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_backward", [&] {
-    for (int64_t k = 0; k < T; ++k) {
-      const int64_t t = step_at(k, T, !reverse), n = batch_sizes[t], off = offsets[t];
-      const scalar_t* G = gates.data_ptr<scalar_t>() + off * 3 * H;
-      const scalar_t* NC = cand.data_ptr<scalar_t>() + off * H;
-      const scalar_t* HP = h_prev.data_ptr<scalar_t>() + off * H;
-      const scalar_t* DO = dout_c.data_ptr<scalar_t>() + off * H;
-      scalar_t* DX = dxw.data_ptr<scalar_t>() + off * 3 * H;
-      scalar_t* DHW = dhw.data_ptr<scalar_t>() + off * 3 * H;
-      scalar_t* DH = dh.data_ptr<scalar_t>();
-      scalar_t* DZ = direct.data_ptr<scalar_t>();
+    for_steps(batch_sizes, !reverse, [&](int64_t n, int64_t off) {
+      const Rows<const scalar_t> G(gates, off), NC(cand, off), HP(h_prev, off), DO(dout_c, off);
+      const Rows<const scalar_t> DH(dh);
+      const Rows<scalar_t> DX(dxw, off), DHW(dhw, off), DZ(direct);
       for_rows(n, H, [&](int64_t r) {
-        const scalar_t* __restrict__ g_ = G + r * 3 * H;
-        const scalar_t* __restrict__ nc = NC + r * H;
-        const scalar_t* __restrict__ hp = HP + r * H;
-        const scalar_t* __restrict__ do_ = DO + r * H;
-        scalar_t* __restrict__ dx = DX + r * 3 * H;
-        scalar_t* __restrict__ dhw_ = DHW + r * 3 * H;
-        const scalar_t* __restrict__ dhr = DH + r * H;
-        scalar_t* __restrict__ dz = DZ + r * H;
-        gru_backward_row(g_, nc, hp, do_, dx, dhw_, dhr, dz, H);
+        gru_backward_row(G[r], NC[r], HP[r], DO[r], DX[r], DHW[r], DH[r], DZ[r], H);
       });
       at::Tensor dhn = dh.narrow(0, 0, n);
       dhn.copy_(direct.narrow(0, 0, n));                           // z dh
       product_into(product, dhw.narrow(0, off, n), dhn, true);     // + dhw W
-    }
+    });
   });
   at::Tensor dweight_hh = affine(transposed(dhw), h_prev.t());  // dhw.T h_prev (3H, H)
   at::Tensor dweight_ih = x.has_value() ? affine(transposed(dxw), x->t()) : at::Tensor();
@@ -249,12 +218,9 @@ std::vector<at::Tensor> gru_reset_before_forward(const at::Tensor& xw,
                                                  const at::Tensor& h0,
                                                  const at::Tensor& weight_hh, bool reverse,
                                                  bool keep) {
-  const int64_t B = h0.size(0), H = h0.size(1), T = batch_sizes.size();
-  check_packed(xw, batch_sizes, B);
-  TORCH_CHECK(xw.size(1) == 3 * H && weight_hh.size(0) == 3 * H && weight_hh.size(1) == H,
-              "gru_reset_before_forward: shapes of xw / weight_hh do not match H=", H);
+  const int64_t B = h0.size(0), H = h0.size(1);
+  check_forward("gru_reset_before_forward", xw, batch_sizes, h0, weight_hh, 3);
   const int64_t N = xw.size(0);
-  const auto offsets = offsets_of(batch_sizes);
   const int64_t kept = keep ? N : B;          // caches for the backward, or one step's scratch
   const at::Tensor w = weight_hh.contiguous();
   StepProduct product_rz(w.narrow(0, 0, 2 * H), B, /*pack=*/true);   // h W_rz.T
@@ -266,28 +232,21 @@ std::vector<at::Tensor> gru_reset_before_forward(const at::Tensor& xw,
   at::Tensor out = buffer(N, H, xw.options());
   at::Tensor h = h0.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_reset_before_forward", [&] {
-    for (int64_t k = 0; k < T; ++k) {
-      const int64_t t = step_at(k, T, reverse), n = batch_sizes[t], off = offsets[t];
+    for_steps(batch_sizes, reverse, [&](int64_t n, int64_t off) {
       const int64_t coff = keep ? off : 0;
-      const scalar_t* X = xw.data_ptr<scalar_t>() + off * 3 * H;
-      scalar_t* RZ = rz.data_ptr<scalar_t>() + coff * 2 * H;
-      scalar_t* NC = cand.data_ptr<scalar_t>() + coff * H;
-      scalar_t* HP = h_prev.data_ptr<scalar_t>() + coff * H;
-      scalar_t* RH = rh.data_ptr<scalar_t>() + coff * H;
-      scalar_t* O = out.data_ptr<scalar_t>() + off * H;
-      scalar_t* HS = h.data_ptr<scalar_t>();
+      const Rows<const scalar_t> X(xw, off);
+      const Rows<scalar_t> RZ(rz, coff), NC(cand, coff), HP(h_prev, coff), RH(rh, coff);
+      const Rows<scalar_t> O(out, off), HS(h);
       at::Tensor held;
       const scalar_t* ARZ = step_product<scalar_t>(product_rz, h, 0, n, held);  // h W_rz.T
       for_rows(n, H, [&](int64_t r) {
-        grub_gates_row(X + r * 3 * H, ARZ + r * 2 * H, HS + r * H, RZ + r * 2 * H,
-                       HP + r * H, RH + r * H, H);
+        grub_gates_row(X[r], ARZ + r * 2 * H, HS[r], RZ[r], HP[r], RH[r], H);
       });
       const scalar_t* AN = step_product<scalar_t>(product_n, rh, coff, n, held);  // (r h) W_n.T
       for_rows(n, H, [&](int64_t r) {
-        grub_state_row(X + r * 3 * H, AN + r * H, RZ + r * 2 * H, HP + r * H, NC + r * H,
-                       O + r * H, HS + r * H, H);
+        grub_state_row(X[r], AN + r * H, RZ[r], HP[r], NC[r], O[r], HS[r], H);
       });
-    }
+    });
   });
   return {out, h, rz, cand, h_prev, rh};
 }
@@ -302,7 +261,7 @@ std::vector<at::Tensor> gru_reset_before_backward(const at::Tensor& dout,
                                                   const std::vector<int64_t>& batch_sizes,
                                                   const at::Tensor& weight_hh, bool reverse,
                                                   const std::optional<at::Tensor>& x) {
-  const int64_t B = dh_final.size(0), H = dh_final.size(1), T = batch_sizes.size();
+  const int64_t B = dh_final.size(0), H = dh_final.size(1);
   const int64_t N = rz.size(0);
   check_packed(rz, batch_sizes, B);
   TORCH_CHECK(rz.size(1) == 2 * H && cand.sizes() == h_prev.sizes() &&
@@ -313,7 +272,6 @@ std::vector<at::Tensor> gru_reset_before_backward(const at::Tensor& dout,
               "match H=", H);
   TORCH_CHECK(cand.is_contiguous() && h_prev.is_contiguous() && rh.is_contiguous(),
               "gru_reset_before_backward: expected the forward's (contiguous) caches");
-  const auto offsets = offsets_of(batch_sizes);
   const at::Tensor w = weight_hh.contiguous();
   StepProduct product_n = backward_product(w.narrow(0, 2 * H, H), B);       // da_n W_n
   StepProduct product_rz = backward_product(w.narrow(0, 0, 2 * H), B);      // da_rz W_rz
@@ -323,28 +281,19 @@ std::vector<at::Tensor> gru_reset_before_backward(const at::Tensor& dout,
   at::Tensor darz = at::empty({B, 2 * H}, rz.options());       // one step's [da_r, da_z]
   at::Tensor dh = dh_final.contiguous().clone();               // (B, H)
   AT_DISPATCH_FLOATING_TYPES(rz.scalar_type(), "gru_reset_before_backward", [&] {
-    for (int64_t k = 0; k < T; ++k) {
-      const int64_t t = step_at(k, T, !reverse), n = batch_sizes[t], off = offsets[t];
-      const scalar_t* RZ = rz.data_ptr<scalar_t>() + off * 2 * H;
-      const scalar_t* NC = cand.data_ptr<scalar_t>() + off * H;
-      const scalar_t* HP = h_prev.data_ptr<scalar_t>() + off * H;
-      const scalar_t* DO = dout_c.data_ptr<scalar_t>() + off * H;
-      scalar_t* DA = da.data_ptr<scalar_t>() + off * 3 * H;
-      scalar_t* DAN = dan.data_ptr<scalar_t>();
-      scalar_t* DARZ = darz.data_ptr<scalar_t>();
-      scalar_t* DH = dh.data_ptr<scalar_t>();
+    for_steps(batch_sizes, !reverse, [&](int64_t n, int64_t off) {
+      const Rows<const scalar_t> RZ(rz, off), NC(cand, off), HP(h_prev, off), DO(dout_c, off);
+      const Rows<scalar_t> DA(da, off), DAN(dan), DARZ(darz), DH(dh);
       for_rows(n, H, [&](int64_t r) {
-        grub_candidate_back_row(RZ + r * 2 * H, NC + r * H, HP + r * H, DO + r * H,
-                                DA + r * 3 * H, DAN + r * H, DARZ + r * 2 * H, DH + r * H, H);
+        grub_candidate_back_row(RZ[r], NC[r], HP[r], DO[r], DA[r], DAN[r], DARZ[r], DH[r], H);
       });
       at::Tensor held;
       const scalar_t* DRH = step_product<scalar_t>(product_n, dan, 0, n, held);  // da_n W_n
       for_rows(n, H, [&](int64_t r) {
-        grub_reset_back_row(RZ + r * 2 * H, HP + r * H, DRH + r * H, DA + r * 3 * H,
-                            DARZ + r * 2 * H, DH + r * H, H);
+        grub_reset_back_row(RZ[r], HP[r], DRH + r * H, DA[r], DARZ[r], DH[r], H);
       });
-      step_product<scalar_t>(product_rz, darz, 0, n, held, DH);   // dh += da_rz W_rz
-    }
+      step_product<scalar_t>(product_rz, darz, 0, n, held, DH.base);   // dh += da_rz W_rz
+    });
   });
   const at::Tensor da_t = transposed(da);                      // (3H, N)
   at::Tensor dweight_hh = at::empty({3 * H, H}, rz.options());

@@ -318,15 +318,12 @@ std::vector<at::Tensor> layernorm_lstm_forward(
     const at::Tensor& scale_ih, const at::Tensor& shift_ih, const at::Tensor& scale_hh,
     const at::Tensor& shift_hh, const at::Tensor& scale_c, const at::Tensor& shift_c,
     bool reverse, bool keep) {
-  const int64_t B = h0.size(0), H = h0.size(1), T = batch_sizes.size();
-  check_packed(xw, batch_sizes, B);
-  TORCH_CHECK(xw.size(1) == 4 * H && weight_hh.size(0) == 4 * H && weight_hh.size(1) == H,
-              "layernorm_lstm_forward: shapes of xw / weight_hh do not match H=", H);
+  const int64_t B = h0.size(0), H = h0.size(1);
+  check_forward("layernorm_lstm_forward", xw, batch_sizes, h0, weight_hh, 4);
   check_gain(scale_ih, 4 * H, "ln_scale_ih"); check_gain(shift_ih, 4 * H, "ln_shift_ih");
   check_gain(scale_hh, 4 * H, "ln_scale_hh"); check_gain(shift_hh, 4 * H, "ln_shift_hh");
   check_gain(scale_c, H, "ln_scale_c"); check_gain(shift_c, H, "ln_shift_c");
   const int64_t N = xw.size(0);
-  const auto offsets = offsets_of(batch_sizes);
   const int64_t kept = keep ? N : B;          // caches for the backward, or one step's scratch
   StepProduct product(weight_hh, B, /*pack=*/true, bias_hh);   // h W.T (+ b_hh where given)
   const at::TensorOptions opt = xw.options();
@@ -349,27 +346,19 @@ std::vector<at::Tensor> layernorm_lstm_forward(
     const scalar_t* BS = bs.data_ptr<scalar_t>();
     const scalar_t* GC = gc.data_ptr<scalar_t>();
     const scalar_t* BC = bc.data_ptr<scalar_t>();
-    for (int64_t k = 0; k < T; ++k) {
-      const int64_t t = step_at(k, T, reverse), n = batch_sizes[t], off = offsets[t];
+    for_steps(batch_sizes, reverse, [&](int64_t n, int64_t off) {
       const int64_t coff = keep ? off : 0;
       const at::Tensor hw = product(h.narrow(0, 0, n));       // h W.T + b_hh  (n, 4H)
-      scalar_t* XH = x_hat.data_ptr<scalar_t>() + coff * 4 * H;
-      scalar_t* ST = rstd.data_ptr<scalar_t>() + coff * 9;
-      if (!keep) normalize_rows(XW + off * 4 * H, XH, ST, 9, n, 4, H);   // this step's N(xw)
-      const scalar_t* A = hw.data_ptr<scalar_t>();
-      scalar_t* HH = h_hat.data_ptr<scalar_t>() + coff * 4 * H;
-      scalar_t* GA = gates.data_ptr<scalar_t>() + coff * 4 * H;
-      scalar_t* CE = cell.data_ptr<scalar_t>() + coff * 3 * H;
-      scalar_t* HP = h_prev.data_ptr<scalar_t>() + coff * H;
-      scalar_t* HS = h.data_ptr<scalar_t>();
-      scalar_t* CS = c.data_ptr<scalar_t>();
-      scalar_t* O = out.data_ptr<scalar_t>() + off * H;
+      const Rows<scalar_t> XH(x_hat, coff), ST(rstd, coff);
+      if (!keep) normalize_rows(XW + off * 4 * H, XH.base, ST.base, 9, n, 4, H);  // this step's N(xw)
+      const Rows<const scalar_t> A(hw);
+      const Rows<scalar_t> HH(h_hat, coff), GA(gates, coff), CE(cell, coff), HP(h_prev, coff);
+      const Rows<scalar_t> HS(h), CS(c), O(out, off);
       for_rows(n, 4 * H, [&](int64_t r) {
-        ln_lstm_forward_row(XH + r * 4 * H, A + r * 4 * H, GX, BS, GH, GC, BC,
-                            HH + r * 4 * H, GA + r * 4 * H, CE + r * 3 * H, ST + r * 9,
-                            HP + r * H, HS + r * H, CS + r * H, O + r * H, H);
+        ln_lstm_forward_row(XH[r], A[r], GX, BS, GH, GC, BC, HH[r], GA[r], CE[r], ST[r], HP[r],
+                            HS[r], CS[r], O[r], H);
       });
-    }
+    });
   });
   return {out, h, c, x_hat, h_hat, gates, cell, rstd, h_prev};
 }
@@ -384,10 +373,9 @@ std::vector<at::Tensor> layernorm_lstm_backward(
     const at::Tensor& scale_ih, const at::Tensor& shift_ih, const at::Tensor& scale_hh,
     const at::Tensor& shift_hh, const at::Tensor& scale_c, const at::Tensor& shift_c,
     bool reverse, const std::optional<at::Tensor>& x) {
-  const int64_t B = dh_final.size(0), H = dh_final.size(1), T = batch_sizes.size();
+  const int64_t B = dh_final.size(0), H = dh_final.size(1);
   const int64_t N = gates.size(0);
-  const auto offsets = offsets_of(batch_sizes);
-  StepProduct product(weight_hh.t(), B, /*pack=*/false);       // dhw W = dhw (W.T).T
+  StepProduct product = backward_product(weight_hh, B);        // dhw W = dhw (W.T).T
   const at::TensorOptions opt = gates.options();
   const at::Tensor dout_c = dout.contiguous();
   const auto bufs = buffers({{N, 4 * H}, {N, 4 * H}, {N, H}}, opt);
@@ -400,25 +388,16 @@ std::vector<at::Tensor> layernorm_lstm_backward(
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "layernorm_lstm_backward", [&] {
     const scalar_t* GH = gh.data_ptr<scalar_t>();
     const scalar_t* GC = gc.data_ptr<scalar_t>();
-    for (int64_t k = 0; k < T; ++k) {
-      const int64_t t = step_at(k, T, !reverse), n = batch_sizes[t], off = offsets[t];
-      const scalar_t* GA = gates.data_ptr<scalar_t>() + off * 4 * H;
-      const scalar_t* HH = h_hat.data_ptr<scalar_t>() + off * 4 * H;
-      const scalar_t* CE = cell.data_ptr<scalar_t>() + off * 3 * H;
-      const scalar_t* ST = rstd.data_ptr<scalar_t>() + off * 9;
-      const scalar_t* DO = dout_c.data_ptr<scalar_t>() + off * H;
-      scalar_t* DA = da.data_ptr<scalar_t>() + off * 4 * H;
-      scalar_t* DU = du.data_ptr<scalar_t>() + off * H;
-      scalar_t* DHW = dhw.data_ptr<scalar_t>() + off * 4 * H;
-      scalar_t* DH = dh.data_ptr<scalar_t>();
-      scalar_t* DC = dc.data_ptr<scalar_t>();
+    for_steps(batch_sizes, !reverse, [&](int64_t n, int64_t off) {
+      const Rows<const scalar_t> GA(gates, off), HH(h_hat, off), CE(cell, off), ST(rstd, off);
+      const Rows<const scalar_t> DO(dout_c, off);
+      const Rows<scalar_t> DA(da, off), DU(du, off), DHW(dhw, off), DH(dh), DC(dc);
       for_rows(n, 4 * H, [&](int64_t r) {
-        ln_lstm_backward_row(GA + r * 4 * H, HH + r * 4 * H, CE + r * 3 * H, ST + r * 9,
-                             DO + r * H, GH, GC, DA + r * 4 * H, DU + r * H,
-                             DHW + r * 4 * H, DH + r * H, DC + r * H, H);
+        ln_lstm_backward_row(GA[r], HH[r], CE[r], ST[r], DO[r], GH, GC, DA[r], DU[r], DHW[r],
+                             DH[r], DC[r], H);
       });
-      dh.narrow(0, 0, n).copy_(product(dhw.narrow(0, off, n)));   // dh_{t-1} = dhw W
-    }
+      product_into(product, dhw.narrow(0, off, n), dh.narrow(0, 0, n), false);  // dh_{t-1} = dhw W
+    });
     // After the loop, over the stacked time axis: the gains' and shifts' sums, and
     // dxw = N'ᵀ(da ⊙ γ_x) written over da.
     const scalar_t* GX = gx.data_ptr<scalar_t>();
@@ -537,14 +516,11 @@ std::vector<at::Tensor> layernorm_gru_forward(
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_hh,
     const at::Tensor& scale_ih, const at::Tensor& shift_ih, const at::Tensor& scale_hh,
     const at::Tensor& shift_hh, bool reverse, bool keep) {
-  const int64_t B = h0.size(0), H = h0.size(1), T = batch_sizes.size();
-  check_packed(xw, batch_sizes, B);
-  TORCH_CHECK(xw.size(1) == 3 * H && weight_hh.size(0) == 3 * H && weight_hh.size(1) == H,
-              "layernorm_gru_forward: shapes of xw / weight_hh do not match H=", H);
+  const int64_t B = h0.size(0), H = h0.size(1);
+  check_forward("layernorm_gru_forward", xw, batch_sizes, h0, weight_hh, 3);
   check_gain(scale_ih, 3 * H, "ln_scale_ih"); check_gain(shift_ih, 3 * H, "ln_shift_ih");
   check_gain(scale_hh, 3 * H, "ln_scale_hh"); check_gain(shift_hh, 3 * H, "ln_shift_hh");
   const int64_t N = xw.size(0);
-  const auto offsets = offsets_of(batch_sizes);
   const int64_t kept = keep ? N : B;
   StepProduct product(weight_hh, B, /*pack=*/true, bias_hh);   // h W.T (+ b_hh where given)
   const at::TensorOptions opt = xw.options();
@@ -564,24 +540,18 @@ std::vector<at::Tensor> layernorm_gru_forward(
     const scalar_t* BX = bx.data_ptr<scalar_t>();
     const scalar_t* GH = gh.data_ptr<scalar_t>();
     const scalar_t* BH = bh.data_ptr<scalar_t>();
-    for (int64_t k = 0; k < T; ++k) {
-      const int64_t t = step_at(k, T, reverse), n = batch_sizes[t], off = offsets[t];
+    for_steps(batch_sizes, reverse, [&](int64_t n, int64_t off) {
       const int64_t coff = keep ? off : 0;
       const at::Tensor hw = product(h.narrow(0, 0, n));       // h W.T + b_hh  (n, 3H)
-      scalar_t* XH = x_hat.data_ptr<scalar_t>() + coff * 3 * H;
-      scalar_t* ST = rstd.data_ptr<scalar_t>() + coff * 6;
-      if (!keep) normalize_rows(XW + off * 3 * H, XH, ST, 6, n, 3, H);
-      const scalar_t* A = hw.data_ptr<scalar_t>();
-      scalar_t* HH = h_hat.data_ptr<scalar_t>() + coff * 3 * H;
-      scalar_t* GA = gates.data_ptr<scalar_t>() + coff * 3 * H;
-      scalar_t* HP = h_prev.data_ptr<scalar_t>() + coff * H;
-      scalar_t* HS = h.data_ptr<scalar_t>();
-      scalar_t* O = out.data_ptr<scalar_t>() + off * H;
+      const Rows<scalar_t> XH(x_hat, coff), ST(rstd, coff);
+      if (!keep) normalize_rows(XW + off * 3 * H, XH.base, ST.base, 6, n, 3, H);
+      const Rows<const scalar_t> A(hw);
+      const Rows<scalar_t> HH(h_hat, coff), GA(gates, coff), HP(h_prev, coff), HS(h), O(out, off);
       for_rows(n, 3 * H, [&](int64_t r) {
-        ln_gru_forward_row(XH + r * 3 * H, A + r * 3 * H, GX, BX, GH, BH, HH + r * 3 * H,
-                           GA + r * 3 * H, ST + r * 6, HP + r * H, HS + r * H, O + r * H, H);
+        ln_gru_forward_row(XH[r], A[r], GX, BX, GH, BH, HH[r], GA[r], ST[r], HP[r], HS[r], O[r],
+                           H);
       });
-    }
+    });
   });
   return {out, h, x_hat, h_hat, gates, rstd, h_prev};
 }
@@ -594,10 +564,9 @@ std::vector<at::Tensor> layernorm_gru_backward(
     const at::Tensor& weight_hh, const at::Tensor& scale_ih, const at::Tensor& shift_ih,
     const at::Tensor& scale_hh, const at::Tensor& shift_hh, bool reverse,
     const std::optional<at::Tensor>& x) {
-  const int64_t B = dh_final.size(0), H = dh_final.size(1), T = batch_sizes.size();
+  const int64_t B = dh_final.size(0), H = dh_final.size(1);
   const int64_t N = gates.size(0);
-  const auto offsets = offsets_of(batch_sizes);
-  StepProduct product(weight_hh.t(), B, /*pack=*/false);       // dhw W = dhw (W.T).T
+  StepProduct product = backward_product(weight_hh, B);        // dhw W = dhw (W.T).T
   const at::TensorOptions opt = gates.options();
   const at::Tensor dout_c = dout.contiguous();
   const auto bufs = buffers({{N, 3 * H}, {N, 3 * H}}, opt);
@@ -611,25 +580,18 @@ std::vector<at::Tensor> layernorm_gru_backward(
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "layernorm_gru_backward", [&] {
     const scalar_t* GH = gh.data_ptr<scalar_t>();
     const scalar_t* BH = bh.data_ptr<scalar_t>();
-    for (int64_t k = 0; k < T; ++k) {
-      const int64_t t = step_at(k, T, !reverse), n = batch_sizes[t], off = offsets[t];
-      const scalar_t* GA = gates.data_ptr<scalar_t>() + off * 3 * H;
-      const scalar_t* HH = h_hat.data_ptr<scalar_t>() + off * 3 * H;
-      const scalar_t* ST = rstd.data_ptr<scalar_t>() + off * 6;
-      const scalar_t* HP = h_prev.data_ptr<scalar_t>() + off * H;
-      const scalar_t* DO = dout_c.data_ptr<scalar_t>() + off * H;
-      scalar_t* DX = dax.data_ptr<scalar_t>() + off * 3 * H;
-      scalar_t* DHW = dhw.data_ptr<scalar_t>() + off * 3 * H;
-      const scalar_t* DH = dh.data_ptr<scalar_t>();
-      scalar_t* DZ = direct.data_ptr<scalar_t>();
+    for_steps(batch_sizes, !reverse, [&](int64_t n, int64_t off) {
+      const Rows<const scalar_t> GA(gates, off), HH(h_hat, off), ST(rstd, off), HP(h_prev, off);
+      const Rows<const scalar_t> DO(dout_c, off), DH(dh);
+      const Rows<scalar_t> DX(dax, off), DHW(dhw, off), DZ(direct);
       for_rows(n, 3 * H, [&](int64_t r) {
-        ln_gru_backward_row(GA + r * 3 * H, HH + r * 3 * H, ST + r * 6, HP + r * H,
-                            DO + r * H, GH, BH, DH + r * H, DX + r * 3 * H, DHW + r * 3 * H,
-                            DZ + r * H, H);
+        ln_gru_backward_row(GA[r], HH[r], ST[r], HP[r], DO[r], GH, BH, DH[r], DX[r], DHW[r],
+                            DZ[r], H);
       });
       at::Tensor dhn = dh.narrow(0, 0, n);
-      at::add_out(dhn, product(dhw.narrow(0, off, n)), direct.narrow(0, 0, n));  // dhw W + z dh
-    }
+      dhn.copy_(direct.narrow(0, 0, n));                           // z dh
+      product_into(product, dhw.narrow(0, off, n), dhn, true);     // + dhw W
+    });
     const scalar_t* GX = gx.data_ptr<scalar_t>();
     const scalar_t* XH = x_hat.data_ptr<scalar_t>();
     const scalar_t* HH = h_hat.data_ptr<scalar_t>();

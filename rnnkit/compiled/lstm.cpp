@@ -154,16 +154,13 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const std::vector<int
                                       const std::optional<at::Tensor>& masks,
                                       const std::optional<double>& zoneout, bool reverse,
                                       bool keep) {
-  const int64_t B = h0.size(0), H = h0.size(1), T = batch_sizes.size();
-  check_packed(xw, batch_sizes, B);
-  TORCH_CHECK(xw.size(1) == 4 * H && weight_hh.size(0) == 4 * H && weight_hh.size(1) == H,
-              "lstm_forward: shapes of xw / weight_hh do not match H=", H);
+  const int64_t B = h0.size(0), H = h0.size(1);
+  check_forward("lstm_forward", xw, batch_sizes, h0, weight_hh, 4);
   const int64_t N = xw.size(0);
   const bool peep = peephole.has_value() && peephole->defined();
   TORCH_CHECK(!peep || peephole->numel() == 3 * H, "lstm_forward: weight_peephole must be (3H,)");
   const int zone = zone_mode(masks, zoneout, N, H);
   const at::Tensor pp = peep ? peephole->contiguous() : at::Tensor();
-  const auto offsets = offsets_of(batch_sizes);
   const int64_t kept = keep ? N : B;          // caches for the backward, or one step's scratch
   StepProduct product(weight_hh, B, /*pack=*/true);             // h W.T
   at::Tensor gates = buffer(kept, 4 * H, xw.options());
@@ -179,28 +176,20 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const std::vector<int
     with_variant(peep, zone, [&](auto P, auto Z) {
       constexpr bool PEEP = decltype(P)::value;
       constexpr int ZONE = decltype(Z)::value;
-      for (int64_t k = 0; k < T; ++k) {
-        const int64_t t = step_at(k, T, reverse), n = batch_sizes[t], off = offsets[t];
+      for_steps(batch_sizes, reverse, [&](int64_t n, int64_t off) {
         const int64_t coff = keep ? off : 0;
         const at::Tensor hw = product(h.narrow(0, 0, n));     // h W.T  (n, 4H)
-        const scalar_t* A = hw.data_ptr<scalar_t>();
-        const scalar_t* X = xw.data_ptr<scalar_t>() + off * 4 * H;
-        const scalar_t* MH = M ? M + off * H : nullptr;
+        const Rows<const scalar_t> X(xw, off), A(hw);
+        const scalar_t* MH = M ? M + off * H : nullptr;         // the masks of h and of c
         const scalar_t* MC = M ? M + (N + off) * H : nullptr;
-        scalar_t* GA = gates.data_ptr<scalar_t>() + coff * 4 * H;
-        scalar_t* HS = h.data_ptr<scalar_t>();
-        scalar_t* CS = c.data_ptr<scalar_t>();
-        scalar_t* O = out.data_ptr<scalar_t>() + off * H;
-        scalar_t* TC = tanh_c.data_ptr<scalar_t>() + coff * H;
-        scalar_t* HP = h_prev.data_ptr<scalar_t>() + coff * H;
-        scalar_t* CP = c_prev.data_ptr<scalar_t>() + coff * H;
+        const Rows<scalar_t> GA(gates, coff), HS(h), CS(c), O(out, off), TC(tanh_c, coff);
+        const Rows<scalar_t> HP(h_prev, coff), CP(c_prev, coff);
         for_rows(n, H, [&](int64_t r) {
           lstm_forward_row<scalar_t, PEEP, ZONE>(
-              X + r * 4 * H, A + r * 4 * H, PP, MH ? MH + r * H : nullptr,
-              MC ? MC + r * H : nullptr, zp, GA + r * 4 * H, HS + r * H, CS + r * H,
-              O + r * H, TC + r * H, HP + r * H, CP + r * H, H);
+              X[r], A[r], PP, MH ? MH + r * H : nullptr, MC ? MC + r * H : nullptr, zp, GA[r],
+              HS[r], CS[r], O[r], TC[r], HP[r], CP[r], H);
         });
-      }
+      });
     });
   });
   return {out, h, c, gates, tanh_c, h_prev, c_prev};
@@ -219,13 +208,12 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& dout, const at::Tensor& 
                                        const std::optional<at::Tensor>& masks,
                                        const std::optional<double>& zoneout, bool reverse,
                                        const std::optional<at::Tensor>& x) {
-  const int64_t B = dh_final.size(0), H = dh_final.size(1), T = batch_sizes.size();
+  const int64_t B = dh_final.size(0), H = dh_final.size(1);
   const int64_t N = gates.size(0);
   const bool peep = peephole.has_value() && peephole->defined();
   TORCH_CHECK(!peep || peephole->numel() == 3 * H, "lstm_backward: weight_peephole must be (3H,)");
   const int zone = zone_mode(masks, zoneout, N, H);
   const at::Tensor pp = peep ? peephole->contiguous() : at::Tensor();
-  const auto offsets = offsets_of(batch_sizes);
   StepProduct product = backward_product(weight_hh, B);      // da W, as lstm_backward
   const at::Tensor dout_c = dout.contiguous();
   at::Tensor da = buffer(N, 4 * H, gates.options());
@@ -242,30 +230,21 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& dout, const at::Tensor& 
     with_variant(peep, zone, [&](auto P, auto Z) {
       constexpr bool PEEP = decltype(P)::value;
       constexpr int ZONE = decltype(Z)::value;
-      for (int64_t k = 0; k < T; ++k) {
-        const int64_t t = step_at(k, T, !reverse), n = batch_sizes[t], off = offsets[t];
-        const scalar_t* G = gates.data_ptr<scalar_t>() + off * 4 * H;
-        const scalar_t* TC = tanh_c.data_ptr<scalar_t>() + off * H;
-        const scalar_t* CP = c_prev.data_ptr<scalar_t>() + off * H;
-        const scalar_t* DO = dout_c.data_ptr<scalar_t>() + off * H;
-        const scalar_t* MH = M ? M + off * H : nullptr;
+      for_steps(batch_sizes, !reverse, [&](int64_t n, int64_t off) {
+        const Rows<const scalar_t> G(gates, off), TC(tanh_c, off), CP(c_prev, off);
+        const Rows<const scalar_t> DO(dout_c, off);
+        const scalar_t* MH = M ? M + off * H : nullptr;         // the masks of h and of c
         const scalar_t* MC = M ? M + (N + off) * H : nullptr;
-        scalar_t* DA = da.data_ptr<scalar_t>() + off * 4 * H;
-        scalar_t* DH = dh.data_ptr<scalar_t>();
-        scalar_t* DC = dc.data_ptr<scalar_t>();
+        const Rows<scalar_t> DA(da, off), DH(dh), DC(dc);
         for_rows(n, H, [&](int64_t r) {
           double* mine = PEEP ? ACC + at::get_thread_num() * 3 * H : nullptr;
           lstm_backward_row<scalar_t, PEEP, ZONE>(
-              G + r * 4 * H, TC + r * H, CP + r * H, DO + r * H, PP,
-              MH ? MH + r * H : nullptr, MC ? MC + r * H : nullptr, zp, zq, DA + r * 4 * H,
-              DH + r * H, DC + r * H, mine, H);
+              G[r], TC[r], CP[r], DO[r], PP, MH ? MH + r * H : nullptr,
+              MC ? MC + r * H : nullptr, zp, zq, DA[r], DH[r], DC[r], mine, H);
         });
-        if constexpr (ZONE == ZONE_NONE) {
-          product_into(product, da.narrow(0, off, n), dh.narrow(0, 0, n), false);  // dh_{t-1} = da W
-        } else {
-          product_into(product, da.narrow(0, off, n), dh.narrow(0, 0, n), true);  // d dh + da W
-        }
-      }
+        // dh_{t-1} = da W, added to the part zoneout carries straight through
+        product_into(product, da.narrow(0, off, n), dh.narrow(0, 0, n), ZONE != ZONE_NONE);
+      });
     });
   });
   const at::Tensor da_t = transposed(da);                     // (4H, N)
