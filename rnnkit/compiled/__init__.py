@@ -210,7 +210,9 @@ def unroll_forward(cell: Cell, xw: Tensor, batch_sizes: list[int], state0: State
     """:func:`rnnkit.bptt.unroll_forward` for a supported cell, in one C++ call (same
     arguments): out (N, H), the final states (B, H) each, and the caches (a tuple of packed
     tensors) that :func:`unroll_backward` reads — none with ``keep=False`` (inference: no
-    backward to come, so no caches are written)."""
+    backward to come, so no caches are written). For minGRU and minLSTM the caches hold
+    ``xw`` itself (the backward recomputes the gates from it, nothing is copied): change it
+    in place before :func:`unroll_backward` and the gradients are wrong."""
     return kernel_of(cell).forward(module or load(), cell, xw.contiguous(), batch_sizes,
                                    state0, weight_hh, None if cell.fold_bias_hh else bias_hh,
                                    tuple(extra), reverse, keep)
