@@ -114,6 +114,8 @@ NO_CUDA = ("no CUDA device: nothing to check (use --device cpu to run the same c
 GROUPS = ("cells", "train", "resume", "load", "use", "precision", "ddp")
 CELL_TOLERANCE = 1e-4       # relative to each tensor's largest magnitude; see the docstring
 LOAD_TOLERANCE = 1e-4       # validation loss, device vs CPU: relative (absolute below 1 nat)
+DYNAMIC_TOLERANCE = 1e-3    # dynamic evaluation's perplexity, device vs CPU: relative (each
+                            # window's SGD step carries the devices' float32 rounding on)
 PRECISIONS = ("bf16", "fp16")
 
 
@@ -167,6 +169,11 @@ class Row:
         return f"{self.name:58s} {self.device:6s} {self.figure:34s} {self.seconds:7.2f}  {result}"
 
 
+# Called with each row as it is made (main: rewrite the JSON, so that a run stopped midway
+# leaves every row it finished).
+on_row: Callable[[Row], None] = lambda row: None
+
+
 def run_check(name: str, device: str, check: Callable[[], str]) -> Row:
     """Run ``check`` (which returns its figure) and record how it went; never raises."""
     start = time.perf_counter()
@@ -188,6 +195,7 @@ def run_check(name: str, device: str, check: Callable[[], str]) -> Row:
                 row.result, row.reason = "FAIL", f"{type(error).__name__}: {error}"
     row.seconds = time.perf_counter() - start
     print(row.line(), flush=True)
+    on_row(row)
     return row
 
 
@@ -621,6 +629,24 @@ class TaskChecks:
                 raise CheckFailed(f"sampling gave {type(sample).__name__}, not text")
         return "same as cpu: " + " ".join(str(on_device).split())[:21]
 
+    def dynamic_evaluation(self) -> str:
+        """The language model's dynamic evaluation (a backward and an SGD step per window,
+        the model in eval mode: cuDNN refuses that backward, rnnkit's engine does not) on
+        the device gives the perplexity it gives on the CPU (float32 on both: within
+        DYNAMIC_TOLERANCE, relative)."""
+        from rnnkit.tasks.lm import evaluate_file
+
+        out = self.trained.get("lm")
+        if out is None:
+            raise Skipped("no trained model (its train check failed or did not run)")
+        ppl = {dev: evaluate_file(out, self.files["text"], dynamic=0.5, device=dev)["ppl"]
+               for dev in (str(self.device), "cpu")}
+        difference = abs(ppl[str(self.device)] - ppl["cpu"]) / ppl["cpu"]
+        figure = f"ppl {ppl[str(self.device)]:.4f} vs cpu {ppl['cpu']:.4f}"
+        if not difference <= DYNAMIC_TOLERANCE:
+            raise CheckFailed(f"difference {difference:.3g} > {DYNAMIC_TOLERANCE:g}", figure)
+        return figure
+
     def precision(self, task: str, precision: str) -> str:
         """Training with ``precision``: losses finite and falling, and not those of the
         float32 run (autocast is on), weights saved in float32."""
@@ -658,6 +684,44 @@ def precision_refusals(precision: str, device: torch.device):
         if refused:
             raise Skipped(f"refused on the CPU: {error}") from None
         raise
+
+
+def check_native_under_bf16(device: torch.device, sizes: Sizes) -> str:
+    """A fused-kernel LSTM layer under bf16 autocast on CUDA gives exactly its float32
+    result: cuDNN's RNN would cast to float16 whatever the autocast dtype, so rnnkit runs
+    it in float32 there (rnnkit.native)."""
+    if device.type != "cuda":
+        raise Skipped("CUDA autocast only")
+    torch.manual_seed(0)
+    layer = rnnkit.LSTM(sizes.I, sizes.H, backend="native").to(device)
+    x = torch.randn(sizes.T, sizes.B, sizes.I, device=device)
+    want, _ = layer(x)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got, (h, c) = layer(x)
+    if got.dtype != torch.float32 or h.dtype != torch.float32:
+        raise CheckFailed(f"output {got.dtype}, state {h.dtype}: expected float32")
+    if not torch.equal(got, want):
+        error = (got - want).abs().max().item()
+        raise CheckFailed(f"differs from float32 by {error:.3g}", f"max error {error:.3g}")
+    return "float32, equal"
+
+
+def check_one_layer_dropout_draws_nothing(device: torch.device, sizes: Sizes) -> str:
+    """A one-layer fused stack given dropout (which applies between layers: none here)
+    draws nothing from the device's generator in training — a draw there would put a
+    resumed run's later masks out of step with a straight run's."""
+    torch.manual_seed(0)
+    layer = rnnkit.LSTM(sizes.I, sizes.H, num_layers=1, dropout=0.5,
+                        backend="native").to(device).train()
+    x = torch.randn(sizes.T, sizes.B, sizes.I, device=device)
+    state = (torch.cuda.get_rng_state(device) if device.type == "cuda"
+             else torch.get_rng_state())
+    layer(x)[0].sum().backward()
+    after = (torch.cuda.get_rng_state(device) if device.type == "cuda"
+             else torch.get_rng_state())
+    if not torch.equal(state, after):
+        raise CheckFailed("the generator moved")
+    return "no draw"
 
 
 def train_state_difference(first: Path, second: Path) -> str | None:
@@ -782,12 +846,15 @@ def run_all(device: torch.device, sizes: Sizes, groups=GROUPS) -> list[Row]:
         if "resume" in groups:
             rows += [run_check(f"resume {task}", dev, lambda t=task: tasks.resume(t))
                      for task in TASKS]
+            rows.append(run_check("one-layer dropout draws nothing", dev,
+                                  lambda: check_one_layer_dropout_draws_nothing(device, sizes)))
         if "load" in groups:
             rows += [run_check(f"load {task} on cpu", dev, lambda t=task: tasks.load_on_cpu(t))
                      for task in TASKS]
         if "use" in groups:
             rows += [run_check(f"use {task}", dev, lambda t=task: tasks.use(t))
                      for task in TASKS]
+            rows.append(run_check("use lm dynamic evaluation", dev, tasks.dynamic_evaluation))
         if "precision" in groups:
             rows += [run_check(f"precision {p} {task}", dev,
                                lambda t=task, p=p: tasks.precision(t, p))
@@ -795,6 +862,8 @@ def run_all(device: torch.device, sizes: Sizes, groups=GROUPS) -> list[Row]:
             rows += [run_check(f"resume {p} lm", dev,
                                lambda p=p: tasks.resume_with_precision("lm", p))
                      for p in PRECISIONS]
+            rows.append(run_check("native LSTM under bf16 autocast", dev,
+                                  lambda: check_native_under_bf16(device, sizes)))
         if "ddp" in groups:
             timeout = 120 if sizes == QUICK else 180
             rows.append(run_check("ddp lm --nproc 1", dev,
@@ -830,8 +899,29 @@ def main(argv=None) -> int:
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     print(f"float32 flags: {flags}; sizes: {sizes}")
     print(f"{'check':58s} {'device':6s} {'figure':34s} {'seconds':>7s}  result")
-    start = time.perf_counter()
+    path = Path(args.json) if args.json else \
+        RESULTS / ("gpu_check_cpu.json" if device.type == "cpu" else "gpu_check.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start, done = time.perf_counter(), []
+
+    def write(finished: bool) -> None:
+        failed = sum(row.result == "FAIL" for row in done)
+        results = {"machine": info, "float32_flags": flags, "sizes": dataclasses.asdict(sizes),
+                   "tolerances": {"cells": CELL_TOLERANCE, "load": LOAD_TOLERANCE,
+                                  "dynamic": DYNAMIC_TOLERANCE},
+                   "groups": groups, "finished": finished,
+                   "seconds": time.perf_counter() - start, "failed": failed,
+                   "rows": [dataclasses.asdict(row) for row in done]}
+        path.write_text(json.dumps(results, indent=2, default=str))
+
+    def record(row: Row) -> None:
+        done.append(row)
+        write(False)
+
+    global on_row
+    on_row = record
     rows = run_all(device, sizes, groups)
+    write(True)
     seconds = time.perf_counter() - start
     failed = [row for row in rows if row.result == "FAIL"]
     skipped = [row for row in rows if row.result == "skipped"]
@@ -839,14 +929,6 @@ def main(argv=None) -> int:
           f"pass, {len(failed)} FAIL, {len(skipped)} skipped")
     for row in failed:
         print(f"FAIL {row.name}: {row.reason}")
-    results = {"machine": info, "float32_flags": flags, "sizes": dataclasses.asdict(sizes),
-               "tolerances": {"cells": CELL_TOLERANCE, "load": LOAD_TOLERANCE},
-               "groups": groups, "seconds": seconds, "failed": len(failed),
-               "rows": [dataclasses.asdict(row) for row in rows]}
-    path = Path(args.json) if args.json else \
-        RESULTS / ("gpu_check_cpu.json" if device.type == "cpu" else "gpu_check.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {path}")
     return 1 if failed else 0
 

@@ -8,6 +8,7 @@ those of the matching ``torch.nn`` module.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, _VF
 
 _KERNELS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
@@ -27,10 +28,19 @@ def native_stack(mode: str, data: Tensor, batch_sizes: Tensor | None, hx: tuple[
     Returns:
         output ((T, B, D*H) or packed (N, D*H)) and the final states, (L*D, B, H) each.
     """
+    if data.is_cuda and _cudnn_autocast_would_take_half():
+        # under CUDA autocast cuDNN's RNN casts to float16 whatever the autocast dtype
+        # (ATen's AutocastRNN.cpp: bf16 would silently run as fp16, unscaled): the layer
+        # runs in float32 instead, as rnnkit's own engine does under autocast
+        with torch.autocast("cuda", enabled=False):
+            return native_stack(mode, data.float(), batch_sizes, tuple(s.float() for s in hx),
+                                [w.float() for w in flat_weights], has_biases, num_layers,
+                                dropout, training, bidirectional)
     if dropout and training and num_layers > 1 and data.is_cuda:
         return _layer_by_layer(mode, data, batch_sizes, hx, flat_weights, has_biases,
                                num_layers, dropout, bidirectional)
-    kernel = _KERNELS[mode]
+    dropout = dropout if num_layers > 1 else 0.0    # none to apply; on CUDA it would still
+    kernel = _KERNELS[mode]                         # draw from the generator (resume)
     state = hx if mode == "LSTM" else hx[0]
     if batch_sizes is None:
         result = kernel(data, state, flat_weights, has_biases, num_layers, dropout, training,
@@ -39,6 +49,13 @@ def native_stack(mode: str, data: Tensor, batch_sizes: Tensor | None, hx: tuple[
         result = kernel(data, batch_sizes, state, flat_weights, has_biases, num_layers,
                         dropout, training, bidirectional)
     return result[0], tuple(result[1:])
+
+
+def _cudnn_autocast_would_take_half() -> bool:
+    """Whether CUDA autocast is on with a dtype other than float16 (bfloat16): cuDNN's RNN
+    would run in float16 all the same."""
+    return (torch.is_autocast_enabled("cuda")
+            and torch.get_autocast_dtype("cuda") != torch.float16)
 
 
 def _layer_by_layer(mode, data, batch_sizes, hx, flat_weights, has_biases, num_layers,

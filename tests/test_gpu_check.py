@@ -44,7 +44,8 @@ def test_cpu_quick_run_passes_every_check_and_covers_every_path(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     for row in rows:        # every skip one the script states: a missing option, fp16 on a CPU
         assert row["result"] == "pass" or (row["result"] == "skipped" and row["reason"].startswith(
-            ("no precision option", "refused on the CPU: precision", "no --nproc"))), row
+            ("no precision option", "refused on the CPU: precision", "no --nproc",
+             "CUDA autocast only"))), row
     names = [row["name"] for row in rows]
     for variant in gpu_check.cell_variants():
         for backend in gpu_check.backends_of(variant):
@@ -59,7 +60,31 @@ def test_cpu_quick_run_passes_every_check_and_covers_every_path(tmp_path):
                       f"precision bf16 {task}", f"precision fp16 {task}"):
             assert check in names
     assert {"train lm backend=bptt", "resume bf16 lm", "resume fp16 lm",
-            "ddp lm --nproc 1"} <= set(names)
+            "ddp lm --nproc 1", "use lm dynamic evaluation", "one-layer dropout draws nothing",
+            "native LSTM under bf16 autocast"} <= set(names)
+
+
+def test_the_results_file_holds_every_finished_row_while_the_run_goes_on(tmp_path,
+                                                                         monkeypatch):
+    """A run stopped midway (the device machine's time limit) leaves the rows it finished:
+    the JSON is rewritten after each row, and says whether the run finished."""
+    out = tmp_path / "gpu_check.json"
+    seen = []
+
+    def run_all(device, sizes, groups):
+        first = gpu_check.run_check("first", "cpu", lambda: "one")
+        seen.append(json.loads(out.read_text()))
+        second = gpu_check.run_check("second", "cpu", lambda: "two")
+        seen.append(json.loads(out.read_text()))
+        return [first, second]
+
+    monkeypatch.setattr(gpu_check, "run_all", run_all)
+    monkeypatch.setattr(gpu_check, "on_row", gpu_check.on_row)     # restored afterwards
+    assert gpu_check.main(["--device", "cpu", "--quick", "--json", str(out)]) == 0
+    assert [[row["name"] for row in s["rows"]] for s in seen] == [["first"], ["first", "second"]]
+    assert [s["finished"] for s in seen] == [False, False]
+    final = json.loads(out.read_text())
+    assert final["finished"] and [row["figure"] for row in final["rows"]] == ["one", "two"]
 
 
 def test_a_wrong_result_is_a_fail_and_the_next_check_still_runs(capsys):

@@ -89,7 +89,7 @@ def text_features(text: str) -> dict[str, Tensor]:
 
 def feature_correlations(text: str, acts: Tensor, top: int = 3) -> dict[str, list[tuple[int, float]]]:
     """For each feature, the ``top`` units (index, Pearson r) most correlated with it."""
-    a = acts.double()
+    a = acts.detach().double().cpu()           # the features are CPU tensors
     a = a - a.mean(0)
     result = {}
     for name, f in text_features(text).items():

@@ -34,7 +34,7 @@ from rnnkit.data import (SentenceBatches, StreamBatches, TokenArray, TokenLines,
                          encode_to_cache, find_splits, iter_lines, load_tokenizer, open_cache)
 from rnnkit.data.pycorpus import write_python_corpus
 from rnnkit.data.stream import collate_lines
-from rnnkit.layers import detach_state, length_mask
+from rnnkit.layers import RecurrentStack, detach_state, length_mask
 from rnnkit.models.lm import LanguageModel, LMConfig
 from rnnkit.ngram import DEFAULT_WEIGHT
 from rnnkit.tasks import recipe
@@ -183,6 +183,12 @@ def _dynamic_nll(model: LanguageModel, tokens, batch_size: int, bptt: int, devic
     import copy
 
     model = copy.deepcopy(model).eval()
+    if torch.device(device).type == "cuda":
+        # cuDNN's backward refuses a layer in eval mode (which keeps dropout off): the
+        # copy's recurrent layers take rnnkit's own engine, which has no such rule
+        for layer in model.modules():
+            if isinstance(layer, RecurrentStack):
+                layer.backend = "bptt"
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     batch_size = max(1, min(batch_size, len(tokens) // 2))
     stream = StreamBatches(tokens, batch_size, bptt)

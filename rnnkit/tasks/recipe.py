@@ -54,6 +54,7 @@ from rnnkit.train import Trainer, TrainConfig, distributed
 from rnnkit.train.config import check_precision
 from rnnkit.train.metrics import require_tensorboard
 from rnnkit.train.distributed import SINGLE, World
+from rnnkit.train.state import exact_kernels
 
 RUN = "run.json"
 TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -269,7 +270,9 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
     docstring); ``device`` "cuda" is then the process's own GPU.
     """
     out = Path(out)
-    world, dev = distributed.join(device_of(device), distributed.timeout())
+    requested = device_of(device)
+    exact_kernels(requested)
+    world, dev = distributed.join(requested, distributed.timeout())
     start = distributed.Start(world)
     finished = False                      # set just before a successful return
     try:

@@ -430,7 +430,9 @@ class RecognizerTask:
     def train_loss(self, batch):
         x, lengths, flat, target_lengths = batch
         log_probs, steps = self.model(x.to(self.device), lengths)
-        loss = F.ctc_loss(log_probs.float(), flat.to(self.device), steps, target_lengths,
+        # on the CPU, as the evaluation: CTC's CUDA backward sums with atomics, in no fixed
+        # order, and a resumed run would not continue exactly
+        loss = F.ctc_loss(log_probs.float().cpu(), flat, steps.cpu(), target_lengths,
                           blank=BLANK_ID, reduction="sum")
         units = int(target_lengths.sum())
         return loss / units, units

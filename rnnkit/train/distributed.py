@@ -219,8 +219,8 @@ def leave(world: World, finished: bool = False) -> None:
     first waits for every process to get here: process 0 may still be writing its sample
     while the others are done, and a process group torn down under a peer's open
     connections could abort that peer (seen as a SIGABRT of process 1, once in a CI run)."""
-    if world.size > 1 and dist.is_initialized():
-        if finished:
+    if dist.is_initialized():          # a run of one process has a group too (torchrun)
+        if finished and world.size > 1:
             try:
                 world.barrier()
             except LostContact:

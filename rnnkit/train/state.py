@@ -25,6 +25,7 @@ position, carried state and random streams are its own (the error says so).
 from __future__ import annotations
 
 import math
+import os
 import random
 from pathlib import Path
 
@@ -37,6 +38,17 @@ from rnnkit.train.distributed import SINGLE, World
 _REQUIRED = ("optimizer", "batches", "python_random")      # meta written here …
 _OWN = (*_REQUIRED, "processes", "rank_python_random")      # … (the rest: the counters)
 _COUNTERS = ("step", "epoch", "elapsed", "units", "best", "plateau_best")   # the loop's
+
+
+def exact_kernels(device: torch.device) -> None:
+    """On CUDA, the kernel choices without which a resumed run cannot continue exactly:
+    cuDNN's deterministic algorithms (no timing-based choice), and cuBLAS's fixed workspace
+    (read when its first handle is made: call this before the first product). Nothing to
+    do on the CPU, whose kernels are deterministic."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
 
 
 def save_train_state(path: Path, task, optimizer: torch.optim.Optimizer,

@@ -9,6 +9,7 @@ that the schedule and the model selection meet known values.
 """
 
 import json
+import os
 import random
 import signal
 
@@ -444,3 +445,20 @@ def test_a_train_line_is_the_mean_loss_since_the_last(tmp_path):
     assert [e["loss"] for e in lines] == [(losses[0] * B + losses[1] * B) / (2 * B),
                                           (losses[2] * B + losses[3] * B) / (2 * B)]
     assert all(e["seq_per_s"] > 0 for e in lines)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_exact_kernels_fix_cudas_choices_and_leave_the_cpu_alone(monkeypatch, device):
+    """Exact resume on CUDA needs cuDNN's deterministic algorithms (not its timed choice)
+    and cuBLAS's fixed workspace; the recipe sets them before the first product. The CPU's
+    kernels are deterministic: nothing is changed there. (The flags exist without CUDA.)"""
+    from rnnkit.train.state import exact_kernels
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    exact_kernels(torch.device(device))
+    on_cuda = device == "cuda"
+    assert torch.backends.cudnn.deterministic is on_cuda
+    assert torch.backends.cudnn.benchmark is not on_cuda
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == (":4096:8" if on_cuda else None)
