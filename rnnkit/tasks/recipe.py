@@ -33,7 +33,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
+import socket
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -278,7 +280,7 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
     try:
         if not world.writer:
             summary = _follow(spec, out, dev, world, resume=resume,
-                              train_overrides=train_overrides)
+                              train_overrides=train_overrides, command=command)
             finished = True
             return summary
         before = {}
@@ -310,12 +312,13 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
 
 
 def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,
-            train_overrides) -> dict:
+            train_overrides, command: str | None) -> dict:
     """:func:`train` in a process other than process 0: wait for process 0's start, then
     build the same task from the run directory and train this process's share."""
     start = world.await_start()
     if start.get("finished"):
         return start["finished"]
+    world.answer_start(_cannot_follow(out, command, start))
     data_cfg, options, train_cfg = read_run(out, spec, train_overrides)
     prepared = spec.prepare(data_cfg, options, out, resume=True, log=distributed.quiet)
     with named_by_file(out / RUN):
@@ -326,6 +329,41 @@ def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,
     task = _task_for(prepared, model, train_cfg.seed, dev, world)
     config = {"task": spec.name, "model": model_cfg.to_dict(), **prepared.config}
     return fit(task, train_cfg, out, config, resume=resume, log=distributed.quiet, world=world)
+
+
+def _cannot_follow(out: Path, command: str | None, start: dict) -> str | None:
+    """Why this process cannot follow process 0's start (None: it can): process 0's run
+    directory must be this one (a folder every machine sees), and its command this
+    process's own (the others read the run's settings from process 0's files)."""
+    here = socket.gethostname()
+    if not (out / RUN).is_file():
+        return (f"--out {out}: process 0 (on {start['host']}) wrote the run's files into "
+                f"{start['out']}, and {out / RUN} cannot be seen on {here}; --out must name "
+                f"a folder every machine sees (a shared file system), the same on each")
+    theirs = start.get("command")
+    if command is not None and theirs is not None and command != theirs:
+        differences = _option_differences(shlex.split(command), shlex.split(theirs))
+        return (f"its command line differs from process 0's ({differences or 'here: ' + command}"
+                f"); start the same command on every machine")
+    return None
+
+
+def _option_differences(mine: list[str], theirs: list[str]) -> str:
+    """The options whose values differ between two command lines: "--hidden 64 here, 32
+    in process 0's; …" ("" if none differ by flag)."""
+    def options(argv):
+        found = {}
+        for k, token in enumerate(argv):
+            if token.startswith("--"):
+                flag, eq, value = token.partition("=")
+                has_value = not eq and k + 1 < len(argv) and not argv[k + 1].startswith("--")
+                found[flag] = value if eq else (argv[k + 1] if has_value else "(given)")
+        return found
+
+    a, b = options(mine), options(theirs)
+    return "; ".join(f"{flag} {a.get(flag, '(not given)')} here, "
+                     f"{b.get(flag, '(not given)')} in process 0's"
+                     for flag in sorted(a.keys() | b.keys()) if a.get(flag) != b.get(flag))
 
 
 def _task_for(prepared: Prepared, model, seed: int, dev, world: World):
@@ -381,12 +419,13 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
             if train_cfg.init_from:
                 spec.init_from(model, prepared, train_cfg.init_from, log)
             save_run(out, spec, data_cfg, model_cfg, train_cfg, prepared.files, command)
+        start.tell(out=str(out.resolve()), host=socket.gethostname(), command=command)
+        start.agree()                       # the others see the run directory, same command
     except BaseException:
         if not resume:
             _restore(out, before)
         raise
     before.pop("absent", None)                        # the run exists now: keep its folder
-    start.tell()
     world = start.world
     where = f"on {dev}" if not world.backend else \
         f"on {world.size} processes ({world.backend}, {dev.type})"

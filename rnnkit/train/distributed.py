@@ -112,12 +112,21 @@ class World:
 
     def await_start(self) -> dict:
         """In a process other than 0: wait for :meth:`Start.tell` of process 0; its news
-        (``{"finished": summary}`` for a run with nothing left to train), or FollowerStop
-        with process 0's error."""
+        (``{"finished": summary}`` for a run with nothing left to train, else what process
+        0 told: its run directory, its command…), or FollowerStop with process 0's error."""
         news = self.broadcast(None)
         if news["error"] is not None:
             raise FollowerStop(f"process 0 stopped: {news['error']}")
         return news
+
+    def answer_start(self, problem: str | None) -> None:
+        """In a process other than 0, after :meth:`await_start`: this process's verdict on
+        the start (None: it can follow; else why not) to process 0's :meth:`Start.agree`;
+        FollowerStop if any process refused (process 0 says why)."""
+        self.gather_to_writer(problem)
+        verdict = self.broadcast(None)
+        if verdict is not None:
+            raise FollowerStop(verdict)
 
     def _device(self) -> torch.device:
         if self.backend == "nccl":
@@ -135,12 +144,28 @@ class Start:
     def __init__(self, world: World):
         self.world, self.told = world, False
 
-    def tell(self, error: BaseException | None = None, finished: dict | None = None) -> None:
+    def tell(self, error: BaseException | None = None, finished: dict | None = None,
+             **news) -> None:
+        """The start's outcome to every other process: ``error``, ``finished`` or fine, with
+        ``news`` (picklable) for the others to check (see :meth:`agree`)."""
         if self.told or self.world.size == 1 or isinstance(error, LostContact):
             return
         self.told = True
         text = None if error is None else (str(error) or type(error).__name__)
-        self.world.broadcast({"error": text, "finished": finished})
+        self.world.broadcast({"error": text, "finished": finished, **news})
+
+    def agree(self) -> None:
+        """After a fine :meth:`tell`: every other process's check of it
+        (:meth:`World.answer_start`). The first refusal is a ValueError here, naming the
+        process; the others stop without a word."""
+        if self.world.size == 1:
+            return
+        problems = self.world.gather_to_writer(None)
+        refused = next((f"process {rank}: {problem}" for rank, problem in enumerate(problems)
+                        if problem is not None), None)
+        self.world.broadcast(refused)
+        if refused is not None:
+            raise ValueError(refused)
 
 
 def timeout() -> float:

@@ -274,3 +274,33 @@ def test_a_rendezvous_nobody_joins_fails_within_its_timeout(corpus, tmp_path):
     assert time.monotonic() - started < 30
     assert done.returncode == 2 and "did not meet within 2 s" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("other, message", [
+    (["--hidden", "24"], "--hidden 24 here, 16 in process 0's"),
+    (["--out", "elsewhere"], "--out must name a folder every machine sees"),
+], ids=["other-options", "out-not-shared"])
+def test_machines_that_differ_are_refused_by_process_0_and_leave_nothing(corpus, tmp_path,
+                                                                         other, message):
+    """The processes after the first read the run's settings from process 0's run.json:
+    a machine started with other options, or whose --out is not the folder process 0 wrote
+    (no shared file system), is refused at the start — process 0 says why, once, and the
+    new run's folder is removed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    args = ["train", "lm", "--data", corpus / "text.txt", *LM, "--batch-size", 2,
+            "--max-steps", 4, "--out", tmp_path / "run", "--nproc", 1, "--nnodes", 2,
+            "--rdzv-endpoint", f"localhost:{port}"]
+    second = [*args, *[tmp_path / v if v == "elsewhere" else v for v in other]]
+    nodes = [subprocess.Popen([sys.executable, "-m", "rnnkit", *map(str, command)], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for command in (args, second)]
+    outputs = [node.communicate(timeout=120) for node in nodes]
+    errors = "".join(err for _, err in outputs)
+    assert [node.returncode for node in nodes] == [2, 2], outputs
+    assert errors.count("rnnkit: error:") == 1 and message in errors, errors
+    assert "Traceback" not in errors and "lost contact" not in errors
+    assert not (tmp_path / "run").exists() and not (tmp_path / "elsewhere").exists()
