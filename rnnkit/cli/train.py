@@ -4,6 +4,7 @@ made of the task's declarations (see :mod:`rnnkit.cli.options`), run by the one 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from contextlib import contextmanager
@@ -13,6 +14,26 @@ from pathlib import Path
 from rnnkit.cli import launch
 from rnnkit.cli.options import add_options, read_config, settings, shown, task_options
 from rnnkit.train import distributed
+
+
+# The whole command of a run started by ``--nproc`` (launch options included), handed by
+# the launcher to its processes: what run.json and the model card record.
+COMMAND_ENV = "RNNKIT_RUN_COMMAND"
+
+
+def recorded_command(argv: list[str]) -> str:
+    """The command that started this process's run, as run.json records it: the launcher's
+    (``--nproc`` …) for a process it started; ``torchrun … -m rnnkit …`` for one torchrun
+    started; else ``rnnkit ARGV``."""
+    own = shlex.join(["rnnkit", *argv])
+    if os.environ.get(COMMAND_ENV):
+        return os.environ[COMMAND_ENV]
+    if distributed.launched() and os.environ.get("LOCAL_WORLD_SIZE", "").isdigit():
+        per_machine = int(os.environ["LOCAL_WORLD_SIZE"])
+        machines = max(1, int(os.environ["WORLD_SIZE"]) // max(1, per_machine))
+        return (f"torchrun --nnodes {machines} --nproc-per-node {per_machine} -m "
+                f"{own}")
+    return own
 
 
 def _log_to(args):
@@ -154,9 +175,13 @@ def run_train(args) -> int:
         launch.check(args, device)
         if not args.out and not file.get("out"):      # every process must write to the same
             args.argv += ["--out", out]
-        return launch.launch(args, device, out)
+        os.environ[COMMAND_ENV] = recorded_command(args.argv)     # for the processes
+        try:
+            return launch.launch(args, device, out)
+        finally:
+            del os.environ[COMMAND_ENV]
     common = dict(device=device, log=log, **run_options)
-    command = shlex.join(["rnnkit", *args.argv])
+    command = recorded_command(args.argv)
     if args.resume:
         budget = {k: v for k, v in groups["train"].items()
                   if recipe.TRAIN_FIELDS[k].metadata.get("resume")}

@@ -109,6 +109,25 @@ def test_launch_options_do_not_reach_the_processes():
 
 # -- processes --------------------------------------------------------------------------------
 
+def test_the_recorded_command_is_the_one_that_started_the_run(monkeypatch):
+    """run.json and the model card record how the run was started: rnnkit's launcher hands
+    its whole command (launch options included) to its processes; a process of plain
+    torchrun records torchrun's shape of the run."""
+    from rnnkit.cli.train import COMMAND_ENV, recorded_command
+
+    argv = ["train", "lm", "--batch-size", "4"]
+    for name in (COMMAND_ENV, "WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert recorded_command(argv) == "rnnkit train lm --batch-size 4"
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert recorded_command(argv) == \
+        "torchrun --nnodes 2 --nproc-per-node 2 -m rnnkit train lm --batch-size 4"
+    monkeypatch.setenv(COMMAND_ENV, "rnnkit train lm --batch-size 4 --nproc 2")
+    assert recorded_command(argv) == "rnnkit train lm --batch-size 4 --nproc 2"
+
+
 def test_two_processes_equal_one_with_their_batch_language_model(corpus, tmp_path, capsys):
     text = corpus / "text.txt"
     rnnkit("train", "lm", "--data", text, *LM, "--batch-size", 2, "--max-steps", 12,
@@ -125,6 +144,11 @@ def test_two_processes_equal_one_with_their_batch_language_model(corpus, tmp_pat
         e["tok_per_s"] / 2) for e in train)
     # the model directory is the ordinary one: it loads in one process on the CPU
     assert "ppl" in here(capsys, "eval", tmp_path / "two", "--data", text)
+    # its recorded command is the one that started it, --nproc 2 included (the batch size
+    # is each process's: without it the command would train another model)
+    command = json.loads((tmp_path / "two" / "run.json").read_text())["command"]
+    assert command.startswith("rnnkit train lm ") and command.endswith("--nproc 2"), command
+    assert "--nproc 2" in (tmp_path / "two" / "README.md").read_text()
 
 
 def test_unused_parameters_stay_untouched_as_in_one_process(tmp_path, capsys):
