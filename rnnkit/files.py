@@ -78,8 +78,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object],
     _fsync_directory(path.parent)
 
 
-# The names atomic_write gives its temporary files: ".NAME.<16 hex digits>.tmp".
-TEMPORARY = re.compile(r"\..+\.[0-9a-f]{16}\.tmp")
+# The names of the temporary files a killed write can leave: atomic_write's own
+# (".NAME.<16 hex digits>.tmp"), and safetensors' (it writes through one of its own,
+# ".tmp" and 6 letters or digits, in the same folder, then renames it to ours).
+TEMPORARY = re.compile(r"\..+\.[0-9a-f]{16}\.tmp|\.tmp[A-Za-z0-9]{6}")
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

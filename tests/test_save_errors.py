@@ -231,10 +231,39 @@ def test_stale_temporaries_of_a_killed_write_are_removed(tmp_path):
 
     stale = tmp_path / ".train_state.safetensors.0123456789abcdef.tmp"
     stale.write_bytes(b"half")
-    other = tmp_path / ".mine.tmp"               # not a name atomic_write makes: kept
-    other.write_bytes(b"x")
-    assert remove_stale_temporaries(tmp_path) == [stale]
-    assert not stale.exists() and other.exists()
+    # safetensors' own, through which it writes ours (a kill -9 mid-save left one of 23 MB)
+    theirs = tmp_path / ".tmpZggMal"
+    theirs.write_bytes(b"half")
+    kept = [tmp_path / ".mine.tmp", tmp_path / ".tmpfile1", tmp_path / "tmpZggMal"]
+    for other in kept:                            # names neither makes: kept
+        other.write_bytes(b"x")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([stale, theirs])
+    assert not stale.exists() and not theirs.exists() and all(p.exists() for p in kept)
+
+
+def test_safetensors_writes_through_a_temporary_of_the_name_removed(tmp_path):
+    """The name safetensors gives the temporary file it writes through, seen during a
+    save: the pattern above must match it, or a killed save leaves it behind for good."""
+    import threading
+
+    from rnnkit.checkpoint import save_tensors
+    from rnnkit.files import TEMPORARY
+
+    seen, done = set(), threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.update(os.listdir(tmp_path))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        save_tensors(tmp_path / "w.safetensors", {"a": torch.zeros(50_000_000)})
+    finally:
+        done.set()
+        watcher.join()
+    temporaries = seen - {"w.safetensors"}
+    assert temporaries and all(TEMPORARY.fullmatch(name) for name in temporaries), seen
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
