@@ -120,6 +120,10 @@ def read_config(directory: str | Path, task: str | None = None) -> dict:
     if not directory.is_dir():
         raise ValueError(f"{directory}: no such model directory")
     if not (directory / CONFIG).is_file():
+        if (directory / TRAIN_STATE).is_file():      # a run stopped before its first model
+            raise ValueError(f"{directory}: no model saved yet (the run stopped before its "
+                             f"first validation; its train state can go on: rnnkit train … "
+                             f"--out {directory} --resume)")
         raise ValueError(f"{directory}: not an rnnkit model directory (no {CONFIG})")
     config = read_json(directory / CONFIG)
     found = config.get("task")

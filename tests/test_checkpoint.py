@@ -66,3 +66,12 @@ def test_weights_that_do_not_fit(tmp_path):
     other = LanguageModel(LMConfig(vocab_size=20, hidden_size=7))
     with pytest.raises(ValueError, match="do not fit"):
         checkpoint.load_weights(tmp_path, other)
+
+
+def test_a_run_stopped_before_its_first_model_says_so(tmp_path):
+    """A run killed before its first validation holds a train state and no model: using it
+    says that, and how to go on — not "not an rnnkit model directory"."""
+    checkpoint.save_tensors(tmp_path / checkpoint.TRAIN_STATE, {"x": torch.zeros(2)},
+                            {"step": 460})
+    with pytest.raises(ValueError, match=r"no model saved yet .* --resume"):
+        checkpoint.read_config(tmp_path, "lm")
