@@ -166,3 +166,13 @@ def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert f"step {step}" in resumed.stdout
+
+
+@pytest.mark.parametrize("argv, help_of", [
+    (["train", "lm", "--bogus"], "rnnkit train lm --help"),
+    (["train", "classifier", "--hidden", "8", "stray"], "rnnkit train classifier --help"),
+    (["eval", "DIR", "--data", "x", "--bogus"], "rnnkit eval --help"),
+])
+def test_an_unknown_argument_points_at_its_commands_help(capsys, argv, help_of):
+    """The options are listed by the command's own --help, not the top level's."""
+    _expect_error(argv, capsys, f"unrecognized arguments: {argv[-1]} (see '{help_of}')")

@@ -44,7 +44,7 @@ def test_cpu_quick_run_passes_every_check_and_covers_every_path(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     for row in rows:        # every skip one the script states: a missing option, fp16 on a CPU
         assert row["result"] == "pass" or (row["result"] == "skipped" and row["reason"].startswith(
-            ("no precision option", "refused on the CPU: precision", "no --nproc",
+            ("no precision option", "refused on the CPU: --precision", "no --nproc",
              "CUDA autocast only"))), row
     names = [row["name"] for row in rows]
     for variant in gpu_check.cell_variants():
@@ -150,7 +150,7 @@ def test_without_cuda_it_says_so_and_exits_0(capsys):
 def test_precision_checks_skip_without_the_option_or_on_a_clear_cpu_refusal(monkeypatch):
     def refused():
         with gpu_check.precision_refusals("fp16", torch.device("cpu")):
-            raise ValueError("precision: fp16 trains on a CUDA device only")
+            raise ValueError("--precision fp16: fp16 trains on a CUDA device only")
 
     assert gpu_check.run_check("refused", "cpu", refused).result == "skipped"
 

@@ -4,6 +4,7 @@ directory, and the ``--device`` and ``--json`` options."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 class UsageError(ValueError):
@@ -21,6 +22,28 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but arguments no option takes are refused by the command they
+        follow, whose --help lists the options ("see 'rnnkit train lm --help'", not the
+        top level's)."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self._command_of(sys.argv[1:] if args is None else list(args)).error(
+                f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+    def _command_of(self, argv: list) -> argparse.ArgumentParser:
+        """The parser of the (sub)command ``argv`` names: the top level's subcommands
+        followed word by word."""
+        parser = self
+        for token in map(str, argv):
+            commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            if not commands:
+                break
+            if token in commands[0].choices:
+                parser = commands[0].choices[token]
+        return parser
 
 
 def model_command(commands, name: str, summary: str, description: str, run,

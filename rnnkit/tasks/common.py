@@ -54,9 +54,11 @@ def device_of(name: str | None) -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0:
-            raise ValueError(f"device: {name!r} asked for, but no CUDA device is available")
+            raise ValueError(f"--device {name}: no CUDA device is available here; leave out "
+                             f"--device (or give --device cpu) to run on the CPU")
         if device.index is not None and device.index >= count:
-            raise ValueError(f"device: {name!r} asked for, but there are {count} CUDA device(s)")
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s), "
+                             f"numbered from 0")
     elif device.type != "cpu":
         raise ValueError(f"device: expected cpu, cuda, cuda:N or auto, got {name!r}")
     return device

@@ -84,8 +84,8 @@ def check_precision(precision: str, device: torch.device) -> None:
     """Refuse a precision the device cannot train in: fp16 needs CUDA (float16 autocast on
     the CPU is slow and has no gradient scaler there)."""
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision: fp16 trains on a CUDA device only; on the CPU use "
-                         "--precision bf16 (or fp32)")
+        raise ValueError("--precision fp16: fp16 trains on a CUDA device only; on the CPU "
+                         "use --precision bf16 (or fp32)")
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
