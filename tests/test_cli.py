@@ -176,3 +176,22 @@ def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path):
 def test_an_unknown_argument_points_at_its_commands_help(capsys, argv, help_of):
     """The options are listed by the command's own --help, not the top level's."""
     _expect_error(argv, capsys, f"unrecognized arguments: {argv[-1]} (see '{help_of}')")
+
+
+def test_a_resume_keeps_the_runs_own_sample_option_unless_given_another(tmp_path, capsys):
+    """--sample is the finished run's: kept in run.json, a resume prints no sample for a
+    run started with --sample 0, and the one asked for when given."""
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(["the cat sat on the mat", "a dog ran far away"] * 40) + "\n")
+    out = tmp_path / "run"
+    code, printed, err = _run(["train", "lm", "--data", str(text), "--level", "word",
+                               "--hidden", "8", "--layers", "1", "--bptt", "4",
+                               "--batch-size", "2", "--max-steps", "2", "--sample", "0",
+                               "--no-progress", "--out", str(out)], capsys)
+    assert code == 0 and "sample:" not in printed, err
+    code, printed, err = _run(["train", "lm", "--out", str(out), "--resume", "--max-steps",
+                               "4", "--no-progress"], capsys)
+    assert code == 0 and "sample:" not in printed, err
+    code, printed, err = _run(["train", "lm", "--out", str(out), "--resume", "--max-steps",
+                               "6", "--no-progress", "--sample", "5"], capsys)
+    assert code == 0 and "sample:" in printed, err

@@ -165,6 +165,8 @@ def run_train(args) -> int:
     groups = settings(args, options, file)
     with _flags_named(options):
         run_options = asdict(spec.run_options(**groups["run"])) if spec.run_options else {}
+    if args.resume:                     # the run's own, saved at its start, unless given now
+        run_options = {k: v for k, v in run_options.items() if k in groups["run"]}
     if args.resume:
         _check_resume(args, options, file)
     else:

@@ -205,10 +205,11 @@ def check_resumable(out: Path) -> None:
 
 
 def save_run(out: Path, spec: TaskSpec, data_cfg, model_cfg, train_cfg: TrainConfig,
-             files: dict, command: str | None = None) -> None:
+             files: dict, command: str | None = None, run_options: dict | None = None) -> None:
     """Start a run's directory: its vocabularies and lists (``files``), then ``run.json``
-    (with the data config's paths made absolute, so the run resumes from anywhere, and the
-    ``command`` that started it, if given)."""
+    (with the data config's paths made absolute, so the run resumes from anywhere, the
+    ``command`` that started it, if given, and the options of the task's ``finish``, which
+    a resume keeps unless it is given others)."""
     out.mkdir(parents=True, exist_ok=True)
     for name, thing in files.items():
         if name.endswith(".json"):
@@ -218,7 +219,8 @@ def save_run(out: Path, spec: TaskSpec, data_cfg, model_cfg, train_cfg: TrainCon
     checkpoint.write_json(out / RUN, {"task": spec.name, "data": absolute_paths(data_cfg),
                                       "model": model_cfg.to_dict(),
                                       "train": asdict(train_cfg),
-                                      **({"command": command} if command else {})})
+                                      **({"command": command} if command else {}),
+                                      **({"run": run_options} if run_options else {})})
 
 
 def read_run(out: Path, spec: TaskSpec, train_overrides: dict | None = None):
@@ -257,7 +259,8 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
         resume: continue the run in ``out`` from its last checkpoint with the settings it
             was started with (the three above are not used); ``train_overrides`` may
             change fields such as epochs, max_steps, max_minutes.
-        run_options: the options of the task's ``finish`` (a language model's sample).
+        run_options: the options of the task's ``finish`` (a language model's sample),
+            kept in run.json; a resume keeps the run's own unless given others.
         command: the command line that started the run, kept in run.json for the model
             card (``README.md``, :mod:`rnnkit.card`) written when the run ends.
 
@@ -389,6 +392,7 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
         if resume:
             check_resumable(out)
             data_cfg, options, train_cfg = read_run(out, spec, train_overrides)
+            run_options = {**checkpoint.read_json(out / RUN).get("run", {}), **run_options}
             _remove_stale_temporaries(out, log)
             done = finished(out, train_cfg)
             if done is not None:
@@ -401,6 +405,8 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
         else:
             check_new_run(out, log)
             _remove_stale_temporaries(out, log)
+            if spec.run_options is not None:       # its defaults filled in: run.json's
+                run_options = asdict(spec.run_options(**run_options))
             data_cfg = spec.data_config() if data_cfg is None else data_cfg
             options = model_settings(spec, model_options)
             train_cfg = train_settings(spec, data_cfg, train_cfg)
@@ -418,7 +424,8 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
         if not resume:
             if train_cfg.init_from:
                 spec.init_from(model, prepared, train_cfg.init_from, log)
-            save_run(out, spec, data_cfg, model_cfg, train_cfg, prepared.files, command)
+            save_run(out, spec, data_cfg, model_cfg, train_cfg, prepared.files, command,
+                     run_options)
         start.tell(out=str(out.resolve()), host=socket.gethostname(), command=command)
         start.agree()                       # the others see the run directory, same command
     except BaseException:
