@@ -169,7 +169,13 @@ class ClassSoftmax(nn.Module):
 
 
 class AdaptiveSoftmax(nn.Module):
-    """PyTorch's adaptive softmax; ids must be sorted by frequency (rnnkit's vocabularies are)."""
+    """PyTorch's adaptive softmax; ids must be sorted by frequency (rnnkit's vocabularies are).
+
+    A batch with no target in a tail cluster leaves that cluster's parameters unused (no
+    gradient): a distributed run must let DDP look for them (see
+    :func:`rnnkit.train.distributed.leaves_parameters_unused`)."""
+
+    leaves_parameters_unused = True
 
     def __init__(self, hidden_size: int, vocab_size: int, cutoffs: list[int] | None = None):
         super().__init__()

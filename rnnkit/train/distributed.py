@@ -13,7 +13,8 @@ What each part of a run does with the world:
   a per-process batch ``b`` see exactly the batches of one process with batch ``N·b``;
 - the loop wraps the loss of a batch in ``DistributedDataParallel`` (gradients averaged
   across processes during backward), weights each process's loss by its share of the
-  batch's units, and agrees on the loss, the units and the stop rules once a step;
+  batch's units, and agrees on the loss, the units and the stop rules once a step; each
+  training line gathers every process's own rate (:meth:`World.by_process`);
 - evaluations score each process's share of the validation data and combine them
   (:meth:`World.sum`, :meth:`World.gather`), so every process takes the same decisions;
 - process 0 alone writes: checkpoints, metrics, curves, the progress bar, the log.
@@ -82,6 +83,13 @@ class World:
         parts: list = [None] * self.size
         _collective(dist.all_gather_object, parts, list(part))
         return [item for p in parts for item in p]
+
+    def by_process(self, value: float) -> tuple[float, ...]:
+        """Every process's number ``value``, in rank order, the same on every process (one
+        all-reduce of ``size`` numbers: each process puts its own in its place)."""
+        values = [0.0] * self.size
+        values[self.rank] = value
+        return self.sum(*values)
 
     def gather_to_writer(self, part):
         """Every process's ``part`` in rank order on process 0 (None elsewhere)."""
@@ -287,8 +295,33 @@ def replica(model: torch.nn.Module, world: World, device: torch.device):
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    # find_unused_parameters: a step may leave parameters unused on every process (an
-    # adaptive softmax's tail cluster with no target in the batch); their gradient stays
-    # None, as in one process, so that Adam, momentum and weight decay leave them alone too
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                   find_unused_parameters=True)
+                                   find_unused_parameters=leaves_parameters_unused(model))
+
+
+def unused_parameters_error(error: BaseException) -> ValueError | None:
+    """DDP's error at the step after one that left parameters unused in a model that did not
+    declare it (:func:`leaves_parameters_unused`), said plainly: a ValueError naming the
+    way out. None for any other error."""
+    if "finished reduction in the prior iteration" not in str(error):
+        return None
+    return ValueError("a step left some of the model's trainable parameters without a "
+                      "gradient, and a run of several processes must be told so: set "
+                      "leaves_parameters_unused = True on the module that holds them (see "
+                      "rnnkit.train.distributed.leaves_parameters_unused), or train in one "
+                      "process")
+
+
+def leaves_parameters_unused(model: torch.nn.Module) -> bool:
+    """Whether a step of ``model`` may leave some of its parameters unused, which a module
+    declares with a true ``leaves_parameters_unused`` (the adaptive softmax: a tail cluster
+    that no target of the batch falls in).
+
+    Only then does DDP look for them (``find_unused_parameters``: a walk over the autograd
+    graph every step, and a warning each step when it finds none); their gradient stays
+    None on every process, as in one process, so that Adam, momentum and weight decay leave
+    them alone too. Every other model uses all its trainable parameters in every step, and
+    DDP without the walk raises at the next step if one did not. (``static_graph`` would
+    skip the walk too, but it holds the first step's set of used parameters for the whole
+    run, which the adaptive softmax breaks.)"""
+    return any(getattr(module, "leaves_parameters_unused", False) for module in model.modules())

@@ -12,7 +12,9 @@ temporary files a killed write left in the run directory.
 
 In a distributed run (:mod:`rnnkit.train.distributed`) every process runs this loop on its
 share of each batch; the processes agree once a step on the loss, the units and the stop
-rules, so they validate, save and stop together; process 0 alone writes.
+rules, so they validate, save and stop together; process 0 alone writes. Each training line
+gives each process's own rate (its share's units over its own seconds: shares of a labelled
+task's batches differ) and their sum, gathered once a line.
 
 With ``precision`` bf16 or fp16 the loss is computed under autocast; fp16 scales the loss
 (``torch.amp.GradScaler``, its state in the train state) and skips a step whose gradients
@@ -35,7 +37,7 @@ from rnnkit import checkpoint
 from rnnkit.train import distributed
 from rnnkit.train.config import PRECISIONS, TrainConfig, build_optimizer, check_precision
 from rnnkit.train.distributed import SINGLE, World
-from rnnkit.train.metrics import LossWindow, MetricsLog
+from rnnkit.train.metrics import LossWindow, MetricsLog, OwnRate
 from rnnkit.train.schedule import make_schedule
 from rnnkit.train.state import load_train_state, save_train_state
 from rnnkit.train.task import Task
@@ -87,6 +89,7 @@ class Trainer:
         self.schedule = make_schedule(config, self.optimizer)
         self.metrics = MetricsLog(self.out, task.unit, f"{task.name}: {self.out.name}")
         self.window: LossWindow | None = None       # made when fit begins
+        self.own_rate: OwnRate | None = None        # … as is this process's own rate
         self.step = self.epoch = self.units = 0
         self.elapsed = 0.0                    # training seconds before this process
         self._started = 0.0                   # the clock when this process's part began
@@ -133,13 +136,17 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------
 
-    def _train_step(self, batch) -> tuple[float, int]:
+    def _train_step(self, batch) -> tuple[float, int, float]:
         """One optimiser step on ``batch``: (its mean loss, the units it covers — over all
-        processes). Raises TrainingStopped before the update if the loss or the gradient
-        norm is not finite (an fp16 step whose gradients overflow is skipped instead)."""
+        processes —, the units of this process's share). Raises TrainingStopped before the
+        update if the loss or the gradient norm is not finite (an fp16 step whose gradients
+        overflow is skipped instead)."""
         self.task.model.train()
         with self._autocast():
-            loss, units = self._loss(batch)
+            try:
+                loss, units = self._loss(batch)
+            except RuntimeError as error:       # DDP's, for parameters a step left unused
+                raise distributed.unused_parameters_error(error) or error
         loss = loss.float()
         if self.world.size == 1:
             value, all_units = loss.item(), units
@@ -171,7 +178,7 @@ class Trainer:
                 f"updating. {self._kept()}; try a lower --lr or --clip")
         else:
             self.optimizer.step()
-        return value, int(all_units)
+        return value, int(all_units), float(units)
 
     def _kept(self) -> str:
         """What a stopped run leaves: its last good checkpoint, or plainly nothing yet."""
@@ -182,22 +189,31 @@ class Trainer:
                 f"checkpoint), so there is nothing to resume or use; start it again without "
                 f"--resume (same --out) to restart it in place")
 
-    def _count(self, loss: float, units: int, bar) -> None:
-        """Count a step done; every ``log_every`` steps write a training line (the rate of
-        all processes together, and of one in a distributed run)."""
+    def _count(self, loss: float, units: int, own: float, bar) -> None:
+        """Count a step done (``units`` of all processes, ``own`` of this process's share);
+        every ``log_every`` steps write a training line: the mean loss and the rate — in a
+        distributed run, each process's own rate (gathered: one all-reduce) and their sum."""
         self.step += 1
         self.units += units
         self.window.add(loss, units)
+        self.own_rate.add(own)
         bar.update(units)
         if self.step % self.config.log_every == 0:
             mean, rate = self.window.take()
+            own_rate = self.own_rate.take()
             unit, n = self.task.unit, self.world.size
-            line = {"split": "train", "loss": mean, "lr": self.schedule.lr,
-                    f"{unit}_per_s": rate}
+            line = {"split": "train", "loss": mean, "lr": self.schedule.lr}
             postfix = {"loss": f"{mean:.3f}", "lr": f"{self.schedule.lr:.3g}"}
-            if n > 1:
-                line.update({"processes": n, f"{unit}_per_s_per_process": rate / n})
-                postfix[f"{unit}/s each"] = f"{rate / n:,.0f}"
+            if n == 1:
+                line[f"{unit}_per_s"] = rate
+            else:
+                rates = self.world.by_process(own_rate)
+                total = sum(rates)
+                line.update({f"{unit}_per_s": total, "processes": n,
+                             f"{unit}_per_s_per_process": total / n,
+                             f"{unit}_per_s_by_process": list(rates)})
+                postfix[f"{unit}/s"] = f"{total:,.0f}"
+                postfix["each"] = f"{min(rates):,.0f}..{max(rates):,.0f}"  # slowest..fastest
             if self.scaler is not None:
                 line.update(loss_scale=self.scaler.get_scale(), skipped_steps=self.skipped)
             self._record(line)
@@ -234,7 +250,7 @@ class Trainer:
         if self._stop_requested:
             raise KeyboardInterrupt
         self._stop_requested = True
-        self.log("interrupt: finishing this step and saving a resumable checkpoint "
+        self._say("interrupt: finishing this step and saving a resumable checkpoint "
                  "(Ctrl-C again to stop at once)")
 
     # -- epochs and validation ---------------------------------------------------------------
@@ -269,9 +285,17 @@ class Trainer:
                 checkpoint.save_model(self.out, self.task.model, self.model_config)
         if end_of_epoch:        # epoch ends only, so that a run cut short and resumed decays
             self.schedule.update(objective)                 # as one that never stopped
-        self.log(f"epoch {self.epoch + 1} step {self.step}: valid {self.task.describe(metrics)}"
+        self._say(f"epoch {self.epoch + 1} step {self.step}: valid {self.task.describe(metrics)}"
                  f"{' (best)' if improved else ''}, lr {self.schedule.lr:.4g}, "
                  f"{self._elapsed() / 60:.1f} min")
+
+    def _say(self, text: str) -> None:
+        """``log`` a line while the progress bar may be drawn: the bar (drawn without a
+        newline) is wiped first and drawn again below, so that the line starts on its own."""
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode():
+            self.log(text)
 
     def _record(self, entry: dict) -> None:
         if self.world.writer:
@@ -301,6 +325,7 @@ class Trainer:
             if writer:
                 self.metrics.clear()
             self.window = LossWindow(self.clock)
+        self.own_rate = OwnRate(self.clock)
         if self.config.tensorboard and writer:
             self.metrics.open_tensorboard()
 

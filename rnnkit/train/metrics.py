@@ -6,7 +6,11 @@
     {"step": 50, "epoch": 0, "split": "train", "loss": 5.91, "lr": 20.0, "tok_per_s": 8123.4}
     {"step": 663, "epoch": 0, "split": "valid", "loss": 5.12, "ppl": 167.9, "lr": 20.0}
 
-(the validation lines hold whatever the task's ``evaluate`` returns). With TensorBoard on,
+(the validation lines hold whatever the task's ``evaluate`` returns). In a run of several
+processes a training line also holds ``processes``, each process's own rate in rank order
+(``tok_per_s_by_process``: the units of its share of the batches over its own seconds),
+their mean (``tok_per_s_per_process``); its ``tok_per_s`` is then their sum. With
+TensorBoard on,
 each number but the step and epoch is also the scalar ``<split>/<name>`` at its step.
 """
 
@@ -149,3 +153,22 @@ class LossWindow:
     def state(self) -> list:
         """``[loss sum, units, seconds]``: the train state's ``log_window``."""
         return [self.loss_sum, self.units, self.seconds]
+
+
+class OwnRate:
+    """The units of this process's own shares of the batches since the last training line,
+    over this process's own seconds on ``clock``: one process's rate in a distributed run.
+    Not part of the train state: after a resume it counts from the resume."""
+
+    def __init__(self, clock):
+        self.clock, self.units, self._start = clock, 0.0, clock()
+
+    def add(self, units: float) -> None:
+        self.units += units
+
+    def take(self) -> float:
+        """Units per second since the last ``take`` (or the start); then start again."""
+        now = self.clock()
+        rate = self.units / (now - self._start) if now > self._start else 0.0
+        self.units, self._start = 0.0, now
+        return rate

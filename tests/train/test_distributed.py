@@ -173,22 +173,48 @@ def test_unused_parameters_stay_untouched_as_in_one_process(tmp_path, capsys):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
 
 
-def test_two_processes_equal_one_with_their_batch_classifier(corpus, tmp_path, capsys):
-    # 55 training examples: global batches of 6, the last of one example — process 1 gets
-    # a stand-in whose loss counts for nothing
-    args = ["train", "classifier", "--data", corpus / "labelled.tsv", "--hidden", 8,
-            "--embedding-size", 8, "--dropout", 0, "--epochs", 2, "--no-progress",
-            "--log-every", 1, "--lr", 0.01]
-    two = rnnkit(*args, "--batch-size", 3, "--out", tmp_path / "two", "--nproc", 2)
-    here(capsys, *args, "--batch-size", 6, "--out", tmp_path / "one")
+# 55 training examples: global batches of 6, the last of one example — process 1 gets a
+# stand-in whose loss counts for nothing
+CLASSIFIER = ["train", "classifier", "--hidden", 8, "--embedding-size", 8, "--dropout", 0,
+              "--epochs", 2, "--no-progress", "--log-every", 1, "--lr", 0.01]
+
+
+@pytest.fixture(scope="module")
+def two_process_classifier(corpus, tmp_path_factory) -> tuple[Path, str]:
+    """The classifier trained by 2 processes of batch 3: (its model directory, stdout)."""
+    out = tmp_path_factory.mktemp("classifier") / "two"
+    done = rnnkit(*CLASSIFIER, "--data", corpus / "labelled.tsv", "--batch-size", 3, "--out",
+                  out, "--nproc", 2)
+    return out, done.stdout
+
+
+def test_two_processes_equal_one_with_their_batch_classifier(corpus, two_process_classifier,
+                                                             tmp_path, capsys):
+    two, stdout = two_process_classifier
+    here(capsys, *CLASSIFIER, "--data", corpus / "labelled.tsv", "--batch-size", 6, "--out",
+         tmp_path / "one")
     for split in ("train", "valid"):
-        a, b = lines_of(tmp_path / "two", split), lines_of(tmp_path / "one", split)
+        a, b = lines_of(two, split), lines_of(tmp_path / "one", split)
         assert len(a) == len(b) > 0
         for x, y in zip(a, b):
             assert x["loss"] == pytest.approx(y["loss"], rel=1e-5), (split, x, y)
             assert x.get("accuracy") == y.get("accuracy")
-    assert "train 55 examples" in two.stdout
-    assert two.stdout.count(" step ") == 2 and two.stdout.count("best model:") == 1  # rank 0
+    assert "train 55 examples" in stdout
+    assert stdout.count(" step ") == 2 and stdout.count("best model:") == 1  # rank 0
+
+
+def test_each_process_rate_is_its_own_and_the_total_their_sum(two_process_classifier):
+    """The step of an epoch's last batch (one example) gives process 1 a stand-in: its own
+    rate is 0 there while process 0's is not — no share of the total could say that."""
+    train = lines_of(two_process_classifier[0], "train")
+    assert len(train) == 20                                  # 10 steps an epoch, 2 epochs
+    for e in train:
+        rates = e["ex_per_s_by_process"]
+        assert e["processes"] == len(rates) == 2 and rates[0] > 0
+        assert e["ex_per_s"] == pytest.approx(sum(rates), rel=1e-12)
+        assert e["ex_per_s_per_process"] == pytest.approx(e["ex_per_s"] / 2, rel=1e-12)
+    stand_ins = [e["epoch"] for e in train if e["ex_per_s_by_process"][1] == 0]
+    assert stand_ins == [0, 1]                               # once an epoch, and only then
 
 
 def test_distributed_resume_is_bit_exact_and_refuses_another_count(corpus, tmp_path, capsys):
@@ -328,3 +354,40 @@ def test_machines_that_differ_are_refused_by_process_0_and_leave_nothing(corpus,
     assert errors.count("rnnkit: error:") == 1 and message in errors, errors
     assert "Traceback" not in errors and "lost contact" not in errors
     assert not (tmp_path / "run").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_model_that_leaves_parameters_unused_undeclared_is_told_what_to_do(tmp_path):
+    """DDP looks for unused parameters only in a model that declares it may leave some
+    (leaves_parameters_unused); one that does so undeclared gets DDP's error at its next
+    step, which the loop turns into one that names the way out."""
+    import torch.distributed as dist
+    from torch import nn
+
+    from rnnkit.train import distributed
+
+    class Skips(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 1), nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.used(x).sum()
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = Skips()
+        assert not distributed.leaves_parameters_unused(model)
+        ddp = distributed.replica(model, World(0, 1, 0, "gloo"), torch.device("cpu"))
+        ddp(torch.ones(2, 3)).backward()
+        with pytest.raises(RuntimeError) as raised:
+            ddp(torch.ones(2, 3))
+        said = distributed.unused_parameters_error(raised.value)
+        assert isinstance(said, ValueError) and "leaves_parameters_unused = True" in str(said)
+        assert distributed.unused_parameters_error(RuntimeError("other")) is None
+        Skips.leaves_parameters_unused = True           # declared: DDP looks, no error
+        ddp = distributed.replica(Skips(), World(0, 1, 0, "gloo"), torch.device("cpu"))
+        for _ in range(2):
+            ddp(torch.ones(2, 3)).backward()
+    finally:
+        dist.destroy_process_group()

@@ -8,10 +8,13 @@ to batch (truncated BPTT) and Adam's moments. Its validation numbers can be scri
 that the schedule and the model selection meet known values.
 """
 
+import io
 import json
 import os
 import random
+import re
 import signal
+import sys
 
 import pytest
 import torch
@@ -445,6 +448,24 @@ def test_a_train_line_is_the_mean_loss_since_the_last(tmp_path):
     assert [e["loss"] for e in lines] == [(losses[0] * B + losses[1] * B) / (2 * B),
                                           (losses[2] * B + losses[3] * B) / (2 * B)]
     assert all(e["seq_per_s"] > 0 for e in lines)
+
+
+def test_a_validation_line_starts_its_own_line_under_the_progress_bar(tmp_path, monkeypatch):
+    """tqdm draws its bar without a newline; a line logged while it shows must not run on
+    from the bar's last frame (stdout and stderr share one terminal)."""
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(sys, "stderr", screen)
+    Trainer(ToyTask(), config(epochs=1, eval_every=2, progress=True), tmp_path,
+            {"task": "toy"}).fit()
+    text = screen.getvalue()
+    starts = [m.start() for m in re.finditer(r"epoch 1 step \d+: valid", text)]
+    assert len(starts) == 3 and "seq/s" in text                 # the bar was drawn
+    assert [text[k - 1] for k in starts] == ["\r"] * 3, text      # the bar wiped first
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
