@@ -1,7 +1,9 @@
 """The ``rnnkit`` command line: parse, then call the library; nothing else lives here.
 
 Every command has ``--help``. Bad input ends with one line ``rnnkit: error: …`` on stderr
-and exit code 2, never a traceback.
+and exit code 2, never a traceback. An error that is not bad input says so with its own
+``exit_code``: :class:`rnnkit.train.distributed.LostContact` (a process of a distributed
+run died or hung) ends with exit code 1. Ctrl-C ends with 130.
 
 The files, one job each:
 
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         if not _said_by_process_0(error):
             print(f"rnnkit: error: {error}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)
     except KeyboardInterrupt:
         print("rnnkit: interrupted", file=sys.stderr)
         return 130

@@ -4,8 +4,16 @@ options; with ``--nnodes M --rdzv-endpoint HOST:PORT`` on every machine, a run o
 machines meets at that rendezvous (c10d, hosted by the machine HOST names).
 
 The processes print their own messages; the launcher adds one line when a process fails
-without saying why (killed, crashed) and returns the run's exit code: 0, 2 (bad input, said
-by process 0), 130 (interrupted, resumable) or 1.
+without saying why (killed, crashed, stopped answering) and returns the run's exit code:
+0, 2 (bad input, said by process 0, or a rendezvous that fails), 130 (Ctrl-C: the processes
+finish their step and save; resumable), 143 (SIGTERM, as Slurm and Kubernetes send it:
+the same as Ctrl-C, resumable), 1 (a process failed, or lost contact with the others:
+one died or hung), 128 + N for another signal N that stops it (SIGHUP, SIGQUIT).
+
+What torch's launcher leaves unbounded, the launcher bounds itself (Linux, from /proc): a
+rendezvous that overruns ``--rdzv-timeout`` (torch's connection retries can add half again)
+ends at the deadline, and a process that is suspended (SIGSTOP) when a failed run is
+stopped is killed at once instead of after torch's 30 s of grace.
 """
 
 from __future__ import annotations
@@ -13,10 +21,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
+import threading
+import time
 import uuid
-
-from rnnkit.train import distributed
+from pathlib import Path
 
 # The launch options: (flag, help); their values never reach the processes.
 FLAGS = {
@@ -26,9 +36,26 @@ FLAGS = {
                 "command on each; default 1)",
     "--rdzv-endpoint": "HOST:PORT where the machines of a run meet (the machine HOST names "
                        "hosts the rendezvous)",
-    "--rdzv-timeout": "seconds to wait for all machines to join before giving up (default 60)",
+    "--rdzv-timeout": "with --nnodes and --rdzv-endpoint: seconds to wait for all machines "
+                      "to join before giving up (default 60)",
 }
 RDZV_TIMEOUT = 60
+# PyTorch's C++ notices (TORCH_CPP_LOG_LEVEL), unless the environment sets a level: none
+# from the launcher (a failed rendezvous attempt prints a stack trace; its failures are ours
+# to say in one line), errors only from the processes (NCCL's watchdog, say)
+LAUNCHER_CPP_LOG_LEVEL = "FATAL"
+PROCESS_CPP_LOG_LEVEL = "ERROR"
+FAILED_GRACE = 1.0      # seconds a suspended process has to act on a failed run's SIGTERM
+
+
+def quiet_launcher(argv: list[str]) -> None:
+    """Silence the C++ notices of this process when ``argv`` (``sys.argv`` as :mod:`rnnkit`
+    sees it while it is imported, before torch) is a command line of ``python -m rnnkit`` or
+    ``rnnkit`` that starts a distributed run: a ``train`` with a launch option."""
+    if len(argv) < 2 or Path(argv[0]).name not in ("-m", "rnnkit", "__main__.py"):
+        return
+    if "train" in argv[1:] and any(token.split("=")[0] in FLAGS for token in argv[1:]):
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", LAUNCHER_CPP_LOG_LEVEL)
 
 
 def add_options(parser) -> None:
@@ -42,6 +69,8 @@ def add_options(parser) -> None:
 
 def wanted(args) -> bool:
     """Whether the command asks to start processes (any launch option given)."""
+    from rnnkit.train import distributed
+
     given = [f for f in FLAGS if getattr(args, _key(f)) is not None]
     if given and distributed.launched():
         raise ValueError(f"{given[0]}: this process was started by torchrun already; give "
@@ -78,10 +107,19 @@ def check(args, device: str) -> tuple[int, int, str, float]:
     if nnodes > 1 and not endpoint:
         raise ValueError(f"--nnodes {nnodes}: the machines need a meeting point; give "
                          f"--rdzv-endpoint HOST:PORT (the same on every machine)")
+    if args.rdzv_timeout is not None and not endpoint:
+        raise ValueError("--rdzv-timeout: it bounds the wait at a rendezvous of several "
+                         "machines; give it with --nnodes M and --rdzv-endpoint HOST:PORT")
     if endpoint:
         host, _, port = endpoint.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"--rdzv-endpoint: expected HOST:PORT, got {endpoint!r}")
+        try:
+            socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+        except socket.gaierror as error:
+            raise ValueError(f"--rdzv-endpoint {endpoint}: the host name {host} does not "
+                             f"resolve ({error.strerror}); give a name or address of the "
+                             f"machine that hosts the rendezvous") from None
     timeout = RDZV_TIMEOUT if args.rdzv_timeout is None else args.rdzv_timeout
     if not timeout > 0:
         raise ValueError(f"--rdzv-timeout: expected seconds > 0, got {timeout}")
@@ -90,62 +128,189 @@ def check(args, device: str) -> tuple[int, int, str, float]:
 
 def launch(args, device: str, out: str | None) -> int:
     """Start the processes of the run and wait for them; the run's exit code."""
+    from dataclasses import fields
+
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    from rnnkit.train import distributed
+
     nproc, nnodes, endpoint, timeout = check(args, device)
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")   # the processes' C++ notices
+    # the processes' C++ notices (this process's own were silenced by quiet_launcher)
+    if os.environ.get("TORCH_CPP_LOG_LEVEL", LAUNCHER_CPP_LOG_LEVEL) == LAUNCHER_CPP_LOG_LEVEL:
+        os.environ["TORCH_CPP_LOG_LEVEL"] = PROCESS_CPP_LOG_LEVEL
     if "OMP_NUM_THREADS" not in os.environ:         # the cores shared between the processes
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else os.cpu_count() or 1
         os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
     run_id = "rnnkit-" + (endpoint.replace(":", "-") if nnodes > 1 else uuid.uuid4().hex)
+    # SIGTERM (Slurm, Kubernetes) is ours: it becomes a Ctrl-C (see _on_sigterm). A torch
+    # without LaunchConfig.signals_to_handle handles it itself: it ends the processes
+    # without a save (the last checkpoint stays), and the launcher exits 143 all the same
+    own_sigterm = ("signals_to_handle" in {f.name for f in fields(LaunchConfig)}
+                   and threading.current_thread() is threading.main_thread())
     config = LaunchConfig(
         min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=run_id,
         rdzv_backend="c10d", rdzv_endpoint=endpoint,
         rdzv_configs={"join_timeout": timeout, "read_timeout": timeout, "timeout": timeout},
         max_restarts=0, monitor_interval=0.2,
-        shutdown_timeout=int(distributed.timeout()))    # Ctrl-C: time for the step and save
+        shutdown_timeout=int(distributed.timeout()),    # Ctrl-C: time for the step and save
+        **({"signals_to_handle": "SIGINT,SIGHUP,SIGQUIT"} if own_sigterm else {}))
 
     command = [*sys.argv[:0], "-m", "rnnkit", *without_launch_options(args.argv)]
     for name in list(logging.root.manager.loggerDict):      # its notices: ours say it
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+
+    def late(why: str = "") -> str:
+        return (f"--rdzv-endpoint {endpoint}: the run's machines did not meet within "
+                f"{timeout:g} s{why}; check the address, that the same command runs on all "
+                f"{nnodes} machines, and that the port is open")
+
+    watch = _Watch(timeout if args.rdzv_endpoint else None, late())
+    terminated: list[int] = []
+
+    def _on_sigterm(signum, frame):
+        """SIGTERM: what Ctrl-C does — torch's launcher passes SIGINT on to the processes,
+        which finish their step and save, and waits for them as long as for Ctrl-C."""
+        if terminated:
+            return                      # the processes are stopping already
+        terminated.append(signum)
+        print("rnnkit: SIGTERM: the processes finish their step and save a resumable "
+              "checkpoint", file=sys.stderr, flush=True)
+        raise SignalException(f"process {os.getpid()} got SIGTERM", sigval=signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if own_sigterm else None
+    watch.start()
     try:
         elastic_launch(config, entrypoint=sys.executable)(*command)
     except ChildFailedError as error:
-        return _failed(error, out)
-    except SignalException as error:   # Ctrl-C (SIGINT), SIGTERM: passed on to the processes,
-        if error.sigval == signal.SIGINT:         # which save and stop (their own message)
+        return _failed(error, out, watch.killed)
+    except SignalException as error:   # Ctrl-C, SIGTERM: passed on to the processes as SIGINT,
+        if terminated:                  # which save and stop (their own message)
+            return 128 + signal.SIGTERM
+        if error.sigval == signal.SIGINT:
             return 130
-        raise ValueError(f"stopped by {error.sigval.name}; the processes were stopped. The "
-                         f"last good checkpoint{f' in {out}' if out else ''} is kept; continue "
-                         f"with --resume") from None
+        kept = f" in {out}" if out else ""       # SIGHUP, SIGQUIT: the processes got it too
+        print(f"rnnkit: error: stopped by {error.sigval.name}; the processes were stopped. "
+              f"The last good checkpoint{kept} is kept; continue with --resume",
+              file=sys.stderr)
+        return 128 + error.sigval
     except (RendezvousError, RuntimeError, TimeoutError) as error:   # the machines did not meet
-        raise ValueError(f"--rdzv-endpoint {endpoint}: the run's machines did not meet "
-                         f"within {timeout:g} s ({distributed.first_line(error)}); check the address, "
-                         f"that the same command runs on all {nnodes} machines, and that "
-                         f"the port is open") from None
+        cause = error.__cause__ or error
+        raise ValueError(late(f" ({distributed.first_line(cause)})")) from None
+    finally:
+        watch.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
-def _failed(error, out: str | None) -> int:
-    """The exit code of a failed run; a line for a process that died without a word."""
+def _failed(error, out: str | None, killed: set[int]) -> int:
+    """The exit code of a failed run; a line for a process that died without a word, or
+    that stopped answering (``killed``: the pids the launcher's watch killed)."""
     codes = {rank: failure.exitcode for rank, failure in error.failures.items()}
     if any(code == 130 for code in codes.values()):
         return 130
     if all(code == 2 for code in codes.values()):
         return 2                                   # bad input, said by the processes
+    kept = f"; the last good checkpoint in {out} is kept" if out else ""
+    hung = [(rank, f.pid) for rank, f in sorted(error.failures.items()) if f.pid in killed]
+    for rank, pid in hung:          # the cause: the others timed out waiting for it
+        print(f"rnnkit: error: process {rank} (pid {pid}) stopped answering (suspended, "
+              f"SIGSTOP), so the others timed out waiting for it; it was killed{kept}. "
+              f"Continue with --resume", file=sys.stderr)
+    if hung:
+        return 1
     rank, first = error.get_first_failure()         # the cause; the others were stopped
     if first.exitcode < 0:
         name = signal.Signals(-first.exitcode).name
-        kept = f"; the last good checkpoint in {out} is kept" if out else ""
         print(f"rnnkit: error: process {rank} (pid {first.pid}) was killed by {name}; the "
               f"other processes were stopped{kept}. Continue with --resume", file=sys.stderr)
         return 1
     return 2 if first.exitcode == 2 else 1
+
+
+class _Watch(threading.Thread):
+    """What torch's launcher leaves unbounded, watched from /proc (Linux; elsewhere it
+    watches nothing): the rendezvous (``deadline`` seconds, None for none; past it, no
+    process started, the launcher says ``late`` and exits 2 — torch's connection retries
+    can overrun their timeout by half again), and a process the launcher's SIGTERM cannot
+    stop because it is suspended (SIGSTOP): killed after FAILED_GRACE seconds instead of
+    torch's fixed 30 s, its pid kept in ``killed`` so that the run's failure names it."""
+
+    def __init__(self, deadline: float | None, late: str):
+        super().__init__(name="rnnkit-launch-watch", daemon=True)
+        self.deadline = None if deadline is None else time.monotonic() + deadline + 1.0
+        self.late, self.killed = late, set()
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        workers: list[int] | None = []
+        stuck_since: dict[int, float] = {}
+        while not self._stopping.wait(0.25):
+            if not workers:
+                workers = _children()
+                if workers is None:
+                    return                  # /proc cannot say: torch's own bounds
+                if not workers and self.deadline is not None and \
+                        time.monotonic() > self.deadline:
+                    # nothing to clean up: no process started; the main thread is inside
+                    # torch's C++ retries, where no Python exception reaches it
+                    print(f"rnnkit: error: {self.late}", file=sys.stderr, flush=True)
+                    os._exit(2)
+                continue
+            for pid in workers:
+                if _stopped_with_sigterm(pid):
+                    since = stuck_since.setdefault(pid, time.monotonic())
+                    if time.monotonic() - since > FAILED_GRACE and pid not in self.killed:
+                        self.killed.add(pid)
+                        _kill(pid)
+                else:
+                    stuck_since.pop(pid, None)
+
+
+def _children() -> list[int] | None:
+    """The pids of this process's children (the run's processes once started); None where
+    /proc cannot say."""
+    me, found = str(os.getpid()), []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue                # gone meanwhile
+            if stat.rpartition(")")[2].split()[1] == me:      # after "(name)": state, ppid
+                found.append(int(entry))
+    return found
+
+
+def _stopped_with_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` is suspended (state T) with a SIGTERM waiting for it."""
+    try:
+        status = dict(line.split(":", 1) for line in
+                      Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    except OSError:
+        return False
+    bit = 1 << (signal.SIGTERM - 1)
+    pending = int(status.get("ShdPnd", "0"), 16) | int(status.get("SigPnd", "0"), 16)
+    return status.get("State", "").strip().startswith("T") and bool(pending & bit)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass                            # gone meanwhile
 
 
 def without_launch_options(argv: list[str]) -> list[str]:

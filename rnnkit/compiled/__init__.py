@@ -142,11 +142,13 @@ def _build() -> None:
         folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
         name = "rnnkit_steps_" + folder.name
-        built = [f.stat().st_mtime for f in folder.glob(name + "*.so")]
-        if not built or max(f.stat().st_mtime for f in SOURCES + HEADERS) > max(built):
-            print(f"rnnkit: building the compiled recurrent loops once (about 40 s), "
-                  f"cached in {folder}", file=sys.stderr, flush=True)
         with _build_lock(folder):
+            # said inside the lock, by the one process that builds (the processes of a
+            # distributed run all load the module; the others then find it built)
+            built = [f.stat().st_mtime for f in folder.glob(name + "*.so")]
+            if not built or max(f.stat().st_mtime for f in SOURCES + HEADERS) > max(built):
+                print(f"rnnkit: building the compiled recurrent loops once (about 40 s), "
+                      f"cached in {folder}", file=sys.stderr, flush=True)
             _module = cpp_extension.load(name, [str(f) for f in SOURCES], extra_cflags=CFLAGS,
                                          build_directory=str(folder), verbose=False)
     except Exception as error:          # no compiler, no ninja, a failed build: fall back

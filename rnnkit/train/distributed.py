@@ -26,6 +26,7 @@ time out after ``timeout`` seconds; :func:`lost_contact` turns that into a clear
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -38,7 +39,10 @@ TIMEOUT = 1800.0                        # … unless the environment says otherw
 
 class LostContact(ValueError):
     """Another process of a distributed run stopped answering: it died, or a collective
-    waited past the timeout. Every surviving process reports it."""
+    waited past the timeout. Every surviving process reports it, in one line (a ValueError
+    for that), and exits 1: the run failed, the input was fine."""
+
+    exit_code = 1
 
 
 class FollowerStop(ValueError):
@@ -269,12 +273,18 @@ def _collective(op, *args) -> None:
 
 
 def lost_contact(error: BaseException) -> LostContact:
-    """The error a surviving process reports when a collective fails."""
+    """The error a surviving process reports when a collective fails: the others' end
+    closed (one died), or the timeout passed (one hangs; the launcher names it)."""
     rank = dist.get_rank() if dist.is_initialized() else "?"
-    return LostContact(f"process {rank}: lost contact with the run's other processes — one of "
-                       f"them stopped or stopped answering ({first_line(error)}); this process "
-                       f"stops too, and the run's files stay as process 0 last wrote them "
-                       f"(resume with --resume if a checkpoint was saved)")
+    text = str(error)
+    if any(word in text for word in ("timed out", "Timed out", "timeout", "Timeout")):
+        what = (f"timed out waiting for the others after {timeout():g} s — one of them "
+                f"hangs; a process that hangs is stopped")
+    else:
+        what = "lost contact with the run's other processes — one of them stopped"
+    return LostContact(f"process {rank} {what} ({first_line(error)}); this process stops "
+                       f"too, and the run's files stay as process 0 last wrote them (resume "
+                       f"with --resume if a checkpoint was saved)")
 
 
 def quiet(text: str) -> None:
@@ -282,10 +292,12 @@ def quiet(text: str) -> None:
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of an error's message (at most 300 characters), for a one-line
-    report of what a library raised."""
+    """The first line of an error's message (at most 300 characters, less a leading C++
+    source location such as gloo's ``[…/unbound_buffer.cc:78]``), for a one-line report of
+    what a library raised."""
     text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
+    line = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\] ", "", text[0]) if text else ""
+    return line[:300] or type(error).__name__
 
 
 def replica(model: torch.nn.Module, world: World, device: torch.device):
