@@ -135,7 +135,9 @@ def test_every_command_has_help(capsys):
         assert "usage:" in capsys.readouterr().out, command
 
 
-def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path):
+@pytest.mark.parametrize("stop, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path, stop, code):
+    """Ctrl-C, and SIGTERM (what a batch system sends), finish the step and save."""
     import signal
     import time
 
@@ -154,9 +156,9 @@ def test_ctrl_c_writes_a_resumable_checkpoint(tmp_path):
     while time.time() < deadline and (not metrics.is_file()
                                       or len(metrics.read_text().splitlines()) < 3):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.Signals[stop])
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "Traceback" not in err
     _, meta = load_tensors(out / "train_state.safetensors")
     step = meta["step"]

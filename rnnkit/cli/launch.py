@@ -212,8 +212,9 @@ def _failed(error, out: str | None, killed: set[int]) -> int:
     """The exit code of a failed run; a line for a process that died without a word, or
     that stopped answering (``killed``: the pids the launcher's watch killed)."""
     codes = {rank: failure.exitcode for rank, failure in error.failures.items()}
-    if any(code == 130 for code in codes.values()):
-        return 130
+    for stopped in (130, 143):          # Ctrl-C, SIGTERM: saved, resumable (their message)
+        if any(code == stopped for code in codes.values()):
+            return stopped
     if all(code == 2 for code in codes.values()):
         return 2                                   # bad input, said by the processes
     kept = f"; the last good checkpoint in {out} is kept" if out else ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -194,4 +195,6 @@ def run_train(args) -> int:
                                command=command, **common)
     if args.json and distributed.is_writer_process():
         print(json.dumps(summary, indent=2))
-    return 130 if summary["reason"] == "interrupted" else 0
+    if summary["reason"] == "interrupted":          # 130 for Ctrl-C, 143 for SIGTERM
+        return 128 + signal.Signals[summary.get("signal", "SIGINT")]
+    return 0

@@ -2,9 +2,9 @@
 that stop a run.
 
 A run stops when its epochs are done, after ``max_steps`` steps, after ``max_minutes`` of
-training (counted across resumes), or when Ctrl-C asks it to: the step in flight finishes,
-the train state is saved and the summary's reason is "interrupted" (a second Ctrl-C stops
-at once). A step limit or time limit validates once more before saving. A loss or gradient
+training (counted across resumes), or when Ctrl-C or SIGTERM asks it to: the step in
+flight finishes, the train state is saved and the summary's reason is "interrupted", its
+"signal" the one that asked (a second Ctrl-C stops at once). A step limit or time limit validates once more before saving. A loss or gradient
 norm that is not finite raises :class:`TrainingStopped` before the weights change, and the
 files on disk stay as the last save left them; so does a validation loss that is not finite
 or whose perplexity overflows (inf), before those weights are saved. A start removes the
@@ -42,6 +42,9 @@ from rnnkit.train.schedule import make_schedule
 from rnnkit.train.state import load_train_state, save_train_state
 from rnnkit.train.task import Task
 
+
+# The signals that stop a run after its step, with a resumable checkpoint.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class TrainingStopped(ValueError):
     """Training cannot go on (the loss became NaN, the validation loss exploded past what a
@@ -95,6 +98,7 @@ class Trainer:
         self._started = 0.0                   # the clock when this process's part began
         self.best = math.inf                  # best validation objective: selects the model
         self._stop_requested = False
+        self._stop_signal = 0                 # the signal that asked for it (SIGINT, SIGTERM)
         self._stops = (False, False)          # the stop rules all processes agreed on
         self.skipped = 0                      # fp16 steps the gradient scaler skipped
 
@@ -104,7 +108,7 @@ class Trainer:
         step, the
         epoch, the best validation objective, the minutes of training and the units seen."""
         self._begin(resume)
-        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        previous = {s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS}
         bar = self._progress_bar()
         reason = "epochs"
         try:
@@ -126,13 +130,16 @@ class Trainer:
                     break
         finally:
             bar.close()
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
             self.metrics.close()
+        summary = {"reason": reason, "step": self.step, "epoch": self.epoch,
+                   "best_valid_objective": self.best, "minutes": self._elapsed() / 60,
+                   "units": self.units}
         if reason == "interrupted":
             self.log(f"saved a resumable checkpoint at step {self.step}; continue with --resume")
-        return {"reason": reason, "step": self.step, "epoch": self.epoch,
-                "best_valid_objective": self.best, "minutes": self._elapsed() / 60,
-                "units": self.units}
+            summary["signal"] = signal.Signals(self._stop_signal).name
+        return summary
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -246,12 +253,22 @@ class Trainer:
         if (cfg.save_every and self.step % cfg.save_every == 0) or stop:
             self._save()
 
-    def _on_sigint(self, signum, frame):
+    def _on_stop_signal(self, signum, frame):
+        """Ctrl-C (SIGINT) or SIGTERM (Slurm, Kubernetes): finish the step, save, stop. A
+        second Ctrl-C stops at once; any other second signal is the same request again (a
+        batch system signals every process of a job, and rnnkit's launcher passes its own
+        SIGTERM on as SIGINT)."""
         if self._stop_requested:
-            raise KeyboardInterrupt
-        self._stop_requested = True
-        self._say("interrupt: finishing this step and saving a resumable checkpoint "
-                 "(Ctrl-C again to stop at once)")
+            if signum == self._stop_signal == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self._stop_requested, self._stop_signal = True, signum
+        if signum == signal.SIGINT:
+            self._say("interrupt: finishing this step and saving a resumable checkpoint "
+                      "(Ctrl-C again to stop at once)")
+        else:
+            self._say(f"{signal.Signals(signum).name}: finishing this step and saving a "
+                      f"resumable checkpoint")
 
     # -- epochs and validation ---------------------------------------------------------------
 

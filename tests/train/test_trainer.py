@@ -323,6 +323,26 @@ def test_ctrl_c_finishes_the_step_and_saves(tmp_path):
     assert signal.getsignal(signal.SIGINT) is previous
 
 
+def test_sigterm_finishes_the_step_and_saves_as_ctrl_c_does(tmp_path):
+    """SIGTERM (what Slurm and Kubernetes send) asks for what Ctrl-C asks for; a SIGINT
+    after it (rnnkit's launcher passes its own SIGTERM on as SIGINT, and a batch system
+    signals every process) is the same request, not a second Ctrl-C."""
+    def sigterm_then_sigint(task, loss):
+        signal.raise_signal(signal.SIGTERM)
+        return sigint(task, loss)
+
+    logged, previous = [], signal.getsignal(signal.SIGTERM)
+    trainer = Trainer(ToyTask(hooks={3: sigterm_then_sigint}), config(), tmp_path,
+                      {"task": "toy"}, log=logged.append)
+    summary = trainer.fit()
+    assert (summary["reason"], summary["signal"], summary["step"]) == \
+        ("interrupted", "SIGTERM", 3)
+    _, meta = checkpoint.load_tensors(tmp_path / checkpoint.TRAIN_STATE)
+    assert meta["step"] == 3
+    assert "SIGTERM: finishing this step and saving a resumable checkpoint" in logged
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
     def twice(task, loss):
         sigint(task, loss)
