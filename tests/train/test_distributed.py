@@ -37,6 +37,27 @@ def rnnkit(*args, check=True, timeout=120) -> subprocess.CompletedProcess:
     return done
 
 
+def started(*args, **env) -> subprocess.Popen:
+    """``rnnkit ARGS`` started in the background (``env``: more environment variables)."""
+    return subprocess.Popen([sys.executable, "-m", "rnnkit", *map(str, args)],
+                            env={**ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def long_run(corpus: Path, out: Path, save_every: int = 3) -> list:
+    """A two-process language-model run that goes on until it is stopped."""
+    return ["train", "lm", "--data", corpus / "text.txt", *LM, "--batch-size", 2, "--epochs",
+            1000, "--save-every", save_every, "--out", out, "--nproc", 2]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
 def here(capsys, *args) -> str:
     """``rnnkit ARGS`` in this process (no start-up to pay: the single-process references
     and the refusals made before any process starts) -> its standard output."""
@@ -250,10 +271,7 @@ def test_distributed_resume_is_bit_exact_and_refuses_another_count(corpus, tmp_p
 
 def test_a_killed_process_stops_the_others_and_keeps_the_checkpoint(corpus, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "lm", "--data", corpus / "text.txt", *LM, "--batch-size", 2, "--epochs",
-            1000, "--save-every", 3, "--out", out, "--nproc", 2]
-    run = subprocess.Popen([sys.executable, "-m", "rnnkit", *map(str, args)],
-                           env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = started(*long_run(corpus, out))
     workers = _workers_once_saved(out)
     os.kill(int(workers[-1]), signal.SIGKILL)
     killed = time.monotonic()
@@ -267,11 +285,7 @@ def test_a_killed_process_stops_the_others_and_keeps_the_checkpoint(corpus, tmp_
 
 def test_a_hung_process_is_named_and_the_run_stops_within_its_timeout(corpus, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "lm", "--data", corpus / "text.txt", *LM, "--batch-size", 2, "--epochs",
-            1000, "--save-every", 3, "--out", out, "--nproc", 2]
-    run = subprocess.Popen([sys.executable, "-m", "rnnkit", *map(str, args)],
-                           env={**ENV, "RNNKIT_DIST_TIMEOUT": "4"}, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    run = started(*long_run(corpus, out), RNNKIT_DIST_TIMEOUT="4")
     workers = _workers_once_saved(out)
     os.kill(int(workers[-1]), signal.SIGSTOP)            # rank 1 hangs: it never answers
     stopped = time.monotonic()
@@ -285,10 +299,7 @@ def test_a_hung_process_is_named_and_the_run_stops_within_its_timeout(corpus, tm
 
 def test_sigterm_saves_and_stops_as_ctrl_c_does(corpus, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "lm", "--data", corpus / "text.txt", *LM, "--batch-size", 2, "--epochs",
-            1000, "--save-every", 1000, "--out", out, "--nproc", 2]
-    run = subprocess.Popen([sys.executable, "-m", "rnnkit", *map(str, args)],
-                           env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = started(*long_run(corpus, out, save_every=1000))
     deadline = time.monotonic() + 60
     while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -339,17 +350,16 @@ def _workers_once_saved(out: Path) -> list[str]:
     return workers
 
 
-def test_two_machines_meet_at_a_localhost_rendezvous(corpus, tmp_path):
-    import socket
+def two_machines(corpus: Path, out: Path) -> list:
+    """One machine's command of a run of two "machines" meeting on localhost."""
+    return ["train", "lm", "--data", corpus / "text.txt", *LM, "--batch-size", 2,
+            "--max-steps", 4, "--out", out, "--nproc", 1, "--nnodes", 2,
+            "--rdzv-endpoint", f"localhost:{free_port()}"]
 
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    args = ["train", "lm", "--data", corpus / "text.txt", *LM, "--batch-size", 2,
-            "--max-steps", 4, "--out", tmp_path / "run", "--nproc", 1, "--nnodes", 2,
-            "--rdzv-endpoint", f"localhost:{port}"]
-    nodes = [subprocess.Popen([sys.executable, "-m", "rnnkit", *map(str, args)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+
+def test_two_machines_meet_at_a_localhost_rendezvous(corpus, tmp_path):
+    args = two_machines(corpus, tmp_path / "run")
+    nodes = [started(*args) for _ in range(2)]
     outputs = [node.communicate(timeout=120) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert sum("on 2 processes (gloo, cpu)" in out for out, _ in outputs) == 1
@@ -427,18 +437,9 @@ def test_machines_that_differ_are_refused_by_process_0_and_leave_nothing(corpus,
     a machine started with other options, or whose --out is not the folder process 0 wrote
     (no shared file system), is refused at the start — process 0 says why, once, and the
     new run's folder is removed."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    args = ["train", "lm", "--data", corpus / "text.txt", *LM, "--batch-size", 2,
-            "--max-steps", 4, "--out", tmp_path / "run", "--nproc", 1, "--nnodes", 2,
-            "--rdzv-endpoint", f"localhost:{port}"]
+    args = two_machines(corpus, tmp_path / "run")
     second = [*args, *[tmp_path / v if v == "elsewhere" else v for v in other]]
-    nodes = [subprocess.Popen([sys.executable, "-m", "rnnkit", *map(str, command)], env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for command in (args, second)]
+    nodes = [started(*command) for command in (args, second)]
     outputs = [node.communicate(timeout=120) for node in nodes]
     errors = "".join(err for _, err in outputs)
     assert [node.returncode for node in nodes] == [2, 2], outputs
