@@ -86,8 +86,9 @@ TEMPORARY = re.compile(r"\..+\.[0-9a-f]{16}\.tmp|\.tmp[A-Za-z0-9]{6}")
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files a killed :func:`atomic_write` left anywhere under
-    ``folder`` (only names it makes; call it while no write there is in flight, e.g. holding
-    the run directory's lock). Returns the paths removed."""
+    ``folder`` (only the names it and safetensors make, :data:`TEMPORARY`; call it while no
+    write there is in flight, e.g. holding the run directory's lock). Returns the paths
+    removed."""
     stale = [Path(root) / name for root, _, names in os.walk(folder) for name in names
              if TEMPORARY.fullmatch(name)]
     for path in stale:

@@ -3,7 +3,8 @@
 Every command has ``--help``. Bad input ends with one line ``rnnkit: error: …`` on stderr
 and exit code 2, never a traceback. An error that is not bad input says so with its own
 ``exit_code``: :class:`rnnkit.train.distributed.LostContact` (a process of a distributed
-run died or hung) ends with exit code 1. Ctrl-C ends with 130.
+run died or hung) ends with exit code 1. A training stopped by Ctrl-C ends with 130, by
+SIGTERM with 143 (both save a resumable checkpoint first).
 
 The files, one job each:
 

@@ -28,6 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
+RDZV_TIMEOUT = 60       # seconds a rendezvous of several machines waits for them
 # The launch options: (flag, help); their values never reach the processes.
 FLAGS = {
     "--nproc": "train in N processes on this machine (torchrun's launcher; gloo on the CPU, "
@@ -37,9 +38,8 @@ FLAGS = {
     "--rdzv-endpoint": "HOST:PORT where the machines of a run meet (the machine HOST names "
                        "hosts the rendezvous)",
     "--rdzv-timeout": "with --nnodes and --rdzv-endpoint: seconds to wait for all machines "
-                      "to join before giving up (default 60)",
+                      f"to join before giving up (default {RDZV_TIMEOUT})",
 }
-RDZV_TIMEOUT = 60
 # PyTorch's C++ notices (TORCH_CPP_LOG_LEVEL), unless the environment sets a level: none
 # from the launcher (a failed rendezvous attempt prints a stack trace; its failures are ours
 # to say in one line), errors only from the processes (NCCL's watchdog, say)
@@ -169,14 +169,15 @@ def launch(args, device: str, out: str | None) -> int:
                 f"{timeout:g} s{why}; check the address, that the same command runs on all "
                 f"{nnodes} machines, and that the port is open")
 
-    watch = _Watch(timeout if args.rdzv_endpoint else None, late())
+    watch = _Watch(timeout if args.rdzv_endpoint else None, late(), nproc)
     terminated: list[int] = []
+    launching = threading.Event()       # inside torch's launcher: a SIGTERM raises there
 
     def _on_sigterm(signum, frame):
         """SIGTERM: what Ctrl-C does — torch's launcher passes SIGINT on to the processes,
         which finish their step and save, and waits for them as long as for Ctrl-C."""
-        if terminated:
-            return                      # the processes are stopping already
+        if terminated or not launching.is_set():
+            return                      # the processes are stopping, or are done, already
         terminated.append(signum)
         print("rnnkit: SIGTERM: the processes finish their step and save a resumable "
               "checkpoint", file=sys.stderr, flush=True)
@@ -185,7 +186,11 @@ def launch(args, device: str, out: str | None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if own_sigterm else None
     watch.start()
     try:
-        elastic_launch(config, entrypoint=sys.executable)(*command)
+        launching.set()
+        try:
+            elastic_launch(config, entrypoint=sys.executable)(*command)
+        finally:
+            launching.clear()
     except ChildFailedError as error:
         return _failed(error, out, watch.killed)
     except SignalException as error:   # Ctrl-C, SIGTERM: passed on to the processes as SIGINT,
@@ -212,7 +217,9 @@ def _failed(error, out: str | None, killed: set[int]) -> int:
     """The exit code of a failed run; a line for a process that died without a word, or
     that stopped answering (``killed``: the pids the launcher's watch killed)."""
     codes = {rank: failure.exitcode for rank, failure in error.failures.items()}
-    for stopped in (130, 143):          # Ctrl-C, SIGTERM: saved, resumable (their message)
+    from rnnkit.train.loop import STOP_SIGNALS
+
+    for stopped in (128 + s for s in STOP_SIGNALS):   # saved, resumable (their own message)
         if any(code == stopped for code in codes.values()):
             return stopped
     if all(code == 2 for code in codes.values()):
@@ -242,8 +249,9 @@ class _Watch(threading.Thread):
     stop because it is suspended (SIGSTOP): killed after FAILED_GRACE seconds instead of
     torch's fixed 30 s, its pid kept in ``killed`` so that the run's failure names it."""
 
-    def __init__(self, deadline: float | None, late: str):
+    def __init__(self, deadline: float | None, late: str, expected: int):
         super().__init__(name="rnnkit-launch-watch", daemon=True)
+        self.expected = expected        # the processes this machine starts
         self.deadline = None if deadline is None else time.monotonic() + deadline + 1.0
         self.late, self.killed = late, set()
         self._stopping = threading.Event()
@@ -252,20 +260,20 @@ class _Watch(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
-        workers: list[int] | None = []
         stuck_since: dict[int, float] = {}
+        workers: list[int] = []
         while not self._stopping.wait(0.25):
-            if not workers:
-                workers = _children()
-                if workers is None:
+            if len(workers) < self.expected:        # they start one by one
+                found = _children()
+                if found is None:
                     return                  # /proc cannot say: torch's own bounds
-                if not workers and self.deadline is not None and \
-                        time.monotonic() > self.deadline:
-                    # nothing to clean up: no process started; the main thread is inside
-                    # torch's C++ retries, where no Python exception reaches it
-                    print(f"rnnkit: error: {self.late}", file=sys.stderr, flush=True)
-                    os._exit(2)
-                continue
+                workers = sorted(set(workers) | set(found))
+            if not workers and self.deadline is not None and \
+                    time.monotonic() > self.deadline:
+                # nothing to clean up: no process started; the main thread is inside
+                # torch's C++ retries, where no Python exception reaches it
+                print(f"rnnkit: error: {self.late}", file=sys.stderr, flush=True)
+                os._exit(2)
             for pid in workers:
                 if _stopped_with_sigterm(pid):
                     since = stuck_since.setdefault(pid, time.monotonic())

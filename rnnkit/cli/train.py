@@ -189,7 +189,7 @@ def run_train(args) -> int:
         budget = {k: v for k, v in groups["train"].items()
                   if recipe.TRAIN_FIELDS[k].metadata.get("resume")}
         summary = recipe.train(spec, None, None, None, out, resume=True,
-                               train_overrides=budget, **common)
+                               train_overrides=budget, command=command, **common)
     else:
         summary = recipe.train(spec, data_cfg, groups["model"], groups["train"], out,
                                command=command, **common)

@@ -261,8 +261,14 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
             change fields such as epochs, max_steps, max_minutes.
         run_options: the options of the task's ``finish`` (a language model's sample),
             kept in run.json; a resume keeps the run's own unless given others.
-        command: the command line that started the run, kept in run.json for the model
-            card (``README.md``, :mod:`rnnkit.card`) written when the run ends.
+        command: the command line of this process: a new run keeps it in run.json for
+            the model card (``README.md``, :mod:`rnnkit.card`) written when the run ends;
+            in a distributed run every process's must be process 0's (launch options
+            aside), or the start is refused.
+
+    On CUDA, the run sets cuDNN's deterministic algorithms and cuBLAS's fixed workspace for
+    the rest of the process (:func:`rnnkit.train.state.exact_kernels`: exact resume needs
+    them).
 
     Returns:
         the loop's summary plus "valid" metrics of the best model; resuming a run whose
@@ -344,11 +350,22 @@ def _cannot_follow(out: Path, command: str | None, start: dict) -> str | None:
                 f"{start['out']}, and {out / RUN} cannot be seen on {here}; --out must name "
                 f"a folder every machine sees (a shared file system), the same on each")
     theirs = start.get("command")
-    if command is not None and theirs is not None and command != theirs:
-        differences = _option_differences(shlex.split(command), shlex.split(theirs))
+    if command is not None and theirs is not None and \
+            _run_arguments(command) != _run_arguments(theirs):
+        differences = _option_differences(_run_arguments(command), _run_arguments(theirs))
         return (f"its command line differs from process 0's ({differences or 'here: ' + command}"
                 f"); start the same command on every machine")
     return None
+
+
+def _run_arguments(command: str) -> list[str]:
+    """A recorded command's arguments that every machine must give alike: those after
+    ``rnnkit`` (not torchrun's), less the launch options, which are each machine's own
+    (--nproc: its number of GPUs; --rdzv-endpoint: another name of the same host)."""
+    from rnnkit.cli.launch import without_launch_options
+
+    argv = shlex.split(command)
+    return without_launch_options(argv[argv.index("rnnkit") + 1:] if "rnnkit" in argv else argv)
 
 
 def _option_differences(mine: list[str], theirs: list[str]) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -99,7 +100,7 @@ class Trainer:
         self.best = math.inf                  # best validation objective: selects the model
         self._stop_requested = False
         self._stop_signal = 0                 # the signal that asked for it (SIGINT, SIGTERM)
-        self._stops = (False, False)          # the stop rules all processes agreed on
+        self._stops = (False, False, False)   # the stop rules all processes agreed on
         self.skipped = 0                      # fp16 steps the gradient scaler skipped
 
     def fit(self, resume: bool = False) -> dict:
@@ -108,7 +109,10 @@ class Trainer:
         step, the
         epoch, the best validation objective, the minutes of training and the units seen."""
         self._begin(resume)
-        previous = {s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS}
+        # signals reach the main thread only (a fit in another thread: no stop on a signal)
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS} \
+            if on_main else {}
         bar = self._progress_bar()
         reason = "epochs"
         try:
@@ -131,14 +135,15 @@ class Trainer:
         finally:
             bar.close()
             for s, handler in previous.items():
-                signal.signal(s, handler)
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: C's
             self.metrics.close()
         summary = {"reason": reason, "step": self.step, "epoch": self.epoch,
                    "best_valid_objective": self.best, "minutes": self._elapsed() / 60,
                    "units": self.units}
         if reason == "interrupted":
             self.log(f"saved a resumable checkpoint at step {self.step}; continue with --resume")
-            summary["signal"] = signal.Signals(self._stop_signal).name
+            # the same on every process, also one the signal did not reach itself
+            summary["signal"] = "SIGTERM" if self._stops_agreed()[2] else "SIGINT"
         return summary
 
     # -- one step ----------------------------------------------------------------------------
@@ -232,16 +237,22 @@ class Trainer:
         if self.config.max_steps and self.step >= self.config.max_steps:
             return "max_steps"
         # one process: now; several: as all agreed during the step (see _train_step)
-        late, interrupted = self._own_stops() if self.world.size == 1 else self._stops
+        late, interrupted, _ = self._stops_agreed()
         if late:
             return "max_minutes"
         return "interrupted" if interrupted else None
 
-    def _own_stops(self) -> tuple[bool, bool]:
-        """(this process's time limit is reached, Ctrl-C asked it to stop)."""
+    def _own_stops(self) -> tuple[bool, bool, bool]:
+        """(this process's time limit is reached, a signal asked it to stop, that signal
+        was SIGTERM)."""
         late = bool(self.config.max_minutes) and \
             self._elapsed() >= self.config.max_minutes * 60
-        return late, self._stop_requested
+        return late, self._stop_requested, self._stop_signal == signal.SIGTERM
+
+    def _stops_agreed(self) -> tuple:
+        """:meth:`_own_stops` of this process alone, or as all processes agreed during the
+        step (each true if it is for any process, so that all stop alike)."""
+        return self._own_stops() if self.world.size == 1 else self._stops
 
     def _validate_and_save(self, stop: str | None) -> None:
         """Validate and save when due; a run that stops validates (unless interrupted) and

@@ -483,3 +483,39 @@ def test_a_model_that_leaves_parameters_unused_undeclared_is_told_what_to_do(tmp
             ddp(torch.ones(2, 3)).backward()
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_signal_to_one_process_stops_all_alike(corpus, tmp_path, which):
+    """A Ctrl-C that reaches one process only (a machine's own launcher, or a kill -INT):
+    every process stops after the step as that one does, saves, and exits 130 — also the
+    ones the signal did not reach."""
+    out = tmp_path / "run"
+    run = started(*long_run(corpus, out))
+    workers = _workers_once_saved(out)
+    os.kill(int(workers[which]), signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, (stdout, stderr)
+    assert "saved a resumable checkpoint at step" in stdout
+    assert "Traceback" not in stderr and "lost contact" not in stderr and \
+        "rnnkit: error" not in stderr, stderr
+
+
+def test_a_machine_is_refused_for_the_run_arguments_alone(tmp_path):
+    """What every machine must give alike: the run's arguments, not its launch options
+    (a machine's own --nproc, another name of the rendezvous host) nor torchrun's; a
+    resume's budget too (a --max-steps of its own would end it at another step)."""
+    from rnnkit.tasks.recipe import RUN, _cannot_follow
+
+    (tmp_path / RUN).write_text("{}")
+    start = {"out": str(tmp_path), "host": "a"}
+    ours = "rnnkit train lm --hidden 16 --out r --nproc 4 --rdzv-endpoint host-a:29400"
+    for theirs, refused in [
+        ("rnnkit train lm --hidden 16 --out r --nproc 8 --rdzv-endpoint 10.0.0.1:29400", ""),
+        ("torchrun --nnodes 2 --nproc-per-node 8 -m rnnkit train lm --hidden 16 --out r", ""),
+        ("rnnkit train lm --hidden 32 --out r --nproc 4", "--hidden 16 here, 32 in process"),
+        ("rnnkit train lm --hidden 16 --out r --resume --max-steps 20",
+         "--max-steps (not given) here, 20 in process 0's; --resume (not given) here"),
+    ]:
+        said = _cannot_follow(tmp_path, ours, {**start, "command": theirs})
+        assert (said is None) if not refused else (refused in said), (theirs, said)
