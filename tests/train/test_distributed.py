@@ -519,3 +519,20 @@ def test_a_machine_is_refused_for_the_run_arguments_alone(tmp_path):
     ]:
         said = _cannot_follow(tmp_path, ours, {**start, "command": theirs})
         assert (said is None) if not refused else (refused in said), (theirs, said)
+
+
+def test_sigterm_to_every_process_of_the_job_saves_once(corpus, tmp_path):
+    """A batch system's stop (Slurm's scancel) signals every process of the job: the
+    launcher, which passes it on as SIGINT, and each process directly. The processes take
+    the two for one request — finish the step, save, exit — not for a second Ctrl-C."""
+    out = tmp_path / "run"
+    run = started(*long_run(corpus, out))
+    workers = _workers_once_saved(out)
+    for pid in [run.pid, *map(int, workers)]:
+        os.kill(pid, signal.SIGTERM)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 143, (stdout, stderr)
+    assert "saved a resumable checkpoint at step" in stdout
+    assert "Traceback" not in stderr and "rnnkit: error" not in stderr, stderr
+    _, meta = checkpoint.load_tensors(out / checkpoint.TRAIN_STATE)
+    assert meta["processes"] == 2
