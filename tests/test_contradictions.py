@@ -214,9 +214,10 @@ def test_config_of_invalid_utf8_names_the_file(world, tmp_path, capsys):
     ("lm", "--hidden 0", "--hidden (hidden_size)"),
     ("lm", "--softmax full --cutoffs 10,20", "--cutoffs"),
     ("classifier", "--layers 0", "--layers (num_layers)"),
-    ("tagger", "--dropout 1", "--dropout (dropout)"),
+    ("tagger", "--dropout 1", "--dropout: "),      # the key said only where it differs
     ("translator", "--batch-size 0", "--batch-size (batch_size)"),
-    ("conditioned-lm", "--lr -1", "--lr (lr)"),
+    ("conditioned-lm", "--lr -1", "--lr: "),
+    ("lm", "--precision fp8", "--precision: expected one of"),
 ])
 def test_every_option_is_checked_before_the_data_is_read(world, tmp_path, capsys, task,
                                                          option, flag):

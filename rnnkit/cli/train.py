@@ -112,14 +112,16 @@ def model_directory(args, spec, file: dict, log) -> str:
 @contextmanager
 def _flags_named(options):
     """An error about an option's field (``"batch_size: expected …"``, also after
-    ``"model options: "``) names its flag too: ``"--batch-size (batch_size): expected …"``."""
+    ``"model options: "``) names its flag too: ``"--batch-size (batch_size): expected …"``
+    (the field, a --config file's key, only where the flag spells it otherwise)."""
     try:
         yield
     except ValueError as error:
         text = str(error).removeprefix("model options: ")
         for o in options:
             if text.startswith(f"{o.key}:"):
-                raise ValueError(f"{o.flag} ({o.key}){text[len(o.key):]}") from None
+                named = o.flag if o.flag == "--" + o.key else f"{o.flag} ({o.key})"
+                raise ValueError(f"{named}{text[len(o.key):]}") from None
         raise
 
 
