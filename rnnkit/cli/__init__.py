@@ -72,8 +72,10 @@ def _said_by_process_0(error: BaseException) -> bool:
     """Whether, in a process other than 0 of a distributed run, ``error`` is one that
     process 0 reports too (its start was refused; training stopped on a loss all share)."""
     from rnnkit.train import TrainingStopped
-    from rnnkit.train.distributed import FollowerStop, is_writer_process
+    from rnnkit.train.distributed import FollowerStop, StartRefused, is_writer_process
 
+    if isinstance(error, StartRefused):       # said on every machine: by its first process
+        return not is_writer_process() and os.environ.get("LOCAL_RANK", "0") != "0"
     return not is_writer_process() and isinstance(error, (FollowerStop, TrainingStopped))
 
 

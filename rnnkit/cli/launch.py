@@ -146,9 +146,9 @@ def launch(args, device: str, out: str | None) -> int:
             else os.cpu_count() or 1
         os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
     run_id = "rnnkit-" + (endpoint.replace(":", "-") if nnodes > 1 else uuid.uuid4().hex)
-    # SIGTERM (Slurm, Kubernetes) is ours: it becomes a Ctrl-C (see _on_sigterm). A torch
-    # without LaunchConfig.signals_to_handle handles it itself: it ends the processes
-    # without a save (the last checkpoint stays), and the launcher exits 143 all the same
+    # SIGTERM (Slurm, Kubernetes) is ours: the processes stop as for Ctrl-C, with torch's
+    # Ctrl-C grace (see _on_sigterm). A torch without LaunchConfig.signals_to_handle handles
+    # it itself, passing it on all the same, and the launcher exits 143
     own_sigterm = ("signals_to_handle" in {f.name for f in fields(LaunchConfig)}
                    and threading.current_thread() is threading.main_thread())
     config = LaunchConfig(
@@ -174,14 +174,15 @@ def launch(args, device: str, out: str | None) -> int:
     launching = threading.Event()       # inside torch's launcher: a SIGTERM raises there
 
     def _on_sigterm(signum, frame):
-        """SIGTERM: what Ctrl-C does — torch's launcher passes SIGINT on to the processes,
-        which finish their step and save, and waits for them as long as for Ctrl-C."""
+        """SIGTERM: what Ctrl-C does — torch's launcher passes it on to the processes,
+        which finish their step and save (rnnkit.train.loop.STOP_SIGNALS), and waits for
+        them as long as for Ctrl-C; said once, whichever signal comes first."""
         if terminated or not launching.is_set():
             return                      # the processes are stopping, or are done, already
         terminated.append(signum)
         print("rnnkit: SIGTERM: the processes finish their step and save a resumable "
               "checkpoint", file=sys.stderr, flush=True)
-        raise SignalException(f"process {os.getpid()} got SIGTERM", sigval=signal.SIGINT)
+        raise SignalException(f"process {os.getpid()} got SIGTERM", sigval=signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if own_sigterm else None
     watch.start()
@@ -193,15 +194,14 @@ def launch(args, device: str, out: str | None) -> int:
             launching.clear()
     except ChildFailedError as error:
         return _failed(error, out, watch.killed)
-    except SignalException as error:   # Ctrl-C, SIGTERM: passed on to the processes as SIGINT,
-        if terminated:                  # which save and stop (their own message)
+    except SignalException as error:   # Ctrl-C, SIGTERM: passed on to the processes, which
+        if terminated:                  # save and stop (their own message)
             return 128 + signal.SIGTERM
         if error.sigval == signal.SIGINT:
             return 130
-        kept = f" in {out}" if out else ""       # SIGHUP, SIGQUIT: the processes got it too
-        print(f"rnnkit: error: stopped by {error.sigval.name}; the processes were stopped. "
-              f"The last good checkpoint{kept} is kept; continue with --resume",
-              file=sys.stderr)
+        # SIGHUP, SIGQUIT: the processes got it too
+        print(f"rnnkit: error: stopped by {error.sigval.name}; the processes were stopped"
+              f"{_what_is_kept(out)}", file=sys.stderr)
         return 128 + error.sigval
     except (RendezvousError, RuntimeError, TimeoutError) as error:   # the machines did not meet
         cause = error.__cause__ or error
@@ -211,6 +211,17 @@ def launch(args, device: str, out: str | None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _what_is_kept(out: str | None) -> str:
+    """The end of a failed run's line: its last good checkpoint and how to go on, or that
+    it has none yet."""
+    from rnnkit import checkpoint
+
+    if out and (Path(out) / checkpoint.TRAIN_STATE).is_file():
+        return f"; the last good checkpoint in {out} is kept. Continue with --resume"
+    return ("; no checkpoint was saved yet, so there is nothing to resume: start it again "
+            "without --resume")
 
 
 def _failed(error, out: str | None, killed: set[int]) -> int:
@@ -224,19 +235,19 @@ def _failed(error, out: str | None, killed: set[int]) -> int:
             return stopped
     if all(code == 2 for code in codes.values()):
         return 2                                   # bad input, said by the processes
-    kept = f"; the last good checkpoint in {out} is kept" if out else ""
+    kept = _what_is_kept(out)
     hung = [(rank, f.pid) for rank, f in sorted(error.failures.items()) if f.pid in killed]
     for rank, pid in hung:          # the cause: the others timed out waiting for it
         print(f"rnnkit: error: process {rank} (pid {pid}) stopped answering (suspended, "
-              f"SIGSTOP), so the others timed out waiting for it; it was killed{kept}. "
-              f"Continue with --resume", file=sys.stderr)
+              f"SIGSTOP), so the others timed out waiting for it; it was killed{kept}",
+              file=sys.stderr)
     if hung:
         return 1
     rank, first = error.get_first_failure()         # the cause; the others were stopped
     if first.exitcode < 0:
         name = signal.Signals(-first.exitcode).name
         print(f"rnnkit: error: process {rank} (pid {first.pid}) was killed by {name}; the "
-              f"other processes were stopped{kept}. Continue with --resume", file=sys.stderr)
+              f"other processes were stopped{kept}", file=sys.stderr)
         return 1
     return 2 if first.exitcode == 2 else 1
 

@@ -327,7 +327,7 @@ def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,
     start = world.await_start()
     if start.get("finished"):
         return start["finished"]
-    world.answer_start(_cannot_follow(out, command, start))
+    world.answer_start(_cannot_follow(out, command, start, world.rank))
     data_cfg, options, train_cfg = read_run(out, spec, train_overrides)
     prepared = spec.prepare(data_cfg, options, out, resume=True, log=distributed.quiet)
     with named_by_file(out / RUN):
@@ -340,8 +340,8 @@ def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,
     return fit(task, train_cfg, out, config, resume=resume, log=distributed.quiet, world=world)
 
 
-def _cannot_follow(out: Path, command: str | None, start: dict) -> str | None:
-    """Why this process cannot follow process 0's start (None: it can): process 0's run
+def _cannot_follow(out: Path, command: str | None, start: dict, rank: int) -> str | None:
+    """Why process ``rank`` cannot follow process 0's start (None: it can): process 0's run
     directory must be this one (a folder every machine sees), and its command this
     process's own (the others read the run's settings from process 0's files)."""
     here = socket.gethostname()
@@ -350,40 +350,38 @@ def _cannot_follow(out: Path, command: str | None, start: dict) -> str | None:
                 f"{start['out']}, and {out / RUN} cannot be seen on {here}; --out must name "
                 f"a folder every machine sees (a shared file system), the same on each")
     theirs = start.get("command")
-    if command is not None and theirs is not None and \
-            _run_arguments(command) != _run_arguments(theirs):
-        differences = _option_differences(_run_arguments(command), _run_arguments(theirs))
-        return (f"its command line differs from process 0's ({differences or 'here: ' + command}"
-                f"); start the same command on every machine")
-    return None
+    if command is None or theirs is None:
+        return None
+    mine, zeros = _run_arguments(command), _run_arguments(theirs)
+    if mine == zeros:
+        return None
+    differences = "; ".join(
+        f"{name} {mine.get(name, '(not given)')} in process {rank}'s, "
+        f"{zeros.get(name, '(not given)')} in process 0's"
+        for name in sorted(mine.keys() | zeros.keys()) if mine.get(name) != zeros.get(name))
+    return (f"its command line differs from process 0's ({differences}); start the same "
+            f"command on every machine")
 
 
-def _run_arguments(command: str) -> list[str]:
-    """A recorded command's arguments that every machine must give alike: those after
-    ``rnnkit`` (not torchrun's), less the launch options, which are each machine's own
-    (--nproc: its number of GPUs; --rdzv-endpoint: another name of the same host)."""
+def _run_arguments(command: str) -> dict[str, str]:
+    """A recorded command's arguments that every machine must give alike, as {flag: value}
+    ("(given)" for a flag without one; "the command" for the words before the first
+    flag): those after ``rnnkit`` (not torchrun's), less the launch options, which are each
+    machine's own (--nproc: its number of GPUs; --rdzv-endpoint: another name of the same
+    host), and less --out (the run directory is compared as a folder, above)."""
     from rnnkit.cli.launch import without_launch_options
 
     argv = shlex.split(command)
-    return without_launch_options(argv[argv.index("rnnkit") + 1:] if "rnnkit" in argv else argv)
-
-
-def _option_differences(mine: list[str], theirs: list[str]) -> str:
-    """The options whose values differ between two command lines: "--hidden 64 here, 32
-    in process 0's; …" ("" if none differ by flag)."""
-    def options(argv):
-        found = {}
-        for k, token in enumerate(argv):
-            if token.startswith("--"):
-                flag, eq, value = token.partition("=")
-                has_value = not eq and k + 1 < len(argv) and not argv[k + 1].startswith("--")
-                found[flag] = value if eq else (argv[k + 1] if has_value else "(given)")
-        return found
-
-    a, b = options(mine), options(theirs)
-    return "; ".join(f"{flag} {a.get(flag, '(not given)')} here, "
-                     f"{b.get(flag, '(not given)')} in process 0's"
-                     for flag in sorted(a.keys() | b.keys()) if a.get(flag) != b.get(flag))
+    argv = without_launch_options(argv[argv.index("rnnkit") + 1:] if "rnnkit" in argv else argv)
+    found = {"the command": " ".join(t for t in argv[:next(
+        (k for k, t in enumerate(argv) if t.startswith("--")), len(argv))])}
+    for k, token in enumerate(argv):
+        if token.startswith("--"):
+            flag, eq, value = token.partition("=")
+            has_value = not eq and k + 1 < len(argv) and not argv[k + 1].startswith("--")
+            found[flag] = value if eq else (argv[k + 1] if has_value else "(given)")
+    found.pop("--out", None)
+    return found
 
 
 def _task_for(prepared: Prepared, model, seed: int, dev, world: World):
@@ -452,7 +450,7 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
     before.pop("absent", None)                        # the run exists now: keep its folder
     world = start.world
     where = f"on {dev}" if not world.backend else \
-        f"on {world.size} processes ({world.backend}, {dev.type})"
+        f"on {world.size} process{'es' if world.size > 1 else ''} ({world.backend}, {dev.type})"
     log(f"model: {spec.describe_model(model_cfg)}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, {where}")
     config = {"task": spec.name, "model": model_cfg.to_dict(), **prepared.config}

@@ -50,6 +50,12 @@ class FollowerStop(ValueError):
     training stopped): process 0 reports why, the others stay silent."""
 
 
+class StartRefused(FollowerStop):
+    """A process other than 0 stops because the run's start was refused (by process 0 or
+    by one of the others, :meth:`Start.agree`): the first process of each other machine
+    says why too, so that every machine's terminal shows it."""
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place among the ``size`` processes of a run."""
@@ -138,7 +144,7 @@ class World:
         self.gather_to_writer(problem)
         verdict = self.broadcast(None)
         if verdict is not None:
-            raise FollowerStop(verdict)
+            raise StartRefused(verdict)
 
     def _device(self) -> torch.device:
         if self.backend == "nccl":
@@ -202,7 +208,9 @@ def is_lost_contact(error: BaseException) -> bool:
     text = str(error)
     return isinstance(error, dist.DistError) or any(
         word in text for word in ("gloo", "Gloo", "NCCL", "Connection", "connection",
-                                  "Socket", "socket", "timed out", "Timed out"))
+                                  "Socket", "socket", "timed out", "Timed out", "timeout",
+                                  "pair closure"))   # gloo: "Application timeout caused
+                                                     # pair closure" (a peer that hangs)
 
 
 def launched() -> bool:
@@ -297,6 +305,7 @@ def first_line(error: BaseException) -> str:
     what a library raised."""
     text = str(error).strip().splitlines()
     line = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\] ", "", text[0]) if text else ""
+    line = line.split(" This is typically caused by")[0]      # gloo's advice, and "GLHF!"
     return line[:300] or type(error).__name__
 
 

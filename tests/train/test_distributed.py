@@ -428,22 +428,23 @@ def test_a_rendezvous_nobody_joins_fails_within_its_timeout_in_one_line(corpus, 
 
 
 @pytest.mark.parametrize("other, message", [
-    (["--hidden", "24"], "--hidden 24 here, 16 in process 0's"),
+    (["--hidden", "24"], "in process 0's); start the same command on every machine"),
     (["--out", "elsewhere"], "--out must name a folder every machine sees"),
 ], ids=["other-options", "out-not-shared"])
 def test_machines_that_differ_are_refused_by_process_0_and_leave_nothing(corpus, tmp_path,
                                                                          other, message):
     """The processes after the first read the run's settings from process 0's run.json:
     a machine started with other options, or whose --out is not the folder process 0 wrote
-    (no shared file system), is refused at the start — process 0 says why, once, and the
-    new run's folder is removed."""
+    (no shared file system), is refused at the start — each machine says why, once, and
+    the new run's folder is removed."""
     args = two_machines(corpus, tmp_path / "run")
     second = [*args, *[tmp_path / v if v == "elsewhere" else v for v in other]]
     nodes = [started(*command) for command in (args, second)]
     outputs = [node.communicate(timeout=120) for node in nodes]
     errors = "".join(err for _, err in outputs)
     assert [node.returncode for node in nodes] == [2, 2], outputs
-    assert errors.count("rnnkit: error:") == 1 and message in errors, errors
+    for _, err in outputs:                      # said once on each machine
+        assert err.count("rnnkit: error:") == 1 and message in err, outputs
     assert "Traceback" not in errors and "lost contact" not in errors
     assert not (tmp_path / "run").exists() and not (tmp_path / "elsewhere").exists()
 
@@ -513,11 +514,15 @@ def test_a_machine_is_refused_for_the_run_arguments_alone(tmp_path):
     for theirs, refused in [
         ("rnnkit train lm --hidden 16 --out r --nproc 8 --rdzv-endpoint 10.0.0.1:29400", ""),
         ("torchrun --nnodes 2 --nproc-per-node 8 -m rnnkit train lm --hidden 16 --out r", ""),
-        ("rnnkit train lm --hidden 32 --out r --nproc 4", "--hidden 16 here, 32 in process"),
+        ("rnnkit train lm --out /elsewhere/r --hidden=16", ""),   # order, =, --out's spelling
+        ("rnnkit train lm --hidden 32 --out r --nproc 4",
+         "--hidden 16 in process 1's, 32 in process 0's"),
         ("rnnkit train lm --hidden 16 --out r --resume --max-steps 20",
-         "--max-steps (not given) here, 20 in process 0's; --resume (not given) here"),
+         "--max-steps (not given) in process 1's, 20 in process 0's; --resume (not given)"),
+        ("rnnkit train classifier --hidden 16 --out r",
+         "the command train lm in process 1's, train classifier in process 0's"),
     ]:
-        said = _cannot_follow(tmp_path, ours, {**start, "command": theirs})
+        said = _cannot_follow(tmp_path, ours, {**start, "command": theirs}, 1)
         assert (said is None) if not refused else (refused in said), (theirs, said)
 
 
@@ -536,3 +541,13 @@ def test_sigterm_to_every_process_of_the_job_saves_once(corpus, tmp_path):
     assert "Traceback" not in stderr and "rnnkit: error" not in stderr, stderr
     _, meta = checkpoint.load_tensors(out / checkpoint.TRAIN_STATE)
     assert meta["processes"] == 2
+
+
+def test_a_failed_runs_line_says_what_is_kept(tmp_path):
+    """The launcher's line for a failed run promises a checkpoint only where there is one."""
+    from rnnkit.cli.launch import _what_is_kept
+
+    assert "no checkpoint was saved yet" in _what_is_kept(str(tmp_path))
+    checkpoint.save_tensors(tmp_path / checkpoint.TRAIN_STATE, {"x": torch.zeros(1)})
+    assert _what_is_kept(str(tmp_path)) == \
+        f"; the last good checkpoint in {tmp_path} is kept. Continue with --resume"
