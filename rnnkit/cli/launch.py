@@ -112,8 +112,11 @@ def check(args, device: str) -> tuple[int, int, str, float]:
                          "machines; give it with --nnodes M and --rdzv-endpoint HOST:PORT")
     if endpoint:
         host, _, port = endpoint.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not port.isdigit():
             raise ValueError(f"--rdzv-endpoint: expected HOST:PORT, got {endpoint!r}")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"--rdzv-endpoint {endpoint}: port {port} is out of range "
+                             f"(1 to 65535)")
         try:
             socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
         except socket.gaierror as error:

@@ -178,6 +178,11 @@ def run_train(args) -> int:
     device = args.device or file.get("device") or "cpu"
     if launch.wanted(args):
         launch.check(args, device)
+        if not args.resume:            # refused here, before the processes start (seconds)
+            from rnnkit.tasks.common import device_of
+            from rnnkit.train.config import check_precision
+
+            check_precision(groups["train"].get("precision", "fp32"), device_of(device))
         if not args.out and not file.get("out"):      # every process must write to the same
             args.argv += ["--out", out]
         os.environ[COMMAND_ENV] = recorded_command(args.argv)     # for the processes

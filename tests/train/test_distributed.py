@@ -378,8 +378,12 @@ def test_two_machines_meet_at_a_localhost_rendezvous(corpus, tmp_path):
     (["--rdzv-timeout", "5"], "--rdzv-timeout: it bounds the wait at a rendezvous of several "
                               "machines; give it with --nnodes M and --rdzv-endpoint"),
     (["--precision", "fp16"], "fp16 trains on a CUDA device only"),
+    (["--precision", "fp16", "--nproc", "2"], "fp16 trains on a CUDA device only"),
+    (["--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", "localhost:99999"],
+     "port 99999 is out of range"),
 ], ids=["nproc-above-cores", "nproc-zero", "nccl-without-cuda", "nnodes-without-endpoint",
-        "bad-endpoint", "unknown-host", "rdzv-timeout-alone", "fp16-on-cpu"])
+        "bad-endpoint", "unknown-host", "rdzv-timeout-alone", "fp16-on-cpu",
+        "fp16-on-cpu-before-the-processes", "port-out-of-range"])
 def test_bad_launches_are_refused_clearly(corpus, tmp_path, capsys, extra, message):
     if "cuda" in extra and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
