@@ -131,89 +131,68 @@ def check(args, device: str) -> tuple[int, int, str, float]:
 
 def launch(args, device: str, out: str | None) -> int:
     """Start the processes of the run and wait for them; the run's exit code."""
-    from dataclasses import fields
-
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from torch.distributed.launcher.api import elastic_launch
 
     from rnnkit.train import distributed
+    from rnnkit.train.loop import STOP_SIGNALS
 
     nproc, nnodes, endpoint, timeout = check(args, device)
-    # the processes' C++ notices (this process's own were silenced by quiet_launcher)
+    _process_environment(nproc)
+    command = [*sys.argv[:0], "-m", "rnnkit", *without_launch_options(args.argv)]
+    late = (f"--rdzv-endpoint {endpoint}: the run's machines did not meet within {timeout:g} "
+            f"s{{why}}; check the address, that the same command runs on all {nnodes} "
+            f"machines, and that the port is open")
+    watch = _Watch(timeout if args.rdzv_endpoint else None, late.format(why=""), nproc)
+    watch.start()
+    try:
+        elastic_launch(_config(nproc, nnodes, endpoint, timeout),
+                       entrypoint=sys.executable)(*command)
+    except ChildFailedError as error:
+        return _failed(error, out, watch.killed)
+    except SignalException as error:   # torch's launcher passed the signal on to the processes
+        if error.sigval not in STOP_SIGNALS:     # SIGHUP, SIGQUIT: they were stopped
+            print(f"rnnkit: error: stopped by {error.sigval.name}; the processes were stopped"
+                  f"{_what_is_kept(out)}", file=sys.stderr)
+        return 128 + error.sigval      # Ctrl-C, SIGTERM: they saved and said so: 130, 143
+    except (RendezvousError, RuntimeError, TimeoutError) as error:   # the machines did not meet
+        cause = error.__cause__ or error
+        raise ValueError(late.format(why=f" ({distributed.first_line(cause)})")) from None
+    finally:
+        watch.stop()
+    return 0
+
+
+def _process_environment(nproc: int) -> None:
+    """What the processes inherit: PyTorch's C++ errors only (this process's own notices
+    were silenced by :func:`quiet_launcher`), and the machine's cores shared between them."""
     if os.environ.get("TORCH_CPP_LOG_LEVEL", LAUNCHER_CPP_LOG_LEVEL) == LAUNCHER_CPP_LOG_LEVEL:
         os.environ["TORCH_CPP_LOG_LEVEL"] = PROCESS_CPP_LOG_LEVEL
-    if "OMP_NUM_THREADS" not in os.environ:         # the cores shared between the processes
+    if "OMP_NUM_THREADS" not in os.environ:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else os.cpu_count() or 1
         os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
-    run_id = "rnnkit-" + (endpoint.replace(":", "-") if nnodes > 1 else uuid.uuid4().hex)
-    # SIGTERM (Slurm, Kubernetes) is ours: the processes stop as for Ctrl-C, with torch's
-    # Ctrl-C grace (see _on_sigterm). A torch without LaunchConfig.signals_to_handle handles
-    # it itself, passing it on all the same, and the launcher exits 143
-    own_sigterm = ("signals_to_handle" in {f.name for f in fields(LaunchConfig)}
-                   and threading.current_thread() is threading.main_thread())
-    config = LaunchConfig(
-        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=run_id,
-        rdzv_backend="c10d", rdzv_endpoint=endpoint,
-        rdzv_configs={"join_timeout": timeout, "read_timeout": timeout, "timeout": timeout},
-        max_restarts=0, monitor_interval=0.2,
-        shutdown_timeout=int(distributed.timeout()),    # Ctrl-C: time for the step and save
-        **({"signals_to_handle": "SIGINT,SIGHUP,SIGQUIT"} if own_sigterm else {}))
-
-    command = [*sys.argv[:0], "-m", "rnnkit", *without_launch_options(args.argv)]
     for name in list(logging.root.manager.loggerDict):      # its notices: ours say it
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
-    def late(why: str = "") -> str:
-        return (f"--rdzv-endpoint {endpoint}: the run's machines did not meet within "
-                f"{timeout:g} s{why}; check the address, that the same command runs on all "
-                f"{nnodes} machines, and that the port is open")
 
-    watch = _Watch(timeout if args.rdzv_endpoint else None, late(), nproc)
-    terminated: list[int] = []
-    launching = threading.Event()       # inside torch's launcher: a SIGTERM raises there
+def _config(nproc: int, nnodes: int, endpoint: str, timeout: float):
+    """torchrun's launch configuration of the run. A signal to the launcher (Ctrl-C,
+    SIGTERM from Slurm or Kubernetes, …) is passed on to the processes, which get
+    ``shutdown_timeout`` to finish their step and save before they are killed."""
+    from torch.distributed.launcher.api import LaunchConfig
 
-    def _on_sigterm(signum, frame):
-        """SIGTERM: what Ctrl-C does — torch's launcher passes it on to the processes,
-        which finish their step and save (rnnkit.train.loop.STOP_SIGNALS), and waits for
-        them as long as for Ctrl-C; said once, whichever signal comes first."""
-        if terminated or not launching.is_set():
-            return                      # the processes are stopping, or are done, already
-        terminated.append(signum)
-        print("rnnkit: SIGTERM: the processes finish their step and save a resumable "
-              "checkpoint", file=sys.stderr, flush=True)
-        raise SignalException(f"process {os.getpid()} got SIGTERM", sigval=signal.SIGTERM)
+    from rnnkit.train import distributed
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if own_sigterm else None
-    watch.start()
-    try:
-        launching.set()
-        try:
-            elastic_launch(config, entrypoint=sys.executable)(*command)
-        finally:
-            launching.clear()
-    except ChildFailedError as error:
-        return _failed(error, out, watch.killed)
-    except SignalException as error:   # Ctrl-C, SIGTERM: passed on to the processes, which
-        if terminated:                  # save and stop (their own message)
-            return 128 + signal.SIGTERM
-        if error.sigval == signal.SIGINT:
-            return 130
-        # SIGHUP, SIGQUIT: the processes got it too
-        print(f"rnnkit: error: stopped by {error.sigval.name}; the processes were stopped"
-              f"{_what_is_kept(out)}", file=sys.stderr)
-        return 128 + error.sigval
-    except (RendezvousError, RuntimeError, TimeoutError) as error:   # the machines did not meet
-        cause = error.__cause__ or error
-        raise ValueError(late(f" ({distributed.first_line(cause)})")) from None
-    finally:
-        watch.stop()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return 0
+    run_id = "rnnkit-" + (endpoint.replace(":", "-") if nnodes > 1 else uuid.uuid4().hex)
+    return LaunchConfig(
+        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id=run_id,
+        rdzv_backend="c10d", rdzv_endpoint=endpoint,
+        rdzv_configs={"join_timeout": timeout, "read_timeout": timeout, "timeout": timeout},
+        max_restarts=0, monitor_interval=0.2, shutdown_timeout=int(distributed.timeout()))
 
 
 def _what_is_kept(out: str | None) -> str:

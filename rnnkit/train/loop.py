@@ -268,7 +268,7 @@ class Trainer:
         """Ctrl-C (SIGINT) or SIGTERM (Slurm, Kubernetes): finish the step, save, stop. A
         second Ctrl-C stops at once; any other second signal is the same request again (a
         batch system signals every process of a job, and rnnkit's launcher passes its own
-        SIGTERM on as SIGINT)."""
+        signal on to its processes)."""
         if self._stop_requested:
             if signum == self._stop_signal == signal.SIGINT:
                 raise KeyboardInterrupt

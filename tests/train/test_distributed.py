@@ -532,7 +532,7 @@ def test_a_machine_is_refused_for_the_run_arguments_alone(tmp_path):
 
 def test_sigterm_to_every_process_of_the_job_saves_once(corpus, tmp_path):
     """A batch system's stop (Slurm's scancel) signals every process of the job: the
-    launcher, which passes it on as SIGINT, and each process directly. The processes take
+    launcher, which passes it on, and each process directly. The processes take
     the two for one request — finish the step, save, exit — not for a second Ctrl-C."""
     out = tmp_path / "run"
     run = started(*long_run(corpus, out))

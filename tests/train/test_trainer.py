@@ -325,7 +325,7 @@ def test_ctrl_c_finishes_the_step_and_saves(tmp_path):
 
 def test_sigterm_finishes_the_step_and_saves_as_ctrl_c_does(tmp_path):
     """SIGTERM (what Slurm and Kubernetes send) asks for what Ctrl-C asks for; a SIGINT
-    after it (rnnkit's launcher passes its own SIGTERM on as SIGINT, and a batch system
+    after it (a launcher passes a signal on to its processes, and a batch system
     signals every process) is the same request, not a second Ctrl-C."""
     def sigterm_then_sigint(task, loss):
         signal.raise_signal(signal.SIGTERM)
