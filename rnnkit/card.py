@@ -141,6 +141,9 @@ def card_text(directory: str | Path, command: str | None = None) -> str:
         body.append("")
     body += ["## Training", ""]
     body += ["```", command, "```"] if command else ["(command not recorded: see run.json)"]
+    resumed = [c for c in run.get("resumed", []) if isinstance(c, str)]
+    if resumed:
+        body += ["", "then resumed with", "", "```", *resumed, "```"]
     body += ["", "## Use", "", "```", USE[task].format(dir=name), "```", "",
              "Files: `config.json` (architecture), `model.safetensors` (weights), the "
              "tokenizer file(s), `run.json` (the run's settings), `metrics.jsonl`.", ""]

@@ -16,6 +16,7 @@ from tiny_data import tiny_files, write_lines
 from rnnkit.data.labelled import read_tagged
 from rnnkit.generate import sample_tokens
 from rnnkit.models.lm import LMConfig
+from rnnkit.tasks.recipe import train_state_meta
 from rnnkit.tasks.classifier import ClassifierDataConfig
 
 TEXT = ["the cat sat on the mat", "the dog sat on the log"] * 20
@@ -45,9 +46,11 @@ def world(tmp_path_factory):
     bad_config.write_bytes(b'level = "char"\nhidden = 8 # caf\xe9\n')
     out_five = root / "out5.toml"
     out_five.write_text(f'data = "{text}"\nout = 5\n', encoding="utf-8")
+    hidden_nine = root / "hidden9.toml"
+    hidden_nine.write_text(f'data = "{text}"\nhidden = 9\n', encoding="utf-8")
     bad = _malformed_files(root, model)
     return {"T": text, "M": str(model), "D": str(folder), "L": files["labelled"],
-            "C": dup, "B": str(bad_config), "O5": str(out_five), "R": str(root),
+            "C": dup, "B": str(bad_config), "O5": str(out_five), "H9": str(hidden_nine), "R": str(root),
             "G": files["tagged"], "S": files["source"], "P": str(root / "pairs"), **bad}
 
 
@@ -171,13 +174,37 @@ def test_resume_refuses_settings_it_cannot_change(world, capsys):
     err = expect_cli_error(["train", "lm", "--resume", "--out", world["M"], "--hidden", "999"],
                            capsys, "--resume", "--hidden", "--epochs", "--max-steps")
     assert "--lr" not in err.split("only")[1]
-    expect_cli_error(["train", "lm", "--resume", "--out", world["M"], "--data", world["T"],
-                      "--lr", "0.1"], capsys, "--data", "--lr")
+    expect_cli_error(["train", "lm", "--resume", "--out", world["M"], "--data", world["L"],
+                      "--lr", "0.1"], capsys, "--data", "--lr", "the run has 0.002")
     config = Path(world["R"], "resume.toml")
     config.write_text('hidden = 999\nepochs = 3\n', encoding="utf-8")
     expect_cli_error(["train", "lm", "--resume", "--out", world["M"], "--config", config],
                      capsys, "hidden_size", str(config))
     assert Path(world["M"], "run.json").read_bytes() == before
+
+
+def test_resume_accepts_the_settings_the_run_has(world, tmp_path, monkeypatch, capsys):
+    """The command that started a run, with --resume and a new budget added, resumes it:
+    options given with the run's own values (a data path spelled relatively, a config
+    file's keys, a cell option at its default) are not refused."""
+    import shutil
+
+    out = tmp_path / "m"
+    shutil.copytree(world["M"], out)
+    monkeypatch.chdir(Path(world["T"]).parent)
+    config = tmp_path / "same.toml"
+    config.write_text('hidden = 8\nlevel = "char"\n[cell_options]\npeephole = false\n',
+                      encoding="utf-8")
+    code, _, err = run_cli(["train", "lm", "--resume", "--out", out, "--data",
+                            Path(world["T"]).name, "--level", "char", "--hidden", "8",
+                            "--layers", "1", "--batch-size", "4", "--bptt", "8",
+                            "--config", config, "--max-steps", "3", "--sample", "0",
+                            "--no-progress"], capsys)
+    assert code == 0, err
+    assert train_state_meta(out)["step"] == 3
+    expect_cli_error(["train", "lm", "--resume", "--out", out, "--layers", "2", "--locked-dropout",
+                      "--max-steps", "4"], capsys, "--layers 2 (the run has 1)",
+                     "--locked-dropout (the run was started without it)")
 
 
 def test_activations_max_chars_and_sample_are_checked_first(world, tmp_path, capsys):
@@ -266,7 +293,7 @@ TABLE = [
     ("data-and-valid", "train classifier --data {D} --valid {L} --out {X}",
      ["--data", "--valid"]),
     ("resume-hidden", "train lm --resume --out {M} --hidden 999", ["--resume", "--hidden"]),
-    ("resume-data", "train lm --resume --out {M} --data {T}", ["--resume", "--data"]),
+    ("resume-data", "train lm --resume --out {M} --data {L}", ["--resume", "--data"]),
     ("resume-cell-option", "train lm --resume --out {M} --peephole",
      ["--resume", "--peephole"]),
     ("max-chars-negative", "activations {M} --text {T} --out {X}/p.html --max-chars -1",
@@ -274,7 +301,8 @@ TABLE = [
     ("sample-negative", "train lm --data {T} --out {X} --sample -1", ["--sample"]),
     ("config-invalid-utf8", "train lm --config {B} --out {X}", ["{B}"]),
     ("config-out-number", "train lm --config {O5}", ["{O5}", "out"]),
-    ("resume-config-file", "train lm --resume --out {M} --config {O5}", ["--resume", "{O5}"]),
+    ("resume-config-file", "train lm --resume --out {M} --config {H9}",
+     ["--resume", "hidden_size = 9 in {H9}"]),
     ("config-missing", "train lm --config {R}/nothing.toml --out {X}", ["nothing.toml"]),
     ("conllu-repeated-id", "train tagger --data {C} --valid-fraction 0.5 --out {X}",
      ["dup.conllu", "line 4"]),

@@ -203,6 +203,12 @@ def test_resuming_a_finished_run_trains_nothing(text, tmp_path, capsys):
     code, _, err = _train(out, "--resume", "--max-steps", "3", capsys=capsys)  # a new budget
     assert code == 0, err
     assert (out / checkpoint.TRAIN_STATE).read_bytes() != before[checkpoint.TRAIN_STATE]
+    run = json.loads((out / "run.json").read_text())     # kept: the next resume's budget
+    assert run["train"]["max_steps"] == 3 and len(run["resumed"]) == 1
+    assert "--resume --max-steps 3" in run["resumed"][0]
+    assert "then resumed with" in (out / "README.md").read_text()
+    code, log, err = _train(out, "--resume", capsys=capsys)
+    assert code == 0 and "step 3 of --max-steps 3" in log, err
 
 
 def test_stale_temporary_files_are_removed_at_resume(text, tmp_path, capsys):

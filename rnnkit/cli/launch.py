@@ -35,8 +35,8 @@ FLAGS = {
                "NCCL with --device cuda: one GPU each)",
     "--nnodes": "with --rdzv-endpoint: the number of machines of the run (start the same "
                 "command on each; default 1)",
-    "--rdzv-endpoint": "HOST:PORT where the machines of a run meet (the machine HOST names "
-                       "hosts the rendezvous)",
+    "--rdzv-endpoint": "with --nnodes: HOST:PORT where the machines of a run meet (the "
+                       "machine HOST names hosts the rendezvous)",
     "--rdzv-timeout": "with --nnodes and --rdzv-endpoint: seconds to wait for all machines "
                       f"to join before giving up (default {RDZV_TIMEOUT})",
 }
@@ -123,6 +123,10 @@ def check(args, device: str) -> tuple[int, int, str, float]:
             raise ValueError(f"--rdzv-endpoint {endpoint}: the host name {host} does not "
                              f"resolve ({error.strerror}); give a name or address of the "
                              f"machine that hosts the rendezvous") from None
+    if endpoint and args.nnodes is None:
+        raise ValueError(f"--rdzv-endpoint {endpoint}: it is where the machines of a run "
+                         f"meet; give --nnodes M too (the number of machines, the same on "
+                         f"every machine)")
     timeout = RDZV_TIMEOUT if args.rdzv_timeout is None else args.rdzv_timeout
     if not timeout > 0:
         raise ValueError(f"--rdzv-timeout: expected seconds > 0, got {timeout}")

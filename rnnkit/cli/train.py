@@ -80,7 +80,8 @@ def add_commands(commands) -> None:
             "come from a TOML file (--config); the command line wins.")
         sub.add_argument("--out", help=out)
         sub.add_argument("--resume", action="store_true",
-                         help="continue the run in --out from its last checkpoint")
+                         help="continue the run in --out from its last checkpoint (an option "
+                         "given must have the run's value, the budget's and --sample's aside)")
         sub.add_argument("--config", help="TOML file of options (keys as in --help, with _)")
         sub.add_argument("--device", help="cpu | cuda | auto (default cpu)")
         sub.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -137,27 +138,80 @@ def _checked(spec, options, groups: dict):
     return data_cfg
 
 
-def _check_resume(args, options, file: dict) -> None:
+def _check_resume(args, options, file: dict, spec, out: Path) -> None:
     """``--resume`` continues a run with the settings it was started with: an option of its
     data, model or training (other than the training budget) given now, on the command line
-    or in the --config file, is refused."""
+    or in the --config file, must have the run's own value (so that the command that
+    started a run, with ``--resume`` added, resumes it); another value is refused, naming
+    both."""
     from rnnkit.tasks import recipe
+
+    run = _saved_run(out)
+    if run is None:                     # no run here to compare with: the recipe says so
+        return
 
     def may_change(o) -> bool:
         field = recipe.TRAIN_FIELDS.get(o.key) if o.group == "train" else None
         return o.group == "run" or (field is not None and field.metadata.get("resume"))
 
-    refused = [o.flag for o in options
-               if getattr(args, o.key) is not None and not may_change(o)]
-    in_file = [o.key for o in options if o.key in file and not may_change(o)]
-    in_file += ["cell_options"] if "cell_options" in file else []
-    if in_file:
-        refused.append(f"{', '.join(in_file)} (in {args.config})")
+    given = {o.key: getattr(args, o.key) for o in options if getattr(args, o.key) is not None}
+    values = {**{k: v for k, v in file.items() if k != "cell_options"},
+              **(file.get("cell_options") or {}), **given}
+    kept, saved = _as_run_keeps(spec, run, values, options), _run_values(run, options)
+    refused = []
+    for o in options:
+        if o.key not in values or may_change(o):
+            continue
+        if o.key not in saved or kept[o.key] != saved[o.key]:
+            named = (o.flag if o.kind == "bool" else f"{o.flag} {shown(values[o.key])}") \
+                if o.key in given else f"{o.key} = {shown(values[o.key])} in {args.config}"
+            has = ("was started without it" if o.kind == "bool" else
+                   f"has {shown(saved[o.key])}") if o.key in saved else f"has no {o.key}"
+            refused.append(f"{named} (the run {has})")
     if refused:
         allowed = [o.flag for o in options if may_change(o)]
         raise ValueError(f"--resume: continues the run with the settings it was started "
-                         f"with; {', '.join(refused)} cannot change (a resume may change "
+                         f"with; {'; '.join(refused)}: cannot change (a resume may change "
                          f"only {', '.join(allowed)})")
+
+
+def _saved_run(out: Path) -> dict | None:
+    """The run.json of the run in ``out``, or None where there is none to read."""
+    from rnnkit import checkpoint
+    from rnnkit.tasks import recipe
+
+    try:
+        run = checkpoint.read_json(out / recipe.RUN)
+    except (OSError, ValueError):
+        return None
+    return run if isinstance(run, dict) else None
+
+
+def _as_run_keeps(spec, run: dict, values: dict, options) -> dict:
+    """Option values as run.json keeps them: tuples as lists, data paths absolute."""
+    from rnnkit.tasks.common import absolute_paths
+
+    kept = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    data = {o.key: values[o.key] for o in options if o.group == "data" and o.key in values}
+    try:
+        absolute = absolute_paths(spec.data_config(**{**run.get("data", {}), **data}))
+        kept.update({k: absolute[k] for k in data})
+    except (ValueError, TypeError):     # not a config the run could have: refused as given
+        pass
+    return kept
+
+
+def _run_values(run: dict, options) -> dict:
+    """The run's value of every option it has, by key (a cell option not given at its
+    start: the registry's default)."""
+    from rnnkit.cells.registry import all_options
+
+    groups = {"cell": {**all_options(), **run.get("model", {}).get("cell_options", {})},
+              "data": run.get("data", {}), "model": run.get("model", {}),
+              "train": run.get("train", {})}
+    return {o.key: groups[o.group][o.key] for o in options
+            if o.group in groups and isinstance(groups[o.group], dict)
+            and o.key in groups[o.group]}
 
 
 def run_train(args) -> int:
@@ -170,11 +224,11 @@ def run_train(args) -> int:
         run_options = asdict(spec.run_options(**groups["run"])) if spec.run_options else {}
     if args.resume:                     # the run's own, saved at its start, unless given now
         run_options = {k: v for k, v in run_options.items() if k in groups["run"]}
+    out = model_directory(args, spec, file, log)
     if args.resume:
-        _check_resume(args, options, file)
+        _check_resume(args, options, file, spec, Path(out))
     else:
         data_cfg = _checked(spec, options, groups)
-    out = model_directory(args, spec, file, log)
     device = args.device or file.get("device") or "cpu"
     if launch.wanted(args):
         launch.check(args, device)

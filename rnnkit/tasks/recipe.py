@@ -20,7 +20,8 @@ its metrics and output formats); :func:`train` does the rest, the same way for a
 
 A run directory holds ``run.json`` = {"task", "data", "model", "train"}: the settings a run
 was started with (data paths absolute), so that ``resume`` needs nothing else, from any
-working directory.
+working directory; also its "command", its finish options ("run") and, after a resume,
+the budget it was given ("train" updated) and its command (in "resumed").
 
 Under torchrun (:mod:`rnnkit.train.distributed`) process 0 does all of the above and tells
 the others how its start went; they then read the run's settings and vocabularies from the
@@ -221,6 +222,20 @@ def save_run(out: Path, spec: TaskSpec, data_cfg, model_cfg, train_cfg: TrainCon
                                       "train": asdict(train_cfg),
                                       **({"command": command} if command else {}),
                                       **({"run": run_options} if run_options else {})})
+
+
+def record_resume(out: Path, train_cfg: TrainConfig, command: str | None,
+                  run_options: dict) -> None:
+    """Keep a resume in ``out``'s run.json: its budget and finish options (the next resume
+    and :func:`finished` read them), and its command under "resumed" (the model card shows
+    it after the start's)."""
+    run = checkpoint.read_json(out / RUN)
+    run["train"] = asdict(train_cfg)
+    if run_options:
+        run["run"] = run_options
+    if command:
+        run["resumed"] = [*run.get("resumed", []), command]
+    checkpoint.write_json(out / RUN, run)
 
 
 def read_run(out: Path, spec: TaskSpec, train_overrides: dict | None = None):
@@ -443,6 +458,8 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
                      run_options)
         start.tell(out=str(out.resolve()), host=socket.gethostname(), command=command)
         start.agree()                       # the others see the run directory, same command
+        if resume:
+            record_resume(out, train_cfg, command, run_options)
     except BaseException:
         if not resume:
             _restore(out, before)

@@ -381,9 +381,12 @@ def test_two_machines_meet_at_a_localhost_rendezvous(corpus, tmp_path):
     (["--precision", "fp16", "--nproc", "2"], "fp16 trains on a CUDA device only"),
     (["--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", "localhost:99999"],
      "port 99999 is out of range"),
+    (["--nproc", "1", "--rdzv-endpoint", "localhost:29400"],
+     "--rdzv-endpoint localhost:29400: it is where the machines of a run meet; give --nnodes"),
 ], ids=["nproc-above-cores", "nproc-zero", "nccl-without-cuda", "nnodes-without-endpoint",
         "bad-endpoint", "unknown-host", "rdzv-timeout-alone", "fp16-on-cpu",
-        "fp16-on-cpu-before-the-processes", "port-out-of-range"])
+        "fp16-on-cpu-before-the-processes", "port-out-of-range",
+        "endpoint-without-nnodes"])
 def test_bad_launches_are_refused_clearly(corpus, tmp_path, capsys, extra, message):
     if "cuda" in extra and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
