@@ -48,9 +48,7 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
-                raise ValueError(f"{self.directory}: a run directory in use — "
-                                 f"{holder(self.path)} is training in it; wait for it to end "
-                                 f"(or stop it), or choose another --out") from None
+                raise _in_use(self.path) from None
             # The file may have been removed (a holder's release) between our open and our
             # lock: then our lock is on a file nobody else will open; try again.
             try:
@@ -79,6 +77,30 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def refuse_if_held(directory: str | os.PathLike) -> None:
+    """Raise the ``ValueError`` :class:`RunLock` would if a process holds ``directory``'s
+    lock now; creates nothing (a check made before starting the processes that will take
+    it)."""
+    path = Path(directory) / LOCK_FILE
+    if fcntl is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:                       # no lock file: nobody holds it
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise _in_use(path) from None
+    finally:
+        os.close(fd)                      # which drops ours, if we took it
+
+
+def _in_use(path: Path) -> ValueError:
+    return ValueError(f"{path.parent}: a run directory in use — {holder(path)} is training "
+                      f"in it; wait for it to end (or stop it), or choose another --out")
 
 
 def holder(path: Path) -> str:

@@ -232,6 +232,7 @@ def run_train(args) -> int:
     device = args.device or file.get("device") or "cpu"
     if launch.wanted(args):
         launch.check(args, device)
+        recipe.check_start(Path(out), args.resume)     # at once, not from the processes
         if not args.resume:            # refused here, before the processes start (seconds)
             from rnnkit.tasks.common import device_of
             from rnnkit.train.config import check_precision

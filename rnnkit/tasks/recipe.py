@@ -50,7 +50,7 @@ from rnnkit.files import remove_stale_temporaries
 from rnnkit.card import write_card
 from rnnkit.cells.registry import named_by_file
 from rnnkit.config import MAX_VOCAB, check_cell, declared, field_default
-from rnnkit.runlock import RunLock
+from rnnkit.runlock import RunLock, refuse_if_held
 from rnnkit.tasks.pretrained import check_language_model
 from rnnkit.tasks.common import absolute_paths, config_from_dict, device_of
 from rnnkit.train import Trainer, TrainConfig, distributed
@@ -172,6 +172,21 @@ def model_settings(spec: TaskSpec, given: Mapping | None) -> dict:
 
 
 # -- run files ------------------------------------------------------------------------------
+
+def check_start(out: Path, resume: bool) -> None:
+    """Refuse at once what :func:`train` would refuse about ``out`` before reading any data
+    (no run to resume, a model there already, a process training in it); creates nothing.
+    The launcher calls it before it starts the processes."""
+    if resume and not out.is_dir():
+        raise ValueError(f"{out}: no such run directory to resume")
+    if not out.is_dir():
+        return
+    refuse_if_held(out)
+    if resume:
+        check_resumable(out)
+    else:
+        check_new_run(out, log=lambda text: None)
+
 
 def check_new_run(out: Path, log=print) -> None:
     """Refuse to start a run in a directory that holds a model or a run already — except a
@@ -309,8 +324,7 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
             return summary
         before = {}
         try:
-            if resume and not out.is_dir():
-                raise ValueError(f"{out}: no such run directory to resume")
+            check_start(out, resume)
             before = _snapshot(out)
             with RunLock(out):
                 summary = _train_locked(spec, data_cfg, model_options, train_cfg, out, dev,

@@ -396,6 +396,31 @@ def test_bad_launches_are_refused_clearly(corpus, tmp_path, capsys, extra, messa
     assert "Traceback" not in err and not (tmp_path / "run").exists()
 
 
+def test_the_launcher_refuses_a_taken_directory_before_any_process_starts(
+        corpus, tmp_path, capsys, monkeypatch):
+    from rnnkit.cli import launch
+    from rnnkit.runlock import RunLock
+
+    def started(*args, **kwargs):
+        raise AssertionError("processes started")
+
+    monkeypatch.setattr(launch, "launch", started)
+    held, model = tmp_path / "held", tmp_path / "model"
+    model.mkdir()
+    (model / checkpoint.WEIGHTS).write_bytes(b"weights")
+    command = ["train", "lm", "--data", corpus / "text.txt", *LM, "--nproc", "2", "--out"]
+    with RunLock(held):
+        for out, extra, message in [(model, [], "holds a model or run already"),
+                                    (held, [], "a run directory in use"),
+                                    (held, ["--resume"], "a run directory in use"),
+                                    (tmp_path / "none", ["--resume"], "no such run directory"),
+                                    (model, ["--resume"], "no run to resume")]:
+            code, _, err = run_cli([*command, out, *extra], capsys)
+            assert code == 2 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["held", "model"]
+    assert not any(held.iterdir())              # the lock's file, removed by its holder
+
+
 def test_a_start_refused_by_process_0_is_said_once_and_leaves_nothing(corpus, tmp_path):
     few = write_lines(tmp_path / "few.txt", ["the cat sat on the mat"] * 6)
     done = rnnkit("train", "lm", "--data", few, *LM, "--batch-size", 12, "--out",
