@@ -79,9 +79,10 @@ def add_commands(commands) -> None:
             description=f"{spec.description}{_defaults_line(spec, options)} Options may also "
             "come from a TOML file (--config); the command line wins.")
         sub.add_argument("--out", help=out)
+        free = ", ".join(o.flag for o in options if _may_change(o))
         sub.add_argument("--resume", action="store_true",
-                         help="continue the run in --out from its last checkpoint (an option "
-                         "given must have the run's value, the budget's and --sample's aside)")
+                         help="continue the run in --out from its last checkpoint (another "
+                         f"option given must have the run's value; these may change: {free})")
         sub.add_argument("--config", help="TOML file of options (keys as in --help, with _)")
         sub.add_argument("--device", help="cpu | cuda | auto (default cpu)")
         sub.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -144,23 +145,16 @@ def _check_resume(args, options, file: dict, spec, out: Path) -> None:
     or in the --config file, must have the run's own value (so that the command that
     started a run, with ``--resume`` added, resumes it); another value is refused, naming
     both."""
-    from rnnkit.tasks import recipe
-
     run = _saved_run(out)
     if run is None:                     # no run here to compare with: the recipe says so
         return
-
-    def may_change(o) -> bool:
-        field = recipe.TRAIN_FIELDS.get(o.key) if o.group == "train" else None
-        return o.group == "run" or (field is not None and field.metadata.get("resume"))
-
     given = {o.key: getattr(args, o.key) for o in options if getattr(args, o.key) is not None}
     values = {**{k: v for k, v in file.items() if k != "cell_options"},
               **(file.get("cell_options") or {}), **given}
     kept, saved = _as_run_keeps(spec, run, values, options), _run_values(run, options)
     refused = []
     for o in options:
-        if o.key not in values or may_change(o):
+        if o.key not in values or _may_change(o):
             continue
         if o.key not in saved or kept[o.key] != saved[o.key]:
             named = (o.flag if o.kind == "bool" else f"{o.flag} {shown(values[o.key])}") \
@@ -169,10 +163,19 @@ def _check_resume(args, options, file: dict, spec, out: Path) -> None:
                    f"has {shown(saved[o.key])}") if o.key in saved else f"has no {o.key}"
             refused.append(f"{named} (the run {has})")
     if refused:
-        allowed = [o.flag for o in options if may_change(o)]
+        allowed = [o.flag for o in options if _may_change(o)]
         raise ValueError(f"--resume: continues the run with the settings it was started "
                          f"with; {'; '.join(refused)}: cannot change (a resume may change "
                          f"only {', '.join(allowed)})")
+
+
+def _may_change(option) -> bool:
+    """Whether a resume may give ``option`` another value than the run's: the budget, the
+    display (progress bar, TensorBoard) and the task's finish options."""
+    from rnnkit.tasks import recipe
+
+    field = recipe.TRAIN_FIELDS.get(option.key) if option.group == "train" else None
+    return option.group == "run" or (field is not None and field.metadata.get("resume"))
 
 
 def _saved_run(out: Path) -> dict | None:
