@@ -80,6 +80,9 @@ def wanted(args) -> bool:
 
 def check(args, device: str) -> tuple[int, int, str, float]:
     """(processes per machine, machines, rendezvous endpoint, its timeout), checked."""
+    from rnnkit.train import distributed
+
+    distributed.timeout()               # RNNKIT_DIST_TIMEOUT, refused before anything starts
     nproc = 1 if args.nproc is None else args.nproc
     nnodes = 1 if args.nnodes is None else args.nnodes
     if nproc < 1:
@@ -95,14 +98,14 @@ def check(args, device: str) -> tuple[int, int, str, float]:
                              "run; leave out --device to train on the CPU (gloo)")
         if nproc > gpus:
             raise ValueError(f"--nproc {nproc}: this machine has {gpus} GPU(s) and each process "
-                             f"takes one; give --nproc {gpus} or fewer")
+                             f"takes one; give --nproc {gpus}{' or fewer' if gpus > 1 else ''}")
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else os.cpu_count() or 1
         if nproc > cores:
             raise ValueError(f"--nproc {nproc}: this machine has {cores} CPU core(s) for this "
                              f"program; more processes than cores only slow each other down "
-                             f"(give --nproc {cores} or fewer)")
+                             f"(give --nproc {cores}{' or fewer' if cores > 1 else ''})")
     endpoint = args.rdzv_endpoint or ""
     if nnodes > 1 and not endpoint:
         raise ValueError(f"--nnodes {nnodes}: the machines need a meeting point; give "
@@ -128,8 +131,9 @@ def check(args, device: str) -> tuple[int, int, str, float]:
                          f"meet; give --nnodes M too (the number of machines, the same on "
                          f"every machine)")
     timeout = RDZV_TIMEOUT if args.rdzv_timeout is None else args.rdzv_timeout
-    if not timeout > 0:
-        raise ValueError(f"--rdzv-timeout: expected seconds > 0, got {timeout}")
+    if not 1 <= timeout <= distributed.MAX_TIMEOUT:   # torch's read timeout: whole seconds
+        raise ValueError(f"--rdzv-timeout: expected seconds from 1 to "
+                         f"{distributed.MAX_TIMEOUT:.0f} (a week), got {timeout:g}")
     return nproc, nnodes, endpoint or "localhost:0", timeout
 
 
@@ -161,9 +165,16 @@ def launch(args, device: str, out: str | None) -> int:
             print(f"rnnkit: error: stopped by {error.sigval.name}; the processes were stopped"
                   f"{_what_is_kept(out)}", file=sys.stderr)
         return 128 + error.sigval      # Ctrl-C, SIGTERM: they saved and said so: 130, 143
-    except (RendezvousError, RuntimeError, TimeoutError) as error:   # the machines did not meet
-        cause = error.__cause__ or error
-        raise ValueError(late.format(why=f" ({distributed.first_line(cause)})")) from None
+    except (RendezvousError, RuntimeError, TimeoutError) as error:
+        why = distributed.first_line(error.__cause__ or error)
+        if not watch.workers:                       # the machines did not meet
+            raise ValueError(late.format(why=f" ({why})")) from None
+        # they met, and the rendezvous was lost later: a machine's launcher ended (its
+        # processes failed, or it was killed) and with it the run
+        print(f"rnnkit: error: lost contact with the run's other machines at "
+              f"--rdzv-endpoint {endpoint} ({why}); the processes here were stopped"
+              f"{_what_is_kept(out)}", file=sys.stderr)
+        return 1
     finally:
         watch.stop()
     return 0
@@ -251,6 +262,7 @@ class _Watch(threading.Thread):
         self.expected = expected        # the processes this machine starts
         self.deadline = None if deadline is None else time.monotonic() + deadline + 1.0
         self.late, self.killed = late, set()
+        self.workers: list[int] = []    # the processes seen started: the machines met
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -258,20 +270,19 @@ class _Watch(threading.Thread):
 
     def run(self) -> None:
         stuck_since: dict[int, float] = {}
-        workers: list[int] = []
         while not self._stopping.wait(0.25):
-            if len(workers) < self.expected:        # they start one by one
+            if len(self.workers) < self.expected:        # they start one by one
                 found = _children()
                 if found is None:
                     return                  # /proc cannot say: torch's own bounds
-                workers = sorted(set(workers) | set(found))
-            if not workers and self.deadline is not None and \
+                self.workers = sorted(set(self.workers) | set(found))
+            if not self.workers and self.deadline is not None and \
                     time.monotonic() > self.deadline:
                 # nothing to clean up: no process started; the main thread is inside
                 # torch's C++ retries, where no Python exception reaches it
                 print(f"rnnkit: error: {self.late}", file=sys.stderr, flush=True)
                 os._exit(2)
-            for pid in workers:
+            for pid in self.workers:
                 if _stopped_with_sigterm(pid):
                     since = stuck_since.setdefault(pid, time.monotonic())
                     if time.monotonic() - since > FAILED_GRACE and pid not in self.killed:

@@ -193,6 +193,14 @@ def read_config(path: str | None, options: list[Option], command: str) -> dict:
         raise ValueError(f"{path}: not valid TOML ({error})") from None
     by_name = {o.key: o for o in options} | {o.alias: o for o in options}
     unknown = sorted(set(config) - set(by_name) - {"cell_options", *RUN_KEYS})
+    from rnnkit.cli.launch import FLAGS as LAUNCH_FLAGS
+
+    for name in unknown:
+        flag = "--" + name.replace("_", "-")
+        if flag in LAUNCH_FLAGS:
+            raise ValueError(f"{path}: {name}: a launch option, which starts the run's "
+                             f"processes rather than setting the run; give {flag} on the "
+                             f"command line")
     if unknown:
         raise ValueError(f"{path}: unknown option(s) {unknown}; see 'rnnkit {command} --help'")
     if "cell_options" in config and not isinstance(config["cell_options"], dict):

@@ -50,7 +50,7 @@ def device_of(name: str | None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device: expected cpu, cuda, cuda:N or auto, got {name!r}") from None
+        raise ValueError(f"--device {name}: expected cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0:
@@ -60,7 +60,7 @@ def device_of(name: str | None) -> torch.device:
             raise ValueError(f"--device {name}: this machine has {count} CUDA device(s), "
                              f"numbered from 0")
     elif device.type != "cpu":
-        raise ValueError(f"device: expected cpu, cuda, cuda:N or auto, got {name!r}")
+        raise ValueError(f"--device {name}: expected cpu, cuda, cuda:N or auto")
     return device
 
 

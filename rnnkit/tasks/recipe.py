@@ -560,11 +560,33 @@ def check_processes(out: Path, world: World) -> None:
     (:func:`rnnkit.train.load_train_state` says why)."""
     saved = train_state_meta(out).get("processes", 1)
     if saved != world.size:
+        machines, each = _layout(out)
         how = ("in one process (no --nproc, no torchrun)" if saved == 1 else
-               f"with --nproc {saved} (or torchrun with {saved} processes in all)")
+               f"with --nproc {saved} (or torchrun with {saved} processes in all)"
+               if machines * each != saved or machines == 1 else
+               f"as it was started, on {machines} machines with --nproc {each} each "
+               f"(--nnodes {machines} --rdzv-endpoint HOST:PORT), or with torchrun with "
+               f"{saved} processes in all")
         raise ValueError(f"{out}: the run was trained by {saved} process(es), and this resume "
                          f"has {world.size}; each process's data position, carried state and "
                          f"random streams are its own, so resume it {how}")
+
+
+def _layout(out: Path) -> tuple[int, int]:
+    """(machines, processes on each) of the command that started the run in ``out``, as
+    run.json records it (``--nnodes``, ``--nproc`` or ``--nproc-per-node``); (1, 0) where
+    it does not say."""
+    try:
+        words = shlex.split(checkpoint.read_json(out / RUN).get("command") or "")
+    except (OSError, ValueError, AttributeError):
+        return 1, 0
+    given = {}
+    for i, word in enumerate(words):
+        flag, _, value = word.partition("=")
+        if flag in ("--nnodes", "--nproc", "--nproc-per-node"):
+            value = value or (words[i + 1] if i + 1 < len(words) else "")
+            given[flag.removesuffix("-per-node")] = int(value) if value.isdigit() else 0
+    return given.get("--nnodes", 1), given.get("--nproc", 0)
 
 
 def finished(out: Path, train_cfg: TrainConfig) -> dict | None:

@@ -20,13 +20,18 @@ What each part of a run does with the world:
 - process 0 alone writes: checkpoints, metrics, curves, the progress bar, the log.
 
 A process that dies makes the others' next collective fail (the connection closes), or
-time out after ``timeout`` seconds; :func:`lost_contact` turns that into a clear error.
+time out after ``timeout`` seconds; :func:`lost_contact` turns that into a clear error. A
+launcher that dies (killed, out of memory) has its processes sent SIGTERM (Linux): they
+finish their step, save and stop, as on a batch system's cancel, rather than train on
+unseen, holding the run directory.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -35,6 +40,7 @@ import torch.distributed as dist
 
 TIMEOUT_ENV = "RNNKIT_DIST_TIMEOUT"     # seconds a process waits for the others
 TIMEOUT = 1800.0                        # … unless the environment says otherwise
+MAX_TIMEOUT = 7 * 24 * 3600.0           # a week: torch keeps timeouts in C ints
 
 
 class LostContact(ValueError):
@@ -194,8 +200,9 @@ def timeout() -> float:
         value = float(text) if text else TIMEOUT
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise ValueError(f"{TIMEOUT_ENV}={text!r}: expected a number of seconds > 0")
+    if not 0 < value <= MAX_TIMEOUT:
+        raise ValueError(f"{TIMEOUT_ENV}={text!r}: expected a number of seconds > 0 and at "
+                         f"most {MAX_TIMEOUT:.0f} (a week)")
     return value
 
 
@@ -249,6 +256,7 @@ def join(device: torch.device, timeout: float) -> tuple[World, torch.device]:
         backend = "nccl"
     else:
         backend = "gloo"
+    _stop_with_the_launcher()
     if not dist.is_initialized():
         try:
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
@@ -257,6 +265,22 @@ def join(device: torch.device, timeout: float) -> tuple[World, torch.device]:
                               f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
                               f" ({first_line(error)})") from None
     return World(rank, size, local_rank, backend), device
+
+
+def _stop_with_the_launcher() -> None:
+    """Linux: have the kernel send this process SIGTERM when its parent, the launcher
+    (torchrun's agent, or rnnkit's ``--nproc``), dies; elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):       # no prctl: an orphan trains on, as in torch
+        pass
+
+
+PR_SET_PDEATHSIG = 1                    # <linux/prctl.h>
 
 
 def leave(world: World, finished: bool = False) -> None:

@@ -269,6 +269,24 @@ def test_distributed_resume_is_bit_exact_and_refuses_another_count(corpus, tmp_p
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
 
 
+@pytest.mark.parametrize("command, how", [
+    ("rnnkit train lm --nproc 2 --nnodes 2 --rdzv-endpoint h:1 --out r",
+     "as it was started, on 2 machines with --nproc 2 each (--nnodes 2"),
+    ("torchrun --nnodes=2 --nproc-per-node=2 -m rnnkit train lm --out r",
+     "as it was started, on 2 machines with --nproc 2 each (--nnodes 2"),
+    ("rnnkit train lm --nproc 4 --out r", "with --nproc 4 (or torchrun with 4 processes"),
+])
+def test_a_resume_with_another_world_size_is_told_the_run_s_layout(tmp_path, monkeypatch,
+                                                                   command, how):
+    from rnnkit.tasks import recipe
+
+    checkpoint.write_json(tmp_path / recipe.RUN, {"command": command})
+    monkeypatch.setattr(recipe, "train_state_meta", lambda out: {"processes": 4})
+    with pytest.raises(ValueError, match="trained by 4 process") as refused:
+        recipe.check_processes(tmp_path, World(0, 2, 0, "gloo"))
+    assert how in str(refused.value)
+
+
 def test_a_killed_process_stops_the_others_and_keeps_the_checkpoint(corpus, tmp_path):
     out = tmp_path / "run"
     run = started(*long_run(corpus, out))
@@ -281,6 +299,47 @@ def test_a_killed_process_stops_the_others_and_keeps_the_checkpoint(corpus, tmp_
     assert "Traceback" not in stderr
     _, meta = checkpoint.load_tensors(out / checkpoint.TRAIN_STATE)   # whole, resumable
     assert meta["processes"] == 2 and meta["step"] % 3 == 0
+
+
+def test_a_killed_process_of_one_machine_ends_the_run_on_both(corpus, tmp_path):
+    """Two machines met at a rendezvous; one's process is killed: that machine names it,
+    the other says it lost contact (not that the machines never met), both exit 1."""
+    out, port = tmp_path / "run", free_port()
+    args = [*long_run(corpus, out)[:-2], "--nproc", 1, "--nnodes", 2, "--rdzv-endpoint",
+            f"localhost:{port}"]
+    nodes = [started(*args)]
+    time.sleep(0.5)                         # the first hosts the rendezvous
+    nodes.append(started(*args))
+    _workers_once_saved(out)
+    host_worker = subprocess.run(["pgrep", "-P", str(nodes[0].pid)], capture_output=True,
+                                 text=True).stdout.split()
+    os.kill(int(host_worker[0]), signal.SIGKILL)
+    errs = [node.communicate(timeout=60)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [1, 1], errs
+    assert "was killed by SIGKILL" in errs[0] and "lost contact" in errs[1], errs
+    assert not any("did not meet" in e or "Traceback" in e for e in errs), errs
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl: Linux only")
+def test_processes_whose_launcher_is_killed_save_and_stop(corpus, tmp_path):
+    """kill -9 of the launcher (an out-of-memory kill, say): its processes are sent SIGTERM
+    by the kernel, so they save and stop instead of training on, orphaned."""
+    out = tmp_path / "run"
+    run = started(*long_run(corpus, out, save_every=1000))
+    workers = _workers_started(out)
+    run.kill()
+    try:
+        said, _ = run.communicate(timeout=60)    # the processes hold its pipes: until they end
+    finally:
+        orphans = [pid for pid in workers if _running(pid)]
+        for pid in orphans:                       # none, unless the test fails
+            os.kill(int(pid), signal.SIGKILL)
+    assert not orphans, "orphans train on"
+    _, meta = checkpoint.load_tensors(out / checkpoint.TRAIN_STATE)
+    assert meta["processes"] == 2 and "SIGTERM: finishing this step" in said, said
+    assert f"saved a resumable checkpoint at step {meta['step']}" in said, said
+    rnnkit("train", "lm", "--out", out, "--resume", "--max-steps", meta["step"] + 2,
+           "--nproc", 2)                                   # the directory is free again
 
 
 def test_a_hung_process_is_named_and_the_run_stops_within_its_timeout(corpus, tmp_path):
@@ -335,6 +394,17 @@ def test_the_compiled_build_is_announced_by_the_one_process_that_builds(tmp_path
     assert sum(err.count("building the compiled recurrent loops") for err in errs) == 1, errs
 
 
+def _workers_started(out: Path) -> list[str]:
+    """The pids of the two processes of the run in ``out`` once it has written a training
+    line (it is in the loop, where a stop signal makes it save)."""
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+            metrics.is_file() and '"train"' in metrics.read_text()):
+        time.sleep(0.2)
+    return _workers_of(out)
+
+
 def _workers_once_saved(out: Path) -> list[str]:
     """The pids of the two processes of the run in ``out`` (not its launcher), once it has
     saved a checkpoint."""
@@ -343,6 +413,20 @@ def _workers_once_saved(out: Path) -> list[str]:
     while not state.is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert state.is_file(), "no checkpoint within a minute"
+    return _workers_of(out)
+
+
+def _running(pid: str) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an orphan's end: its new parent
+    may not reap it)."""
+    try:
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2][:4]
+    except OSError:
+        return False
+
+
+def _workers_of(out: Path) -> list[str]:
+    """The pids of the two processes of the run in ``out`` (not its launcher)."""
     found = subprocess.run(["pgrep", "-af", "--", f"rnnkit train lm .*--out {out}"],
                            capture_output=True, text=True).stdout.splitlines()
     workers = [line.split()[0] for line in found if "--nproc" not in line]
@@ -366,6 +450,27 @@ def test_two_machines_meet_at_a_localhost_rendezvous(corpus, tmp_path):
     assert lines_of(tmp_path / "run", "valid")[-1]["step"] == 4
 
 
+def test_a_launch_option_in_a_config_file_is_sent_to_the_command_line(corpus, tmp_path,
+                                                                      capsys):
+    config = tmp_path / "run.toml"
+    config.write_text("nproc = 2\n", encoding="utf-8")
+    code, _, err = run_cli(["train", "lm", "--data", corpus / "text.txt", "--config", config,
+                            "--out", tmp_path / "run"], capsys)
+    assert code == 2 and f"{config}: nproc: a launch option" in err, err
+    assert "give --nproc on the command line" in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "1e30", "0", "soon"])
+def test_a_bad_dist_timeout_is_refused_before_any_process(corpus, tmp_path, capsys,
+                                                         monkeypatch, value):
+    monkeypatch.setenv("RNNKIT_DIST_TIMEOUT", value)
+    code, _, err = run_cli(["train", "lm", "--data", corpus / "text.txt", *LM, "--out",
+                            tmp_path / "run", "--nproc", "2"], capsys)
+    assert code == 2 and f"RNNKIT_DIST_TIMEOUT={value!r}: expected a number of seconds" \
+        in err, err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--nproc", "100000"], "CPU core(s)"),
     (["--nproc", "0"], "--nproc: expected a number of processes >= 1"),
@@ -383,10 +488,14 @@ def test_two_machines_meet_at_a_localhost_rendezvous(corpus, tmp_path):
      "port 99999 is out of range"),
     (["--nproc", "1", "--rdzv-endpoint", "localhost:29400"],
      "--rdzv-endpoint localhost:29400: it is where the machines of a run meet; give --nnodes"),
+    (["--nnodes", "2", "--rdzv-endpoint", "localhost:29400", "--rdzv-timeout", "0.5"],
+     "--rdzv-timeout: expected seconds from 1 to 604800 (a week), got 0.5"),
+    (["--nnodes", "2", "--rdzv-endpoint", "localhost:29400", "--rdzv-timeout", "inf"],
+     "--rdzv-timeout: expected seconds from 1 to 604800 (a week), got inf"),
 ], ids=["nproc-above-cores", "nproc-zero", "nccl-without-cuda", "nnodes-without-endpoint",
         "bad-endpoint", "unknown-host", "rdzv-timeout-alone", "fp16-on-cpu",
         "fp16-on-cpu-before-the-processes", "port-out-of-range",
-        "endpoint-without-nnodes"])
+        "endpoint-without-nnodes", "rdzv-timeout-below-a-second", "rdzv-timeout-inf"])
 def test_bad_launches_are_refused_clearly(corpus, tmp_path, capsys, extra, message):
     if "cuda" in extra and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
