@@ -357,6 +357,11 @@ def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,
     if start.get("finished"):
         return start["finished"]
     world.answer_start(_cannot_follow(out, command, start, world.rank))
+    # the first process of another machine than process 0's says where the run is seen
+    said = (lambda text: print(text, flush=True)) if world.local_rank == 0 else distributed.quiet
+    here = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    said(f"{here} process(es) here joined a run of {world.size}; process 0, on "
+         f"{start.get('host')}, prints its progress and writes {start.get('out')}")
     data_cfg, options, train_cfg = read_run(out, spec, train_overrides)
     prepared = spec.prepare(data_cfg, options, out, resume=True, log=distributed.quiet)
     with named_by_file(out / RUN):
@@ -366,7 +371,10 @@ def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,
     model = spec.model(model_cfg, **prepared.model_kwargs).to(dev)
     task = _task_for(prepared, model, train_cfg.seed, dev, world)
     config = {"task": spec.name, "model": model_cfg.to_dict(), **prepared.config}
-    return fit(task, train_cfg, out, config, resume=resume, log=distributed.quiet, world=world)
+    summary = fit(task, train_cfg, out, config, resume=resume, log=distributed.quiet,
+                  world=world)
+    said(f"the run ended ({summary['reason']}) at step {summary['step']}")
+    return summary
 
 
 def _cannot_follow(out: Path, command: str | None, start: dict, rank: int) -> str | None:

@@ -447,6 +447,9 @@ def test_two_machines_meet_at_a_localhost_rendezvous(corpus, tmp_path):
     outputs = [node.communicate(timeout=120) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert sum("on 2 processes (gloo, cpu)" in out for out, _ in outputs) == 1
+    other = next(out for out, _ in outputs if "on 2 processes" not in out)
+    assert "1 process(es) here joined a run of 2; process 0, on " in other, other
+    assert "the run ended (max_steps) at step 4" in other, other
     assert lines_of(tmp_path / "run", "valid")[-1]["step"] == 4
 
 
