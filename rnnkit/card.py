@@ -19,6 +19,7 @@ from rnnkit import checkpoint
 from rnnkit.files import write_text
 
 CARD = "README.md"
+RESUMES_SHOWN = 5       # a run's last resumes the card lists (run.json keeps them all)
 
 #: Per task: the Hub's pipeline tag, a task tag, and the figures the card reports (each a
 #: metrics.jsonl key, its card name, and whether it is a percentage).
@@ -143,7 +144,10 @@ def card_text(directory: str | Path, command: str | None = None) -> str:
     body += ["```", command, "```"] if command else ["(command not recorded: see run.json)"]
     resumed = [c for c in run.get("resumed", []) if isinstance(c, str)]
     if resumed:
-        body += ["", "then resumed with", "", "```", *resumed, "```"]
+        earlier = len(resumed) - RESUMES_SHOWN
+        body += ["", "then resumed with" + (f" (the last {RESUMES_SHOWN} of {len(resumed)})"
+                                            if earlier > 0 else ""),
+                 "", "```", *resumed[-RESUMES_SHOWN:], "```"]
     body += ["", "## Use", "", "```", USE[task].format(dir=name), "```", "",
              "Files: `config.json` (architecture), `model.safetensors` (weights), the "
              "tokenizer file(s), `run.json` (the run's settings), `metrics.jsonl`.", ""]

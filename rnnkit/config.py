@@ -23,7 +23,7 @@ from dataclasses import MISSING, field
 
 
 def option(default=MISSING, help: str = "", *, flag: str | None = None,
-           factory=MISSING, choices=None, resume: bool = False, derived: bool = False):
+           factory=MISSING, choices=None, resume: str = "", derived: bool = False):
     """A dataclass field declared as an option (see the module docstring).
 
     Args:
@@ -31,7 +31,8 @@ def option(default=MISSING, help: str = "", *, flag: str | None = None,
         help: one line for ``--help`` (the default is appended by the CLI).
         flag: the command-line flag when it is not ``--field-name``.
         choices: the values it takes, shown in ``--help`` (the dataclass checks them).
-        resume: may be changed when a run is resumed (a new budget, say).
+        resume: may be changed when a run is resumed: "budget" (the run's budget, which
+            run.json then keeps for the next resume) or "display" (that resume's only).
         derived: set from the data (a vocabulary size), never given by the user.
     """
     metadata = {"help": help, "flag": flag, "choices": tuple(choices or ()),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 try:
@@ -44,9 +45,7 @@ class RunLock:
             except OSError as error:
                 raise ValueError(f"{self.directory}: cannot be used as a run directory "
                                  f"({error.strerror or error})") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            if not _flock_soon(fd):
                 os.close(fd)
                 raise _in_use(self.path) from None
             # The file may have been removed (a holder's release) between our open and our
@@ -79,6 +78,22 @@ class RunLock:
         self.release()
 
 
+def _flock_soon(fd: int) -> bool:
+    """Take the exclusive lock on ``fd``, trying a few times over 0.1 s (another process's
+    :func:`refuse_if_held` may hold its brief shared lock); False if it stays held."""
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if attempt + 1 < LOCK_TRIES:
+                time.sleep(0.02)
+    return False
+
+
+LOCK_TRIES = 5
+
+
 def refuse_if_held(directory: str | os.PathLike) -> None:
     """Raise the ``ValueError`` :class:`RunLock` would if a process holds ``directory``'s
     lock now; creates nothing (a check made before starting the processes that will take
@@ -90,10 +105,12 @@ def refuse_if_held(directory: str | os.PathLike) -> None:
         fd = os.open(path, os.O_RDONLY)
     except OSError:                       # no lock file: nobody holds it
         return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    try:                                  # shared: enough to meet a holder's exclusive
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)   # lock (and allowed read-only on NFS)
+    except BlockingIOError:
         raise _in_use(path) from None
+    except OSError:                       # cannot tell here: RunLock will
+        pass
     finally:
         os.close(fd)                      # which drops ours, if we took it
 

@@ -205,6 +205,17 @@ def test_resume_accepts_the_settings_the_run_has(world, tmp_path, monkeypatch, c
     expect_cli_error(["train", "lm", "--resume", "--out", out, "--layers", "2", "--locked-dropout",
                       "--max-steps", "4"], capsys, "--layers 2 (the run has 1)",
                      "--locked-dropout (the run was started without it)")
+    run = json.loads((out / "run.json").read_text())        # an older rnnkit's: no precision
+    del run["train"]["precision"]
+    (out / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    code, _, err = run_cli(["train", "lm", "--resume", "--out", out, "--precision", "fp32",
+                            "--max-steps", "3"], capsys)
+    assert code == 0, err
+    config.write_text("[cell_options]\nalpha = 0.9\n", encoding="utf-8")   # no such option
+    expect_cli_error(["train", "lm", "--resume", "--out", out, "--config", config], capsys,
+                     f"cell_options.alpha = 0.9 in {config} (not in the run)")
+    expect_cli_error(["train", "classifier", "--resume", "--out", out, "--data",
+                      world["T"]], capsys, "a 'lm' run, not a 'classifier' run")
 
 
 def test_activations_max_chars_and_sample_are_checked_first(world, tmp_path, capsys):

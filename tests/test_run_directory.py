@@ -211,6 +211,17 @@ def test_resuming_a_finished_run_trains_nothing(text, tmp_path, capsys):
     assert code == 0 and "step 3 of --max-steps 3" in log, err
 
 
+def test_a_refused_resume_leaves_run_json_as_it_was(text, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--max-steps", "2", data=text, capsys=capsys)[0] == 0
+    state = out / checkpoint.TRAIN_STATE
+    state.write_bytes(state.read_bytes()[:100])                 # a damaged train state
+    before = (out / "run.json").read_bytes()
+    code, _, err = _train(out, "--resume", "--max-steps", "9", capsys=capsys)
+    assert code == 2 and "corrupted or truncated" in err, err
+    assert (out / "run.json").read_bytes() == before             # no budget, no "resumed"
+
+
 def test_stale_temporary_files_are_removed_at_resume(text, tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(out, "--max-steps", "1", data=text, capsys=capsys)[0] == 0

@@ -120,16 +120,16 @@ def check(args, device: str) -> tuple[int, int, str, float]:
         if not 0 < int(port) < 65536:
             raise ValueError(f"--rdzv-endpoint {endpoint}: port {port} is out of range "
                              f"(1 to 65535)")
+        if args.nnodes is None:
+            raise ValueError(f"--rdzv-endpoint {endpoint}: it is where the machines of a run "
+                             f"meet; give --nnodes M too (the number of machines, the same on "
+                             f"every machine)")
         try:
             socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
         except socket.gaierror as error:
             raise ValueError(f"--rdzv-endpoint {endpoint}: the host name {host} does not "
                              f"resolve ({error.strerror}); give a name or address of the "
                              f"machine that hosts the rendezvous") from None
-    if endpoint and args.nnodes is None:
-        raise ValueError(f"--rdzv-endpoint {endpoint}: it is where the machines of a run "
-                         f"meet; give --nnodes M too (the number of machines, the same on "
-                         f"every machine)")
     timeout = RDZV_TIMEOUT if args.rdzv_timeout is None else args.rdzv_timeout
     if not 1 <= timeout <= distributed.MAX_TIMEOUT:   # torch's read timeout: whole seconds
         raise ValueError(f"--rdzv-timeout: expected seconds from 1 to "
@@ -171,18 +171,24 @@ def launch(args, device: str, out: str | None) -> int:
             raise ValueError(late.format(why=f" ({why})")) from None
         # they met, and the rendezvous was lost later: a machine's launcher ended (its
         # processes failed, or it was killed) and with it the run
-        print(f"rnnkit: error: lost contact with the run's other machines at "
-              f"--rdzv-endpoint {endpoint} ({why}); the processes here were stopped"
-              f"{_what_is_kept(out)}", file=sys.stderr)
+        where = f"the run's other machines at --rdzv-endpoint {endpoint}" if nnodes > 1 \
+            else "the run's rendezvous"
+        print(f"rnnkit: error: lost contact with {where} ({why}); the processes here were "
+              f"stopped{_what_is_kept(out)}", file=sys.stderr)
         return 1
     finally:
         watch.stop()
+        os.environ.pop(distributed.LAUNCHER_ENV, None)       # its processes' only
     return 0
 
 
 def _process_environment(nproc: int) -> None:
     """What the processes inherit: PyTorch's C++ errors only (this process's own notices
-    were silenced by :func:`quiet_launcher`), and the machine's cores shared between them."""
+    were silenced by :func:`quiet_launcher`), the machine's cores shared between them, and
+    this process's pid (they stop if it dies)."""
+    from rnnkit.train import distributed
+
+    os.environ[distributed.LAUNCHER_ENV] = str(os.getpid())
     if os.environ.get("TORCH_CPP_LOG_LEVEL", LAUNCHER_CPP_LOG_LEVEL) == LAUNCHER_CPP_LOG_LEVEL:
         os.environ["TORCH_CPP_LOG_LEVEL"] = PROCESS_CPP_LOG_LEVEL
     if "OMP_NUM_THREADS" not in os.environ:

@@ -146,27 +146,50 @@ def _check_resume(args, options, file: dict, spec, out: Path) -> None:
     started a run, with ``--resume`` added, resumes it); another value is refused, naming
     both."""
     run = _saved_run(out)
-    if run is None:                     # no run here to compare with: the recipe says so
+    if run is None or run.get("task") != spec.name:     # the recipe says what is wrong
         return
     given = {o.key: getattr(args, o.key) for o in options if getattr(args, o.key) is not None}
-    values = {**{k: v for k, v in file.items() if k != "cell_options"},
-              **(file.get("cell_options") or {}), **given}
-    kept, saved = _as_run_keeps(spec, run, values, options), _run_values(run, options)
+    table = file.get("cell_options") or {}
+    values = {**{k: v for k, v in file.items() if k != "cell_options"}, **table, **given}
+    kept, saved = _as_run_keeps(spec, run, values, options), _run_values(spec, run, options)
     refused = []
     for o in options:
-        if o.key not in values or _may_change(o):
+        if o.key not in values or _may_change(o) or _same(kept[o.key], saved.get(o.key)):
             continue
-        if o.key not in saved or kept[o.key] != saved[o.key]:
-            named = (o.flag if o.kind == "bool" else f"{o.flag} {shown(values[o.key])}") \
-                if o.key in given else f"{o.key} = {shown(values[o.key])} in {args.config}"
-            has = ("was started without it" if o.kind == "bool" else
-                   f"has {shown(saved[o.key])}") if o.key in saved else f"has no {o.key}"
-            refused.append(f"{named} (the run {has})")
+        if o.key in given:
+            named = o.flag if o.kind == "bool" else f"{o.flag} {_spelled(values[o.key])}"
+            has = "was started without it" if o.kind == "bool" else \
+                f"has {_spelled(saved.get(o.key))}"
+        else:
+            named = f"{o.key} = {_spelled(values[o.key])} in {args.config}"
+            has = f"has {_spelled(saved.get(o.key))}"
+        refused.append(f"{named} ({'the run ' + has if o.key in saved else 'not in the run'})")
+    had = run.get("model", {}).get("cell_options", {})
+    for name in sorted(set(table) - {o.key for o in options}):     # a cell of your own's
+        if name not in had or not _same(table[name], had[name]):
+            has = f"the run has {_spelled(had[name])}" if name in had else "not in the run"
+            refused.append(f"cell_options.{name} = {_spelled(table[name])} in {args.config} "
+                           f"({has})")
     if refused:
         allowed = [o.flag for o in options if _may_change(o)]
         raise ValueError(f"--resume: continues the run with the settings it was started "
                          f"with; {'; '.join(refused)}: cannot change (a resume may change "
                          f"only {', '.join(allowed)})")
+
+
+def _same(value, saved) -> bool:
+    """Whether an option's value is the run's: equal, or two spellings of one file."""
+    if value == saved:
+        return True
+    return isinstance(value, str) and isinstance(saved, str) and bool(value and saved) and \
+        os.path.exists(value) and os.path.exists(saved) and os.path.samefile(value, saved)
+
+
+def _spelled(value) -> str:
+    """A value as a message shows it: TOML's true/false, "" for an empty text."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return '""' if value == "" else shown(value)
 
 
 def _may_change(option) -> bool:
@@ -204,17 +227,28 @@ def _as_run_keeps(spec, run: dict, values: dict, options) -> dict:
     return kept
 
 
-def _run_values(run: dict, options) -> dict:
-    """The run's value of every option it has, by key (a cell option not given at its
-    start: the registry's default)."""
-    from rnnkit.cells.registry import all_options
+def _run_values(spec, run: dict, options) -> dict:
+    """The run's value of every option, by key: run.json's (read as a resume reads it, an
+    older rnnkit's in today's form), else the field's default (a field added since)."""
+    from dataclasses import fields
 
-    groups = {"cell": {**all_options(), **run.get("model", {}).get("cell_options", {})},
-              "data": run.get("data", {}), "model": run.get("model", {}),
-              "train": run.get("train", {})}
+    from rnnkit.cells.registry import all_options
+    from rnnkit.config import MISSING as NONE, field_default
+    from rnnkit.tasks import recipe
+    from rnnkit.train import TrainConfig
+
+    def of(cls, saved) -> dict:
+        defaults = {f.name: field_default(f) for f in fields(cls)}
+        saved = saved if isinstance(saved, dict) else {}
+        return {**{k: v for k, v in defaults.items() if v is not NONE}, **saved}
+
+    model = recipe.legacy_model(spec, run.get("model", {}))
+    groups = {"cell": {**all_options(), **(model.get("cell_options") or {})},
+              "data": of(spec.data_config, run.get("data")),
+              "model": of(spec.model_config, model),
+              "train": of(TrainConfig, run.get("train"))}
     return {o.key: groups[o.group][o.key] for o in options
-            if o.group in groups and isinstance(groups[o.group], dict)
-            and o.key in groups[o.group]}
+            if o.group in groups and o.key in groups[o.group]}
 
 
 def run_train(args) -> int:

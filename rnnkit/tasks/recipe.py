@@ -241,11 +241,14 @@ def save_run(out: Path, spec: TaskSpec, data_cfg, model_cfg, train_cfg: TrainCon
 
 def record_resume(out: Path, train_cfg: TrainConfig, command: str | None,
                   run_options: dict) -> None:
-    """Keep a resume in ``out``'s run.json: its budget and finish options (the next resume
-    and :func:`finished` read them), and its command under "resumed" (the model card shows
-    it after the start's)."""
+    """Keep a resume whose train state has loaded in ``out``'s run.json: its budget and
+    finish options (the next resume and :func:`finished` read them), and its command under
+    "resumed" (the model card shows it after the start's). A resume refused before then
+    leaves run.json as it was."""
     run = checkpoint.read_json(out / RUN)
-    run["train"] = asdict(train_cfg)
+    run["train"] = {**run.get("train", {}),
+                    **{k: v for k, v in asdict(train_cfg).items()
+                       if TRAIN_FIELDS[k].metadata.get("resume") == "budget"}}
     if run_options:
         run["run"] = run_options
     if command:
@@ -265,10 +268,10 @@ def read_run(out: Path, spec: TaskSpec, train_overrides: dict | None = None):
         train_cfg = TrainConfig(**{**run["train"], **(train_overrides or {})})
     except (KeyError, TypeError) as error:
         raise ValueError(f"{out / RUN}: not a run file rnnkit can resume ({error})") from None
-    return data_cfg, _legacy(spec, model), train_cfg
+    return data_cfg, legacy_model(spec, model), train_cfg
 
 
-def _legacy(spec: TaskSpec, model: dict) -> dict:
+def legacy_model(spec: TaskSpec, model: dict) -> dict:
     """A model config dict of an older rnnkit in today's form (if the config says how)."""
     legacy = getattr(spec.model_config, "legacy_fields", None)
     return legacy(model) if legacy is not None and isinstance(model, dict) else model
@@ -319,7 +322,7 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
     try:
         if not world.writer:
             summary = _follow(spec, out, dev, world, resume=resume,
-                              train_overrides=train_overrides, command=command)
+                              train_overrides=train_overrides, command=command, log=log)
             finished = True
             return summary
         before = {}
@@ -350,7 +353,7 @@ def train(spec: TaskSpec, data_cfg, model_options: Mapping | None, train_cfg,
 
 
 def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,
-            train_overrides, command: str | None) -> dict:
+            train_overrides, command: str | None, log) -> dict:
     """:func:`train` in a process other than process 0: wait for process 0's start, then
     build the same task from the run directory and train this process's share."""
     start = world.await_start()
@@ -358,7 +361,7 @@ def _follow(spec: TaskSpec, out: Path, dev, world: World, *, resume: bool,
         return start["finished"]
     world.answer_start(_cannot_follow(out, command, start, world.rank))
     # the first process of another machine than process 0's says where the run is seen
-    said = (lambda text: print(text, flush=True)) if world.local_rank == 0 else distributed.quiet
+    said = log if world.local_rank == 0 else distributed.quiet
     here = os.environ.get("LOCAL_WORLD_SIZE", "1")
     said(f"{here} process(es) here joined a run of {world.size}; process 0, on "
          f"{start.get('host')}, prints its progress and writes {start.get('out')}")
@@ -480,8 +483,6 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
                      run_options)
         start.tell(out=str(out.resolve()), host=socket.gethostname(), command=command)
         start.agree()                       # the others see the run directory, same command
-        if resume:
-            record_resume(out, train_cfg, command, run_options)
     except BaseException:
         if not resume:
             _restore(out, before)
@@ -493,7 +494,8 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
     log(f"model: {spec.describe_model(model_cfg)}, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, {where}")
     config = {"task": spec.name, "model": model_cfg.to_dict(), **prepared.config}
-    summary = fit(task, train_cfg, out, config, resume=resume, log=log, world=world)
+    summary = fit(task, train_cfg, out, config, resume=resume, log=log, world=world,
+                  resumed=lambda: record_resume(out, train_cfg, command, run_options))
     if spec.finish is not None and summary["reason"] != "interrupted":
         spec.finish(task, summary, train_cfg, log, **run_options)
     return summary
@@ -582,19 +584,19 @@ def check_processes(out: Path, world: World) -> None:
 
 def _layout(out: Path) -> tuple[int, int]:
     """(machines, processes on each) of the command that started the run in ``out``, as
-    run.json records it (``--nnodes``, ``--nproc`` or ``--nproc-per-node``); (1, 0) where
-    it does not say."""
+    run.json records it (``--nnodes``, ``--nproc`` or ``--nproc-per-node``, 1 each unless
+    given; 0 for a value that is not a number)."""
     try:
         words = shlex.split(checkpoint.read_json(out / RUN).get("command") or "")
     except (OSError, ValueError, AttributeError):
-        return 1, 0
+        return 1, 1
     given = {}
     for i, word in enumerate(words):
         flag, _, value = word.partition("=")
         if flag in ("--nnodes", "--nproc", "--nproc-per-node"):
             value = value or (words[i + 1] if i + 1 < len(words) else "")
             given[flag.removesuffix("-per-node")] = int(value) if value.isdigit() else 0
-    return given.get("--nnodes", 1), given.get("--nproc", 0)
+    return given.get("--nnodes", 1), given.get("--nproc", 1)      # both launchers' default
 
 
 def finished(out: Path, train_cfg: TrainConfig) -> dict | None:
@@ -624,11 +626,13 @@ def finished(out: Path, train_cfg: TrainConfig) -> dict | None:
 
 
 def fit(task, train_cfg: TrainConfig, out: Path, config: dict, *, resume: bool, log,
-        world: World = SINGLE) -> dict:
-    """Run the training loop, then reload the best weights and add their validation
-    metrics to the summary as "valid" (unless the run was interrupted); in a distributed
-    run, every process does (process 0 says whether there are weights to reload)."""
-    summary = Trainer(task, train_cfg, out, config, log=log, world=world).fit(resume=resume)
+        world: World = SINGLE, resumed=None) -> dict:
+    """Run the training loop (``resumed``: see :meth:`Trainer.fit`), then reload the best
+    weights and add their validation metrics to the summary as "valid" (unless the run was
+    interrupted); in a distributed run, every process does (process 0 says whether there
+    are weights to reload)."""
+    summary = Trainer(task, train_cfg, out, config, log=log, world=world).fit(
+        resume=resume, resumed=resumed)
     saved = world.broadcast((out / checkpoint.WEIGHTS).is_file())     # written by process 0
     if summary["reason"] != "interrupted" and saved:
         checkpoint.load_weights(out, task.model)
@@ -649,7 +653,7 @@ def load_model(spec: TaskSpec, directory: str | Path, config: dict, device: str 
     if not isinstance(config.get("model"), dict):
         raise ValueError(f"{where}: no valid model configuration")
     with named_by_file(where):
-        model_cfg = config_from_dict(spec.model_config, _legacy(spec, config["model"]),
+        model_cfg = config_from_dict(spec.model_config, legacy_model(spec, config["model"]),
                                      str(where))
     for key, size in (sizes or {}).items():
         if getattr(model_cfg, key) != size:

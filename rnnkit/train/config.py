@@ -20,10 +20,10 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 class TrainConfig:
     """How to train; every field is a command-line option and a config-file key."""
 
-    epochs: int = option(10, "passes over the training data", resume=True)
-    max_steps: int = option(0, "stop after N steps in all (0: no limit)", resume=True)
+    epochs: int = option(10, "passes over the training data", resume="budget")
+    max_steps: int = option(0, "stop after N steps in all (0: no limit)", resume="budget")
     max_minutes: float = option(0.0, "stop after M minutes of training (0: no limit)",
-                                resume=True)
+                                resume="budget")
     optimizer: str = option("sgd", "the optimiser", choices=OPTIMIZERS)
     lr: float = option(20.0, "learning rate")
     momentum: float = option(0.0, "sgd momentum")
@@ -43,9 +43,9 @@ class TrainConfig:
     eval_every: int = option(0, "validate every N steps (0: once per epoch)")
     save_every: int = option(0, "resumable checkpoint every N steps (0: once per epoch)")
     log_every: int = option(50, "a metrics line every N steps")
-    progress: bool = option(True, "no progress bar", flag="--no-progress", resume=True)
+    progress: bool = option(True, "no progress bar", flag="--no-progress", resume="display")
     tensorboard: bool = option(False, "also log to TensorBoard in OUT/tensorboard",
-                               resume=True)
+                               resume="display")
     precision: str = option("fp32", "the precision of the forward computations (autocast): "
                             "fp32; bf16 (CPU or GPU); fp16 (GPU, with a gradient scaler). "
                             "Weights, gradients, optimiser state, the hand BPTT engine and "

@@ -268,19 +268,24 @@ def join(device: torch.device, timeout: float) -> tuple[World, torch.device]:
 
 
 def _stop_with_the_launcher() -> None:
-    """Linux: have the kernel send this process SIGTERM when its parent, the launcher
-    (torchrun's agent, or rnnkit's ``--nproc``), dies; elsewhere nothing."""
-    if not sys.platform.startswith("linux"):
+    """Linux, under torch's launcher (torchrun, or rnnkit's ``--nproc``): have the kernel
+    send this process SIGTERM when its parent, the launcher, dies; if rnnkit's launcher
+    died before that (its pid in :data:`LAUNCHER_ENV` is no longer the parent), stop now.
+    Elsewhere (another launcher: srun, mpirun) nothing."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
         return
     import ctypes
 
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
     except (OSError, AttributeError):       # no prctl: an orphan trains on, as in torch
-        pass
+        return
+    if os.environ.get(LAUNCHER_ENV, str(os.getppid())) != str(os.getppid()):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 PR_SET_PDEATHSIG = 1                    # <linux/prctl.h>
+LAUNCHER_ENV = "RNNKIT_LAUNCHER_PID"    # rnnkit's launcher's pid, set for its processes
 
 
 def leave(world: World, finished: bool = False) -> None:

@@ -103,12 +103,14 @@ class Trainer:
         self._stops = (False, False, False)   # the stop rules all processes agreed on
         self.skipped = 0                      # fp16 steps the gradient scaler skipped
 
-    def fit(self, resume: bool = False) -> dict:
+    def fit(self, resume: bool = False, resumed=None) -> dict:
         """Train until a stop rule ends the run (see the module docstring); return a summary:
         the reason ("epochs", "converged", "max_steps", "max_minutes" or "interrupted"), the
-        step, the
-        epoch, the best validation objective, the minutes of training and the units seen."""
+        step, the epoch, the best validation objective, the minutes of training and the units
+        seen. ``resumed``, if given, is called once a resume's train state has loaded."""
         self._begin(resume)
+        if resume and resumed is not None:
+            resumed()
         # signals reach the main thread only (a fit in another thread: no stop on a signal)
         on_main = threading.current_thread() is threading.main_thread()
         previous = {s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS} \
