@@ -633,8 +633,9 @@ def fit(task, train_cfg: TrainConfig, out: Path, config: dict, *, resume: bool, 
     are weights to reload)."""
     summary = Trainer(task, train_cfg, out, config, log=log, world=world).fit(
         resume=resume, resumed=resumed)
-    saved = world.broadcast((out / checkpoint.WEIGHTS).is_file())     # written by process 0
-    if summary["reason"] != "interrupted" and saved:
+    if summary["reason"] == "interrupted":      # all processes alike: nothing more to agree
+        return summary                         # on (a peer may be gone once it has saved)
+    if world.broadcast((out / checkpoint.WEIGHTS).is_file()):        # written by process 0
         checkpoint.load_weights(out, task.model)
         summary["valid"] = task.evaluate("valid")
         log(f"best model: valid {task.describe(summary['valid'])}")
