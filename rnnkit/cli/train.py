@@ -145,13 +145,13 @@ def _check_resume(args, options, file: dict, spec, out: Path) -> None:
     or in the --config file, must have the run's own value (so that the command that
     started a run, with ``--resume`` added, resumes it); another value is refused, naming
     both."""
-    run = _saved_run(out)
-    if run is None or run.get("task") != spec.name:     # the recipe says what is wrong
+    saved = _run_values(spec, out, options)
+    if saved is None:                   # no run of this task here: the recipe says so
         return
     given = {o.key: getattr(args, o.key) for o in options if getattr(args, o.key) is not None}
     table = file.get("cell_options") or {}
     values = {**{k: v for k, v in file.items() if k != "cell_options"}, **table, **given}
-    kept, saved = _as_run_keeps(spec, run, values, options), _run_values(spec, run, options)
+    kept = _as_run_keeps(spec, saved, values, options)
     refused = []
     for o in options:
         if o.key not in values or _may_change(o) or _same(kept[o.key], saved.get(o.key)):
@@ -164,7 +164,7 @@ def _check_resume(args, options, file: dict, spec, out: Path) -> None:
             named = f"{o.key} = {_spelled(values[o.key])} in {args.config}"
             has = f"has {_spelled(saved.get(o.key))}"
         refused.append(f"{named} ({'the run ' + has if o.key in saved else 'not in the run'})")
-    had = run.get("model", {}).get("cell_options", {})
+    had = saved[CELL_OPTIONS]
     for name in sorted(set(table) - {o.key for o in options}):     # a cell of your own's
         if name not in had or not _same(table[name], had[name]):
             has = f"the run has {_spelled(had[name])}" if name in had else "not in the run"
@@ -201,54 +201,47 @@ def _may_change(option) -> bool:
     return option.group == "run" or (field is not None and field.metadata.get("resume"))
 
 
-def _saved_run(out: Path) -> dict | None:
-    """The run.json of the run in ``out``, or None where there is none to read."""
-    from rnnkit import checkpoint
-    from rnnkit.tasks import recipe
-
-    try:
-        run = checkpoint.read_json(out / recipe.RUN)
-    except (OSError, ValueError):
-        return None
-    return run if isinstance(run, dict) else None
+CELL_OPTIONS = "cell_options"           # _run_values' key of the run's whole table
 
 
-def _as_run_keeps(spec, run: dict, values: dict, options) -> dict:
-    """Option values as run.json keeps them: tuples as lists, data paths absolute."""
-    from rnnkit.tasks.common import absolute_paths
-
-    kept = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-    data = {o.key: values[o.key] for o in options if o.group == "data" and o.key in values}
-    try:
-        absolute = absolute_paths(spec.data_config(**{**run.get("data", {}), **data}))
-        kept.update({k: absolute[k] for k in data})
-    except (ValueError, TypeError):     # not a config the run could have: refused as given
-        pass
-    return kept
-
-
-def _run_values(spec, run: dict, options) -> dict:
-    """The run's value of every option, by key: run.json's (read as a resume reads it, an
-    older rnnkit's in today's form), else the field's default (a field added since)."""
+def _run_values(spec, out: Path, options) -> dict | None:
+    """The value of every option in the run in ``out``, by key, as a resume reads them
+    (:func:`rnnkit.tasks.recipe.read_run`: an older rnnkit's fields in today's form, the
+    default for a field added since), plus the run's cell options under
+    :data:`CELL_OPTIONS`; None if ``out`` holds no run of this task to read."""
     from dataclasses import fields
 
     from rnnkit.cells.registry import all_options
     from rnnkit.config import MISSING as NONE, field_default
     from rnnkit.tasks import recipe
-    from rnnkit.train import TrainConfig
 
-    def of(cls, saved) -> dict:
-        defaults = {f.name: field_default(f) for f in fields(cls)}
-        saved = saved if isinstance(saved, dict) else {}
-        return {**{k: v for k, v in defaults.items() if v is not NONE}, **saved}
+    try:
+        data_cfg, model, train_cfg = recipe.read_run(out, spec)
+    except (OSError, ValueError):
+        return None
+    defaults = {f.name: field_default(f) for f in fields(spec.model_config)}
+    model = {**{k: v for k, v in defaults.items() if v is not NONE}, **model}
+    cells = model.get("cell_options") or {}
+    groups = {"cell": {**all_options(), **cells}, "data": asdict(data_cfg), "model": model,
+              "train": asdict(train_cfg)}
+    return {**{o.key: groups[o.group][o.key] for o in options
+               if o.group in groups and o.key in groups[o.group]}, CELL_OPTIONS: cells}
 
-    model = recipe.legacy_model(spec, run.get("model", {}))
-    groups = {"cell": {**all_options(), **(model.get("cell_options") or {})},
-              "data": of(spec.data_config, run.get("data")),
-              "model": of(spec.model_config, model),
-              "train": of(TrainConfig, run.get("train"))}
-    return {o.key: groups[o.group][o.key] for o in options
-            if o.group in groups and o.key in groups[o.group]}
+
+def _as_run_keeps(spec, saved: dict, values: dict, options) -> dict:
+    """Option values as run.json keeps them: tuples as lists, data paths absolute (the
+    run's data config with the given data options)."""
+    from rnnkit.tasks.common import absolute_paths
+
+    kept = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    data = {o.key: values[o.key] for o in options if o.group == "data" and o.key in values}
+    run_data = {o.key: saved[o.key] for o in options if o.group == "data" and o.key in saved}
+    try:
+        absolute = absolute_paths(spec.data_config(**{**run_data, **data}))
+        kept.update({k: absolute[k] for k in data})
+    except (ValueError, TypeError):     # not a config the run could have: refused as given
+        pass
+    return kept
 
 
 def run_train(args) -> int:

@@ -268,10 +268,10 @@ def read_run(out: Path, spec: TaskSpec, train_overrides: dict | None = None):
         train_cfg = TrainConfig(**{**run["train"], **(train_overrides or {})})
     except (KeyError, TypeError) as error:
         raise ValueError(f"{out / RUN}: not a run file rnnkit can resume ({error})") from None
-    return data_cfg, legacy_model(spec, model), train_cfg
+    return data_cfg, _legacy(spec, model), train_cfg
 
 
-def legacy_model(spec: TaskSpec, model: dict) -> dict:
+def _legacy(spec: TaskSpec, model: dict) -> dict:
     """A model config dict of an older rnnkit in today's form (if the config says how)."""
     legacy = getattr(spec.model_config, "legacy_fields", None)
     return legacy(model) if legacy is not None and isinstance(model, dict) else model
@@ -654,7 +654,7 @@ def load_model(spec: TaskSpec, directory: str | Path, config: dict, device: str 
     if not isinstance(config.get("model"), dict):
         raise ValueError(f"{where}: no valid model configuration")
     with named_by_file(where):
-        model_cfg = config_from_dict(spec.model_config, legacy_model(spec, config["model"]),
+        model_cfg = config_from_dict(spec.model_config, _legacy(spec, config["model"]),
                                      str(where))
     for key, size in (sizes or {}).items():
         if getattr(model_cfg, key) != size:
