@@ -100,8 +100,7 @@ def check(args, device: str) -> tuple[int, int, str, float]:
             raise ValueError(f"--nproc {nproc}: this machine has {gpus} GPU(s) and each process "
                              f"takes one; give --nproc {gpus}{' or fewer' if gpus > 1 else ''}")
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count() or 1
+        cores = _cores()
         if nproc > cores:
             raise ValueError(f"--nproc {nproc}: this machine has {cores} CPU core(s) for this "
                              f"program; more processes than cores only slow each other down "
@@ -192,12 +191,16 @@ def _process_environment(nproc: int) -> None:
     if os.environ.get("TORCH_CPP_LOG_LEVEL", LAUNCHER_CPP_LOG_LEVEL) == LAUNCHER_CPP_LOG_LEVEL:
         os.environ["TORCH_CPP_LOG_LEVEL"] = PROCESS_CPP_LOG_LEVEL
     if "OMP_NUM_THREADS" not in os.environ:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count() or 1
-        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
+        os.environ["OMP_NUM_THREADS"] = str(max(1, _cores() // nproc))
     for name in list(logging.root.manager.loggerDict):      # its notices: ours say it
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _cores() -> int:
+    """The CPU cores this program may run on (its affinity, where the OS says)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
 
 
 def _config(nproc: int, nnodes: int, endpoint: str, timeout: float):

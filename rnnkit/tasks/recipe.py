@@ -414,13 +414,20 @@ def _run_arguments(command: str) -> dict[str, str]:
     argv = shlex.split(command)
     argv = without_launch_options(argv[argv.index("rnnkit") + 1:] if "rnnkit" in argv else argv)
     found = {"the command": " ".join(t for t in argv[:next(
-        (k for k, t in enumerate(argv) if t.startswith("--")), len(argv))])}
-    for k, token in enumerate(argv):
+        (k for k, t in enumerate(argv) if t.startswith("--")), len(argv))]), **_flags(argv)}
+    found.pop("--out", None)
+    return found
+
+
+def _flags(words: list[str]) -> dict[str, str]:
+    """The flags of a command's words with their values, ``--flag value`` and
+    ``--flag=value`` alike ("(given)" for a flag without one)."""
+    found = {}
+    for k, token in enumerate(words):
         if token.startswith("--"):
             flag, eq, value = token.partition("=")
-            has_value = not eq and k + 1 < len(argv) and not argv[k + 1].startswith("--")
-            found[flag] = value if eq else (argv[k + 1] if has_value else "(given)")
-    found.pop("--out", None)
+            has_value = not eq and k + 1 < len(words) and not words[k + 1].startswith("--")
+            found[flag] = value if eq else (words[k + 1] if has_value else "(given)")
     return found
 
 
@@ -451,8 +458,11 @@ def _train_locked(spec, data_cfg, model_options, train_cfg, out: Path, dev, befo
             _remove_stale_temporaries(out, log)
             done = finished(out, train_cfg)
             if done is not None:
+                budget = [f.metadata.get("flag") or f"--{k.replace('_', '-')}"
+                          for k, f in TRAIN_FIELDS.items()
+                          if f.metadata.get("resume") == "budget"]
                 log(f"{out}: the run is finished ({done['why']}); nothing to train. To train "
-                    f"on, resume with a larger --epochs, --max-steps or --max-minutes")
+                    f"on, resume with a larger {', '.join(budget[:-1])} or {budget[-1]}")
                 done = {key: value for key, value in done.items() if key != "why"}
                 start.tell(finished=done)
                 return done
@@ -587,16 +597,12 @@ def _layout(out: Path) -> tuple[int, int]:
     run.json records it (``--nnodes``, ``--nproc`` or ``--nproc-per-node``, 1 each unless
     given; 0 for a value that is not a number)."""
     try:
-        words = shlex.split(checkpoint.read_json(out / RUN).get("command") or "")
+        flags = _flags(shlex.split(checkpoint.read_json(out / RUN).get("command") or ""))
     except (OSError, ValueError, AttributeError):
         return 1, 1
-    given = {}
-    for i, word in enumerate(words):
-        flag, _, value = word.partition("=")
-        if flag in ("--nnodes", "--nproc", "--nproc-per-node"):
-            value = value or (words[i + 1] if i + 1 < len(words) else "")
-            given[flag.removesuffix("-per-node")] = int(value) if value.isdigit() else 0
-    return given.get("--nnodes", 1), given.get("--nproc", 1)      # both launchers' default
+    machines = flags.get("--nnodes", "1")                     # both launchers' defaults: 1
+    each = flags.get("--nproc", flags.get("--nproc-per-node", "1"))
+    return tuple(int(v) if v.isdigit() else 0 for v in (machines, each))
 
 
 def finished(out: Path, train_cfg: TrainConfig) -> dict | None:

@@ -4,7 +4,8 @@ that stop a run.
 A run stops when its epochs are done, after ``max_steps`` steps, after ``max_minutes`` of
 training (counted across resumes), or when Ctrl-C or SIGTERM asks it to: the step in
 flight finishes, the train state is saved and the summary's reason is "interrupted", its
-"signal" the one that asked (a second Ctrl-C stops at once). A step limit or time limit validates once more before saving. A loss or gradient
+"signal" the one that asked (a second Ctrl-C stops at once). A step limit or time limit
+validates once more before saving. A loss or gradient
 norm that is not finite raises :class:`TrainingStopped` before the weights change, and the
 files on disk stay as the last save left them; so does a validation loss that is not finite
 or whose perplexity overflows (inf), before those weights are saved. A start removes the
